@@ -1,0 +1,147 @@
+"""What a layer type is: its keys, shape rule, parameters, cost and numpy reference, in one place.
+
+A layer type is a frozen dataclass registered under the name a spec uses::
+
+    @register("relu")
+    class ReLU(Elementwise):
+        \"\"\"Rectified linear unit. YAML: ``{type: relu}``\"\"\"
+        def reference(self, xs, params):
+            return np.maximum(xs[0], 0)
+
+Shapes here are per sample, without the batch axis: (C, H, W) for 2-D nets, (C, T) for 1-D
+nets, (F,) for vectors. References take and return batched arrays (N, *shape).
+The lowering of a layer to TVM lives in the backends, not here: this package never imports tvm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from ..errors import ShapeError
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One weight tensor of a layer: its shape, how a new one is initialised, and whether
+    training updates it (batch-norm running statistics are buffers, not parameters)."""
+
+    shape: Shape
+    init: str = "fan_in_uniform"  # fan_in_uniform | zeros | ones
+    fan_in: int = 1
+    trainable: bool = True
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def initial(self, rng: np.random.Generator) -> np.ndarray:
+        """PyTorch's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for conv and
+        dense weights and biases (kaiming_uniform with a=sqrt(5)), ones and zeros for norms."""
+        if self.init == "zeros":
+            return np.zeros(self.shape, np.float32)
+        if self.init == "ones":
+            return np.ones(self.shape, np.float32)
+        bound = 1.0 / math.sqrt(max(self.fan_in, 1))
+        return rng.uniform(-bound, bound, self.shape).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Window:
+    """How a layer maps input positions to output positions, per spatial axis, for the
+    receptive field: each output sees ``kernel`` inputs (holes included) ``stride`` apart."""
+
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
+GLOBAL = Window((), ())  # sentinel: every output sees the whole input
+
+
+class ShapeNotes:
+    """Warnings a shape rule raises without failing (a stride that leaves rows unread)."""
+
+    def __init__(self) -> None:
+        self.warnings: list[ShapeError] = []
+
+    def warn(self, message: str, expected: str | None = None, fix: str | None = None) -> None:
+        self.warnings.append(ShapeError(message, expected, fix))
+
+
+class Layer:
+    """Base of every layer type. Subclasses are frozen dataclasses made by :func:`register`."""
+
+    type_name: ClassVar[str] = ""
+    min_inputs: ClassVar[int] = 1
+    max_inputs: ClassVar[int | None] = 1
+    internal: ClassVar[bool] = False  # made by optimisation passes, not written in specs
+
+    # -- shape rule ---------------------------------------------------------------------
+    def infer_shape(self, in_shapes: list[Shape], notes: ShapeNotes) -> Shape:
+        raise NotImplementedError
+
+    # -- parameters and cost --------------------------------------------------------------
+    def params(self, in_shapes: list[Shape]) -> dict[str, ParamSpec]:
+        return {}
+
+    def flops(self, in_shapes: list[Shape], out_shape: Shape) -> int:
+        return 0
+
+    def window(self, in_shapes: list[Shape]) -> Window | None:
+        """None for layers that keep positions (element-wise, norms, merges)."""
+        return None
+
+    # -- numpy reference ----------------------------------------------------------------
+    def reference(self, xs: list[np.ndarray], params: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def reference_train(self, xs: list[np.ndarray], params: dict[str, np.ndarray],
+                        state: dict) -> np.ndarray:
+        """Training-mode forward; defaults to inference. ``state`` carries what a layer
+        changes or draws in training (running statistics, dropout masks)."""
+        return self.reference(xs, params)
+
+    # -- introspection ----------------------------------------------------------------------
+    @classmethod
+    def keys(cls) -> dict[str, dataclasses.Field]:
+        return {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+
+    def settings(self) -> dict:
+        """The layer's keys and values, as a spec would write them."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+LAYER_TYPES: dict[str, type[Layer]] = {}
+
+
+def register(name: str, *, internal: bool = False):
+    """Declare a layer type under the name specs use for it."""
+
+    def wrap(cls):
+        cls = dataclass(frozen=True)(cls)
+        cls.type_name = name
+        cls.internal = internal
+        LAYER_TYPES[name] = cls
+        return cls
+
+    return wrap
+
+
+# -- shape helpers shared by the families ------------------------------------------------------
+
+def expect_rank(shape: Shape, ranks: tuple[int, ...], what: str) -> None:
+    if len(shape) not in ranks:
+        names = {1: "(F,)", 2: "(C, T)", 3: "(C, H, W)"}
+        want = " or ".join(names.get(r, f"rank {r}") for r in ranks)
+        raise ShapeError(f"input has shape {fmt_shape(shape)}",
+                         f"{what} expects {want} per sample")
+
+
+def fmt_shape(shape: Shape) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"

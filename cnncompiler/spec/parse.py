@@ -1,0 +1,615 @@
+"""From spec text to a flat, named list of layers: blocks expanded, names and inputs resolved.
+
+```yaml
+name: tiny
+input: [3, 32, 32]
+blocks:
+  basic:
+    params: {filters: null, stride: 1}          # null = required
+    layers:
+      - {name: conv1, type: conv2d, filters: $filters, kernel: 3, stride: $stride, padding: 1}
+      - {name: relu1, type: relu}
+      - {name: add, type: add, inputs: [relu1, input]}   # 'input' = the block's input
+layers:
+  - {name: stem, type: conv2d, filters: 16, kernel: 3, padding: same}
+  - {name: layer1, type: basic, filters: 16, repeat: 2}  # layer1.0.conv1 ... layer1.1.add
+```
+
+Every problem found is collected with its file, line and column, and the layer it belongs
+to; parsing goes on after a bad layer so one run reports them all.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import Diagnostic, DiagnosticSink, FieldError, SourceLoc, SpecError, display_path
+from ..layers import LAYER_TYPES, Layer
+from ..layers.fields import describe, parse_fields, positive_int
+from ..suggest import did_you_mean, one_of
+from .train_config import OPTIMIZERS, Schedule, TrainConfig
+from .yaml_source import YamlList, YamlMap, parse_yaml
+
+TOP_KEYS = ("name", "input", "blocks", "layers", "outputs", "train", "description")
+LAYER_RESERVED = ("type", "name", "inputs")
+INSTANCE_RESERVED = ("type", "name", "inputs", "repeat")
+BLOCK_KEYS = ("params", "layers", "output", "description")
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+PARAM_RE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
+
+
+@dataclass
+class LayerDecl:
+    """One layer after expansion: its global name, parsed settings, inputs and origin."""
+
+    name: str
+    layer: Layer
+    inputs: tuple[str, ...]
+    loc: SourceLoc
+    notes: tuple[str, ...] = ()
+
+    @property
+    def type(self) -> str:
+        return self.layer.type_name
+
+
+@dataclass
+class Spec:
+    """A parsed spec: the flat layer list every later stage builds on."""
+
+    name: str
+    path: str
+    input_shape: tuple[int, ...]
+    input_loc: SourceLoc
+    layers: list[LayerDecl]
+    outputs: list[str]
+    train: TrainConfig
+    text: str
+    warnings: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def source_lines(self) -> list[str]:
+        return self.text.splitlines()
+
+
+@dataclass(frozen=True)
+class Block:
+    name: str
+    params: dict          # name -> default (None = required)
+    param_locs: dict
+    layers: YamlList
+    output: str | None
+    loc: SourceLoc
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a list of layers is being expanded: name prefix, the scope's input, block params."""
+
+    prefix: str = ""
+    input_name: str = "input"
+    params: dict | None = None      # block parameter -> (value, loc)
+    stack: tuple[str, ...] = ()     # blocks being expanded, to refuse recursion
+    notes: tuple[str, ...] = ()
+
+
+class SpecParser:
+    def __init__(self, text: str, path: str):
+        self.text = text
+        self.path = path
+        self.sink = DiagnosticSink(text.splitlines())
+        self.blocks: dict[str, Block] = {}
+        self.decls: list[LayerDecl] = []
+        self.produced: dict[str, SourceLoc] = {"input": SourceLoc(path, 1, 1)}
+        self.aliases: dict[str, str] = {}  # every name a later layer may use -> its output
+
+    # -- diagnostics ------------------------------------------------------------------------
+    def error(self, message, loc, layer=None, ltype=None, expected=None, fix=None, notes=()):
+        self.sink.add(Diagnostic(message, loc, layer, ltype, expected, fix, notes=tuple(notes)))
+
+    def field_error(self, exc: FieldError, loc, layer=None, ltype=None, notes=()):
+        self.error(exc.message, loc, layer, ltype, exc.expected, exc.fix, notes)
+
+    # -- top level --------------------------------------------------------------------------
+    def parse(self) -> Spec:
+        doc = parse_yaml(self.text, self.path)
+        if not isinstance(doc, YamlMap):
+            raise SpecError([Diagnostic(
+                f"the spec must be a mapping, received {describe(doc)}",
+                getattr(doc, "loc", SourceLoc(self.path, 1, 1)),
+                expected="keys name, input and layers")], self.sink.source_lines)
+        for key in doc:
+            if key not in TOP_KEYS:
+                self.error(f"unknown top-level key '{key}'", doc.key_loc(key),
+                           expected="one of: " + ", ".join(TOP_KEYS),
+                           fix=did_you_mean(key, TOP_KEYS) or f"remove '{key}'")
+        name = self.parse_name(doc)
+        input_shape = self.parse_input(doc)
+        self.parse_blocks(doc.get("blocks"), doc)
+        layers = doc.get("layers")
+        last = None
+        if not isinstance(layers, YamlList) or not layers:
+            self.error("the spec has no layers" if layers is None else
+                       f"'layers' must be a non-empty list, received {describe(layers)}",
+                       doc.loc_of("layers") if "layers" in doc else doc.loc,
+                       expected="layers: a list of mappings like {type: conv2d, ...}")
+        else:
+            last = self.expand(layers, Scope())
+        outputs = self.parse_outputs(doc, last)
+        train = self.parse_train(doc.get("train"), doc.loc_of("train"))
+        self.sink.raise_if_errors()
+        return Spec(name, self.path, input_shape, doc.loc_of("input"), self.decls, outputs,
+                    train, self.text, self.sink.warnings)
+
+    def parse_name(self, doc: YamlMap) -> str:
+        name = doc.get("name", Path(self.path).stem)
+        if not isinstance(name, str) or not name:
+            self.error(f"'name' must be a string, received {describe(name)}", doc.loc_of("name"))
+            return Path(self.path).stem
+        return name
+
+    def parse_input(self, doc: YamlMap) -> tuple[int, ...]:
+        if "input" not in doc:
+            self.error("missing required key 'input'", doc.loc,
+                       expected="the per-sample input shape: [C, H, W] or [C, T]",
+                       fix="add 'input: [3, 32, 32]' for 32x32 RGB images")
+            return (1,)
+        value = doc["input"]
+        try:
+            if not isinstance(value, list) or not 1 <= len(value) <= 3:
+                raise FieldError(f"received {describe(value)}")
+            return tuple(positive_int(v) for v in value)
+        except FieldError as exc:
+            self.error(f"'input': {exc.message}", doc.loc_of("input"),
+                       expected="a list of 1 to 3 positive integers: [C, H, W], [C, T] or [F]",
+                       fix="write e.g. input: [1, 28, 28]")
+            return (1,)
+
+    def parse_outputs(self, doc: YamlMap, last: str | None) -> list[str]:
+        raw = doc.get("outputs")
+        if raw is None:
+            return [last] if last else []
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list) or not raw:
+            self.error(f"'outputs' must be a list of layer names, received {describe(raw)}",
+                       doc.loc_of("outputs"))
+            return [last] if last else []
+        outs = []
+        for i, item in enumerate(raw):
+            loc = raw.loc_of(i) if isinstance(raw, YamlList) else doc.loc_of("outputs")
+            resolved = self.aliases.get(str(item))
+            if resolved is None or resolved == "input":
+                self.error(f"output '{item}' is not a layer of this spec", loc,
+                           fix=did_you_mean(item, self.produced) or "list layer names")
+            else:
+                outs.append(resolved)
+        return outs
+
+    # -- blocks -----------------------------------------------------------------------------
+    def parse_blocks(self, raw, doc: YamlMap) -> None:
+        if raw is None:
+            return
+        if not isinstance(raw, YamlMap):
+            self.error(f"'blocks' must be a mapping of block names to blocks, "
+                       f"received {describe(raw)}", doc.loc_of("blocks"))
+            return
+        for name, body in raw.items():
+            loc = raw.loc_of(name)
+            name = str(name)
+            if name in LAYER_TYPES:
+                self.error(f"block '{name}' has the name of a built-in layer type", raw.key_loc(name),
+                           fix="rename the block")
+                continue
+            if not isinstance(body, YamlMap):
+                self.error(f"block '{name}' must be a mapping with 'params' and 'layers'", loc)
+                continue
+            for key in body:
+                if key not in BLOCK_KEYS:
+                    self.error(f"block '{name}': unknown key '{key}'", body.key_loc(key),
+                               expected="one of: " + ", ".join(BLOCK_KEYS),
+                               fix=did_you_mean(key, BLOCK_KEYS) or f"remove '{key}'")
+            params = body.get("params", YamlMap())
+            if params is None:
+                params = YamlMap()
+            if not isinstance(params, YamlMap):
+                self.error(f"block '{name}': 'params' must be a mapping of names to defaults "
+                           "(null for required)", body.loc_of("params"))
+                continue
+            layers = body.get("layers")
+            if not isinstance(layers, YamlList) or not layers:
+                self.error(f"block '{name}' needs a non-empty 'layers' list",
+                           body.loc_of("layers") if "layers" in body else body.loc)
+                continue
+            output = body.get("output")
+            self.blocks[name] = Block(name, dict(params), getattr(params, "locs", {}), layers,
+                                      None if output is None else str(output), body.loc)
+
+    # -- expansion --------------------------------------------------------------------------
+    def expand(self, entries: YamlList, scope: Scope, output: str | None = None) -> str | None:
+        """Expand one list of layers; returns the global name of its output."""
+        declared = {}
+        for i, entry in enumerate(entries):
+            if isinstance(entry, dict) and "name" in entry:
+                declared.setdefault(str(entry["name"]), entries.loc_of(i))
+        local: dict[str, str] = {}
+        local_locs: dict[str, SourceLoc] = {}
+        prev = scope.input_name
+        for i, raw in enumerate(entries):
+            loc = entries.loc_of(i)
+            if not isinstance(raw, YamlMap):
+                self.error(f"a layer must be a mapping, received {describe(raw)}", loc,
+                           expected="e.g. {type: relu} or {name: fc, type: dense, units: 10}",
+                           notes=scope.notes)
+                continue
+            entry = self.substitute_entry(raw, scope)
+            if entry is None:
+                continue
+            name = self.local_name(entry, i, loc, local_locs, scope)
+            if name is None:
+                continue
+            ltype = entry.get("type")
+            if ltype is None:
+                self.error("missing required key 'type'", loc, name, "?",
+                           fix="add e.g. 'type: conv2d'", notes=scope.notes)
+                continue
+            if not isinstance(ltype, str):
+                self.error(f"'type' must be a string, received {describe(ltype)}",
+                           entry.loc_of("type"), name, "?", notes=scope.notes)
+                continue
+            inputs = self.resolve_inputs(entry, prev, local, declared, scope, name, ltype, loc)
+            full = scope.prefix + name
+            if ltype in self.blocks:
+                produced = self.expand_block(self.blocks[ltype], entry, scope, full, inputs, loc)
+            else:
+                produced = self.add_layer(entry, ltype, full, inputs, loc, scope)
+            if produced is None:
+                # keep later layers checkable: they see the failed layer's input instead
+                produced = inputs[0] if inputs else prev
+            local[name] = produced
+            self.aliases[full] = produced
+            prev = produced
+        if output is not None:
+            if output not in local:
+                self.error(f"block output '{output}' is not a layer of the block",
+                           entries.loc, fix=did_you_mean(output, local) or "name one of its layers")
+                return prev
+            return local[output]
+        return prev
+
+    def local_name(self, entry, index, loc, local_locs, scope) -> str | None:
+        raw = entry.get("name", str(index))
+        if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+            self.error(f"'name' must be a string, received {describe(raw)}", entry.loc_of("name"),
+                       notes=scope.notes)
+            return None
+        name = str(raw)
+        ltype = entry.get("type", "?")
+        if not NAME_RE.match(name):
+            self.error(f"layer name '{name}' has characters that are not allowed",
+                       entry.loc_of("name"), expected="letters, digits, '_', '.', '-'",
+                       notes=scope.notes)
+            return None
+        if name == "input":
+            self.error("'input' is reserved for the model's (or block's) input",
+                       entry.loc_of("name"), name, ltype, fix="choose another name",
+                       notes=scope.notes)
+            return None
+        full = scope.prefix + name
+        if name in local_locs or full in self.produced:
+            first = local_locs.get(name) or self.produced.get(full)
+            self.error(f"duplicate layer name '{full}' (first at line {first.line})",
+                       entry.loc_of("name"), full, ltype, expected="unique layer names",
+                       fix="rename one of the two layers", notes=scope.notes)
+            return None
+        local_locs[name] = loc
+        return name
+
+    def resolve_inputs(self, entry, prev, local, declared, scope, name, ltype, loc):
+        if "inputs" not in entry:
+            return (prev,)
+        raw = entry["inputs"]
+        items = [raw] if isinstance(raw, (str, int)) and not isinstance(raw, bool) else raw
+        where = entry.loc_of("inputs")
+        if not isinstance(items, list) or not items:
+            self.error(f"'inputs' must be a list of layer names, received {describe(raw)}",
+                       where, scope.prefix + name, ltype, notes=scope.notes)
+            return (prev,)
+        out = []
+        for j, item in enumerate(items):
+            item_loc = items.loc_of(j) if isinstance(items, YamlList) else where
+            ref = str(item)
+            if ref == "input":
+                out.append(scope.input_name)
+            elif ref in local:
+                out.append(local[ref])
+            elif scope.prefix == "" and ref in self.aliases:
+                out.append(self.aliases[ref])
+            elif ref in declared:
+                self.error(f"input '{ref}' is defined later (line {declared[ref].line})",
+                           item_loc, scope.prefix + name, ltype,
+                           expected="inputs name earlier layers", fix="reorder the layers",
+                           notes=scope.notes)
+            else:
+                options = list(local) + ["input"] + (list(self.aliases) if not scope.prefix else [])
+                self.error(f"unknown input '{ref}'", item_loc, scope.prefix + name, ltype,
+                           expected="the name of an earlier layer, or 'input'",
+                           fix=did_you_mean(ref, options) or "check the spelling",
+                           notes=scope.notes)
+        return tuple(out) if out else (prev,)
+
+    def add_layer(self, entry, ltype, full, inputs, loc, scope) -> str | None:
+        cls = LAYER_TYPES.get(ltype)
+        if cls is None or cls.internal:
+            options = [t for t, c in LAYER_TYPES.items() if not c.internal] + list(self.blocks)
+            self.error(f"unknown layer type '{ltype}'", entry.loc_of("type"), full, ltype,
+                       expected="a layer type or a block name",
+                       fix=did_you_mean(ltype, options) or f"known types: {one_of(options)}",
+                       notes=scope.notes)
+            return None
+        kwargs, problems = parse_fields(cls, entry, LAYER_RESERVED)
+        for key, exc in problems:
+            if key == "repeat":
+                exc = FieldError("'repeat' is only for block instances",
+                                 fix=f"define a block holding this {ltype} and repeat that")
+            where = loc if key is None else \
+                entry.key_loc(key) if key not in cls.keys() else entry.loc_of(key)
+            notes = scope.notes + self.subst_notes(entry, key)
+            self.field_error(exc, where, full, ltype, notes)
+        if problems:
+            return None
+        n = len(inputs)
+        if n < cls.min_inputs or (cls.max_inputs is not None and n > cls.max_inputs):
+            want = (f"{cls.min_inputs}" if cls.max_inputs == cls.min_inputs else
+                    f"at least {cls.min_inputs}" if cls.max_inputs is None else
+                    f"{cls.min_inputs} to {cls.max_inputs}")
+            self.error(f"{ltype} takes {want} input(s), received {n}",
+                       entry.loc_of("inputs") if "inputs" in entry else loc, full, ltype,
+                       fix="list the branches to merge in 'inputs'" if cls.min_inputs > 1 else
+                       "give one input", notes=scope.notes)
+            return None
+        try:
+            layer = cls(**kwargs)
+        except FieldError as exc:
+            self.field_error(exc, loc, full, ltype, scope.notes)
+            return None
+        self.decls.append(LayerDecl(full, layer, tuple(inputs), loc, scope.notes))
+        self.produced[full] = loc
+        return full
+
+    def expand_block(self, block: Block, entry, scope, full, inputs, loc) -> str | None:
+        if block.name in scope.stack:
+            self.error(f"block '{block.name}' uses itself "
+                       f"({' -> '.join(scope.stack + (block.name,))})", entry.loc_of("type"),
+                       full, block.name, fix="a block cannot contain itself", notes=scope.notes)
+            return None
+        if len(inputs) != 1:
+            self.error(f"block '{block.name}' takes one input, received {len(inputs)}",
+                       entry.loc_of("inputs"), full, block.name, notes=scope.notes)
+            return None
+        params, ok = {}, True
+        for key in entry:
+            if key in INSTANCE_RESERVED:
+                continue
+            if key not in block.params:
+                self.error(f"unknown key '{key}' for block '{block.name}'", entry.key_loc(key),
+                           full, block.name,
+                           expected="block parameters: " + (one_of(block.params) or "none"),
+                           fix=did_you_mean(key, block.params) or f"remove '{key}'",
+                           notes=scope.notes)
+                ok = False
+            else:
+                params[key] = (entry[key], entry.loc_of(key))
+        for key, default in block.params.items():
+            if key not in params:
+                if default is None:
+                    self.error(f"missing required block parameter '{key}'", loc, full, block.name,
+                               fix=f"add '{key}: <value>'", notes=scope.notes)
+                    ok = False
+                else:
+                    params[key] = (default, block.param_locs.get(key, block.loc))
+        repeat = None
+        if "repeat" in entry:
+            try:
+                repeat = positive_int(entry["repeat"])
+            except FieldError as exc:
+                self.field_error(FieldError(f"key 'repeat': {exc.message}", exc.expected),
+                                 entry.loc_of("repeat"), full, block.name, scope.notes)
+                ok = False
+        if not ok:
+            return None
+        current = inputs[0]
+        for r in range(repeat or 1):
+            prefix = f"{full}.{r}." if repeat is not None else f"{full}."
+            note = f"in block '{block.name}', expanded as '{prefix[:-1]}' at {loc}"
+            inner = Scope(prefix, current, params, scope.stack + (block.name,),
+                          scope.notes + (note,))
+            current = self.expand(block.layers, inner, block.output)
+        return current
+
+    # -- block parameter substitution -------------------------------------------------------
+    def substitute_entry(self, entry: YamlMap, scope: Scope) -> YamlMap | None:
+        out = YamlMap()
+        out.loc, out.locs, out.key_locs = entry.loc, dict(entry.locs), dict(entry.key_locs)
+        out.from_params = {}
+        ok = True
+        for key, value in entry.items():
+            try:
+                out[key], used = self.substitute(value, scope)
+            except FieldError as exc:
+                self.error(exc.message, entry.loc_of(key), entry.get("name"), entry.get("type", "?"),
+                           exc.expected, exc.fix, scope.notes)
+                ok = False
+                continue
+            if used:
+                out.from_params[key] = used
+        return out if ok else None
+
+    def substitute(self, value, scope: Scope):
+        """Replace ``$param`` (or an arithmetic expression of params) with the block's value."""
+        if isinstance(value, list):
+            items, used = [], []
+            for v in value:
+                new, u = self.substitute(v, scope)
+                items.append(new)
+                used += u
+            out = YamlList(items)
+            out.loc, out.locs = getattr(value, "loc", None), getattr(value, "locs", [])
+            return out, used
+        if not isinstance(value, str) or "$" not in value:
+            return value, []
+        names = PARAM_RE.findall(value)
+        params = scope.params or {}
+        for n in names:
+            if n not in params:
+                if not params:
+                    raise FieldError(f"'{value}' names a block parameter outside any block",
+                                     fix="write the value itself, or move this layer into a block")
+                raise FieldError(f"unknown block parameter '${n}'",
+                                 "one of: " + ", ".join("$" + p for p in params),
+                                 did_you_mean("$" + n, ["$" + p for p in params]))
+        used = [(n, params[n][1]) for n in names]
+        whole = PARAM_RE.fullmatch(value.strip())
+        if whole:
+            return params[whole.group(1)][0], used
+        return evaluate(value, {n: params[n][0] for n in names}), used
+
+    def subst_notes(self, entry, key) -> tuple[str, ...]:
+        used = getattr(entry, "from_params", {}).get(key, [])
+        return tuple(f"'{key}' comes from ${n} given at {loc}" for n, loc in used)
+
+    # -- train ------------------------------------------------------------------------------
+    def parse_train(self, raw, loc) -> TrainConfig:
+        if raw is None:
+            return TrainConfig(optimizer=OPTIMIZERS["sgd"]())
+        if not isinstance(raw, YamlMap):
+            self.error(f"'train' must be a mapping, received {describe(raw)}", loc)
+            return TrainConfig(optimizer=OPTIMIZERS["sgd"]())
+        plain = {k: v for k, v in raw.items() if k not in ("optimizer", "schedule")}
+        kwargs, problems = parse_fields(TrainConfig, plain, ())
+        for key, exc in problems:
+            self.field_error(FieldError(f"train: {exc.message}", exc.expected, exc.fix),
+                             raw.loc_of(key) if key else raw.loc)
+        kwargs["optimizer"] = self.parse_optimizer(raw.get("optimizer"), raw.loc_of("optimizer"))
+        if "schedule" in raw:
+            kwargs["schedule"] = self.parse_schedule(raw["schedule"], raw.loc_of("schedule"))
+        return TrainConfig(**kwargs)
+
+    def parse_optimizer(self, raw, loc):
+        if raw is None:
+            return OPTIMIZERS["sgd"]()
+        if isinstance(raw, str):
+            raw = {"type": raw}
+        if not isinstance(raw, dict) or "type" not in raw:
+            self.error("train.optimizer must be a mapping with a 'type'", loc,
+                       expected="e.g. {type: sgd, lr: 0.1, momentum: 0.9}")
+            return OPTIMIZERS["sgd"]()
+        kind = raw["type"]
+        cls = OPTIMIZERS.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            self.error(f"unknown optimizer '{kind}'", getattr(raw, "loc_of", lambda k: loc)("type"),
+                       expected="one of: " + ", ".join(OPTIMIZERS),
+                       fix=did_you_mean(kind, OPTIMIZERS))
+            return OPTIMIZERS["sgd"]()
+        kwargs, problems = parse_fields(cls, raw, ("type",))
+        for key, exc in problems:
+            where = raw.loc_of(key) if key and isinstance(raw, YamlMap) else loc
+            self.field_error(FieldError(f"train.optimizer: {exc.message}", exc.expected, exc.fix),
+                             where)
+        return cls(**kwargs)
+
+    def parse_schedule(self, raw, loc) -> Schedule:
+        if isinstance(raw, str):
+            raw = {"type": raw}
+        if not isinstance(raw, dict):
+            self.error("train.schedule must be a mapping with a 'type'", loc,
+                       expected="e.g. {type: cosine} or {type: step, step_size: 30, gamma: 0.1}")
+            return Schedule()
+        kwargs, problems = parse_fields(Schedule, raw, ())
+        for key, exc in problems:
+            where = raw.loc_of(key) if key and isinstance(raw, YamlMap) else loc
+            self.field_error(FieldError(f"train.schedule: {exc.message}", exc.expected, exc.fix),
+                             where)
+        if kwargs.get("type") == "multistep" and not kwargs.get("milestones"):
+            self.error("train.schedule: multistep needs 'milestones'", loc,
+                       fix="add e.g. milestones: [30, 60]")
+        return Schedule(**kwargs)
+
+
+_ALLOWED_OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow)
+
+
+def evaluate(text: str, values: dict):
+    """Evaluate ``$filters * 4``-style arithmetic over block parameters (numbers only)."""
+    expr = PARAM_RE.sub(lambda m: m.group(1), text)
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError:
+        raise FieldError(f"cannot read the expression '{text}'",
+                         "a block parameter like $filters, or arithmetic like '$filters * 4'") from None
+
+    def ev(node):
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
+                and not isinstance(node.value, bool):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in values:
+            v = values[node.id]
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise FieldError(f"${node.id} is {describe(v)} and cannot take part in '{text}'")
+            return v
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            v = ev(node.operand)
+            return -v if isinstance(node.op, ast.USub) else v
+        if isinstance(node, ast.BinOp) and isinstance(node.op, _ALLOWED_OPS):
+            a, b = ev(node.left), ev(node.right)
+            if isinstance(node.op, ast.Pow) and abs(b) > 64:
+                raise FieldError(f"exponent too large in '{text}'")
+            try:
+                return {ast.Add: lambda: a + b, ast.Sub: lambda: a - b,
+                        ast.Mult: lambda: a * b, ast.Div: lambda: a / b,
+                        ast.FloorDiv: lambda: a // b, ast.Mod: lambda: a % b,
+                        ast.Pow: lambda: a ** b}[type(node.op)]()
+            except ZeroDivisionError:
+                raise FieldError(f"division by zero in '{text}'") from None
+        raise FieldError(f"cannot evaluate '{text}'",
+                         "numbers, block parameters and + - * / // % ** only")
+
+    return ev(tree)
+
+
+def parse_spec_text(text: str, path: str = "<spec>") -> Spec:
+    """Parse spec text; raises SpecError listing every problem with its place."""
+    try:
+        return SpecParser(text, path).parse()
+    except SpecError as exc:
+        exc.source_lines = exc.source_lines or text.splitlines()
+        raise
+
+
+def load_spec(path) -> Spec:
+    """Read and parse a spec file. ``cnnc check`` and ``cc.compile`` start here."""
+    shown = display_path(path)
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise SpecError([Diagnostic(f"no such spec file: {shown}", None)]) from None
+    except IsADirectoryError:
+        raise SpecError([Diagnostic(f"{shown} is a directory, not a spec file", None)]) from None
+    except OSError as exc:
+        raise SpecError([Diagnostic(f"cannot read {shown}: {exc.strerror}", None)]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise SpecError([Diagnostic("the spec is not UTF-8 text (a binary file?)",
+                                    SourceLoc(shown, line, 1))]) from None
+    if "\x00" in text:
+        raise SpecError([Diagnostic("the spec contains NUL bytes (a binary file?)",
+                                    SourceLoc(shown, 1, 1))])
+    return parse_spec_text(text, shown)

@@ -1,0 +1,106 @@
+"""The ``train:`` section of a spec: loss, optimizer, learning-rate schedule, epochs, batch size.
+
+```yaml
+train:
+  loss: softmax_cross_entropy          # or sigmoid_cross_entropy, euclidean
+  optimizer: {type: sgd, lr: 0.1, momentum: 0.9, nesterov: false, weight_decay: 5.0e-4}
+  schedule: {type: multistep, milestones: [30, 60], gamma: 0.1, warmup: 2}
+  epochs: 90
+  batch_size: 128
+```
+
+Schedules count epochs unless ``unit: step``. Every schedule takes ``warmup: N``, a linear
+warm-up from ``warmup_factor * lr`` to ``lr`` over the first N units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import FieldError
+from ..layers.fields import (boolean, choice, describe, non_negative_int, non_negative_number,
+                             option, positive_int, positive_number, probability)
+
+LOSSES = ("softmax_cross_entropy", "sigmoid_cross_entropy", "euclidean")
+
+
+def _betas(value):
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise FieldError(f"received {describe(value)}", "expected [beta1, beta2]")
+    return tuple(probability(v) for v in value)
+
+
+def _milestones(value):
+    if not isinstance(value, (list, tuple)) or not value:
+        raise FieldError(f"received {describe(value)}", "expected a list of positive integers")
+    out = tuple(positive_int(v) for v in value)
+    if list(out) != sorted(set(out)):
+        raise FieldError(f"received {list(out)}", "expected increasing milestones")
+    return out
+
+
+@dataclass(frozen=True)
+class SGD:
+    """Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay."""
+
+    lr: float = option(positive_number, default=0.01)
+    momentum: float = option(probability, default=0.0)
+    nesterov: bool = option(boolean, default=False)
+    weight_decay: float = option(non_negative_number, default=0.0)
+    dampening: float = option(probability, default=0.0)
+
+
+@dataclass(frozen=True)
+class Adam:
+    """Adam with L2 weight decay added to the gradient (as torch.optim.Adam)."""
+
+    lr: float = option(positive_number, default=0.001)
+    betas: tuple = option(_betas, default=(0.9, 0.999))
+    eps: float = option(positive_number, default=1e-8)
+    weight_decay: float = option(non_negative_number, default=0.0)
+
+
+@dataclass(frozen=True)
+class AdamW(Adam):
+    """Adam with decoupled weight decay (as torch.optim.AdamW, default decay 0.01)."""
+
+    weight_decay: float = option(non_negative_number, default=0.01)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A learning-rate schedule; which keys matter depends on ``type``."""
+
+    type: str = option(choice("constant", "step", "multistep", "exponential", "cosine",
+                              "polynomial"), default="constant")
+    unit: str = option(choice("epoch", "step"), default="epoch")
+    step_size: int = option(positive_int, default=1)
+    milestones: tuple = option(lambda v: None if v is None else _milestones(v), default=None)
+    gamma: float = option(positive_number, default=0.1)
+    t_max: int = option(lambda v: None if v is None else positive_int(v), default=None)
+    eta_min: float = option(non_negative_number, default=0.0)
+    power: float = option(positive_number, default=1.0)
+    total: int = option(lambda v: None if v is None else positive_int(v), default=None)
+    end_lr: float = option(non_negative_number, default=0.0)
+    warmup: int = option(non_negative_int, default=0)
+    warmup_factor: float = option(non_negative_number, default=0.0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    loss: str = option(choice(*LOSSES), default="softmax_cross_entropy")
+    optimizer: object = None
+    schedule: Schedule = Schedule()
+    epochs: int = option(positive_int, default=10)
+    batch_size: int = option(positive_int, default=32)
+    label_smoothing: float = option(probability, default=0.0)
+
+
+TRAIN_KEYS = ("loss", "optimizer", "schedule", "epochs", "batch_size", "label_smoothing")
+
+
+__all__ = ["LOSSES", "OPTIMIZERS", "SGD", "Adam", "AdamW", "Schedule", "TrainConfig",
+           "TRAIN_KEYS"]
