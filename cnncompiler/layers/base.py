@@ -107,6 +107,11 @@ class Layer:
         changes or draws in training (running statistics, dropout masks)."""
         return self.reference(xs, params)
 
+    def prepare(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The compiled kernel's arguments from the layer's parameters, computed once when
+        weights are loaded (a fused layer folds batch norm here). Default: the same."""
+        return params
+
     # -- introspection ----------------------------------------------------------------------
     @classmethod
     def keys(cls) -> dict[str, dataclasses.Field]:
