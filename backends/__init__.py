@@ -3,3 +3,19 @@
 Installed as ``cnncompiler.backends``. Everything that imports tvm's compiler lives here; the
 front end (spec, layers, graph, passes, reference) never does.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def build_library(g, choice, lib_path: Path, batch_sizes=()) -> dict:
+    """Lower the optimised graph and compile it for ``choice`` into ``lib_path``."""
+    from .lower import build_module
+
+    mod = build_module(g, batch_sizes)
+    if choice.kind == "cuda":
+        from .cuda import build_cuda
+        return build_cuda(mod, choice, lib_path)
+    from .cpu import build_cpu
+    return build_cpu(mod, choice, lib_path)

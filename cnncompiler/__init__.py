@@ -2,11 +2,20 @@
 
     import cnncompiler as cc
     graph, warnings = cc.check("specs/lenet5.yaml")
-"""
+    model = cc.compile("specs/lenet5.yaml", target="cpu")
+    y = model.predict(x)
+    model.save("build/lenet5"); model = cc.load("build/lenet5")
 
-from .errors import CnncError, SpecError
-from .graph import load_checked as check
+Importing cnncompiler does not import TVM; compiling does, running needs only its runtime.
+"""
 
 __version__ = "0.1.0"
 
-__all__ = ["CnncError", "SpecError", "check", "__version__"]
+from .compiler import compile  # noqa: E402
+from .errors import (ArtifactError, CnncError, CompileError, InputError,  # noqa: E402
+                     SpecError)
+from .graph import load_checked as check  # noqa: E402
+from .runtime.model import CompiledModel, load  # noqa: E402
+
+__all__ = ["ArtifactError", "CnncError", "CompileError", "CompiledModel", "InputError",
+           "SpecError", "check", "compile", "load", "__version__"]

@@ -1,0 +1,155 @@
+"""CUDA code generation, also on a build machine without a GPU.
+
+TVM emits device code (a fatbin inside the exported library) only when its CUDA runtime
+sidecar, ``libtvm_runtime_cuda.so``, loads, and that needs a ``libcuda.so.1``. On a machine with
+an NVIDIA driver the real one is used. Without one, cnnc builds a stub ``libcuda.so.1`` whose
+driver functions all return CUDA_ERROR_NO_DEVICE, loads it before TVM, and compiles with nvcc;
+the stub is only ever loaded into compiling processes, never into one that runs a model.
+Because the sidecar is chosen when TVM is imported, a process that imported TVM without it
+compiles CUDA in a fresh worker process instead (see ``compile_in_worker``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from cnncompiler.errors import CompileError
+
+FATBIN_MAGIC = b"\x50\xed\x55\xba"
+# The driver entry points libtvm_runtime_cuda.so imports (read with nm when available).
+KNOWN_DRIVER_SYMBOLS = ("cuDeviceGetName", "cuFuncSetAttribute", "cuGetErrorName",
+                        "cuGetErrorString", "cuLaunchKernelEx", "cuModuleGetFunction",
+                        "cuModuleLoadData", "cuModuleUnload", "cuTensorMapEncodeTiled")
+
+
+def find_nvcc() -> str:
+    for candidate in (shutil.which("nvcc"),
+                      *(Path(os.environ[v]) / "bin" / "nvcc" for v in ("CUDA_HOME", "CUDA_PATH")
+                        if os.environ.get(v)),
+                      "/usr/local/cuda/bin/nvcc"):
+        if candidate and Path(candidate).is_file():
+            return str(candidate)
+    raise CompileError("cannot compile for CUDA: no CUDA compiler found (nvcc is not on PATH, "
+                       "nor in $CUDA_HOME/bin or /usr/local/cuda/bin); install the CUDA toolkit "
+                       "or put nvcc on PATH")
+
+
+def _tvm_lib_dir() -> Path:
+    spec = importlib.util.find_spec("tvm")
+    return Path(spec.origin).parent / "lib"
+
+
+def sidecar_loaded() -> bool:
+    """Is TVM's CUDA runtime loaded in this process (so device code gets emitted)?"""
+    try:
+        return "libtvm_runtime_cuda" in Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+
+
+def _driver_symbols() -> list[str]:
+    lib = _tvm_lib_dir() / "libtvm_runtime_cuda.so"
+    nm = shutil.which("nm")
+    if nm and lib.exists():
+        out = subprocess.run([nm, "-D", "--undefined-only", str(lib)], capture_output=True,
+                             text=True).stdout
+        syms = {line.split()[-1].split("@")[0] for line in out.splitlines() if line.split()}
+        found = sorted(s for s in syms if s[:2] == "cu" and s[2:3].isupper())
+        if found:
+            return found
+    return list(KNOWN_DRIVER_SYMBOLS)
+
+
+def stub_driver() -> Path:
+    """Build (once, cached per symbol set) the stand-in libcuda.so.1 for GPU-less machines."""
+    symbols = _driver_symbols()
+    lines = ["/* cnnc: stand-in CUDA driver for compiling without a GPU; every call fails */"]
+    for s in symbols:
+        if s in ("cuGetErrorName", "cuGetErrorString"):
+            lines.append(f'int {s}(int e, const char **p) {{ if (p) *p = "no CUDA driver '
+                         f'(compile-only stub)"; return 0; }}')
+        else:
+            lines.append(f"int {s}(void) {{ return 100; /* CUDA_ERROR_NO_DEVICE */ }}")
+    source = "\n".join(lines) + "\n"
+    key = hashlib.sha256(source.encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("CNNC_CACHE", Path.home() / ".cache" / "cnnc")) / "cuda-stub" / key
+    lib = cache / "libcuda.so.1"
+    if lib.exists():
+        return lib
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        raise CompileError("cannot compile for CUDA on a machine without a GPU driver: a C "
+                           "compiler (cc/gcc) is needed to build the compile-only driver stub")
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        src = Path(tmp) / "stub.c"
+        src.write_text(source)
+        out = Path(tmp) / "libcuda.so.1"
+        proc = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-Wl,-soname,libcuda.so.1",
+                               "-o", str(out), str(src)], capture_output=True, text=True)
+        if proc.returncode:
+            raise CompileError(f"building the CUDA driver stub failed: {proc.stderr.strip()}")
+        os.replace(out, lib)
+    return lib
+
+
+def real_driver_present() -> bool:
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        return True
+    except OSError:
+        return False
+
+
+def prepare_process() -> bool:
+    """Before TVM is imported: make sure its CUDA runtime will load. Returns False when TVM is
+    already imported without it (then compile in a worker)."""
+    os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
+    if sidecar_loaded():
+        return True
+    if "tvm" in sys.modules:
+        return False
+    if not real_driver_present():
+        ctypes.CDLL(str(stub_driver()), mode=ctypes.RTLD_GLOBAL)
+    return True
+
+
+def build_cuda(mod, choice, lib_path: Path) -> dict:
+    """Compile a Relax module for CUDA (dlight GPU schedules) and export it with device code."""
+    nvcc = find_nvcc()
+    os.environ["PATH"] = str(Path(nvcc).parent) + os.pathsep + os.environ.get("PATH", "")
+    if not sidecar_loaded():
+        raise CompileError("internal error: TVM's CUDA runtime is not loaded in this process")
+    import tvm
+
+    target = tvm.target.Target(choice.config, host=choice.host)
+    with target:
+        executable = tvm.compile(mod, target=target)
+    executable.export_library(str(lib_path))
+    data = Path(lib_path).read_bytes()
+    if FATBIN_MAGIC not in data:
+        raise CompileError("CUDA compilation produced no device code (no fatbin in the library)")
+    return {"device_code": "fatbin", "nvcc": nvcc}
+
+
+def compile_in_worker(request: dict) -> None:
+    """Run ``cnncompiler.compiler.build_artifact(**request)`` in a fresh process that loads
+    TVM with its CUDA runtime; raises CompileError with the worker's message on failure."""
+    with tempfile.TemporaryDirectory(prefix="cnnc-cuda-") as tmp:
+        req = Path(tmp) / "request.json"
+        req.write_text(json.dumps(request))
+        proc = subprocess.run([sys.executable, "-m", "cnncompiler.backends.cuda_worker", str(req)],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+            message = lines[-1] if lines else f"exit code {proc.returncode}"
+            raise CompileError(message.removeprefix("cnnc: error: "))

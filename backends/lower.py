@@ -1,0 +1,76 @@
+"""Lower a checked (and optimised) layer graph to a TVM Relax module.
+
+``main(x, *kernel_args)`` takes the input batch, whose size is symbolic unless a function is
+specialised for one batch size, and the prepared weights as arguments (not constants), so
+``load_params`` swaps weights without recompiling. Each layer becomes one ``call_tir`` of one
+PrimFunc, named after the layer, so a fused layer is one kernel.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+import tvm
+from tvm import relax, tirx
+
+from cnncompiler.errors import CompileError
+from cnncompiler.graph import topo_layers
+from cnncompiler.runtime.signature import kernel_name, kernel_signature, prepared_shapes
+
+from .te_ops import LOWERINGS
+
+FLOAT = "float32"
+PASSTHROUGH = ("dropout", "identity")  # no kernel: the value is the input's
+
+
+def emit_function(bb: relax.BlockBuilder, g: nx.DiGraph, name: str, batch: int | None,
+                  lowerings=LOWERINGS) -> None:
+    """Add ``name(x, *kernel_args)`` computing the graph's outputs to the module being built."""
+    n = tirx.Var("n", "int64") if batch is None else batch
+    x = relax.Var("x", relax.TensorType([n, *g.graph["input_shape"]], FLOAT))
+    signature = kernel_signature(g)
+    arg_vars = {a.name: relax.Var(kernel_name(a.name), relax.TensorType(list(a.shape), FLOAT))
+                for a in signature}
+    with bb.function(name, [x, *arg_vars.values()]):
+        with bb.dataflow():
+            values = {"input": x}
+            for node in topo_layers(g):
+                if node == "input":
+                    continue
+                values[node] = emit_layer(bb, g, node, values, arg_vars, lowerings)
+            outs = [values[o] for o in g.graph["outputs"]]
+            result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
+        bb.emit_func_output(result)
+
+
+def emit_layer(bb, g, node, values, arg_vars, lowerings):
+    data = g.nodes[node]
+    layer = data["layer"]
+    lower = lowerings.get(layer.type_name)
+    if lower is None:
+        raise CompileError(f"layer '{node}' ({layer.type_name}): no lowering to TVM for this "
+                           "layer type")
+    xs = [values[src] for src in data["inputs"]]
+    args = {key: arg_vars[f"{node}:{key}"] for key in prepared_shapes(g, node)}
+    out_shape = data["shape"]
+
+    def compute(xs_te, args_te):
+        y = lower(layer, xs_te, args_te, out_shape)
+        return xs_te[0] if y is None else y
+
+    if layer.type_name in PASSTHROUGH:
+        return xs[0]
+    try:
+        return bb.emit_te(compute, xs, args, primfunc_name_hint=kernel_name(node))
+    except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
+        raise CompileError(f"layer '{node}' ({layer.type_name}): lowering to TVM failed: "
+                           f"{exc}") from exc
+
+
+def build_module(g: nx.DiGraph, batch_sizes=(), lowerings=LOWERINGS) -> tvm.IRModule:
+    """The Relax module: ``main`` for any batch size, plus ``main_b<N>`` for each batch size
+    the model is specialised for."""
+    bb = relax.BlockBuilder()
+    emit_function(bb, g, "main", None, lowerings)
+    for b in batch_sizes:
+        emit_function(bb, g, f"main_b{b}", b, lowerings)
+    return bb.finalize()

@@ -1,0 +1,372 @@
+"""Tensor-expression (TE) computes for every layer type, in NCHW (NCT for 1-D) layout.
+
+Each ``lower_<type>(layer, xs, args, out_shape)`` returns the layer's output as a ``te.Tensor``
+from its inputs ``xs`` (batched TE tensors, the batch size possibly symbolic) and its kernel
+arguments ``args`` (the prepared weights, see ``Layer.prepare``). ``out_shape`` is the checked
+per-sample output shape. The lowering emits each layer as one TIR PrimFunc, so a fused layer,
+whose compute chains the conv and its epilogue, is one kernel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from tvm import te, tirx
+
+from cnncompiler.layers.pool import blur_filter
+from cnncompiler.layers.window import resolve_padding
+
+FLOAT = "float32"
+
+
+def const(value, dtype=FLOAT):
+    return tirx.const(value, dtype)
+
+
+def batch(x: te.Tensor):
+    return x.shape[0]
+
+
+# -- padding -----------------------------------------------------------------------------------
+
+def pad(x: te.Tensor, pads, value: float = 0.0, name: str = "pad") -> te.Tensor:
+    """Pad the spatial axes of (N, C, *spatial) with ``value``; a no-op without padding."""
+    if all(tuple(p) == (0, 0) for p in pads):
+        return x
+    sizes = [int(s) for s in x.shape[2:]]
+    shape = (x.shape[0], x.shape[1], *[s + b + a for s, (b, a) in zip(sizes, pads)])
+
+    def compute(n, c, *idx):
+        conds, src = [], []
+        for i, s, (b, a) in zip(idx, sizes, pads):
+            if b:
+                conds.append(i >= b)
+            if a:
+                conds.append(i < s + b)
+            src.append(i - b)
+        value_expr = x[(n, c, *src)]
+        if not conds:
+            return value_expr
+        return tirx.if_then_else(tirx.all(*conds), value_expr, const(value, x.dtype))
+
+    return te.compute(shape, compute, name=name)
+
+
+def reflect_pad(x: te.Tensor, pads, name: str = "reflect_pad") -> te.Tensor:
+    """Reflect-pad the spatial axes (the edge row is not repeated), as numpy's 'reflect'."""
+    sizes = [int(s) for s in x.shape[2:]]
+    shape = (x.shape[0], x.shape[1], *[s + b + a for s, (b, a) in zip(sizes, pads)])
+
+    def reflect(i, s, b):
+        j = i - b
+        return tirx.Select(j < 0, -j, tirx.Select(j >= s, 2 * (s - 1) - j, j))
+
+    return te.compute(shape, lambda n, c, *idx: x[(n, c, *[
+        reflect(i, s, b) for i, s, (b, _) in zip(idx, sizes, pads)])], name=name)
+
+
+# -- convolution and dense -----------------------------------------------------------------------
+
+def conv_nd(x, w, bias, stride, pads, dilation, groups, out_spatial, name="conv"):
+    """Grouped, dilated, strided convolution of (N, C, *sp) by (F, C/g, *k), plus bias."""
+    f, cg = int(w.shape[0]), int(w.shape[1])
+    kernel = [int(k) for k in w.shape[2:]]
+    xp = pad(x, pads)
+    rc = te.reduce_axis((0, cg), name="rc")
+    rk = [te.reduce_axis((0, k), name=f"rk{i}") for i, k in enumerate(kernel)]
+    per_group = f // groups
+
+    def compute(n, o, *sp):
+        c = rc if groups == 1 else (o // per_group) * cg + rc
+        src = [s * st + r * d for s, st, r, d in zip(sp, stride, rk, dilation)]
+        return te.sum(xp[(n, c, *src)] * w[(o, rc, *rk)], axis=[rc, *rk])
+
+    y = te.compute((batch(x), f, *out_spatial), compute, name=name)
+    if bias is None:
+        return y
+    return te.compute(y.shape, lambda n, o, *sp: y[(n, o, *sp)] + bias[o], name=f"{name}_bias")
+
+
+def lower_conv(layer, xs, args, out_shape):
+    pads = resolve_padding(layer.padding, [int(s) for s in xs[0].shape[2:]], layer.kernel,
+                           layer.stride, layer.dilation)
+    return conv_nd(xs[0], args["weight"], args.get("bias"), layer.stride, pads, layer.dilation,
+                   layer.groups, out_shape[1:])
+
+
+def lower_dense(layer, xs, args, out_shape):
+    x, w = xs[0], args["weight"]
+    k = te.reduce_axis((0, int(w.shape[1])), name="k")
+    y = te.compute((batch(x), int(w.shape[0])), lambda n, o: te.sum(x[n, k] * w[o, k], axis=k),
+                   name="dense")
+    if "bias" not in args:
+        return y
+    b = args["bias"]
+    return te.compute(y.shape, lambda n, o: y[n, o] + b[o], name="dense_bias")
+
+
+def lower_locally_connected2d(layer, xs, args, out_shape):
+    x, w = xs[0], args["weight"]  # w: (oh, ow, f, c, kh, kw)
+    pads = resolve_padding(layer.padding, [int(s) for s in x.shape[2:]], layer.kernel,
+                           layer.stride, (1, 1))
+    xp = pad(x, pads)
+    c, kh, kw = (int(s) for s in w.shape[3:])
+    rc, ri, rj = (te.reduce_axis((0, n), name=nm) for n, nm in ((c, "rc"), (kh, "ri"), (kw, "rj")))
+    sh, sw = layer.stride
+    y = te.compute((batch(x), *out_shape), lambda n, f, i, j: te.sum(
+        xp[n, rc, i * sh + ri, j * sw + rj] * w[i, j, f, rc, ri, rj], axis=[rc, ri, rj]),
+        name="locally_connected")
+    if "bias" not in args:
+        return y
+    b = args["bias"]
+    return te.compute(y.shape, lambda n, f, i, j: y[n, f, i, j] + b[f, i, j], name="lc_bias")
+
+
+# -- pooling -----------------------------------------------------------------------------------------
+
+def _pool_windows(layer, x):
+    """Padding (with the ceil_mode overhang) and reduce axes of a windowed pool."""
+    sizes = [int(s) for s in x.shape[2:]]
+    full = layer.full_padding(sizes)
+    explicit = resolve_padding(layer.padding, sizes, layer.kernel, layer.stride,
+                               (1,) * len(sizes))
+    axes = [te.reduce_axis((0, k), name=f"rk{i}") for i, k in enumerate(layer.kernel)]
+    return sizes, full, explicit, axes
+
+
+def _window_count(sizes, explicit, layer, out_idx, include_pad):
+    """How many elements the average at ``out_idx`` divides by (PyTorch's rule)."""
+    count = None
+    for o, s, (b, a), k, st in zip(out_idx, sizes, explicit, layer.kernel, layer.stride):
+        start = o * st - b
+        end = tirx.min(start + k, s + a)
+        if not include_pad:
+            start, end = tirx.max(start, 0), tirx.min(end, s)
+        n = end - start
+        count = n if count is None else count * n
+    return count
+
+
+def lower_maxpool(layer, xs, args, out_shape):
+    x = xs[0]
+    _, full, _, axes = _pool_windows(layer, x)
+    xp = pad(x, full, float("-inf"))
+    return te.compute((batch(x), *out_shape), lambda n, c, *o: te.max(
+        xp[(n, c, *[i * s + r for i, s, r in zip(o, layer.stride, axes)])], axis=axes),
+        name="maxpool")
+
+
+def _window_sum(layer, xp, x, out_shape, name):
+    axes = [te.reduce_axis((0, k), name=f"rk{i}") for i, k in enumerate(layer.kernel)]
+    return te.compute((batch(x), *out_shape), lambda n, c, *o: te.sum(
+        xp[(n, c, *[i * s + r for i, s, r in zip(o, layer.stride, axes)])], axis=axes), name=name)
+
+
+def lower_avgpool(layer, xs, args, out_shape):
+    x = xs[0]
+    sizes, full, explicit, _ = _pool_windows(layer, x)
+    total = _window_sum(layer, pad(x, full), x, out_shape, "avgpool_sum")
+    return te.compute(total.shape, lambda n, c, *o: total[(n, c, *o)] / _window_count(
+        sizes, explicit, layer, o, layer.count_include_pad).astype(x.dtype), name="avgpool")
+
+
+def lower_lppool(layer, xs, args, out_shape):
+    x = xs[0]
+    sizes, full, explicit, _ = _pool_windows(layer, x)
+    p = layer.p
+    powered = te.compute(x.shape, lambda *i: tirx.power(x(*i), const(p, x.dtype)), name="lp_pow")
+    total = _window_sum(layer, pad(powered, full), x, out_shape, "lppool_sum")
+    kernel = math.prod(layer.kernel)
+
+    def compute(n, c, *o):
+        # PyTorch: average over the window part inside the input, scaled by the full window
+        mean = total[(n, c, *o)] / _window_count(sizes, explicit, layer, o, True).astype(x.dtype)
+        return tirx.power(mean * const(kernel, x.dtype), const(1.0 / p, x.dtype))
+
+    return te.compute(total.shape, compute, name="lppool")
+
+
+def _global(x, reduce, name):
+    spatial = [int(s) for s in x.shape[2:]]
+    axes = [te.reduce_axis((0, s), name=f"r{i}") for i, s in enumerate(spatial)]
+    return te.compute((batch(x), x.shape[1], *[1] * len(spatial)),
+                      lambda n, c, *_: reduce(x[(n, c, *axes)], axis=axes), name=name), spatial
+
+
+def lower_global_avgpool(layer, xs, args, out_shape):
+    total, spatial = _global(xs[0], te.sum, "global_sum")
+    scale = const(1.0 / math.prod(spatial), xs[0].dtype)
+    return te.compute(total.shape, lambda *i: total(*i) * scale, name="global_avgpool")
+
+
+def lower_global_maxpool(layer, xs, args, out_shape):
+    return _global(xs[0], te.max, "global_maxpool")[0]
+
+
+def lower_blurpool2d(layer, xs, args, out_shape):
+    x = xs[0]
+    pads = layer.pads()
+    xp = reflect_pad(x, pads) if layer.pad_mode == "reflect" else pad(x, pads)
+    taps = blur_filter(layer.kernel)
+    ri, rj = te.reduce_axis((0, layer.kernel), name="ri"), te.reduce_axis((0, layer.kernel), name="rj")
+    s = layer.stride
+    # The filter is separable and fixed: weight(i, j) = row[i] * row[j], folded in as constants.
+    row = taps.sum(axis=1)
+
+    def tap(r):
+        expr = const(float(row[-1]), x.dtype)
+        for i in range(layer.kernel - 2, -1, -1):
+            expr = tirx.Select(r == i, const(float(row[i]), x.dtype), expr)
+        return expr
+
+    return te.compute((batch(x), *out_shape), lambda n, c, i, j: te.sum(
+        xp[n, c, i * s + ri, j * s + rj] * tap(ri) * tap(rj), axis=[ri, rj]), name="blurpool")
+
+
+# -- element-wise, normalisation, shape ---------------------------------------------------------
+
+def activation(kind: str, v, alpha: float = 0.0):
+    """One activation applied to a scalar float32 expression."""
+    zero = const(0.0)
+    if kind == "relu":
+        return tirx.max(v, zero)
+    if kind == "leaky_relu":
+        return tirx.Select(v > zero, v, v * const(alpha))
+    if kind == "sigmoid":
+        return tirx.sigmoid(v)
+    if kind == "tanh":
+        return tirx.tanh(v)
+    raise ValueError(kind)
+
+
+def _elementwise(kind):
+    def lower(layer, xs, args, out_shape):
+        x = xs[0]
+        alpha = getattr(layer, "alpha", 0.0)
+        return te.compute(x.shape, lambda *i: activation(kind, x(*i), alpha), name=kind)
+    return lower
+
+
+def lower_softmax(layer, xs, args, out_shape):
+    x = xs[0]
+    rank = len(x.shape)
+    axis = layer.axis % rank
+    k = te.reduce_axis((0, int(x.shape[axis])), name="k")
+
+    def at(idx, v):
+        return tuple(v if a == axis else i for a, i in enumerate(idx))
+
+    peak = te.compute(x.shape, lambda *i: te.max(x(*at(i, k)), axis=k), name="softmax_max")
+    exp = te.compute(x.shape, lambda *i: tirx.exp(x(*i) - peak(*i)), name="softmax_exp")
+    k2 = te.reduce_axis((0, int(x.shape[axis])), name="k2")
+    total = te.compute(x.shape, lambda *i: te.sum(exp(*at(i, k2)), axis=k2), name="softmax_sum")
+    return te.compute(x.shape, lambda *i: exp(*i) / total(*i), name="softmax")
+
+
+def lower_batchnorm(layer, xs, args, out_shape):
+    x, scale, shift = xs[0], args["scale"], args["shift"]
+    return te.compute(x.shape, lambda n, c, *sp: x[(n, c, *sp)] * scale[c] + shift[c],
+                      name="batchnorm")
+
+
+def lower_lrn(layer, xs, args, out_shape):
+    x = xs[0]
+    channels = int(x.shape[1])
+    before = layer.size // 2
+    r = te.reduce_axis((0, layer.size), name="r")
+
+    def square_at(n, c, sp):
+        src = c + r - before
+        inside = tirx.all(src >= 0, src < channels)
+        v = x[(n, tirx.if_then_else(inside, src, 0), *sp)]
+        return tirx.if_then_else(inside, v * v, const(0.0, x.dtype))
+
+    sums = te.compute(x.shape, lambda n, c, *sp: te.sum(square_at(n, c, sp), axis=r),
+                      name="lrn_sum")
+    k, a, b = (const(v, x.dtype) for v in (layer.k, layer.alpha / layer.size, layer.beta))
+    return te.compute(x.shape, lambda *i: x(*i) / tirx.power(k + a * sums(*i), b), name="lrn")
+
+
+def lower_flatten(layer, xs, args, out_shape):
+    x = xs[0]
+    dims = [int(s) for s in x.shape[1:]]
+    strides = [math.prod(dims[i + 1:]) for i in range(len(dims))]
+
+    def compute(n, f):
+        return x[(n, *[(f // s) % d for s, d in zip(strides, dims)])]
+
+    return te.compute((batch(x), math.prod(dims)), compute, name="flatten")
+
+
+def lower_add(layer, xs, args, out_shape):
+    def compute(*i):
+        total = xs[0](*i)
+        for x in xs[1:]:
+            total = total + x(*i)
+        return total
+    return te.compute(xs[0].shape, compute, name="add")
+
+
+def lower_concat(layer, xs, args, out_shape):
+    axis = layer.sample_axis(len(out_shape)) + 1
+    sizes = [int(x.shape[axis]) for x in xs]
+    shape = list(xs[0].shape)
+    shape[axis] = sum(sizes)
+
+    def compute(*i):
+        pos = i[axis]
+        offsets = np.cumsum([0] + sizes)
+        expr = xs[-1](*[pos - int(offsets[-2]) if a == axis else v for a, v in enumerate(i)])
+        for j in range(len(xs) - 2, -1, -1):
+            src = [pos - int(offsets[j]) if a == axis else v for a, v in enumerate(i)]
+            # clamp keeps the not-taken branch's index in bounds
+            src[axis] = tirx.max(tirx.min(src[axis], sizes[j] - 1), 0)
+            expr = tirx.Select(pos < int(offsets[j + 1]), xs[j](*src), expr)
+        return expr
+
+    return te.compute(shape, compute, name="concat")
+
+
+def lower_passthrough(layer, xs, args, out_shape):
+    return None  # no kernel: the layer's value is its input's
+
+
+# -- the fused kernel --------------------------------------------------------------------------------
+
+def lower_fused(layer, xs, args, out_shape):
+    base_args = {k: args[k] for k in ("weight", "bias") if k in args}
+    y = LOWERINGS[layer.base.type_name](layer.base, xs[:1], base_args, out_shape)
+    steps = layer.steps[layer.folded:]
+
+    def epilogue(n, o, *sp):
+        v = y[(n, o, *sp)]
+        for i, step in enumerate(steps, layer.folded):
+            if step[0] == "batchnorm":
+                v = v * args[f"{i}.scale"][o] + args[f"{i}.shift"][o]
+            elif step[0] == "add":
+                v = v + xs[1][(n, o, *sp)]
+            else:
+                v = activation(step[0], v, step[1] if len(step) > 1 else 0.0)
+        return v
+
+    if not steps:
+        return y
+    return te.compute(y.shape, epilogue, name="epilogue")
+
+
+LOWERINGS = {
+    "conv2d": lower_conv, "conv1d": lower_conv, "dense": lower_dense,
+    "locally_connected2d": lower_locally_connected2d,
+    "maxpool2d": lower_maxpool, "maxpool1d": lower_maxpool,
+    "avgpool2d": lower_avgpool, "avgpool1d": lower_avgpool,
+    "lppool2d": lower_lppool, "lppool1d": lower_lppool,
+    "global_avgpool": lower_global_avgpool, "global_maxpool": lower_global_maxpool,
+    "blurpool2d": lower_blurpool2d,
+    "relu": _elementwise("relu"), "leaky_relu": _elementwise("leaky_relu"),
+    "sigmoid": _elementwise("sigmoid"), "tanh": _elementwise("tanh"),
+    "softmax": lower_softmax, "batchnorm": lower_batchnorm, "lrn": lower_lrn,
+    "flatten": lower_flatten, "add": lower_add, "concat": lower_concat,
+    "dropout": lower_passthrough, "identity": lower_passthrough,
+    "fused": lower_fused,
+}

@@ -1,0 +1,204 @@
+"""A compiled model, loaded from its artifact and run with TVM's runtime alone.
+
+    model = cc.load("build/lenet5")             # checks the manifest before opening the library
+    y = model.predict(x)                        # float32 (N, 1, 32, 32) -> (N, 10)
+    model.load_params("lenet5.safetensors")     # PyTorch names and layouts
+    model.save("build/lenet5-finetuned")
+
+Nothing here imports TVM's compiler: with ``TVM_USE_RUNTIME_LIB=1`` set before ``import tvm``
+only ``libtvm_runtime`` is loaded. ``predict`` may be called from several threads at once:
+each thread gets its own virtual machine over the shared library and weights.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ArtifactError, CnncError, InputError, SpecError
+from . import artifact as art
+from .signature import kernel_arguments, kernel_signature
+from .weights import read_weights, validate_weights, write_weights
+
+
+def _graphs(directory: Path, manifest: dict):
+    """The spec's graph and the optimised graph, rebuilt from the artifact's spec (pure
+    Python, deterministic) and checked against the compiled kernel signature."""
+    from ..graph import check_spec
+    from ..passes import optimize
+    from ..spec import parse_spec_text
+
+    try:
+        spec = parse_spec_text((directory / art.SPEC).read_text("utf-8"),
+                               str(directory / art.SPEC))
+        graph, _ = check_spec(spec)
+        optimized, _ = optimize(graph, passes=manifest["optimization"]["passes"])
+    except (SpecError, CnncError, KeyError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{directory}: its spec no longer builds the compiled graph "
+                            f"({exc}); recompile the model") from None
+    want = [(a["name"], tuple(a["shape"])) for a in manifest.get("kernel_args", [])]
+    got = [(a.name, a.shape) for a in kernel_signature(optimized)]
+    if want != got:
+        raise ArtifactError(f"{directory}: the library's weight arguments do not match its spec "
+                            "(built by another cnnc version?); recompile the model")
+    return graph, optimized
+
+
+class CompiledModel:
+    """A model compiled for one target: run it, swap its weights, save it."""
+
+    def __init__(self, directory: Path, manifest: dict, graph, optimized, params: dict,
+                 keep=None):
+        self.directory = Path(directory)
+        self.manifest = manifest
+        self.graph = graph            # the spec's layers: weight names and shapes
+        self.optimized = optimized    # what was compiled
+        self.target = manifest["target"]["kind"]
+        self.input_shape = tuple(graph.graph["input_shape"])
+        self.output_names = list(graph.graph["outputs"])
+        self.batch_sizes = tuple(manifest.get("batch_sizes", ()))
+        self._params = params
+        self._keep = keep             # a TemporaryDirectory that must live as long as the model
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._runtime = None          # (tvm module, library, device), opened on first use
+        self._args = None             # kernel arguments on the device
+
+    # -- description ---------------------------------------------------------------------
+    def signature(self) -> str:
+        dims = ", ".join(map(str, self.input_shape))
+        outs = ", ".join(f"'{o}': float32[N, {', '.join(map(str, self.graph.nodes[o]['shape']))}]"
+                         for o in self.output_names)
+        return f"predict(x: float32[N, {dims}]) -> {{{outs}}}"
+
+    def __repr__(self) -> str:
+        return (f"<CompiledModel '{self.graph.graph['name']}' target={self.target} "
+                f"at {self.directory}: {self.signature()}>")
+
+    # -- the runtime -----------------------------------------------------------------------
+    def _open(self):
+        with self._lock:
+            if self._runtime is None:
+                import tvm
+
+                if self.target == "cuda":
+                    dev = tvm.cuda(0)
+                    if not dev.exist:
+                        raise CnncError(f"{self.directory} is compiled for CUDA, but this machine "
+                                        "has no CUDA GPU; run it on one, or compile with "
+                                        "--target cpu")
+                else:
+                    art.check_host_cpu(self.manifest, self.directory)
+                    dev = tvm.cpu(0)
+                lib = tvm.runtime.load_module(str(self.directory / art.LIBRARY))
+                self._runtime = (tvm, lib, dev)
+            return self._runtime
+
+    def _vm(self):
+        vm = getattr(self._local, "vm", None)
+        if vm is None:
+            tvm, lib, dev = self._open()
+            from tvm.runtime import vm as tvm_vm
+
+            vm = self._local.vm = tvm_vm.VirtualMachine(lib, dev)
+        return vm
+
+    def _device_args(self):
+        args = self._args
+        if args is None:
+            tvm, _, dev = self._open()
+            with self._lock:
+                if self._args is None:
+                    self._args = tuple(tvm.runtime.tensor(a, dev)
+                                       for a in kernel_arguments(self.optimized, self._params))
+                args = self._args
+        return args
+
+    # -- inference ---------------------------------------------------------------------------
+    def check_input(self, x) -> np.ndarray:
+        """Raise InputError unless ``x`` is a C-contiguous float32 (N, *input_shape) array."""
+        want = f"expected {self.signature()}"
+        if not isinstance(x, np.ndarray):
+            raise InputError(f"received {type(x).__name__}, not a numpy array; {want}; "
+                             "use np.asarray(x, dtype=np.float32)")
+        if x.dtype != np.float32:
+            raise InputError(f"received dtype {x.dtype}; {want}; use x.astype(np.float32)")
+        if x.ndim == len(self.input_shape) and tuple(x.shape) == self.input_shape:
+            raise InputError(f"received one sample of shape {tuple(x.shape)} without a batch "
+                             f"axis; {want}; use x[None]")
+        if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
+            raise InputError(f"received shape {tuple(x.shape)}; {want}")
+        if x.shape[0] < 1:
+            raise InputError(f"received an empty batch {tuple(x.shape)}; {want}")
+        if not x.flags.c_contiguous:
+            raise InputError(f"received a non-contiguous array (a slice or transpose?); {want}; "
+                             "use np.ascontiguousarray(x)")
+        return x
+
+    def predict(self, x):
+        """Run the model: numpy float32 (N, ...) -> numpy array (a dict for several outputs)."""
+        x = self.check_input(x)
+        tvm, _, dev = self._open()
+        args = self._device_args()
+        n = x.shape[0]
+        fn = f"main_b{n}" if n in self.batch_sizes else "main"
+        result = self._vm()[fn](tvm.runtime.tensor(x, dev), *args)
+        if len(self.output_names) == 1:
+            return result.numpy()
+        return {name: r.numpy() for name, r in zip(self.output_names, result)}
+
+    __call__ = predict
+
+    # -- weights -----------------------------------------------------------------------------------
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """The current weights, PyTorch names and layouts (copies)."""
+        return {k: v.copy() for k, v in self._params.items()}
+
+    def load_params(self, source, strict: bool = True) -> None:
+        """Load weights from a dict of arrays (a PyTorch state_dict works) or a .safetensors
+        path; every weight must be given unless ``strict=False``."""
+        given = read_weights(source) if isinstance(source, (str, Path)) else source
+        params = validate_weights(self.graph, given, self._params, strict)
+        with self._lock:
+            self._params = params
+            self._args = None
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, directory) -> Path:
+        """Write the artifact, with the current weights, to ``directory``."""
+        out = Path(directory)
+        if out.resolve() == self.directory.resolve():
+            write_weights(out / art.WEIGHTS, self._params)
+            manifest = {k: v for k, v in self.manifest.items()}
+            art.write_manifest(out, manifest)
+            self.manifest = art.read_manifest(out)
+            return out
+        if out.exists() and any(out.iterdir()) and not (out / art.MANIFEST).exists():
+            raise CnncError(f"'{out}' is not empty and not a cnnc artifact; refusing to "
+                            "overwrite it")
+        out.mkdir(parents=True, exist_ok=True)
+        for name in self.manifest["files"]:
+            if name != art.WEIGHTS:
+                shutil.copyfile(self.directory / name, out / name)
+        write_weights(out / art.WEIGHTS, self._params)
+        art.write_manifest(out, dict(self.manifest))
+        return out
+
+
+def load(directory, device: str | None = None, _keep=None) -> CompiledModel:
+    """Open an artifact after checking its manifest and every file's hash."""
+    directory = Path(directory)
+    manifest = art.verify(directory, device)
+    graph, optimized = _graphs(directory, manifest)
+    weights = read_weights(directory / art.WEIGHTS)
+    params = validate_weights(graph, weights, {}, strict=True)
+    return CompiledModel(directory, manifest, graph, optimized, params, _keep)
+
+
+def load_report(directory) -> dict:
+    return json.loads((Path(directory) / art.REPORT).read_text())

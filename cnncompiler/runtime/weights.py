@@ -1,0 +1,110 @@
+"""Weights in and out: safetensors files and dicts of arrays, checked against the spec.
+
+Names and layouts are PyTorch's (``conv1.weight``, ``layer1.0.bn1.running_var``), so a
+``model.state_dict()`` saved by PyTorch for the same network loads as it is; its
+``num_batches_tracked`` counters are ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+
+from ..errors import ArtifactError, InputError
+from ..suggest import did_you_mean
+from .artifact import write_atomic
+
+IGNORED_SUFFIXES = ("num_batches_tracked",)
+
+
+def expected_params(g: nx.DiGraph) -> dict[str, tuple[int, ...]]:
+    """Every weight the spec's layers hold, with its shape (from the unoptimised graph)."""
+    from ..graph import param_names, topo_layers
+
+    out = {}
+    for name in topo_layers(g):
+        names = param_names(g, name)
+        for local, spec in g.nodes[name].get("param_specs", {}).items():
+            out[names[local]] = tuple(spec.shape)
+    return out
+
+
+def read_weights(path) -> dict[str, np.ndarray]:
+    """Load a .safetensors (or .npz) file of named arrays."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no weights file at '{path}'")
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"{path}: not a readable .npz weights file ({exc})") from None
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ArtifactError(f"{path}: corrupt or not a safetensors file ({exc})") from None
+
+
+def write_weights(path, params: dict[str, np.ndarray], metadata: dict | None = None) -> None:
+    """Write weights as safetensors, atomically."""
+    from safetensors.numpy import save
+
+    data = save({k: np.ascontiguousarray(v, np.float32) for k, v in params.items()},
+                metadata=metadata)
+    write_atomic(Path(path), data)
+
+
+def _as_array(name: str, value) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:
+        raise InputError(f"weight '{name}' is not an array ({type(value).__name__}): {exc}") from None
+    if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+        raise InputError(f"weight '{name}' has dtype {arr.dtype}; expected floating-point numbers")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise InputError(f"weight '{name}' contains NaN or infinite values")
+    return arr
+
+
+def validate_weights(g: nx.DiGraph, given: dict, current: dict, strict: bool = True
+                     ) -> dict[str, np.ndarray]:
+    """Check names and shapes of ``given`` against the spec; returns the full new weight set.
+
+    Every spec weight must be given when ``strict``; otherwise missing ones keep their
+    ``current`` value. Unknown names and wrong shapes are errors naming the weight.
+    """
+    if not isinstance(given, dict):
+        raise InputError(f"weights must be a dict of name -> array or a .safetensors path; "
+                         f"received {type(given).__name__}")
+    expected = expected_params(g)
+    out = dict(current)
+    problems = []
+    for name, value in given.items():
+        if name.endswith(IGNORED_SUFFIXES):
+            continue
+        if name not in expected:
+            hint = did_you_mean(name, expected)
+            problems.append(f"unknown weight '{name}'" + (f" ({hint})" if hint else ""))
+            continue
+        arr = _as_array(name, value)
+        if tuple(arr.shape) != expected[name]:
+            problems.append(f"weight '{name}' has shape {tuple(arr.shape)}; the spec needs "
+                            f"{expected[name]}")
+            continue
+        out[name] = arr
+    missing = [n for n in expected if n not in given]
+    if strict and missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        problems.append(f"missing weights: {shown} (pass strict=False to keep their current values)")
+    if problems:
+        raise InputError("cannot load these weights: " + "; ".join(problems))
+    return out
