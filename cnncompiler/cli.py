@@ -97,11 +97,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Later pipeline stages add their subcommands here (compile, run, bench, train, tune).
-EXTRA_COMMANDS: list = []
+def _build_commands(sub):
+    from .cli_build import register
+    register(sub)
+
+
+# Later pipeline stages add their subcommands here.
+EXTRA_COMMANDS: list = [_build_commands]
+
+
+def _tolerant_streams() -> None:
+    """Print what cannot be encoded (a terminal that is not UTF-8) as escapes, not a crash."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
 
 
 def main(argv=None) -> int:
+    _tolerant_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):

@@ -60,6 +60,7 @@ def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str,
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        staging.chmod(0o777 & ~art._umask())  # mkdtemp makes 0700
         (staging / art.SPEC).write_text(spec_text)
         params = init_params(graph, seed)
         if weights:

@@ -42,23 +42,42 @@ class Diagnostic:
     notes: tuple[str, ...] = ()
 
     def format(self, source_lines: list[str] | None = None) -> str:
-        """``FILE:LINE:COL: layer 'NAME' (TYPE): what; expected; fix`` plus the source line."""
+        """``FILE:LINE:COL: layer 'NAME' (TYPE): what; expected ...; fix`` plus the source line
+        with a caret under the column."""
         head = f"{self.loc}: " if self.loc else ""
         if self.severity != "error":
             head += f"{self.severity}: "
         if self.layer is not None:
             head += f"layer '{self.layer}' ({self.layer_type}): "
-        text = head + "; ".join(p for p in (self.message, self.expected, self.fix) if p)
+        expected = self.expected
+        if expected and "expect" not in expected.lower():
+            expected = "expected " + expected
+        text = head + "; ".join(p for p in (self.message, expected, self.fix) if p)
         lines = [text]
         lines += [f"    note: {n}" for n in self.notes]
         if source_lines and self.loc and 0 < self.loc.line <= len(source_lines):
-            src = source_lines[self.loc.line - 1].rstrip("\n")
+            src, col = _excerpt(source_lines[self.loc.line - 1].rstrip("\n"), self.loc.col)
             lines.append(f"    | {src}")
-            lines.append("    | " + " " * max(self.loc.col - 1, 0) + "^")
+            lines.append("    | " + " " * max(col - 1, 0) + "^")
         return "\n".join(lines)
 
     def with_layer(self, name: str, layer_type: str) -> "Diagnostic":
         return dataclasses.replace(self, layer=name, layer_type=layer_type)
+
+
+def _excerpt(line: str, col: int, width: int = 100) -> tuple[str, int]:
+    """At most ``width`` characters of a source line around ``col`` (a minified one-line spec
+    would otherwise be printed whole), and the column within the excerpt."""
+    line = line.replace("\t", " ")  # one column per tab keeps the caret under its character
+    if len(line) <= width:
+        return line, col
+    start = max(min(col - 1 - width // 2, len(line) - width), 0)
+    text = line[start:start + width]
+    if start > 0:
+        text, col = "..." + text, col - start + 3
+    if start + width < len(line):
+        text += "..."
+    return text, col
 
 
 class CnncError(Exception):
@@ -78,8 +97,9 @@ class SpecError(CnncError):
 
     def format(self) -> str:
         """Every diagnostic in source order, as a compiler lists them."""
-        ordered = sorted(self.diagnostics, key=lambda d: (d.loc.file, d.loc.line, d.loc.col)
-                         if d.loc else ("", 0, 0))
+        # unplaced diagnostics ("stopped after 100 errors") come last
+        ordered = sorted(self.diagnostics, key=lambda d: (0, d.loc.file, d.loc.line, d.loc.col)
+                         if d.loc else (1, "", 0, 0))
         return "\n".join(d.format(self.source_lines) for d in ordered)
 
     @property
@@ -161,5 +181,5 @@ def display_path(path: str | Path) -> str:
     p = Path(path)
     try:
         return str(p.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
+    except (ValueError, OSError, RuntimeError):  # elsewhere, a NUL, a symlink loop, no cwd
         return str(p)

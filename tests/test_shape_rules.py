@@ -187,8 +187,9 @@ def torch_module(layer, shape):
         return cls(layer.kernel, layer.stride, pad, layer.ceil_mode, layer.count_include_pad)
     if any(pad if isinstance(pad, tuple) else (pad,)):
         return None  # LPPool has no padding
-    cls = {1: torch.nn.LPPool1d, 2: torch.nn.LPPool2d}[nd]
-    return cls(layer.p, layer.kernel, layer.stride, layer.ceil_mode)
+    if nd == 1:  # LPPool1d multiplies by its kernel_size, which must be an int there
+        return torch.nn.LPPool1d(layer.p, layer.kernel[0], layer.stride[0], layer.ceil_mode)
+    return torch.nn.LPPool2d(layer.p, layer.kernel, layer.stride, layer.ceil_mode)
 
 
 @needs_torch

@@ -22,12 +22,19 @@ MAX_PARAM_BYTES = 8 * 1024 ** 3          # weights of the whole model
 MAX_ACTIVATION_BYTES = 4 * 1024 ** 3     # one layer's output for one sample
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(n) < 1024 or unit == "PiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PiB"
+def human_bytes(n: int) -> str:
+    """``12.0 KiB``. Exact for any whole number: a mistyped size can exceed what a float holds."""
+    n = int(n)
+    if abs(n) < 1024:
+        return f"{n} B"
+    for power, unit in enumerate(("KiB", "MiB", "GiB", "TiB"), start=1):
+        if abs(n) < 1024 ** (power + 1):
+            return f"{n / 1024 ** power:.1f} {unit}"
+    pib = n // 1024 ** 5
+    if pib < 10**6:
+        return f"{n / 1024 ** 5:.1f} PiB"
+    digits = str(abs(pib))  # beyond what a float holds, say the order of magnitude
+    return f"{digits[0]}.{digits[1:3]}e+{len(digits) - 1} PiB"
 
 
 def _diag(g, name, exc: ShapeError, severity="error", notes=()) -> Diagnostic:

@@ -35,10 +35,15 @@ def _short(value) -> str:
     return str(value).replace(" ", "")
 
 
+def _quoted(text: str) -> str:
+    """A DOT string literal; the spec's name may hold quotes or backslashes."""
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+
+
 def to_dot(g: nx.DiGraph) -> str:
     """DOT text: one box per layer, edges labelled with the shape they carry."""
     ids = {n: f"n{i}" for i, n in enumerate(topo_layers(g))}
-    lines = [f'digraph "{g.graph["name"]}" {{', "  rankdir=TB;",
+    lines = [f'digraph {_quoted(g.graph["name"])} {{', "  rankdir=TB;",
              '  node [shape=box, style="rounded,filled", fillcolor="#eef3fb", '
              'fontname="Helvetica", fontsize=10];', '  edge [fontname="Helvetica", fontsize=9];']
     for n, nid in ids.items():
@@ -103,22 +108,34 @@ def render(g: nx.DiGraph, path: str | Path) -> str:
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in ("dot", "gv", "svg", "png"):
-        raise CnncError(f"cannot draw to '{path}': unknown picture format '.{fmt}'; "
-                        "use .svg, .png or .dot")
-    path.parent.mkdir(parents=True, exist_ok=True)
+        what = f"unknown picture format '.{fmt}'" if fmt else "the name has no extension"
+        raise CnncError(f"cannot draw to '{path}': {what}; use .svg, .png or .dot")
     dot_text = to_dot(g)
-    if fmt in ("dot", "gv"):
-        path.write_text(dot_text)
-        return "dot text"
-    dot = shutil.which("dot")
-    if dot:
+    dot = None if fmt in ("dot", "gv") else shutil.which("dot")
+    if fmt == "png" and not dot:
+        raise CnncError("drawing PNG needs Graphviz's 'dot' (apt-get install graphviz); "
+                        "or draw to .svg or .dot instead")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fmt in ("dot", "gv"):
+            path.write_text(dot_text, encoding="utf-8")
+            return "dot text"
+        if dot:
+            return _run_graphviz(dot, fmt, dot_text, path)
+        path.write_text(_layered_svg(g), encoding="utf-8")
+        return "built-in layout"
+    except OSError as exc:
+        raise CnncError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _run_graphviz(dot: str, fmt: str, dot_text: str, path: Path) -> str:
+    try:
         proc = subprocess.run([dot, f"-T{fmt}", "-o", str(path)], input=dot_text.encode(),
                               capture_output=True, timeout=120)
-        if proc.returncode == 0:
-            return "graphviz"
-        raise CnncError(f"graphviz failed to draw {path}: {proc.stderr.decode(errors='replace')}")
-    if fmt == "svg":
-        path.write_text(_layered_svg(g))
-        return "built-in layout"
-    raise CnncError("drawing PNG needs Graphviz's 'dot' (apt-get install graphviz); "
-                    "or draw to .svg or .dot instead")
+    except subprocess.TimeoutExpired:
+        raise CnncError(f"graphviz took more than 120 s to draw {path}; "
+                        "draw to .dot and render it yourself") from None
+    if proc.returncode != 0:
+        raise CnncError(f"graphviz failed to draw {path}: "
+                        f"{proc.stderr.decode(errors='replace').strip()}")
+    return "graphviz"

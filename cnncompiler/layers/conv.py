@@ -36,18 +36,18 @@ def sliding_output(layer, in_shape: Shape, notes: ShapeNotes, ceil_mode: bool = 
                 f"expected at least {need} input {names[axis]}s",
                 "use a smaller kernel or dilation, add padding, or remove a downsampling "
                 "layer before this one")
-        if layer.padding != "same" and not ceil_mode:
-            tail = unread_tail(w, k, s, p, d)
-            if tail:
-                first, last = tail
-                which = f"{names[axis]} {first} is" if first == last else \
-                    f"{names[axis]}s {first}..{last} are"
-                notes.warn(
-                    f"stride {s} leaves a remainder along the {names[axis]}s: "
-                    f"({w} + {p[0]} + {p[1]} - {span(k, d)}) / {s} is not whole, "
-                    f"so input {which} never read",
-                    "windows that tile the input symmetrically",
-                    "change the padding or kernel so the division is exact, or use padding: same")
+        tail = unread_tail(w, k, s, p, d, ceil_mode)
+        if tail:
+            first, last = tail
+            which = f"{names[axis]} {first} is" if first == last else \
+                f"{names[axis]}s {first}..{last} are"
+            notes.warn(
+                f"stride {s} leaves a remainder along the {names[axis]}s: "
+                f"({w} + {p[0]} + {p[1]} - {span(k, d)}) / {s} is not whole, "
+                f"so input {which} never read",
+                "windows that tile the input symmetrically",
+                "use a kernel that spans at least the stride" if layer.padding == "same" else
+                "change the padding or kernel so the division is exact, or use padding: same")
         outs.append(n)
     return tuple(outs), pads
 

@@ -53,6 +53,13 @@ class BatchNorm(Layer):
         shift = params["bias"] - params["running_mean"] * scale
         return x * _per_channel(scale, x) + _per_channel(shift, x)
 
+    def prepare(self, params):
+        """At inference the four statistics fold into a per-channel scale and shift, once."""
+        weight, bias, mean, var = (np.asarray(params[k], np.float64) for k in
+                                   ("weight", "bias", "running_mean", "running_var"))
+        scale = weight / np.sqrt(var + self.eps)
+        return {"scale": scale, "shift": bias - mean * scale}
+
     def reference_train(self, xs, params, state):
         x = xs[0]
         axes = _channel_axes(x)

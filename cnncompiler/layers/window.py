@@ -51,20 +51,21 @@ def resolve_padding(padding, sizes, kernel, stride, dilation) -> tuple[Pad, ...]
     return tuple(padding)
 
 
-def unread_tail(size: int, kernel: int, stride: int, pad: Pad, dilation: int = 1):
-    """The input indices (first, last) that no window reads when the stride leaves a remainder.
+def unread_tail(size: int, kernel: int, stride: int, pad: Pad, dilation: int = 1,
+                ceil_mode: bool = False):
+    """The input indices (first, last) past the last window, which no window reads.
 
-    Returns None when the windows tile the padded input exactly or only padding is left over.
+    Returns None when the last window reaches the end of the input, or only padding is left
+    over. Judged by the windows there really are, because ceil_mode and 'same' padding leave
+    such a tail too when the window spans less than the stride (kernel 1, stride 2, even size).
     """
-    total = size + pad[0] + pad[1] - span(kernel, dilation)
-    if total < 0 or total % stride == 0:
+    n = out_size(size, kernel, stride, pad, dilation, ceil_mode)
+    if n < 1:
         return None
-    n = total // stride + 1
-    last_read = (n - 1) * stride + span(kernel, dilation) - 1 - pad[0]
-    first_unread = max(last_read + 1, 0)
+    first_unread = (n - 1) * stride + span(kernel, dilation) - pad[0]
     if first_unread > size - 1:
         return None
-    return first_unread, size - 1
+    return max(first_unread, 0), size - 1
 
 
 def pad_spatial(x: np.ndarray, pads: tuple[Pad, ...], value: float = 0.0,

@@ -31,7 +31,7 @@ from ..layers import LAYER_TYPES, Layer
 from ..layers.fields import describe, parse_fields, positive_int
 from ..suggest import did_you_mean, one_of
 from .train_config import OPTIMIZERS, Schedule, TrainConfig
-from .yaml_source import YamlList, YamlMap, parse_yaml
+from .yaml_source import MAX_FILE_BYTES, YamlList, YamlMap, parse_yaml
 
 TOP_KEYS = ("name", "input", "blocks", "layers", "outputs", "train", "description")
 LAYER_RESERVED = ("type", "name", "inputs")
@@ -39,6 +39,15 @@ INSTANCE_RESERVED = ("type", "name", "inputs", "repeat")
 BLOCK_KEYS = ("params", "layers", "output", "description")
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 PARAM_RE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
+
+# Bounds that keep hostile or mistyped specs cheap to refuse. The largest classic networks
+# expand to about a thousand layers; no size of a real layer is near 2**31 (TVM indexes with
+# int32); an expression of block parameters is a few characters.
+MAX_LAYERS = 20_000
+MAX_SIZE = 2**31 - 1
+MAX_EXPRESSION = 200
+MAX_ERRORS = 100
+MAX_SUGGEST_OPTIONS = 2_000
 
 
 @dataclass
@@ -83,6 +92,7 @@ class Block:
     layers: YamlList
     output: str | None
     loc: SourceLoc
+    output_loc: SourceLoc | None = None
 
 
 @dataclass(frozen=True)
@@ -105,10 +115,15 @@ class SpecParser:
         self.decls: list[LayerDecl] = []
         self.produced: dict[str, SourceLoc] = {"input": SourceLoc(path, 1, 1)}
         self.aliases: dict[str, str] = {}  # every name a later layer may use -> its output
+        self.expanded = 0  # layer entries expanded so far, blocks and repeats included
 
     # -- diagnostics ------------------------------------------------------------------------
     def error(self, message, loc, layer=None, ltype=None, expected=None, fix=None, notes=()):
         self.sink.add(Diagnostic(message, loc, layer, ltype, expected, fix, notes=tuple(notes)))
+        if len(self.sink.errors) >= MAX_ERRORS:
+            self.sink.add(Diagnostic(f"stopped after {MAX_ERRORS} errors", None,
+                                     fix="fix these and run cnnc check again"))
+            raise SpecError(self.sink.items, self.sink.source_lines)
 
     def field_error(self, exc: FieldError, loc, layer=None, ltype=None, notes=()):
         self.error(exc.message, loc, layer, ltype, exc.expected, exc.fix, notes)
@@ -120,7 +135,9 @@ class SpecParser:
             raise SpecError([Diagnostic(
                 f"the spec must be a mapping, received {describe(doc)}",
                 getattr(doc, "loc", SourceLoc(self.path, 1, 1)),
-                expected="keys name, input and layers")], self.sink.source_lines)
+                expected="a mapping with the keys name, input and layers",
+                fix="write e.g. 'input: [1, 28, 28]' and a 'layers:' list")],
+                self.sink.source_lines)
         for key in doc:
             if key not in TOP_KEYS:
                 self.error(f"unknown top-level key '{key}'", doc.key_loc(key),
@@ -132,10 +149,11 @@ class SpecParser:
         layers = doc.get("layers")
         last = None
         if not isinstance(layers, YamlList) or not layers:
-            self.error("the spec has no layers" if layers is None else
+            self.error("missing required key 'layers'" if layers is None else
                        f"'layers' must be a non-empty list, received {describe(layers)}",
                        doc.loc_of("layers") if "layers" in doc else doc.loc,
-                       expected="layers: a list of mappings like {type: conv2d, ...}")
+                       expected="a list of layers such as {type: conv2d, filters: 16, kernel: 3}",
+                       fix="add 'layers:' with one '- {type: ...}' line per layer")
         else:
             last = self.expand(layers, Scope())
         outputs = self.parse_outputs(doc, last)
@@ -147,7 +165,8 @@ class SpecParser:
     def parse_name(self, doc: YamlMap) -> str:
         name = doc.get("name", Path(self.path).stem)
         if not isinstance(name, str) or not name:
-            self.error(f"'name' must be a string, received {describe(name)}", doc.loc_of("name"))
+            self.error(f"'name' must be a string, received {describe(name)}", doc.loc_of("name"),
+                       fix="write e.g. name: resnet18")
             return Path(self.path).stem
         return name
 
@@ -161,7 +180,12 @@ class SpecParser:
         try:
             if not isinstance(value, list) or not 1 <= len(value) <= 3:
                 raise FieldError(f"received {describe(value)}")
-            return tuple(positive_int(v) for v in value)
+            shape = tuple(positive_int(v) for v in value)
+            for v in shape:
+                if v > MAX_SIZE:
+                    raise FieldError(f"{_show_int(v)} is larger than any input cnnc accepts "
+                                     f"(at most {MAX_SIZE:,} per axis)")
+            return shape
         except FieldError as exc:
             self.error(f"'input': {exc.message}", doc.loc_of("input"),
                        expected="a list of 1 to 3 positive integers: [C, H, W], [C, T] or [F]",
@@ -182,9 +206,18 @@ class SpecParser:
         for i, item in enumerate(raw):
             loc = raw.loc_of(i) if isinstance(raw, YamlList) else doc.loc_of("outputs")
             resolved = self.aliases.get(str(item))
-            if resolved is None or resolved == "input":
+            if str(item) == "input" or resolved == "input":
+                self.error(f"output '{item}' is the model's input, not a layer", loc,
+                           expected="names of layers whose values the model returns",
+                           fix="list a layer, or add {type: identity} and list that")
+            elif resolved is None:
+                options = [n for n in self.aliases if n != "input"]
                 self.error(f"output '{item}' is not a layer of this spec", loc,
-                           fix=did_you_mean(item, self.produced) or "list layer names")
+                           expected="names of layers whose values the model returns",
+                           fix=_did_you_mean(item, options) or "check the spelling")
+            elif resolved in outs:
+                self.error(f"output '{item}' is listed twice", loc,
+                           fix="list each output once")
             else:
                 outs.append(resolved)
         return outs
@@ -225,11 +258,28 @@ class SpecParser:
                            body.loc_of("layers") if "layers" in body else body.loc)
                 continue
             output = body.get("output")
+            if output is not None and not self.block_declares(layers, str(output)):
+                names = self.block_names(layers)
+                self.error(f"block output '{output}' is not a layer of the block",
+                           body.loc_of("output"), expected="the name of one of its layers",
+                           fix=_did_you_mean(output, names) or f"use one of: {one_of(names)}")
+                output = None  # still expand the block, so its instances are checked
             self.blocks[name] = Block(name, dict(params), getattr(params, "locs", {}), layers,
-                                      None if output is None else str(output), body.loc)
+                                      None if output is None else str(output), body.loc,
+                                      body.loc_of("output"))
+
+    @staticmethod
+    def block_names(layers: YamlList) -> list[str]:
+        return [str(e.get("name", i)) for i, e in enumerate(layers) if isinstance(e, dict)]
+
+    def block_declares(self, layers: YamlList, name: str) -> bool:
+        names = self.block_names(layers)
+        # a name made from a block parameter ($branch) is only known when expanded
+        return name in names or any("$" in n for n in names)
 
     # -- expansion --------------------------------------------------------------------------
-    def expand(self, entries: YamlList, scope: Scope, output: str | None = None) -> str | None:
+    def expand(self, entries: YamlList, scope: Scope, output: str | None = None,
+               output_loc: SourceLoc | None = None) -> str | None:
         """Expand one list of layers; returns the global name of its output."""
         declared = {}
         for i, entry in enumerate(entries):
@@ -240,9 +290,11 @@ class SpecParser:
         prev = scope.input_name
         for i, raw in enumerate(entries):
             loc = entries.loc_of(i)
+            self.count_expansion(loc, scope)
             if not isinstance(raw, YamlMap):
                 self.error(f"a layer must be a mapping, received {describe(raw)}", loc,
-                           expected="e.g. {type: relu} or {name: fc, type: dense, units: 10}",
+                           expected="a mapping such as {type: relu} or "
+                                    "{name: fc, type: dense, units: 10}",
                            notes=scope.notes)
                 continue
             entry = self.substitute_entry(raw, scope)
@@ -275,10 +327,24 @@ class SpecParser:
         if output is not None:
             if output not in local:
                 self.error(f"block output '{output}' is not a layer of the block",
-                           entries.loc, fix=did_you_mean(output, local) or "name one of its layers")
+                           output_loc or entries.loc, expected="the name of one of its layers",
+                           fix=_did_you_mean(output, local) or "name one of its layers",
+                           notes=scope.notes)
                 return prev
             return local[output]
         return prev
+
+    def count_expansion(self, loc, scope) -> None:
+        """Refuse a spec that expands to more layers than any real network has (a repeat
+        typo or nested repeats), before the expansion costs time and memory."""
+        self.expanded += 1
+        if self.expanded > MAX_LAYERS:
+            self.sink.add(Diagnostic(
+                f"the spec expands to more than {MAX_LAYERS:,} layers; refused", loc,
+                expected="a network of at most a few thousand layers",
+                fix="check 'repeat' and blocks that use other repeated blocks",
+                notes=scope.notes))
+            raise SpecError(self.sink.items, self.sink.source_lines)
 
     def local_name(self, entry, index, loc, local_locs, scope) -> str | None:
         raw = entry.get("name", str(index))
@@ -316,7 +382,8 @@ class SpecParser:
         where = entry.loc_of("inputs")
         if not isinstance(items, list) or not items:
             self.error(f"'inputs' must be a list of layer names, received {describe(raw)}",
-                       where, scope.prefix + name, ltype, notes=scope.notes)
+                       where, scope.prefix + name, ltype,
+                       fix="write e.g. inputs: [conv1, input]", notes=scope.notes)
             return (prev,)
         out = []
         for j, item in enumerate(items):
@@ -331,13 +398,14 @@ class SpecParser:
             elif ref in declared:
                 self.error(f"input '{ref}' is defined later (line {declared[ref].line})",
                            item_loc, scope.prefix + name, ltype,
-                           expected="inputs name earlier layers", fix="reorder the layers",
+                           expected="inputs that name earlier layers",
+                           fix=f"move '{ref}' before '{scope.prefix + name}'",
                            notes=scope.notes)
             else:
                 options = list(local) + ["input"] + (list(self.aliases) if not scope.prefix else [])
                 self.error(f"unknown input '{ref}'", item_loc, scope.prefix + name, ltype,
                            expected="the name of an earlier layer, or 'input'",
-                           fix=did_you_mean(ref, options) or "check the spelling",
+                           fix=_did_you_mean(ref, options) or "check the spelling",
                            notes=scope.notes)
         return tuple(out) if out else (prev,)
 
@@ -347,7 +415,7 @@ class SpecParser:
             options = [t for t, c in LAYER_TYPES.items() if not c.internal] + list(self.blocks)
             self.error(f"unknown layer type '{ltype}'", entry.loc_of("type"), full, ltype,
                        expected="a layer type or a block name",
-                       fix=did_you_mean(ltype, options) or f"known types: {one_of(options)}",
+                       fix=_did_you_mean(ltype, options) or f"known types: {one_of(options)}",
                        notes=scope.notes)
             return None
         kwargs, problems = parse_fields(cls, entry, LAYER_RESERVED)
@@ -361,6 +429,13 @@ class SpecParser:
             self.field_error(exc, where, full, ltype, notes)
         if problems:
             return None
+        for key, value in kwargs.items():
+            big = _too_large(value)
+            if big is not None:
+                self.error(f"key '{key}': {_show_int(big)} is larger than cnnc accepts",
+                           entry.loc_of(key), full, ltype, f"at most {MAX_SIZE:,}",
+                           "this looks like a typo", scope.notes + self.subst_notes(entry, key))
+                return None
         n = len(inputs)
         if n < cls.min_inputs or (cls.max_inputs is not None and n > cls.max_inputs):
             want = (f"{cls.min_inputs}" if cls.max_inputs == cls.min_inputs else
@@ -398,7 +473,7 @@ class SpecParser:
                 self.error(f"unknown key '{key}' for block '{block.name}'", entry.key_loc(key),
                            full, block.name,
                            expected="block parameters: " + (one_of(block.params) or "none"),
-                           fix=did_you_mean(key, block.params) or f"remove '{key}'",
+                           fix=_did_you_mean(key, block.params) or f"remove '{key}'",
                            notes=scope.notes)
                 ok = False
             else:
@@ -415,6 +490,9 @@ class SpecParser:
         if "repeat" in entry:
             try:
                 repeat = positive_int(entry["repeat"])
+                if repeat > MAX_LAYERS:
+                    raise FieldError(f"received {_show_int(repeat)}",
+                                     f"expected at most {MAX_LAYERS:,} repeats")
             except FieldError as exc:
                 self.field_error(FieldError(f"key 'repeat': {exc.message}", exc.expected),
                                  entry.loc_of("repeat"), full, block.name, scope.notes)
@@ -427,7 +505,7 @@ class SpecParser:
             note = f"in block '{block.name}', expanded as '{prefix[:-1]}' at {loc}"
             inner = Scope(prefix, current, params, scope.stack + (block.name,),
                           scope.notes + (note,))
-            current = self.expand(block.layers, inner, block.output)
+            current = self.expand(block.layers, inner, block.output, block.output_loc)
         return current
 
     # -- block parameter substitution -------------------------------------------------------
@@ -465,12 +543,16 @@ class SpecParser:
         params = scope.params or {}
         for n in names:
             if n not in params:
-                if not params:
+                if scope.params is None:
                     raise FieldError(f"'{value}' names a block parameter outside any block",
                                      fix="write the value itself, or move this layer into a block")
+                if not params:
+                    raise FieldError(f"unknown block parameter '${n}': the block has no params",
+                                     fix=f"add 'params: {{{n}: <default>}}' to the block")
                 raise FieldError(f"unknown block parameter '${n}'",
                                  "one of: " + ", ".join("$" + p for p in params),
-                                 did_you_mean("$" + n, ["$" + p for p in params]))
+                                 _did_you_mean("$" + n, ["$" + p for p in params])
+                                 or f"add '{n}' to the block's params")
         used = [(n, params[n][1]) for n in names]
         whole = PARAM_RE.fullmatch(value.strip())
         if whole:
@@ -505,14 +587,16 @@ class SpecParser:
             raw = {"type": raw}
         if not isinstance(raw, dict) or "type" not in raw:
             self.error("train.optimizer must be a mapping with a 'type'", loc,
-                       expected="e.g. {type: sgd, lr: 0.1, momentum: 0.9}")
+                       expected="a mapping such as {type: sgd, lr: 0.1, momentum: 0.9}",
+                       fix="add 'type: sgd' (or adam, adamw)" if isinstance(raw, dict) else
+                       "write e.g. optimizer: {type: sgd, lr: 0.1}")
             return OPTIMIZERS["sgd"]()
         kind = raw["type"]
         cls = OPTIMIZERS.get(kind) if isinstance(kind, str) else None
         if cls is None:
             self.error(f"unknown optimizer '{kind}'", getattr(raw, "loc_of", lambda k: loc)("type"),
                        expected="one of: " + ", ".join(OPTIMIZERS),
-                       fix=did_you_mean(kind, OPTIMIZERS))
+                       fix=_did_you_mean(kind, OPTIMIZERS) or "use sgd, adam or adamw")
             return OPTIMIZERS["sgd"]()
         kwargs, problems = parse_fields(cls, raw, ("type",))
         for key, exc in problems:
@@ -526,28 +610,64 @@ class SpecParser:
             raw = {"type": raw}
         if not isinstance(raw, dict):
             self.error("train.schedule must be a mapping with a 'type'", loc,
-                       expected="e.g. {type: cosine} or {type: step, step_size: 30, gamma: 0.1}")
+                       expected="a mapping such as {type: cosine} or "
+                                "{type: step, step_size: 30, gamma: 0.1}")
             return Schedule()
         kwargs, problems = parse_fields(Schedule, raw, ())
         for key, exc in problems:
             where = raw.loc_of(key) if key and isinstance(raw, YamlMap) else loc
             self.field_error(FieldError(f"train.schedule: {exc.message}", exc.expected, exc.fix),
                              where)
-        if kwargs.get("type") == "multistep" and not kwargs.get("milestones"):
+        if kwargs.get("type") == "multistep" and "milestones" not in raw:
             self.error("train.schedule: multistep needs 'milestones'", loc,
                        fix="add e.g. milestones: [30, 60]")
         return Schedule(**kwargs)
 
 
+def _did_you_mean(word, options) -> str | None:
+    """did_you_mean over at most MAX_SUGGEST_OPTIONS names of about the word's length, so a
+    spec of thousands of layers with many misspelt inputs is not slow to report."""
+    options = [str(o) for o in options]
+    if len(options) > MAX_SUGGEST_OPTIONS:
+        n = len(str(word))
+        options = [o for o in options if abs(len(o) - n) <= 2][:MAX_SUGGEST_OPTIONS]
+    return did_you_mean(word, options)
+
+
+def _too_large(value):
+    """The first integer in a parsed layer setting (int, tuple, tuple of pairs) above MAX_SIZE."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if abs(value) > MAX_SIZE else None
+    if isinstance(value, tuple):
+        for v in value:
+            big = _too_large(v)
+            if big is not None:
+                return big
+    return None
+
+
+def _show_int(value: int) -> str:
+    """A whole number for a message; a typo of 400 digits is shown by its length."""
+    if abs(value) < 10**15:
+        return f"{value:,}"
+    return f"a number of {len(str(abs(value)))} digits"
+
+
 _ALLOWED_OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow)
+MAX_EXPRESSION_VALUE = 2**63
 
 
 def evaluate(text: str, values: dict):
     """Evaluate ``$filters * 4``-style arithmetic over block parameters (numbers only)."""
+    if len(text) > MAX_EXPRESSION:
+        raise FieldError(f"the expression is {len(text)} characters long",
+                         f"at most {MAX_EXPRESSION} characters, e.g. '$filters * 4'")
     expr = PARAM_RE.sub(lambda m: m.group(1), text)
     try:
-        tree = ast.parse(expr, mode="eval")
-    except SyntaxError:
+        tree = ast.parse(expr.strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         raise FieldError(f"cannot read the expression '{text}'",
                          "a block parameter like $filters, or arithmetic like '$filters * 4'") from None
 
@@ -567,19 +687,32 @@ def evaluate(text: str, values: dict):
             return -v if isinstance(node.op, ast.USub) else v
         if isinstance(node, ast.BinOp) and isinstance(node.op, _ALLOWED_OPS):
             a, b = ev(node.left), ev(node.right)
+            if max(abs(a), abs(b)) > MAX_EXPRESSION_VALUE:
+                raise FieldError(f"'{text}' is too large (more than 2**63)")
             if isinstance(node.op, ast.Pow) and abs(b) > 64:
                 raise FieldError(f"exponent too large in '{text}'")
             try:
-                return {ast.Add: lambda: a + b, ast.Sub: lambda: a - b,
-                        ast.Mult: lambda: a * b, ast.Div: lambda: a / b,
-                        ast.FloorDiv: lambda: a // b, ast.Mod: lambda: a % b,
-                        ast.Pow: lambda: a ** b}[type(node.op)]()
+                result = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b,
+                          ast.Mult: lambda: a * b, ast.Div: lambda: a / b,
+                          ast.FloorDiv: lambda: a // b, ast.Mod: lambda: a % b,
+                          ast.Pow: lambda: a ** b}[type(node.op)]()
             except ZeroDivisionError:
                 raise FieldError(f"division by zero in '{text}'") from None
+            except OverflowError:
+                raise FieldError(f"'{text}' is too large to compute") from None
+            if isinstance(result, complex):
+                raise FieldError(f"'{text}' is not a real number (a fractional power of a "
+                                 "negative number)")
+            if abs(result) > MAX_EXPRESSION_VALUE:
+                raise FieldError(f"'{text}' is too large (more than 2**63)")
+            return result
         raise FieldError(f"cannot evaluate '{text}'",
                          "numbers, block parameters and + - * / // % ** only")
 
-    return ev(tree)
+    try:
+        return ev(tree)
+    except RecursionError:
+        raise FieldError(f"the expression '{text}' nests too deeply") from None
 
 
 def parse_spec_text(text: str, path: str = "<spec>") -> Spec:
@@ -591,18 +724,35 @@ def parse_spec_text(text: str, path: str = "<spec>") -> Spec:
         raise
 
 
+def _read_bounded(path: Path, shown: str) -> bytes:
+    """The file's bytes, reading no more than the size limit plus one (so /dev/zero or a huge
+    file is refused without being read)."""
+    try:
+        if path.is_dir():
+            raise IsADirectoryError
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise SpecError([Diagnostic(f"no such spec file: {shown}", None,
+                                    fix="check the path")]) from None
+    except IsADirectoryError:
+        raise SpecError([Diagnostic(f"{shown} is a directory, not a spec file", None,
+                                    fix="name a .yaml file in it")]) from None
+    except OSError as exc:
+        raise SpecError([Diagnostic(f"cannot read {shown}: {exc.strerror or exc}", None)]) from None
+    except ValueError as exc:  # a NUL character in the path
+        raise SpecError([Diagnostic(f"cannot read {shown!r}: {exc}", None)]) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise SpecError([Diagnostic(
+            f"the spec is larger than {MAX_FILE_BYTES // 1024:,} KiB; refused",
+            SourceLoc(shown, 1, 1), fix="a network spec is a few kilobytes; check the file")])
+    return data
+
+
 def load_spec(path) -> Spec:
     """Read and parse a spec file. ``cnnc check`` and ``cc.compile`` start here."""
     shown = display_path(path)
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise SpecError([Diagnostic(f"no such spec file: {shown}", None)]) from None
-    except IsADirectoryError:
-        raise SpecError([Diagnostic(f"{shown} is a directory, not a spec file", None)]) from None
-    except OSError as exc:
-        raise SpecError([Diagnostic(f"cannot read {shown}: {exc.strerror}", None)]) from None
+    data = _read_bounded(Path(path), shown)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -19,15 +19,25 @@ from dataclasses import dataclass
 
 from ..errors import FieldError
 from ..layers.fields import (boolean, choice, describe, non_negative_int, non_negative_number,
-                             option, positive_int, positive_number, probability)
+                             number, option, positive_int, positive_number)
 
 LOSSES = ("softmax_cross_entropy", "sigmoid_cross_entropy", "euclidean")
 
 
+def fraction(value):
+    """A number in [0, 1): momentum, dampening, Adam's betas, label smoothing."""
+    v = number(value, "a number in [0, 1)")
+    if not 0.0 <= v < 1.0:
+        raise FieldError(f"received {value}", "expected a number in [0, 1)",
+                         "e.g. momentum: 0.9, betas: [0.9, 0.999], label_smoothing: 0.1")
+    return v
+
+
 def _betas(value):
     if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise FieldError(f"received {describe(value)}", "expected [beta1, beta2]")
-    return tuple(probability(v) for v in value)
+        raise FieldError(f"received {describe(value)}", "expected [beta1, beta2]",
+                         "write e.g. betas: [0.9, 0.999]")
+    return tuple(fraction(v) for v in value)
 
 
 def _milestones(value):
@@ -44,10 +54,10 @@ class SGD:
     """Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay."""
 
     lr: float = option(positive_number, default=0.01)
-    momentum: float = option(probability, default=0.0)
+    momentum: float = option(fraction, default=0.0)
     nesterov: bool = option(boolean, default=False)
     weight_decay: float = option(non_negative_number, default=0.0)
-    dampening: float = option(probability, default=0.0)
+    dampening: float = option(fraction, default=0.0)
 
 
 @dataclass(frozen=True)
@@ -96,7 +106,7 @@ class TrainConfig:
     schedule: Schedule = Schedule()
     epochs: int = option(positive_int, default=10)
     batch_size: int = option(positive_int, default=32)
-    label_smoothing: float = option(probability, default=0.0)
+    label_smoothing: float = option(fraction, default=0.0)
 
 
 TRAIN_KEYS = ("loss", "optimizer", "schedule", "epochs", "batch_size", "label_smoothing")

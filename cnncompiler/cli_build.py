@@ -1,0 +1,164 @@
+"""``cnnc compile``, ``cnnc run`` and ``cnnc bench``: build an artifact, run it, time it.
+
+    cnnc compile specs/resnet18.yaml --target cuda -o build/resnet18 [-O2] [--explain]
+    cnnc run build/lenet5 --input x.npy -o y.npy
+    cnnc bench build/lenet5 --batch 64
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CnncError, InputError
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CnncError(f"'{text}' is not a comma-separated list of batch sizes") from None
+    if any(v < 1 for v in values):
+        raise CnncError(f"batch sizes must be positive: '{text}'")
+    return values
+
+
+def cmd_compile(args) -> int:
+    from .compiler import compile as compile_spec
+    from .passes import format_reports, resolve_passes
+    from .runtime.model import load_report
+
+    passes = [p for p in args.passes.split(",") if p] if args.passes is not None else None
+    resolve_passes(args.opt_level, passes)  # reject unknown names before compiling
+    start = time.perf_counter()
+    model = compile_spec(args.spec, target=args.target, output_dir=args.output, arch=args.arch,
+                         opt_level=args.opt_level, passes=passes,
+                         batch_sizes=_int_list(args.batch_sizes) if args.batch_sizes else (),
+                         seed=args.seed, weights=args.weights)
+    seconds = time.perf_counter() - start
+    report = load_report(args.output)
+    for w in report["warnings"]:
+        print(w, file=sys.stderr)
+    if args.explain:
+        from .passes.rewrite import PassReport
+        print(format_reports([PassReport(r["pass"], r["applied"], r["declined"])
+                              for r in report["passes"]]))
+        print("kernels:")
+        for k in report["kernels"]:
+            print(f"  {k['kernel']}: {k['what']}  <- {', '.join(k['computes'])}")
+    m = model.manifest
+    print(f"compiled {m['spec']['name']} for {m['target']['kind']} "
+          f"({m['target']['tvm'].get('mcpu') or m['target'].get('arch')}) in {seconds:.1f} s: "
+          f"{len(report['kernels'])} kernels -> {args.output}")
+    return 0
+
+
+def _runtime_only() -> None:
+    """``cnnc run`` and ``bench`` need no compiler: load TVM's runtime library alone."""
+    if "tvm" not in sys.modules:
+        os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+
+
+def _read_input(path: str) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"no input file at '{path}'")
+    try:
+        return np.load(p, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"'{path}' is not a readable .npy array ({exc})") from None
+
+
+def cmd_run(args) -> int:
+    _runtime_only()
+    from .runtime.model import load
+
+    model = load(args.artifact, device=args.device)
+    x = _read_input(args.input)
+    if isinstance(x, np.lib.npyio.NpzFile):
+        raise InputError(f"'{args.input}' is an .npz archive; save the input with np.save")
+    y = model.predict(x)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(y, dict):
+        np.savez(out, **y)
+        shapes = ", ".join(f"{k} {v.shape}" for k, v in y.items())
+    else:
+        np.save(out, y)
+        shapes = str(y.shape)
+    print(f"{args.input} {x.shape} -> {out} {shapes}")
+    return 0
+
+
+def bench_model(model, batch: int, warmup: int, repeat: int, seed: int = 0) -> dict:
+    """Median latency over ``repeat`` timed runs after ``warmup`` untimed ones."""
+    x = np.random.default_rng(seed).standard_normal((batch, *model.input_shape)).astype(np.float32)
+    for _ in range(warmup):
+        model.predict(x)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        model.predict(x)
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    return {"batch": batch, "median_ms": median * 1e3, "min_ms": min(times) * 1e3,
+            "throughput": batch / median, "repeat": repeat, "warmup": warmup}
+
+
+def cmd_bench(args) -> int:
+    _runtime_only()
+    from .runtime.model import load
+
+    model = load(args.artifact)
+    results = [bench_model(model, b, args.warmup, args.repeat) for b in _int_list(args.batch)]
+    if args.json:
+        print(json.dumps({"artifact": str(args.artifact), "target": model.target,
+                          "results": results}, indent=2))
+        return 0
+    print(f"{model.graph.graph['name']} ({model.target}), median of {args.repeat} runs "
+          f"after {args.warmup} warm-up runs")
+    print(f"{'batch':>6}  {'latency ms':>11}  {'min ms':>9}  {'samples/s':>10}")
+    for r in results:
+        print(f"{r['batch']:>6}  {r['median_ms']:>11.3f}  {r['min_ms']:>9.3f}  "
+              f"{r['throughput']:>10.1f}")
+    return 0
+
+
+def register(sub) -> None:
+    c = sub.add_parser("compile", help="compile a spec through TVM into an artifact directory")
+    c.add_argument("spec")
+    c.add_argument("-o", "--output", required=True, help="artifact directory to write")
+    c.add_argument("--target", default="cpu",
+                   help="cpu (this machine), \"llvm -mcpu=NAME\", or cuda (default: cpu)")
+    c.add_argument("--arch", help="CUDA architecture, e.g. sm_80 (default sm_90)")
+    c.add_argument("-O", dest="opt_level", type=int, default=2, choices=(0, 1, 2),
+                   help="optimisation level: 0 none, 1 cleanups + batch-norm folding, 2 + fusion")
+    c.add_argument("--passes", help="comma-separated passes to run instead of a level")
+    c.add_argument("--explain", action="store_true",
+                   help="print each fusion and fold applied or declined, and the kernels")
+    c.add_argument("--batch-sizes", help="batch sizes to specialise for, e.g. 1,64 "
+                                         "(any batch size still runs)")
+    c.add_argument("--weights", help="a .safetensors file of weights to ship (PyTorch names)")
+    c.add_argument("--seed", type=int, default=0, help="seed of new weights (default 0)")
+    c.set_defaults(run=cmd_compile)
+
+    r = sub.add_parser("run", help="run a compiled artifact on an input .npy")
+    r.add_argument("artifact")
+    r.add_argument("--input", required=True, help="float32 array (N, ...) saved with np.save")
+    r.add_argument("-o", "--output", required=True, help="where to write the output .npy")
+    r.add_argument("--device", choices=("cpu", "cuda"), help="refuse artifacts for other targets")
+    r.set_defaults(run=cmd_run)
+
+    b = sub.add_parser("bench", help="latency and throughput of a compiled artifact")
+    b.add_argument("artifact")
+    b.add_argument("--batch", default="1", help="batch size(s), e.g. 1,64")
+    b.add_argument("--repeat", type=int, default=20)
+    b.add_argument("--warmup", type=int, default=5)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(run=cmd_bench)
