@@ -14,6 +14,7 @@ from tvm import relax, tirx
 
 from cnncompiler.errors import CompileError
 from cnncompiler.graph import topo_layers
+from cnncompiler.runtime.layouts import layout_shape
 from cnncompiler.runtime.signature import kernel_name, kernel_signature, prepared_shapes
 
 from .te_ops import LOWERINGS
@@ -23,13 +24,17 @@ PASSTHROUGH = ("dropout", "identity")  # no kernel: the value is the input's
 
 
 def emit_function(bb: relax.BlockBuilder, g: nx.DiGraph, name: str, batch: int | None,
-                  lowerings=LOWERINGS) -> None:
-    """Add ``name(x, *kernel_args)`` computing the graph's outputs to the module being built."""
+                  lowerings=LOWERINGS, layouts: dict | None = None) -> None:
+    """Add ``name(x, *kernel_args)`` computing the graph's outputs to the module being built.
+
+    ``layouts`` (argument name -> layout string) gives arguments a backend-chosen layout; the
+    runtime transforms the weights to it at load time."""
+    layouts = layouts or {}
     n = tirx.Var("n", "int64") if batch is None else batch
     x = relax.Var("x", relax.TensorType([n, *g.graph["input_shape"]], FLOAT))
     signature = kernel_signature(g)
-    arg_vars = {a.name: relax.Var(kernel_name(a.name), relax.TensorType(list(a.shape), FLOAT))
-                for a in signature}
+    arg_vars = {a.name: relax.Var(kernel_name(a.name), relax.TensorType(
+        list(layout_shape(layouts.get(a.name), a.shape)), FLOAT)) for a in signature}
     with bb.function(name, [x, *arg_vars.values()]):
         with bb.dataflow():
             values = {"input": x}
@@ -66,11 +71,12 @@ def emit_layer(bb, g, node, values, arg_vars, lowerings):
                            f"{exc}") from exc
 
 
-def build_module(g: nx.DiGraph, batch_sizes=(), lowerings=LOWERINGS) -> tvm.IRModule:
+def build_module(g: nx.DiGraph, batch_sizes=(), lowerings=LOWERINGS,
+                 layouts: dict | None = None) -> tvm.IRModule:
     """The Relax module: ``main`` for any batch size, plus ``main_b<N>`` for each batch size
     the model is specialised for."""
     bb = relax.BlockBuilder()
-    emit_function(bb, g, "main", None, lowerings)
+    emit_function(bb, g, "main", None, lowerings, layouts)
     for b in batch_sizes:
-        emit_function(bb, g, f"main_b{b}", b, lowerings)
+        emit_function(bb, g, f"main_b{b}", b, lowerings, layouts)
     return bb.finalize()

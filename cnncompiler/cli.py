@@ -23,9 +23,9 @@ EXIT_ERROR = 1
 EXIT_INTERNAL = 70
 
 
-def _print_warnings(warnings, source_lines=None, stream=sys.stderr):
+def _print_warnings(warnings, source_lines=None, stream=None):
     for w in warnings:
-        print(w.format(source_lines), file=stream)
+        print(w.format(source_lines), file=stream or sys.stderr)
 
 
 def cmd_check(args) -> int:

@@ -84,7 +84,8 @@ def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str,
             "optimization": {"level": opt_level if passes is None else None, "passes": chosen},
             "input": inputs, "outputs": outputs,
             "batch_sizes": sorted(set(int(b) for b in batch_sizes)),
-            "kernel_args": [{"name": a.name, "shape": list(a.shape)}
+            "kernel_args": [{"name": a.name, "shape": list(a.shape),
+                             "layout": build.get("layouts", {}).get(a.name)}
                             for a in kernel_signature(optimized)],
             "params": [{"name": k, "shape": list(v.shape)} for k, v in params.items()],
             "build": build,

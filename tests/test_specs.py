@@ -1,10 +1,10 @@
 """The classic networks of specs/ against their PyTorch twins in tests/torch_models.py.
 
-Every spec checks with no errors and no warnings. For each one, its twin (written by hand from
-the paper or torchvision, never from the YAML) must have the same number of trainable
-parameters, the same state_dict names and shapes, and, with the twin's weights loaded into the
-numpy reference executor, the same outputs in float64; ``cnnc summary --json`` must report the
-same parameter count.
+Every spec checks with no errors, and with no warnings but those its header documents. For
+each one, its twin (written by hand from the paper or torchvision, never from the YAML) must
+have the same number of trainable parameters, the same state_dict names and shapes, and, with
+the twin's weights loaded into the numpy reference executor, the same outputs in float64;
+``cnnc summary --json`` must report the same parameter count.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import math
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,10 +31,20 @@ NAMES = [p.stem for p in classic_specs()]
 LARGE_SAMPLE = 3 * 64 * 64
 
 
+# The warnings a faithful network cannot avoid, each documented in its spec's header: layer ->
+# how many warnings (one per spatial axis). torchvision's ResNet shortcut is a 1x1 stride-2
+# conv, which on an even input never reads the last row and column.
+RESNET_SHORTCUTS = {f"layer{i}.0.downsample.0": 2 for i in (2, 3, 4)}
+EXPECTED_WARNINGS = {name: RESNET_SHORTCUTS for name in
+                     ("resnet18", "resnet34", "resnet18_cifar", "resnet34_cifar")}
+
+
 @pytest.mark.parametrize("path", classic_specs(), ids=lambda p: p.stem)
 def test_spec_checks_clean(path):
     _, warnings = load_checked(path)  # raises SpecError, listing them, on any error
-    assert not warnings, "\n".join(w.format() for w in warnings)
+    found = Counter(w.layer for w in warnings)
+    assert found == EXPECTED_WARNINGS.get(path.stem, {}), \
+        "\n".join(w.format() for w in warnings)
 
 
 @needs_torch
@@ -139,4 +150,3 @@ def test_cli_summary_json_matches_torch(twin):
     summary = json.loads(proc.stdout)
     assert summary["total_params"] == sum(p.numel() for p in twin.model.parameters())
     assert summary["total_flops"] > 0
-    assert summary["warnings"] == []

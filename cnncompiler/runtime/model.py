@@ -113,8 +113,9 @@ class CompiledModel:
             tvm, _, dev = self._open()
             with self._lock:
                 if self._args is None:
-                    self._args = tuple(tvm.runtime.tensor(a, dev)
-                                       for a in kernel_arguments(self.optimized, self._params))
+                    layouts = {a["name"]: a.get("layout") for a in self.manifest["kernel_args"]}
+                    self._args = tuple(tvm.runtime.tensor(a, dev) for a in kernel_arguments(
+                        self.optimized, self._params, layouts))
                 args = self._args
         return args
 

@@ -15,6 +15,7 @@ import networkx as nx
 import numpy as np
 
 from ..graph import param_names, topo_layers
+from .layouts import apply_layout
 
 FLOAT = "float32"
 
@@ -54,8 +55,11 @@ def kernel_signature(g: nx.DiGraph) -> list[KernelArg]:
             for key, shape in sorted(prepared_shapes(g, node).items())]
 
 
-def kernel_arguments(g: nx.DiGraph, params: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """The prepared weights in signature order, from the spec's (PyTorch-named) weights."""
+def kernel_arguments(g: nx.DiGraph, params: dict[str, np.ndarray],
+                     layouts: dict[str, str] | None = None) -> list[np.ndarray]:
+    """The prepared weights in signature order, from the spec's (PyTorch-named) weights, each
+    in the layout the backend asked for (``layouts``: argument name -> layout string)."""
+    layouts = layouts or {}
     out = []
     for node in topo_layers(g):
         names = param_names(g, node)
@@ -63,5 +67,6 @@ def kernel_arguments(g: nx.DiGraph, params: dict[str, np.ndarray]) -> list[np.nd
             continue
         local = {k: params[glob] for k, glob in names.items()}
         prepared = g.nodes[node]["layer"].prepare(local)
-        out += [np.ascontiguousarray(prepared[k], dtype=np.float32) for k in sorted(prepared)]
+        out += [np.ascontiguousarray(apply_layout(layouts.get(f"{node}:{k}"), prepared[k]),
+                                     dtype=np.float32) for k in sorted(prepared)]
     return out
