@@ -40,6 +40,12 @@ class TargetChoice:
             return f"cuda ({self.arch})"
         return f"llvm ({self.config.get('mcpu', 'generic')})"
 
+    @classmethod
+    def from_json(cls, data: dict) -> "TargetChoice":
+        """The target an artifact's manifest records."""
+        return cls(data["kind"], data["tvm"], data.get("host"), tuple(data.get("cpu_flags", ())),
+                   data.get("vector_lanes", 8), data.get("arch"))
+
     def to_json(self) -> dict:
         return {"kind": self.kind, "tvm": self.config, "host": self.host,
                 "cpu_flags": list(self.cpu_flags), "vector_lanes": self.vector_lanes,

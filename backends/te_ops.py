@@ -226,13 +226,13 @@ def lower_blurpool2d(layer, xs, args, out_shape):
 
 # -- element-wise, normalisation, shape ---------------------------------------------------------
 
-def activation(kind: str, v, alpha: float = 0.0):
-    """One activation applied to a scalar float32 expression."""
-    zero = const(0.0)
+def activation(kind: str, v, alpha: float = 0.0, dtype: str = FLOAT):
+    """One activation applied to a scalar expression of ``dtype``."""
+    zero = const(0.0, dtype)
     if kind == "relu":
         return tirx.max(v, zero)
     if kind == "leaky_relu":
-        return tirx.Select(v > zero, v, v * const(alpha))
+        return tirx.Select(v > zero, v, v * const(alpha, dtype))
     if kind == "sigmoid":
         return tirx.sigmoid(v)
     if kind == "tanh":
@@ -244,7 +244,7 @@ def _elementwise(kind):
     def lower(layer, xs, args, out_shape):
         x = xs[0]
         alpha = getattr(layer, "alpha", 0.0)
-        return te.compute(x.shape, lambda *i: activation(kind, x(*i), alpha), name=kind)
+        return te.compute(x.shape, lambda *i: activation(kind, x(*i), alpha, x.dtype), name=kind)
     return lower
 
 
@@ -347,7 +347,7 @@ def lower_fused(layer, xs, args, out_shape):
             elif step[0] == "add":
                 v = v + xs[1][(n, o, *sp)]
             else:
-                v = activation(step[0], v, step[1] if len(step) > 1 else 0.0)
+                v = activation(step[0], v, step[1] if len(step) > 1 else 0.0, y.dtype)
         return v
 
     if not steps:

@@ -105,6 +105,19 @@ def torch_pad(pairs):
     return tuple(v for pair in reversed(pairs) for v in pair)
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tensors here are tiny: waking a pool of threads costs more than it saves, and on a
+    busy machine the spinning threads slow the whole run several times over."""
+    if not HAVE_TORCH:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 def test_every_layer_type_is_tested():
     public = {name for name, cls in LAYER_TYPES.items() if not cls.internal}
     assert public - HAND == set(), "layer types with no hand-computed reference test"
@@ -319,6 +332,20 @@ def test_batchnorm_training_by_hand():
     np.testing.assert_array_equal(params["running_mean"], [0.0])
 
 
+
+@hand("batchnorm")
+def test_batchnorm_momentum_is_zero_to_one_inclusive():
+    x = np.array([[[1.0, 2.0]], [[3.0, 6.0]]])
+    params = {"weight": np.ones(1), "bias": np.zeros(1), "running_mean": np.zeros(1),
+              "running_var": np.ones(1)}
+    state = {}
+    run(make("batchnorm", momentum=1.0), x, params=params, train_state=state)
+    np.testing.assert_allclose([state["running_mean"], state["running_var"]], [[3], [14 / 3]])
+    _, problems = parse_fields(LAYER_TYPES["batchnorm"], {"momentum": 1.5})
+    ((key, error),) = problems
+    assert key == "momentum" and "momentum" in error.expected and "dropout" not in error.fix
+
+
 @hand("lrn")
 def test_lrn_by_hand():
     x = np.array([1.0, 2.0, 3.0]).reshape(1, 3, 1, 1)
@@ -349,6 +376,10 @@ def test_dropout_by_hand():
     mask[0, 0, 0, :3] = True
     y = run(layer, x, train_state={"mask": mask})
     assert y.sum() == 3 * 2 / 0.75
+    # a mask kept from a batch of another size is drawn afresh, not broadcast
+    state = {"mask": np.ones((1, 3, 50, 50), bool), "rng": np.random.default_rng(2)}
+    y = run(layer, x, train_state=state)
+    assert state["mask"].shape == x.shape and abs((y != 0).mean() - 0.75) < 0.01
     np.testing.assert_array_equal(run(make("dropout", rate=0.0), x, train_state={}), x)
 
 
@@ -404,7 +435,7 @@ def test_blurpool2d_by_hand():
     x = np.arange(20.0).reshape(1, 1, 4, 5)
     np.testing.assert_array_equal(run(make("blurpool2d", kernel=1), x), x[..., ::2, ::2])
     # kernel 2 pads 0 before, 1 after: [a, b] -> (a + b) / 2, the last reflected: (c + b) / 2
-    x = np.array([[[[1.0, 3.0, 5.0]]] * 2]).reshape(1, 1, 2, 3)
+    x = np.tile([1.0, 3.0, 5.0], (1, 1, 2, 1))
     y = run(make("blurpool2d", kernel=2, stride=1), x)
     np.testing.assert_array_equal(y[0, 0], [[2, 4, 4], [2, 4, 4]])
 
@@ -439,6 +470,7 @@ def check_conv(type_name, shape, padding, dtype, kernels, strides, dilations):
 
 @grid("conv2d")
 @needs_torch
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("padding", CONV2D_PADDINGS, ids=str)
 def test_conv2d_matches_torch(padding, dtype):

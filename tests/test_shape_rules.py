@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from cnncompiler.errors import ShapeError
 from cnncompiler.layers import LAYER_TYPES, ShapeNotes
 from cnncompiler.layers.fields import parse_fields
+from cnncompiler.layers.fused import Fused
 from cnncompiler.layers.window import out_size
 
 from conftest import HAVE_TORCH, needs_torch
@@ -28,6 +29,19 @@ POOLS = ["maxpool1d", "maxpool2d", "avgpool1d", "avgpool2d", "lppool1d", "lppool
 
 FEW = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FEWER = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tensors here are tiny: waking a pool of threads costs more than it saves, and on a
+    busy machine the spinning threads slow the whole run several times over."""
+    if not HAVE_TORCH:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make(type_name: str, **keys):
@@ -159,6 +173,11 @@ def test_shape_rule_matches_formula_and_reference(case):
     x = np.abs(rng.standard_normal((2, *shape)))
     params = {k: spec.initial(rng) for k, spec in layer.params([shape]).items()}
     assert layer.reference([x], params).shape == (2, *got)
+    # the receptive-field step: each output sees the dilated span, one stride apart
+    window = layer.window([shape])
+    dilation = getattr(layer, "dilation", (1,) * len(layer.kernel))
+    assert window.kernel == tuple(d * (k - 1) + 1 for k, d in zip(layer.kernel, dilation))
+    assert window.stride == layer.stride
 
 
 def torch_module(layer, shape):
@@ -227,12 +246,14 @@ def test_unread_rows_warning_exactly_when_the_remainder_covers_input(case):
     got, warnings = infer(layer, shape)
     assume(got is not None)
     ceil_mode = getattr(layer, "ceil_mode", False)
-    unread = [unread_rows(*axis, ceil_mode) for axis in axes(layer, shape)]
-    unread = [u for u in unread if u]
+    unread = [(rows, axis) for axis in axes(layer, shape)
+              if (rows := unread_rows(*axis, ceil_mode))]
     assert len(warnings) == len(unread), (layer.settings(), [w.message for w in warnings])
-    for (first, last), warning in zip(unread, warnings):
+    for ((first, last), (_, k, s, _, d)), warning in zip(unread, warnings):
         rows = f"{first} is" if first == last else f"s {first}..{last} are"
         assert rows + " never read" in warning.message
+        # 'same' tiles the input unless the window is narrower than the stride
+        assert ("padding: same" in warning.fix) == (d * (k - 1) + 1 >= s)
 
 
 @FEWER
@@ -284,6 +305,19 @@ def test_conv_flops_are_twice_the_macs(case):
     out, _ = infer(layer, shape)
     macs = math.prod(out) * (shape[0] // layer.groups) * math.prod(layer.kernel)
     assert layer.flops([shape], out) == 2 * macs
+
+
+@FEWER
+@given(convs())
+def test_fused_conv_params_need_no_warning_sink(case):
+    """A fused layer sizes its batch norms with the conv's shape rule, whose warnings (a 1x1
+    stride-2 shortcut's unread row) were already reported: they must not need a sink."""
+    layer, shape, _ = case
+    fused = Fused(base=layer, steps=(("batchnorm", 1e-5), ("relu",)))
+    specs = fused.params([shape])
+    assert {k: s.shape for k, s in layer.params([shape]).items()} == \
+        {k: specs[k].shape for k in ("weight", "bias") if k in specs}
+    assert specs["0.running_var"].shape == (layer.filters,)
 
 
 @FEWER

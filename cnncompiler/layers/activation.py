@@ -112,7 +112,8 @@ class Dropout(Elementwise):
         if self.rate == 0:
             return x
         mask = state.get("mask")
-        if mask is None:
+        # a mask kept from a batch of another size would broadcast or fail: draw a new one
+        if mask is None or mask.shape != x.shape:
             rng = state.get("rng") or np.random.default_rng(0)
             mask = rng.random(x.shape) >= self.rate
             state["mask"] = mask

@@ -45,11 +45,19 @@ def sliding_output(layer, in_shape: Shape, notes: ShapeNotes, ceil_mode: bool = 
                 f"stride {s} leaves a remainder along the {names[axis]}s: "
                 f"({w} + {p[0]} + {p[1]} - {span(k, d)}) / {s} is not whole, "
                 f"so input {which} never read",
-                "windows that tile the input symmetrically",
-                "use a kernel that spans at least the stride" if layer.padding == "same" else
-                "change the padding or kernel so the division is exact, or use padding: same")
+                "windows that tile the input symmetrically", unread_fix(span(k, d), s))
         outs.append(n)
     return tuple(outs), pads
+
+
+def unread_fix(window_span: int, stride: int) -> str:
+    # Padding cannot help a window narrower than its stride (no padding, 'same' nor ceil_mode
+    # reaches the rows it steps over), so suggesting 'same' there would mislead.
+    if window_span < stride:
+        return (f"a window spanning {window_span} with stride {stride} skips inputs whatever "
+                "the padding: widen the kernel, or keep it if the architecture means it "
+                "(a 1x1 stride-2 shortcut)")
+    return "change the padding or kernel so the division is exact, or use padding: same"
 
 
 class ConvBase(Layer):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
-from .base import Layer, ParamSpec, register
+from .base import Layer, ParamSpec, ShapeNotes, register
 
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh")
 _ACTIVATION_LAYERS = {"relu": ReLU(), "sigmoid": Sigmoid(), "tanh": Tanh()}
@@ -75,7 +75,9 @@ class Fused(Layer):
 
     def params(self, in_shapes):
         out = dict(self.base.params(in_shapes[:1]))
-        shape = self.infer_shape(in_shapes, None)
+        # a fresh sink: the base's warnings (a 1x1 stride-2 shortcut's unread row) were
+        # already reported when the spec was checked
+        shape = self.infer_shape(in_shapes, ShapeNotes())
         for i, step in enumerate(self.steps):
             if step[0] == "batchnorm":
                 c = shape[0]

@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 
+from ..errors import FieldError
 from .base import Layer, ParamSpec, expect_rank, register
-from .fields import number, option, positive_int, positive_number, probability
+from .fields import number, option, positive_int, positive_number
 
 
 def _channel_axes(x: np.ndarray) -> tuple[int, ...]:
@@ -17,6 +18,17 @@ def _channel_axes(x: np.ndarray) -> tuple[int, ...]:
 
 def _per_channel(v: np.ndarray, x: np.ndarray) -> np.ndarray:
     return v.reshape((1, -1) + (1,) * (x.ndim - 2)).astype(x.dtype, copy=False)
+
+
+def momentum_value(value) -> float:
+    """A batch norm's momentum, 0 to 1 inclusive as PyTorch allows (1 keeps only the last
+    batch's statistics)."""
+    v = number(value, "a number from 0 to 1")
+    if not 0.0 <= v <= 1.0:
+        raise FieldError(f"received {value}", "expected a momentum from 0 to 1",
+                         "0.1 (PyTorch's default) moves the running statistics a tenth of the "
+                         "way to each batch's")
+    return v
 
 
 @register("batchnorm")
@@ -29,7 +41,7 @@ class BatchNorm(Layer):
     """
 
     eps: float = option(positive_number, default=1e-5)
-    momentum: float = option(probability, default=0.1)
+    momentum: float = option(momentum_value, default=0.1)
 
     def infer_shape(self, in_shapes, notes):
         expect_rank(in_shapes[0], (1, 2, 3), self.type_name)

@@ -67,6 +67,7 @@ class CompiledModel:
         self._local = threading.local()
         self._runtime = None          # (tvm module, library, device), opened on first use
         self._args = None             # kernel arguments on the device
+        self._trainer = None          # training state, made by the first training call
 
     # -- description ---------------------------------------------------------------------
     def signature(self) -> str:
@@ -107,7 +108,17 @@ class CompiledModel:
             vm = self._local.vm = tvm_vm.VirtualMachine(lib, dev)
         return vm
 
+    def _sync_from_training(self) -> None:
+        """After training steps the device holds the newest weights: bring them back."""
+        trainer = self._trainer
+        if trainer is not None and trainer.dirty:
+            with self._lock:
+                if trainer.dirty:
+                    self._params = trainer.pull_params()
+                    self._args = None
+
     def _device_args(self):
+        self._sync_from_training()
         args = self._args
         if args is None:
             tvm, _, dev = self._open()
@@ -158,20 +169,81 @@ class CompiledModel:
     @property
     def params(self) -> dict[str, np.ndarray]:
         """The current weights, PyTorch names and layouts (copies)."""
+        self._sync_from_training()
         return {k: v.copy() for k, v in self._params.items()}
 
     def load_params(self, source, strict: bool = True) -> None:
         """Load weights from a dict of arrays (a PyTorch state_dict works) or a .safetensors
         path; every weight must be given unless ``strict=False``."""
         given = read_weights(source) if isinstance(source, (str, Path)) else source
+        self._sync_from_training()
         params = validate_weights(self.graph, given, self._params, strict)
         with self._lock:
             self._params = params
             self._args = None
+        if self._trainer is not None:
+            self._trainer.push_params()
+
+    # -- training (compiles the training step on first use; needs TVM's compiler) ------------
+    def spec_key(self) -> str:
+        """Identifies the spec's layers: checkpoints and compiled training steps are keyed by it."""
+        import hashlib
+
+        return hashlib.sha256((self.directory / art.SPEC).read_bytes()).hexdigest()
+
+    @property
+    def trainer(self):
+        if self._trainer is None:
+            from ..train.trainer import Trainer
+
+            self._trainer = Trainer(self)
+        return self._trainer
+
+    def set_optimizer(self, optimizer=None, schedule=None) -> None:
+        """Change the optimizer (``{"type": "adam", "lr": 1e-3}``) and/or the learning-rate
+        schedule; learning rate and schedule changes need no recompilation."""
+        self.trainer.set_optimizer(optimizer, schedule)
+
+    def train_step(self, x, y) -> float:
+        """One optimizer update on one batch; returns the batch's loss."""
+        return self.trainer.train_step(x, y)[0]
+
+    def fit(self, x, y, epochs=None, batch_size=None, validation_data=None, shuffle=True,
+            seed=None, callbacks=(), verbose=0):
+        """Train for ``epochs`` epochs (default: the spec's ``train.epochs``); returns a History
+        with per-epoch loss, accuracy, lr and validation metrics."""
+        from ..train.trainer import fit
+
+        if seed is not None:
+            self.trainer.seed = seed
+        return fit(self.trainer, x, y, epochs, batch_size, validation_data, shuffle, callbacks,
+                   verbose)
+
+    def evaluate(self, x, y, batch_size: int = 256) -> dict:
+        """{'loss': ..., 'accuracy': ...} (accuracy for classification losses), at inference."""
+        from ..train.trainer import evaluate
+
+        return evaluate(self, x, y, batch_size)
+
+    def save_checkpoint(self, directory) -> Path:
+        """Weights, optimizer state, step, schedule position and random state, atomically."""
+        from ..train.checkpoint import save_checkpoint
+
+        return save_checkpoint(self.trainer, directory)
+
+    def load_checkpoint(self, directory) -> dict:
+        """Resume from a checkpoint of this spec (refused if corrupt or of another spec)."""
+        from ..train.checkpoint import load_checkpoint
+
+        meta = load_checkpoint(self.trainer, directory)
+        with self._lock:
+            self._args = None
+        return meta
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, directory) -> Path:
         """Write the artifact, with the current weights, to ``directory``."""
+        self._sync_from_training()
         out = Path(directory)
         if out.resolve() == self.directory.resolve():
             write_weights(out / art.WEIGHTS, self._params)

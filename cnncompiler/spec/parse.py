@@ -47,7 +47,7 @@ MAX_LAYERS = 20_000
 MAX_SIZE = 2**31 - 1
 MAX_EXPRESSION = 200
 MAX_ERRORS = 100
-MAX_SUGGEST_OPTIONS = 2_000
+MAX_SUGGEST_OPTIONS = 1_000
 
 
 @dataclass
@@ -126,14 +126,17 @@ class SpecParser:
             raise SpecError(self.sink.items, self.sink.source_lines)
 
     def field_error(self, exc: FieldError, loc, layer=None, ltype=None, notes=()):
-        self.error(exc.message, loc, layer, ltype, exc.expected, exc.fix, notes)
+        message = exc.message
+        if len(message) > 300:  # a field parser quoting a very long received value
+            message = message[:200] + " ... " + message[-60:]
+        self.error(message, loc, layer, ltype, exc.expected, exc.fix, notes)
 
     # -- top level --------------------------------------------------------------------------
     def parse(self) -> Spec:
         doc = parse_yaml(self.text, self.path)
         if not isinstance(doc, YamlMap):
             raise SpecError([Diagnostic(
-                f"the spec must be a mapping, received {describe(doc)}",
+                f"the spec must be a mapping, received {_brief(doc)}",
                 getattr(doc, "loc", SourceLoc(self.path, 1, 1)),
                 expected="a mapping with the keys name, input and layers",
                 fix="write e.g. 'input: [1, 28, 28]' and a 'layers:' list")],
@@ -150,7 +153,7 @@ class SpecParser:
         last = None
         if not isinstance(layers, YamlList) or not layers:
             self.error("missing required key 'layers'" if layers is None else
-                       f"'layers' must be a non-empty list, received {describe(layers)}",
+                       f"'layers' must be a non-empty list, received {_brief(layers)}",
                        doc.loc_of("layers") if "layers" in doc else doc.loc,
                        expected="a list of layers such as {type: conv2d, filters: 16, kernel: 3}",
                        fix="add 'layers:' with one '- {type: ...}' line per layer")
@@ -165,7 +168,7 @@ class SpecParser:
     def parse_name(self, doc: YamlMap) -> str:
         name = doc.get("name", Path(self.path).stem)
         if not isinstance(name, str) or not name:
-            self.error(f"'name' must be a string, received {describe(name)}", doc.loc_of("name"),
+            self.error(f"'name' must be a string, received {_brief(name)}", doc.loc_of("name"),
                        fix="write e.g. name: resnet18")
             return Path(self.path).stem
         return name
@@ -179,7 +182,7 @@ class SpecParser:
         value = doc["input"]
         try:
             if not isinstance(value, list) or not 1 <= len(value) <= 3:
-                raise FieldError(f"received {describe(value)}")
+                raise FieldError(f"received {_brief(value)}")
             shape = tuple(positive_int(v) for v in value)
             for v in shape:
                 if v > MAX_SIZE:
@@ -199,7 +202,7 @@ class SpecParser:
         if isinstance(raw, str):
             raw = [raw]
         if not isinstance(raw, list) or not raw:
-            self.error(f"'outputs' must be a list of layer names, received {describe(raw)}",
+            self.error(f"'outputs' must be a list of layer names, received {_brief(raw)}",
                        doc.loc_of("outputs"))
             return [last] if last else []
         outs = []
@@ -228,7 +231,7 @@ class SpecParser:
             return
         if not isinstance(raw, YamlMap):
             self.error(f"'blocks' must be a mapping of block names to blocks, "
-                       f"received {describe(raw)}", doc.loc_of("blocks"))
+                       f"received {_brief(raw)}", doc.loc_of("blocks"))
             return
         for name, body in raw.items():
             loc = raw.loc_of(name)
@@ -292,7 +295,7 @@ class SpecParser:
             loc = entries.loc_of(i)
             self.count_expansion(loc, scope)
             if not isinstance(raw, YamlMap):
-                self.error(f"a layer must be a mapping, received {describe(raw)}", loc,
+                self.error(f"a layer must be a mapping, received {_brief(raw)}", loc,
                            expected="a mapping such as {type: relu} or "
                                     "{name: fc, type: dense, units: 10}",
                            notes=scope.notes)
@@ -309,15 +312,18 @@ class SpecParser:
                            fix="add e.g. 'type: conv2d'", notes=scope.notes)
                 continue
             if not isinstance(ltype, str):
-                self.error(f"'type' must be a string, received {describe(ltype)}",
+                self.error(f"'type' must be a string, received {_brief(ltype)}",
                            entry.loc_of("type"), name, "?", notes=scope.notes)
                 continue
-            inputs = self.resolve_inputs(entry, prev, local, declared, scope, name, ltype, loc)
+            inputs, inputs_ok = self.resolve_inputs(entry, prev, local, declared, scope, name,
+                                                    ltype)
             full = scope.prefix + name
             if ltype in self.blocks:
+                if not inputs_ok:  # still expand, to report what is wrong inside the block
+                    inputs = inputs[:1] or (prev,)
                 produced = self.expand_block(self.blocks[ltype], entry, scope, full, inputs, loc)
             else:
-                produced = self.add_layer(entry, ltype, full, inputs, loc, scope)
+                produced = self.add_layer(entry, ltype, full, inputs, loc, scope, inputs_ok)
             if produced is None:
                 # keep later layers checkable: they see the failed layer's input instead
                 produced = inputs[0] if inputs else prev
@@ -349,7 +355,7 @@ class SpecParser:
     def local_name(self, entry, index, loc, local_locs, scope) -> str | None:
         raw = entry.get("name", str(index))
         if isinstance(raw, bool) or not isinstance(raw, (str, int)):
-            self.error(f"'name' must be a string, received {describe(raw)}", entry.loc_of("name"),
+            self.error(f"'name' must be a string, received {_brief(raw)}", entry.loc_of("name"),
                        notes=scope.notes)
             return None
         name = str(raw)
@@ -374,21 +380,23 @@ class SpecParser:
         local_locs[name] = loc
         return name
 
-    def resolve_inputs(self, entry, prev, local, declared, scope, name, ltype, loc):
+    def resolve_inputs(self, entry, prev, local, declared, scope, name, ltype):
+        """The global names of a layer's inputs, and whether every one of them resolved (a
+        layer with a bad input is not checked further, so one typo gives one error)."""
         if "inputs" not in entry:
-            return (prev,)
+            return (prev,), True
         raw = entry["inputs"]
         items = [raw] if isinstance(raw, (str, int)) and not isinstance(raw, bool) else raw
         where = entry.loc_of("inputs")
         if not isinstance(items, list) or not items:
-            self.error(f"'inputs' must be a list of layer names, received {describe(raw)}",
+            self.error(f"'inputs' must be a list of layer names, received {_brief(raw)}",
                        where, scope.prefix + name, ltype,
                        fix="write e.g. inputs: [conv1, input]", notes=scope.notes)
-            return (prev,)
+            return (prev,), False
         out = []
         for j, item in enumerate(items):
             item_loc = items.loc_of(j) if isinstance(items, YamlList) else where
-            ref = str(item)
+            ref = str(item) if isinstance(item, (str, int)) else _brief(item)
             if ref == "input":
                 out.append(scope.input_name)
             elif ref in local:
@@ -407,9 +415,9 @@ class SpecParser:
                            expected="the name of an earlier layer, or 'input'",
                            fix=_did_you_mean(ref, options) or "check the spelling",
                            notes=scope.notes)
-        return tuple(out) if out else (prev,)
+        return tuple(out), len(out) == len(items)
 
-    def add_layer(self, entry, ltype, full, inputs, loc, scope) -> str | None:
+    def add_layer(self, entry, ltype, full, inputs, loc, scope, inputs_ok=True) -> str | None:
         cls = LAYER_TYPES.get(ltype)
         if cls is None or cls.internal:
             options = [t for t, c in LAYER_TYPES.items() if not c.internal] + list(self.blocks)
@@ -427,7 +435,7 @@ class SpecParser:
                 entry.key_loc(key) if key not in cls.keys() else entry.loc_of(key)
             notes = scope.notes + self.subst_notes(entry, key)
             self.field_error(exc, where, full, ltype, notes)
-        if problems:
+        if problems or not inputs_ok:
             return None
         for key, value in kwargs.items():
             big = _too_large(value)
@@ -441,10 +449,13 @@ class SpecParser:
             want = (f"{cls.min_inputs}" if cls.max_inputs == cls.min_inputs else
                     f"at least {cls.min_inputs}" if cls.max_inputs is None else
                     f"{cls.min_inputs} to {cls.max_inputs}")
-            self.error(f"{ltype} takes {want} input(s), received {n}",
+            given = ", ".join(f"'{i}'" for i in inputs)
+            self.error(f"{ltype} takes {want} input(s), received {n} ({given})",
                        entry.loc_of("inputs") if "inputs" in entry else loc, full, ltype,
-                       fix="list the branches to merge in 'inputs'" if cls.min_inputs > 1 else
-                       "give one input", notes=scope.notes)
+                       fix="list the branches to merge in 'inputs', e.g. inputs: [conv2, input]"
+                       if cls.min_inputs > 1 else
+                       "list one layer in 'inputs', or join the branches first with add or "
+                       "concat", notes=scope.notes)
             return None
         try:
             layer = cls(**kwargs)
@@ -568,7 +579,7 @@ class SpecParser:
         if raw is None:
             return TrainConfig(optimizer=OPTIMIZERS["sgd"]())
         if not isinstance(raw, YamlMap):
-            self.error(f"'train' must be a mapping, received {describe(raw)}", loc)
+            self.error(f"'train' must be a mapping, received {_brief(raw)}", loc)
             return TrainConfig(optimizer=OPTIMIZERS["sgd"]())
         plain = {k: v for k, v in raw.items() if k not in ("optimizer", "schedule")}
         kwargs, problems = parse_fields(TrainConfig, plain, ())
@@ -634,6 +645,12 @@ def _did_you_mean(word, options) -> str | None:
     return did_you_mean(word, options)
 
 
+def _brief(value, limit: int = 80) -> str:
+    """describe() cut to ``limit`` characters: the value may be a whole mistyped spec."""
+    text = describe(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _too_large(value):
     """The first integer in a parsed layer setting (int, tuple, tuple of pairs) above MAX_SIZE."""
     if isinstance(value, bool):
@@ -680,7 +697,7 @@ def evaluate(text: str, values: dict):
         if isinstance(node, ast.Name) and node.id in values:
             v = values[node.id]
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise FieldError(f"${node.id} is {describe(v)} and cannot take part in '{text}'")
+                raise FieldError(f"${node.id} is {_brief(v)} and cannot take part in '{text}'")
             return v
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             v = ev(node.operand)

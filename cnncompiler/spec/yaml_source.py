@@ -194,8 +194,8 @@ class _Converter:
                 total += self.expanded_size(child, sizes)
             self.active.discard(id(node))
         if total > MAX_VALUES:
-            self.fail(node, f"the document expands to more than {MAX_VALUES:,} values "
-                            "(an alias bomb?); refused",
+            self.fail(node, f"this value expands to more than {MAX_VALUES:,} values through "
+                            "its aliases (an alias bomb?); refused",
                       fix="a network spec has a few thousand values; write it without "
                           "nested aliases")
         sizes[id(node)] = total
@@ -304,18 +304,19 @@ class _Converter:
             if key_node.tag == _MERGE_TAG:
                 continue
             key = self.key(key_node)
-            # True == 1 in Python; compare by type too, so {1: a, true: b} is two keys
-            ident = (type(key), key)
-            if ident in seen:
-                first = seen[ident]
-                shown = _shorten(str(key_node.value))
+            shown = _shorten(str(key_node.value))
+            if key in seen:
+                first, first_shown = seen[key]
+                # 1, 1.0 and true are one key once read (as Python, and YAML, compare them)
+                what = f"duplicate key '{shown}'" if shown == first_shown else \
+                    f"key '{shown}' is the same key as '{first_shown}'"
                 raise SpecError([Diagnostic(
-                    f"duplicate key '{shown}' (first at line {first.line}, again at line "
+                    f"{what} (first at line {first.line}, again at line "
                     f"{key_node.start_mark.line + 1})",
                     self.loc(key_node),
                     expected="each key once per mapping",
                     fix=f"remove one of the two '{shown}' entries")])
-            seen[ident] = self.loc(key_node)
+            seen[key] = (self.loc(key_node), shown)
 
     def sequence(self, node: SequenceNode) -> YamlList:
         if node.tag != _SEQ_TAG:
@@ -358,8 +359,9 @@ def parse_yaml(text: str, filename: str):
         raise SpecError([Diagnostic(
             f"the spec is larger than {MAX_FILE_BYTES // 1024:,} KiB; refused",
             SourceLoc(filename, 1, 1), fix="a network spec is a few kilobytes; check the file")])
-    loader = _loader(text)
+    loader = None
     try:
+        loader = _loader(text)  # the pure-Python reader checks every character here
         node = loader.get_single_node()
         if node is None:
             raise SpecError([Diagnostic("the spec file is empty", SourceLoc(filename, 1, 1),
@@ -389,4 +391,5 @@ def parse_yaml(text: str, filename: str):
         raise SpecError([Diagnostic("YAML nesting is too deep; refused",
                                     SourceLoc(filename, 1, 1))]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()

@@ -1,0 +1,225 @@
+"""Convolution in the blocked layout NC[x]c, with its epilogue, as one scheduled kernel.
+
+Data is (N, C/b, *spatial, b): the innermost axis holds ``b`` channels, one SIMD vector. The
+weights are packed once at load time to (O/ob, Cg/ib, *K, ib, ob) (``blocked_oihw``), so the
+innermost loop multiplies one broadcast input value by one vector of ``ob`` output channels and
+accumulates into a register tile of ``ro`` channel blocks x ``rw`` output columns. The epilogue
+(bias, batch-norm scale and shift, residual add, activation) runs on that tile while it is still
+in registers.
+
+A plain (N, C, *spatial) input is read as if its block were 1, so the first conv of a network
+takes the model's input as it is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tvm import te, tirx
+
+from ..te_ops import activation
+from .blocking import ceil_div
+
+FLOAT = "float32"
+MAX_ACCUMULATORS = 16  # vector registers a tile may use for accumulators (of 32 with AVX-512)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """What the blocked conv kernel needs to know about one conv layer.
+
+    ``ib`` is the input's channel block (1 when ``in_plain``: the input is (N, C, *spatial));
+    ``ob`` the output's. Channel counts are the logical ones; blocked values are padded with
+    zero channels to a whole number of blocks.
+    """
+
+    cin: int
+    cout: int
+    groups: int
+    kernel: tuple
+    stride: tuple
+    dilation: tuple
+    pads: tuple
+    in_spatial: tuple
+    out_spatial: tuple
+    ib: int
+    ob: int
+    in_plain: bool = False
+
+    @property
+    def in_blocks(self) -> int:
+        return self.cin if self.in_plain else ceil_div(self.cin, self.ib)
+
+    @property
+    def out_blocks(self) -> int:
+        return ceil_div(self.cout, self.ob)
+
+    @property
+    def group_in_blocks(self) -> int:
+        """Input channel blocks each output block reads."""
+        if self.groups == 1:
+            return self.in_blocks
+        return self.cin // self.groups // self.ib
+
+    @property
+    def group_out_blocks(self) -> int:
+        return self.cout // self.groups // self.ob
+
+    @property
+    def weight_shape(self) -> tuple:
+        return (self.out_blocks, self.group_in_blocks, *self.kernel, self.ib, self.ob)
+
+    def supported(self) -> str | None:
+        """Why the blocked kernel cannot compute this conv, or None when it can."""
+        if self.groups == 1:
+            return None
+        cg, og = self.cin // self.groups, self.cout // self.groups
+        if self.in_plain:
+            return None if og % self.ob == 0 else \
+                f"{og} output channels per group is not a multiple of the block {self.ob}"
+        if cg % self.ib or og % self.ob:
+            return (f"{cg} input and {og} output channels per group are not multiples of the "
+                    f"blocks {self.ib} and {self.ob}")
+        return None
+
+    def flops(self) -> int:
+        return 2 * self.cout * math.prod(self.out_spatial) * (self.cin // self.groups) * \
+            math.prod(self.kernel)
+
+
+def padded_input(x, geo: ConvGeometry):
+    """The input, zero-padded, as (N, C/ib, *padded spatial, ib) (a stage of the kernel)."""
+    nd = len(geo.kernel)
+    if geo.in_plain:
+        read = lambda n, c, sp, i: x[(n, c, *sp)]  # noqa: E731 (block 1)
+    else:
+        read = lambda n, c, sp, i: x[(n, c, *sp, i)]  # noqa: E731
+    if all(tuple(p) == (0, 0) for p in geo.pads):
+        return read
+    sizes = geo.in_spatial
+    shape = (x.shape[0], geo.in_blocks, *[s + b + a for s, (b, a) in zip(sizes, geo.pads)], geo.ib)
+
+    def compute(n, c, *rest):
+        sp, i = rest[:nd], rest[nd]
+        conds = []
+        for j, s, (b, a) in zip(sp, sizes, geo.pads):
+            if b:
+                conds.append(j >= b)
+            if a:
+                conds.append(j < s + b)
+        src = [j - b for j, (b, _) in zip(sp, geo.pads)]
+        return tirx.if_then_else(tirx.all(*conds), read(n, c, src, i), tirx.const(0.0, FLOAT))
+
+    xp = te.compute(shape, compute, name="pad")
+    return lambda n, c, sp, i: xp[(n, c, *sp, i)]
+
+
+def conv_blocked(x, weight, bias, geo: ConvGeometry, steps=(), epilogue_args=None,
+                 residual=None):
+    """(N, C/ib, *S, ib) or plain (N, C, *S) -> (N, O/ob, *OS, ob), then ``steps``.
+
+    ``steps`` are the fused layer's unfolded epilogue steps ``(index, step)``: batch norms
+    read ``epilogue_args[f"{index}.scale"]`` and ``.shift`` as (O/ob, ob); ``add`` reads
+    ``residual``, blocked like the output.
+    """
+    nd = len(geo.kernel)
+    read = padded_input(x, geo)
+    ico = te.reduce_axis((0, geo.group_in_blocks), name="ico")
+    rk = [te.reduce_axis((0, k), name=f"rk{i}") for i, k in enumerate(geo.kernel)]
+    ici = te.reduce_axis((0, geo.ib), name="ici")
+    per_group = geo.group_out_blocks
+
+    def block_of(oc):
+        return ico if geo.groups == 1 else (oc // per_group) * geo.group_in_blocks + ico
+
+    def compute(n, oc, *rest):
+        osp, j = rest[:nd], rest[nd]
+        src = [o * s + r * d for o, s, r, d in zip(osp, geo.stride, rk, geo.dilation)]
+        return te.sum(read(n, block_of(oc), src, ici) * weight[(oc, ico, *rk, ici, j)],
+                      axis=[ico, *rk, ici])
+
+    out_shape = (x.shape[0], geo.out_blocks, *geo.out_spatial, geo.ob)
+    conv = te.compute(out_shape, compute, name="conv")
+    return blocked_epilogue(conv, bias, steps, epilogue_args, residual)
+
+
+def blocked_epilogue(y, bias, steps, epilogue_args, residual, name="epilogue"):
+    """Bias, scale-shift, residual add and activations on a blocked (N, B, *S, b) value; always
+    a stage of its own, so a schedule can run it on a register tile."""
+    epilogue_args = epilogue_args or {}
+
+    def compute(n, c, *rest):
+        j = rest[-1]
+        v = y[(n, c, *rest)]
+        if bias is not None:
+            v = v + bias[c, j]
+        for index, step in steps:
+            if step[0] == "batchnorm":
+                v = v * epilogue_args[f"{index}.scale"][c, j] + epilogue_args[f"{index}.shift"][c, j]
+            elif step[0] == "add":
+                v = v + residual[(n, c, *rest)]
+            else:
+                v = activation(step[0], v, step[1] if len(step) > 1 else 0.0)
+        return v
+
+    return te.compute(y.shape, compute, name=name)
+
+
+# -- the schedule -------------------------------------------------------------------------------
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def choose_tile(geo: ConvGeometry, max_acc: int = MAX_ACCUMULATORS) -> tuple[int, int]:
+    """(ro, rw): output channel blocks and output columns per register tile.
+
+    Both divide their axis (no tail loops); the tile uses at most ``max_acc`` vector
+    accumulators; wider tiles reuse each loaded weight vector more, so rw is favoured.
+    """
+    width = geo.out_spatial[-1]
+    best, best_key = (1, 1), None
+    for rw in divisors(width):
+        for ro in divisors(geo.out_blocks if geo.groups == 1 else geo.group_out_blocks):
+            if ro * rw > max_acc:
+                continue
+            # most accumulators, then the fewest loads per FMA (ro + rw) / (ro * rw)
+            key = (ro * rw, -(ro + rw), rw)
+            if best_key is None or key > best_key:
+                best, best_key = (ro, rw), key
+    return best
+
+
+def schedule_conv(func, geo: ConvGeometry, tile: tuple[int, int] | None = None):
+    """Register-tiled, vectorized, parallel schedule of :func:`conv_blocked`'s PrimFunc."""
+    from tvm import s_tir
+
+    ro, rw = tile or choose_tile(geo)
+    nd = len(geo.kernel)
+    sch = s_tir.Schedule(func)
+    conv, epi = sch.get_sblock("conv"), sch.get_sblock("epilogue")
+    loops = sch.get_loops(conv)
+    n, oc, osp, j = loops[0], loops[1], loops[2:2 + nd], loops[2 + nd]
+    ico, rk, ici = loops[3 + nd], loops[4 + nd:4 + 2 * nd], loops[4 + 2 * nd]
+    oc_o, oc_i = sch.split(oc, [None, ro])
+    w_o, w_i = sch.split(osp[-1], [None, rw])
+    sch.reorder(oc_o, n, *osp[:-1], w_o, ico, *rk, ici, oc_i, w_i, j)
+    par = sch.fuse(oc_o, n, *osp[:-1])
+    sch.parallel(par)
+    sch.reverse_compute_at(epi, w_o)
+    sch.unroll(oc_i)
+    sch.unroll(w_i)
+    sch.vectorize(j)
+    # NOTE: vectorize before decompose_reduction; the init loops inherit the annotations
+    sch.decompose_reduction(conv, ico)
+    sch.vectorize(sch.get_loops(epi)[-1])
+    try:
+        pad = sch.get_sblock("pad")
+    except Exception:  # noqa: BLE001 (no padding: no pad stage)
+        pad = None
+    if pad is not None:
+        sch.compute_at(pad, par)
+        if geo.ib > 1:
+            sch.vectorize(sch.get_loops(pad)[-1])
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)

@@ -1,0 +1,46 @@
+"""Compile the training step of a graph for a target, with an on-disk cache.
+
+The cache key covers everything the compiled code depends on (the spec's layers, the loss,
+the optimizer family, the dtype, the target, and the cnnc and TVM versions), so a second
+training run of the same spec starts at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from cnncompiler import __version__
+
+from .train_lower import build_train_module, train_signature
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CNNC_CACHE", Path.home() / ".cache" / "cnnc")) / "train"
+
+
+def build_train_library(g, spec_key: str, loss: str, optimizer: str, choice, dtype="float32",
+                        label_smoothing: float = 0.0):
+    """Return (path of the compiled library, TrainSignature)."""
+    import tvm
+
+    key_data = json.dumps({"spec": spec_key, "loss": loss, "optimizer": optimizer, "dtype": dtype,
+                           "smoothing": label_smoothing, "target": choice.to_json(),
+                           "cnnc": __version__, "tvm": tvm.__version__}, sort_keys=True)
+    key = hashlib.sha256(key_data.encode()).hexdigest()[:24]
+    path = cache_dir() / f"{key}.so"
+    sig = train_signature(g, optimizer)
+    if path.exists():
+        return path, sig
+    mod, sig = build_train_module(g, loss, optimizer, dtype, label_smoothing)
+    target = tvm.target.Target(choice.config, host=choice.host) if choice.kind == "cuda" else \
+        tvm.target.Target(choice.config)
+    with target:
+        executable = tvm.compile(mod, target=target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.so")
+    executable.export_library(str(tmp))
+    os.replace(tmp, path)
+    return path, sig

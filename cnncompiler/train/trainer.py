@@ -1,0 +1,295 @@
+"""The training loop around the compiled training step.
+
+    model = cc.compile("specs/lenet5.yaml")
+    history = model.fit(x, y, epochs=5, batch_size=64, validation_data=(xv, yv))
+    model.evaluate(xv, yv)            # {'loss': ..., 'accuracy': ...}
+
+Parameters, batch-norm statistics and optimizer state live on the device between steps; only
+the loss, the number of correct predictions and one squared-gradient norm per parameter come
+back each step, to report progress and to stop on divergence. Shuffling and dropout masks are
+drawn from generators seeded by (seed, epoch) and (seed, step), so a run resumed from a
+checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from ..errors import InputError, TrainingError
+from ..passes import optimize
+from . import optim
+
+
+class History:
+    """What ``fit`` returns: per-epoch metrics in ``history`` (loss, accuracy, val_*, lr)."""
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[float]] = {}
+        self.epochs: list[int] = []
+
+    def record(self, epoch: int, logs: dict) -> None:
+        self.epochs.append(epoch)
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(v)
+
+    def __getitem__(self, key):
+        return self.history[key]
+
+    def __repr__(self) -> str:
+        return f"History({self.history})"
+
+
+class Trainer:
+    """Owns a model's training state: compiled step, device tensors, counters, generators."""
+
+    def __init__(self, model, optimizer=None, schedule=None, loss=None, seed: int = 0):
+        cfg = model.graph.graph["train"]
+        self.model = model
+        self.loss = loss or cfg.loss
+        self.label_smoothing = cfg.label_smoothing
+        self.optimizer = optim.optimizer_from(optimizer or cfg.optimizer)
+        self.schedule = optim.schedule_from(schedule if schedule is not None else cfg.schedule)
+        self.base_lr = self.optimizer.lr
+        self.seed = seed
+        self.step = 0                 # optimizer updates done
+        self.epoch = 0                # epochs done
+        self.total_epochs = None      # length of the current fit, for cosine/polynomial
+        self.steps_per_epoch = None
+        self.dirty = False            # device weights newer than model._params
+        self.graph, _ = optimize(model.graph, passes=["eliminate-dead"])
+        self._compiled = {}           # optimizer family -> (vm, signature)
+        self._device = None           # name -> device tensor (params, buffers, state)
+        self._pending_state = None    # optimizer state read from a checkpoint, not yet uploaded
+
+    # -- compiled step and device state ------------------------------------------------------
+    def _step_function(self):
+        kind = optim.family(self.optimizer)
+        if kind not in self._compiled:
+            from cnncompiler.backends.targets import TargetChoice
+            from cnncompiler.backends.train_build import build_train_library
+            import tvm
+            from tvm.runtime import vm as tvm_vm
+
+            choice = TargetChoice.from_json(self.model.manifest["target"])
+            path, sig = build_train_library(self.graph, self.model.spec_key(), self.loss, kind,
+                                            choice, "float32", self.label_smoothing)
+            dev = tvm.cuda(0) if choice.kind == "cuda" else tvm.cpu(0)
+            vm = tvm_vm.VirtualMachine(tvm.runtime.load_module(str(path)), dev)
+            self._compiled[kind] = (vm, sig, dev)
+            self._upload(sig, dev)
+        return self._compiled[kind]
+
+    def _upload(self, sig, dev):
+        """Weights from the model, optimizer state kept (or restored from a checkpoint)."""
+        import tvm
+
+        params = self.model._params
+        kept = {} if self._device is None else {k: v for k, v in self._device.items() if "#" in k}
+        restored = self._pending_state or {}
+        self._device = {name: tvm.runtime.tensor(np.ascontiguousarray(params[name]), dev)
+                        for name in sig.params + sig.buffers}
+        for s in sig.state:
+            if s in kept:
+                self._device[s] = kept[s]
+            else:
+                value = restored.get(s, np.zeros(sig.shapes[s], np.float32))
+                self._device[s] = tvm.runtime.tensor(np.ascontiguousarray(value, np.float32), dev)
+        self._pending_state = None
+
+    def push_params(self) -> None:
+        """The model's weights were replaced (load_params): send them to the device."""
+        if self._compiled:
+            vm, sig, dev = next(iter(self._compiled.values()))
+            self._upload(sig, dev)
+        self.dirty = False
+
+    def pull_params(self) -> dict[str, np.ndarray]:
+        """The current weights from the device, merged over the model's (dead layers keep
+        theirs)."""
+        params = dict(self.model._params)
+        if self._device:
+            for name, tensor in self._device.items():
+                if "#" not in name:
+                    params[name] = tensor.numpy()
+        self.dirty = False
+        return params
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        if not self._device:
+            return {}
+        return {k: v.numpy() for k, v in self._device.items() if "#" in k}
+
+    def set_optimizer(self, optimizer=None, schedule=None) -> None:
+        new = optim.optimizer_from(optimizer) if optimizer is not None else self.optimizer
+        if optim.family(new) != optim.family(self.optimizer) and self._device:
+            # the state slots differ (SGD momentum vs Adam moments): start them afresh
+            self._device = {k: v for k, v in self._device.items() if "#" not in k}
+            for kind in list(self._compiled):
+                del self._compiled[kind]
+            self.model._params = self.pull_params()
+        self.optimizer = new
+        self.base_lr = new.lr
+        if schedule is not None:
+            self.schedule = optim.schedule_from(schedule)
+
+    # -- one step ---------------------------------------------------------------------------------
+    def current_lr(self) -> float:
+        s = self.schedule
+        if s.unit == "step":
+            total = self.total_epochs * self.steps_per_epoch if self.total_epochs and \
+                self.steps_per_epoch else None
+            return optim.learning_rate(self.base_lr, s, self.step, total)
+        return optim.learning_rate(self.base_lr, s, self.epoch, self.total_epochs)
+
+    def check_batch(self, x, y):
+        model = self.model
+        x = model.check_input(x)
+        out_shape = model.graph.nodes[model.output_names[0]]["shape"]
+        if self.loss == "softmax_cross_entropy":
+            y = np.asarray(y)
+            if y.ndim != 1 or y.shape[0] != x.shape[0]:
+                raise InputError(f"labels must be class indices of shape ({x.shape[0]},); "
+                                 f"received shape {y.shape}")
+            if y.dtype.kind == "f" and not np.all(np.equal(np.mod(y, 1), 0)):
+                raise InputError("labels must be integer class indices")
+            y = y.astype(np.int64)
+            classes = out_shape[0]
+            if y.size and (y.min() < 0 or y.max() >= classes):
+                raise InputError(f"labels must be in 0..{classes - 1} for {classes} classes; "
+                                 f"received {y.min()}..{y.max()}")
+            return x, y.astype(np.int32)
+        y = np.ascontiguousarray(y, dtype=np.float32)
+        if y.shape != (x.shape[0], *out_shape):
+            raise InputError(f"targets must have shape {(x.shape[0], *out_shape)}; received "
+                             f"{y.shape}")
+        return x, y
+
+    def _masks(self, sig, n: int) -> list[np.ndarray]:
+        if not sig.masks:
+            return []
+        rng = np.random.default_rng([self.seed, 1, self.step])
+        out = []
+        for node, shape in sig.masks:
+            rate = self.graph.nodes[node]["layer"].rate
+            keep = rng.random((n, *shape)) >= rate
+            out.append((keep / (1.0 - rate)).astype(np.float32))
+        return out
+
+    def train_step(self, x, y) -> tuple[float, float]:
+        """One update on one batch; returns (loss, number of correct predictions)."""
+        import tvm
+
+        x, y = self.check_batch(x, y)
+        vm, sig, dev = self._step_function()
+        hyper = optim.hyper_vector(self.optimizer, self.current_lr(), self.step)
+        host = [x, y, hyper] + self._masks(sig, x.shape[0])
+        args = [tvm.runtime.tensor(a, dev) for a in host[:3]]
+        args += [self._device[k] for k in sig.params + sig.buffers + sig.state]
+        args += [tvm.runtime.tensor(m, dev) for m in host[3:]]
+        out = vm["train_step"](*args)
+        loss = float(out[0].numpy()[0])
+        grad_sq = out[2].numpy()
+        if not math.isfinite(loss) or not np.all(np.isfinite(grad_sq)):
+            bad = [p for p, v in zip(sig.params, grad_sq) if not np.isfinite(v)]
+            where = f"; first non-finite gradient: '{bad[0]}'" if bad else ""
+            raise TrainingError(f"training diverged at step {self.step + 1} (epoch "
+                                f"{self.epoch + 1}): loss is {loss}{where}; the weights are "
+                                f"kept from the step before; lower the learning rate")
+        names = sig.params + sig.buffers + sig.state
+        for i, name in enumerate(names):
+            self._device[name] = out[3 + i]
+        self.step += 1
+        self.dirty = True
+        return loss, float(out[1].numpy()[0])
+
+
+def batches(n: int, batch_size: int, shuffle: bool, seed: int, epoch: int):
+    order = np.random.default_rng([seed, 0, epoch]).permutation(n) if shuffle else np.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
+
+
+def fit(trainer: Trainer, x, y, epochs=None, batch_size=None, validation_data=None,
+        shuffle: bool = True, callbacks=(), verbose: int = 0) -> History:
+    """Train for ``epochs`` more epochs; see CompiledModel.fit."""
+    from .callbacks import CallbackList, ProgressBar
+
+    cfg = trainer.model.graph.graph["train"]
+    epochs = cfg.epochs if epochs is None else epochs
+    batch_size = cfg.batch_size if batch_size is None else batch_size
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise InputError(f"epochs must be a non-negative integer; received {epochs!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer; received {batch_size!r}")
+    x = np.ascontiguousarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x
+    trainer.model.check_input(x)
+    if len(y) != len(x):
+        raise InputError(f"x has {len(x)} samples but y has {len(y)}")
+    y = np.asarray(y)
+    n = len(x)
+    trainer.steps_per_epoch = -(-n // batch_size)
+    trainer.total_epochs = trainer.epoch + epochs
+    cbs = CallbackList(list(callbacks) + ([ProgressBar()] if verbose else []), trainer)
+    history = History()
+    cbs.on_train_begin({})
+    for _ in range(epochs):
+        epoch = trainer.epoch
+        lr = trainer.current_lr()
+        cbs.on_epoch_begin(epoch, {"lr": lr})
+        total_loss, total_correct, seen, start = 0.0, 0.0, 0, time.perf_counter()
+        for idx in batches(n, batch_size, shuffle, trainer.seed, epoch):
+            xb = np.ascontiguousarray(x[idx])
+            loss, correct = trainer.train_step(xb, y[idx])
+            total_loss += loss * len(idx)
+            total_correct += correct
+            seen += len(idx)
+            cbs.on_batch_end(trainer.step, {"loss": total_loss / seen, "seen": seen, "total": n,
+                                            "accuracy": total_correct / seen,
+                                            "seconds": time.perf_counter() - start})
+        trainer.epoch += 1
+        logs = {"loss": total_loss / max(seen, 1), "lr": lr,
+                "samples_per_second": seen / max(time.perf_counter() - start, 1e-9)}
+        if trainer.loss != "euclidean":
+            logs["accuracy"] = total_correct / max(seen, 1)
+        if validation_data is not None:
+            val = evaluate(trainer.model, *validation_data, batch_size=batch_size,
+                           loss=trainer.loss, label_smoothing=trainer.label_smoothing)
+            logs.update({f"val_{k}": v for k, v in val.items()})
+        history.record(epoch, logs)
+        if cbs.on_epoch_end(epoch, logs) is False:
+            break
+    cbs.on_train_end({})
+    return history
+
+
+def _softmax_ce(logits: np.ndarray, y: np.ndarray, smoothing: float) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    nll = -logp[np.arange(len(y)), y]
+    return (1 - smoothing) * nll + smoothing * (-logp.mean(axis=1)) if smoothing else nll
+
+
+def evaluate(model, x, y, batch_size: int = 256, loss: str | None = None,
+             label_smoothing: float | None = None) -> dict:
+    """Loss (and accuracy for classification) of the model on (x, y), at inference."""
+    cfg = model.graph.graph["train"]
+    loss = loss or cfg.loss
+    smoothing = cfg.label_smoothing if label_smoothing is None else label_smoothing
+    x = model.check_input(np.ascontiguousarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x)
+    y = np.asarray(y)
+    if len(y) != len(x):
+        raise InputError(f"x has {len(x)} samples but y has {len(y)}")
+    outs = np.concatenate([model.predict(np.ascontiguousarray(x[i:i + batch_size]))
+                           for i in range(0, len(x), batch_size)]).astype(np.float64)
+    if loss == "softmax_cross_entropy":
+        y = y.astype(np.int64)
+        return {"loss": float(_softmax_ce(outs, y, smoothing).mean()),
+                "accuracy": float((outs.argmax(axis=1) == y).mean())}
+    y = y.astype(np.float64)
+    if loss == "sigmoid_cross_entropy":
+        per = np.maximum(outs, 0) - outs * y + np.log1p(np.exp(-np.abs(outs)))
+        return {"loss": float(per.mean()), "accuracy": float(((outs > 0) == (y > 0.5)).mean())}
+    return {"loss": float(((outs - y) ** 2).mean())}
