@@ -130,6 +130,44 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .compiler import compile as compile_spec
+    from .train.callbacks import BestCheckpoint
+    from .train.data import load_data
+
+    model = compile_spec(args.spec, target=args.target, output_dir=args.output, seed=args.seed)
+    data = load_data(args.data, model.input_shape, args.test_fraction, args.seed)
+    print(data.describe(), file=sys.stderr)
+    overrides = {k: v for k, v in (("lr", args.lr), ("type", args.optimizer)) if v is not None}
+    if overrides:
+        from dataclasses import asdict
+        from .train.optim import describe
+
+        current = describe(model.trainer.optimizer)
+        if "type" in overrides and overrides["type"] != current["type"]:
+            current = {"type": overrides["type"]}
+        model.set_optimizer({**current, **overrides})
+    if args.resume:
+        meta = model.load_checkpoint(args.resume)
+        print(f"resumed from {args.resume} at epoch {meta['epoch']}, step {meta['step']}",
+              file=sys.stderr)
+    checkpoints = Path(args.checkpoint_dir or Path(args.output) / "checkpoints")
+    best = BestCheckpoint(checkpoints, monitor="val_accuracy"
+                          if model.trainer.loss != "euclidean" else "val_loss",
+                          mode="max" if model.trainer.loss != "euclidean" else "min")
+    history = model.fit(data.x_train, data.y_train, epochs=args.epochs, batch_size=args.batch_size,
+                        validation_data=(data.x_test, data.y_test), callbacks=[best],
+                        verbose=0 if args.quiet else 1, seed=args.seed)
+    if best.best_epoch is not None:
+        model.load_checkpoint(checkpoints / "best")
+    model.save(args.output)
+    final = model.evaluate(data.x_test, data.y_test)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
+    print(f"trained {model.graph.graph['name']} for {len(history.epochs)} epoch(s); best epoch "
+          f"{(best.best_epoch or 0) + 1}; test {shown}; artifact -> {args.output}")
+    return 0
+
+
 def register(sub) -> None:
     c = sub.add_parser("compile", help="compile a spec through TVM into an artifact directory")
     c.add_argument("spec")
@@ -154,6 +192,25 @@ def register(sub) -> None:
     r.add_argument("-o", "--output", required=True, help="where to write the output .npy")
     r.add_argument("--device", choices=("cpu", "cuda"), help="refuse artifacts for other targets")
     r.set_defaults(run=cmd_run)
+
+    t = sub.add_parser("train", help="train a spec on a dataset and write the trained artifact")
+    t.add_argument("spec")
+    t.add_argument("--data", required=True,
+                   help="digits, an .npz file, or a folder of MNIST IDX files, CIFAR-10 python "
+                        "batches, or class subfolders of images")
+    t.add_argument("-o", "--output", required=True, help="artifact directory to write")
+    t.add_argument("--epochs", type=int, help="default: the spec's train.epochs")
+    t.add_argument("--batch-size", type=int, help="default: the spec's train.batch_size")
+    t.add_argument("--target", default="cpu")
+    t.add_argument("--optimizer", choices=("sgd", "adam", "adamw"))
+    t.add_argument("--lr", type=float, help="learning rate (overrides the spec)")
+    t.add_argument("--test-fraction", type=float, default=0.25,
+                   help="held-out fraction when the data has no test split (default 0.25)")
+    t.add_argument("--checkpoint-dir", help="default: OUTPUT/checkpoints")
+    t.add_argument("--resume", help="a checkpoint directory to continue from")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(run=cmd_train)
 
     b = sub.add_parser("bench", help="latency and throughput of a compiled artifact")
     b.add_argument("artifact")

@@ -1,0 +1,117 @@
+"""Which kernel computes each layer on the CPU, and in which layout each value lives.
+
+The blocked layout is carried from layer to layer: a conv writes NC[b]c, and the pools,
+activations, batch norms and adds after it read and write it as it is, so the data is only
+converted where a layer needs the plain layout (flatten, dense, softmax, concat, ...) and at
+the model's output. The model's input stays plain: the first conv reads it directly.
+
+    plan = plan_kernels(g, lanes=16)
+    plan["layer1.0.conv1"].kind        # 'conv'
+    plan["layer1.0.conv1"].out_block   # 16
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from cnncompiler.graph import topo_layers
+from cnncompiler.layers.window import resolve_padding
+
+from .blocking import PLAIN, block_for
+from .conv import ConvGeometry
+
+POOLS = ("maxpool2d", "maxpool1d", "avgpool2d", "avgpool1d")
+GLOBAL_POOLS = ("global_avgpool", "global_maxpool")
+ELEMENTWISE = ("relu", "leaky_relu", "sigmoid", "tanh", "batchnorm", "add")
+PASSTHROUGH = ("dropout", "identity")
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """How one layer is computed: ``kind`` names the kernel family (``generic`` is the NCHW
+    lowering of ``te_ops`` with the fallback schedule); ``in_blocks`` the layout each input must
+    arrive in (None: as it is); ``layouts`` the packed layout of each kernel argument."""
+
+    kind: str
+    out_block: int = PLAIN
+    in_blocks: tuple = ()
+    layouts: dict = field(default_factory=dict)
+    geometry: ConvGeometry | None = None
+    note: str = ""
+
+
+def _base(layer):
+    return layer.base if layer.type_name == "fused" else layer
+
+
+def conv_geometry(g: nx.DiGraph, node: str, in_block: int, ob: int) -> ConvGeometry:
+    data = g.nodes[node]
+    base = _base(data["layer"])
+    in_shape = g.nodes[data["inputs"][0]]["shape"]
+    sizes = tuple(in_shape[1:])
+    pads = resolve_padding(base.padding, sizes, base.kernel, base.stride, base.dilation)
+    return ConvGeometry(cin=in_shape[0], cout=base.filters, groups=base.groups,
+                        kernel=tuple(base.kernel), stride=tuple(base.stride),
+                        dilation=tuple(base.dilation), pads=tuple(map(tuple, pads)),
+                        in_spatial=sizes, out_spatial=tuple(data["shape"][1:]),
+                        ib=in_block or 1, ob=ob, in_plain=in_block == PLAIN)
+
+
+def _vector_layouts(layer, keys, block: int) -> dict:
+    return {k: f"blocked_vector:{block}" for k in keys if k != "weight"}
+
+
+def choose_conv(g, node, keys, blocks, lanes) -> KernelChoice:
+    data = g.nodes[node]
+    layer = data["layer"]
+    base = _base(layer)
+    in_block = blocks[data["inputs"][0]]
+    cin = g.nodes[data["inputs"][0]]["shape"][0]
+    residual = layer.type_name == "fused" and layer.has_residual
+    if base.groups == cin and base.filters == cin and cin > 1:
+        b = in_block or block_for(cin, lanes)
+        geo = conv_geometry(g, node, b, b)
+        return KernelChoice("depthwise", b, (b,) + ((b,) if residual else ()),
+                            {"weight": f"blocked_oihw:1:{b}", **_vector_layouts(layer, keys, b)},
+                            geo)
+    why = ""
+    for ob in dict.fromkeys((block_for(base.filters, lanes), lanes // 2, lanes // 4)):
+        geo = conv_geometry(g, node, in_block, ob)
+        why = geo.supported()
+        if why is None:
+            layouts = {"weight": f"blocked_oihw:{geo.ib}:{ob}", **_vector_layouts(layer, keys, ob)}
+            return KernelChoice("conv", ob, (None,) + ((ob,) if residual else ()), layouts, geo)
+    return KernelChoice("generic", note=f"no blocked conv kernel: {why}")
+
+
+def choose_kernel(g: nx.DiGraph, node: str, blocks: dict, lanes: int, keys) -> KernelChoice:
+    data = g.nodes[node]
+    layer = data["layer"]
+    t = layer.type_name
+    first = blocks[data["inputs"][0]] if data["inputs"] else PLAIN
+    if t in PASSTHROUGH:
+        return KernelChoice("passthrough", first)
+    if t in ("conv2d", "conv1d") or (t == "fused" and _base(layer).type_name != "dense"):
+        return choose_conv(g, node, keys, blocks, lanes)
+    if first != PLAIN and (t in POOLS or t in GLOBAL_POOLS):
+        return KernelChoice("pool" if t in POOLS else "global_pool", first, (first,))
+    if first != PLAIN and t in ELEMENTWISE:
+        return KernelChoice("elementwise", first, (first,) * len(data["inputs"]),
+                            _vector_layouts(layer, keys, first))
+    return KernelChoice("generic", note="" if first == PLAIN else "reads the blocked input "
+                        "through a plain view")
+
+
+def plan_kernels(g: nx.DiGraph, lanes: int, prepared_keys) -> dict[str, KernelChoice]:
+    """A kernel choice for every layer; ``prepared_keys(node)`` lists its kernel arguments."""
+    blocks = {"input": PLAIN}
+    plan = {}
+    for node in topo_layers(g):
+        if node == "input":
+            continue
+        choice = choose_kernel(g, node, blocks, lanes, prepared_keys(node))
+        plan[node] = choice
+        blocks[node] = choice.out_block
+    return plan

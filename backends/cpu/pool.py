@@ -1,0 +1,140 @@
+"""Window kernels in the blocked layout: max and average pooling, global pooling, and the
+depthwise convolution (a window reduction with one weight vector per channel block).
+
+Each is a reduction stage that accumulates ``rw`` output columns of one channel block in
+vector registers, and an epilogue stage (the average's division, the conv's bias and
+activation) run on those registers.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tvm import te, tirx
+
+from cnncompiler.layers.window import resolve_padding
+
+from ..te_ops import _window_count
+from .conv import ConvGeometry, blocked_epilogue, divisors
+from .schedules import MIN_PARALLEL_WORK, scheduled
+
+FLOAT = "float32"
+MAX_COLUMNS = 8
+
+
+def pad_blocked(x, pads, value: float, name: str = "pad"):
+    """Pad the spatial axes of (N, B, *S, b) with ``value``; the input itself without padding."""
+    if all(tuple(p) == (0, 0) for p in pads):
+        return x
+    nd = len(pads)
+    sizes = [int(s) for s in x.shape[2:2 + nd]]
+    shape = (x.shape[0], x.shape[1], *[s + b + a for s, (b, a) in zip(sizes, pads)], x.shape[-1])
+
+    def compute(n, c, *rest):
+        sp, j = rest[:nd], rest[nd]
+        conds = []
+        for i, s, (b, a) in zip(sp, sizes, pads):
+            if b:
+                conds.append(i >= b)
+            if a:
+                conds.append(i < s + b)
+        src = [i - b for i, (b, _) in zip(sp, pads)]
+        return tirx.if_then_else(tirx.all(*conds), x[(n, c, *src, j)],
+                                 tirx.const(value, FLOAT))
+
+    return te.compute(shape, compute, name=name)
+
+
+def pool_blocked(layer, x, out_spatial):
+    """Max or average pooling of (N, B, *S, b), PyTorch's rules (ceil_mode, count_include_pad)."""
+    nd = layer.ndim
+    sizes = [int(s) for s in x.shape[2:2 + nd]]
+    full = layer.full_padding(sizes)
+    explicit = resolve_padding(layer.padding, sizes, layer.kernel, layer.stride, (1,) * nd)
+    is_max = layer.type_name.startswith("max")
+    xp = pad_blocked(x, full, float("-inf") if is_max else 0.0)
+    rk = [te.reduce_axis((0, k), name=f"rk{i}") for i, k in enumerate(layer.kernel)]
+    reduce = te.max if is_max else te.sum
+
+    def window(n, c, *rest):
+        osp, j = rest[:nd], rest[nd]
+        src = [o * s + r for o, s, r in zip(osp, layer.stride, rk)]
+        return reduce(xp[(n, c, *src, j)], axis=rk)
+
+    shape = (x.shape[0], x.shape[1], *out_spatial, x.shape[-1])
+    acc = te.compute(shape, window, name="window")
+    if is_max:
+        return te.compute(shape, lambda *i: acc(*i), name="epilogue")
+
+    def average(n, c, *rest):
+        count = _window_count(sizes, explicit, layer, rest[:nd], layer.count_include_pad)
+        return acc[(n, c, *rest)] / count.astype(FLOAT)
+
+    return te.compute(shape, average, name="epilogue")
+
+
+def global_pool_blocked(layer, x):
+    """(N, B, *S, b) -> (N, B, 1, .., 1, b): mean or max over every spatial position."""
+    nd = len(x.shape) - 3
+    sizes = [int(s) for s in x.shape[2:2 + nd]]
+    rk = [te.reduce_axis((0, s), name=f"rk{i}") for i, s in enumerate(sizes)]
+    is_max = layer.type_name == "global_maxpool"
+    reduce = te.max if is_max else te.sum
+    shape = (x.shape[0], x.shape[1], *[1] * nd, x.shape[-1])
+    acc = te.compute(shape, lambda n, c, *rest: reduce(x[(n, c, *rk, rest[-1])], axis=rk),
+                     name="window")
+    scale = tirx.const(1.0 / math.prod(sizes), FLOAT)
+    return te.compute(shape, lambda *i: acc(*i) if is_max else acc(*i) * scale, name="epilogue")
+
+
+def depthwise_blocked(x, weight, bias, geo: ConvGeometry, steps=(), epilogue_args=None,
+                      residual=None):
+    """Depthwise conv of (N, B, *S, b) by weights packed (B, 1, *K, 1, b)."""
+    nd = len(geo.kernel)
+    xp = pad_blocked(x, geo.pads, 0.0)
+    rk = [te.reduce_axis((0, k), name=f"rk{i}") for i, k in enumerate(geo.kernel)]
+
+    def compute(n, c, *rest):
+        osp, j = rest[:nd], rest[nd]
+        src = [o * s + r * d for o, s, r, d in zip(osp, geo.stride, rk, geo.dilation)]
+        return te.sum(xp[(n, c, *src, j)] * weight[(c, 0, *rk, 0, j)], axis=rk)
+
+    shape = (x.shape[0], x.shape[1], *geo.out_spatial, x.shape[-1])
+    acc = te.compute(shape, compute, name="window")
+    return blocked_epilogue(acc, bias, steps, epilogue_args, residual)
+
+
+def schedule_window(func, out_width: int, static_batch: bool = True):
+    """Parallel over (channel block, batch, rows), ``rw`` columns of vector accumulators,
+    the padding computed per task, the epilogue on the registers."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    acc, epi = sch.get_sblock("window"), sch.get_sblock("epilogue")
+    loops = sch.get_loops(acc)
+    kinds = [int(iv.iter_type) for iv in sch.get(acc).iter_vars]
+    spatial = [lp for lp, k in zip(loops, kinds) if k == 0]
+    reduction = [lp for lp, k in zip(loops, kinds) if k != 0]
+    n, c, osp, j = spatial[0], spatial[1], spatial[2:-1], spatial[-1]
+    rw = max(d for d in divisors(out_width) if d <= MAX_COLUMNS)
+    w_o, w_i = sch.split(osp[-1], [None, rw])
+    sch.reorder(c, n, *osp[:-1], w_o, *reduction, w_i, j)
+    par = sch.fuse(c, n, *osp[:-1])
+    total = math.prod(int(sch.get(lp).extent) if isinstance(sch.get(lp).extent, tirx.IntImm)
+                      else 64 for lp in sch.get_loops(acc))
+    if total >= MIN_PARALLEL_WORK:
+        sch.parallel(par)
+    sch.reverse_compute_at(epi, w_o)
+    sch.unroll(w_i)
+    sch.vectorize(j)
+    if reduction:
+        sch.decompose_reduction(acc, reduction[0])
+    sch.vectorize(sch.get_loops(epi)[-1])
+    try:
+        pad = sch.get_sblock("pad")
+    except Exception:  # noqa: BLE001 (no padding: no pad stage)
+        pad = None
+    if pad is not None:
+        sch.compute_at(pad, par)
+        sch.vectorize(sch.get_loops(pad)[-1])
+    return scheduled(sch)

@@ -1,0 +1,93 @@
+"""Schedules that need no tuning for the kernels without a rule of their own.
+
+``schedule_loops`` gives any PrimFunc parallel outer loops and a vectorized innermost loop,
+after inlining the injective stages (layout views, padding) into their readers. It is what an
+element-wise kernel needs in full, and a fair start for the rest (softmax, LRN, concat,
+flatten, ...). When TVM refuses a step, the step is skipped: the kernel stays correct.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tvm import s_tir, tirx
+
+SPATIAL = 0
+MIN_PARALLEL_WORK = 1 << 14  # loop iterations below which one thread is faster than two
+
+
+def scheduled(sch: s_tir.Schedule) -> tirx.PrimFunc:
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def static_extent(sch, loop) -> int | None:
+    extent = sch.get(loop).extent
+    return int(extent) if isinstance(extent, tirx.IntImm) else None
+
+
+def work(sch, loops) -> int:
+    """Iterations of a loop nest, a symbolic (batch) extent counted as 64."""
+    return math.prod(static_extent(sch, lp) or 64 for lp in loops)
+
+
+def inline_injective(sch: s_tir.Schedule, keep=()) -> None:
+    """Inline every stage that is not an output, has no reduction and is not in ``keep``."""
+    root = sch.get_sblock("root")
+    outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
+    for block in sch.get_child_blocks(root):
+        stmt = sch.get(block)
+        if stmt.name_hint in outputs or stmt.name_hint in keep:
+            continue
+        if any(int(iv.iter_type) != SPATIAL for iv in stmt.iter_vars):
+            continue
+        try:
+            sch.compute_inline(block)
+        except Exception:  # noqa: BLE001 (TVM refuses some inlines; the stage then stays)
+            pass
+
+
+def parallel_vectorize(sch: s_tir.Schedule, block, lanes: int,
+                       min_work: int = MIN_PARALLEL_WORK) -> None:
+    """Vectorize the innermost loop when it is a spatial loop, and run the leading spatial
+    loops in parallel when there is enough work to share."""
+    stmt = sch.get(block)
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    kinds = [int(iv.iter_type) for iv in stmt.iter_vars]
+    if len(kinds) != len(loops):
+        return
+    spatial = 0
+    while spatial < len(loops) and kinds[spatial] == SPATIAL:
+        spatial += 1
+    total = work(sch, loops)
+    inner = loops[-1]
+    vector_loop = None
+    if spatial == len(loops):
+        extent = static_extent(sch, inner)
+        if extent and extent <= 4 * lanes:
+            vector_loop = inner
+        elif extent and extent % lanes == 0:
+            _, vector_loop = sch.split(inner, [None, lanes])
+        outer = loops[:-1]
+    else:
+        outer = loops[:spatial]
+    if outer and total >= min_work:
+        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        sch.parallel(fused)
+    if vector_loop is not None:
+        sch.vectorize(vector_loop)
+
+
+def schedule_loops(func: tirx.PrimFunc, lanes: int, keep=()) -> tirx.PrimFunc:
+    """The fallback schedule: inline views and padding, then parallel and vector loops for
+    each remaining stage. Returns ``func`` unscheduled if TVM rejects the schedule."""
+    sch = s_tir.Schedule(func)
+    try:
+        inline_injective(sch, keep)
+        root = sch.get_sblock("root")
+        for block in sch.get_child_blocks(root):
+            parallel_vectorize(sch, block, lanes)
+    except Exception:  # noqa: BLE001 (keep the correct, unscheduled kernel)
+        return func
+    return scheduled(sch)
