@@ -11,11 +11,10 @@ from pathlib import Path
 
 def build_library(g, choice, lib_path: Path, batch_sizes=()) -> dict:
     """Lower the optimised graph and compile it for ``choice`` into ``lib_path``."""
-    from .lower import build_module
-
-    mod = build_module(g, batch_sizes)
     if choice.kind == "cuda":
         from .cuda import build_cuda
-        return build_cuda(mod, choice, lib_path)
+        from .lower import build_module
+
+        return build_cuda(build_module(g, batch_sizes), choice, lib_path)
     from .cpu import build_cpu
-    return build_cpu(mod, choice, lib_path)
+    return build_cpu(g, choice, lib_path, batch_sizes)

@@ -534,9 +534,13 @@ def sigmoid_cross_entropy(logits, targets):
     total = te.compute((1,), lambda _: te.sum(elem(*axes), axis=axes), name="bce_total")
     loss = te.compute((1,), lambda i: total[i] / cf, name="bce_loss")
     axes2 = [te.reduce_axis((0, s), name=f"q{i}") for i, s in enumerate(shape)]
-    hits = te.compute((1,), lambda _: te.sum(tirx.Select(
-        (logits(*axes2) > zero) == (targets(*axes2) > const(0.5, dt)), one, zero), axis=axes2),
-        name="bce_hits")
+    # as integers: LLVM has no equality of two booleans computed from floats
+    def agrees(*i):
+        return (logits(*i) > zero).astype("int32") == \
+            (targets(*i) > const(0.5, dt)).astype("int32")
+
+    hits = te.compute((1,), lambda _: te.sum(tirx.Select(agrees(*axes2), one, zero),
+                                             axis=axes2), name="bce_hits")
     # accuracy counts per sample: the fraction of a sample's labels that are right
     per_sample = const(1.0 / _per_sample(shape), dt)
     correct = te.compute((1,), lambda i: hits[i] * per_sample, name="bce_correct")

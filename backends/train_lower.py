@@ -216,9 +216,9 @@ def _backward(bb, g, values, saved, pvars, mvars, grads):
                     lambda ts, yy, d, a, layer=layer, shape=shape, local=local:
                     [grad(layer, ts, yy, d, a, shape)[1][k] for k in local],
                     xs, y, dy, args, primfunc_name_hint=f"{hint}_dw")
+                # emit_te gives a tuple for several outputs, the tensor itself for one
                 for j, k in enumerate(local):
-                    param_grads[names[k]] = _item(bb, res, j) if len(local) > 1 else \
-                        _item(bb, res, 0)
+                    param_grads[names[k]] = _item(bb, res, j) if len(local) > 1 else res
         for src, dx in zip(data["inputs"], dxs):
             if src != "input" and dx is not None:
                 _accumulate(bb, grads, src, dx)

@@ -108,7 +108,19 @@ def bench_model(model, batch: int, warmup: int, repeat: int, seed: int = 0) -> d
         times.append(time.perf_counter() - t0)
     median = statistics.median(times)
     return {"batch": batch, "median_ms": median * 1e3, "min_ms": min(times) * 1e3,
-            "throughput": batch / median, "repeat": repeat, "warmup": warmup}
+            "throughput": batch / median, "repeat": repeat, "warmup": warmup,
+            "activation_bytes": planned_activation_bytes(model.manifest, batch)}
+
+
+def planned_activation_bytes(manifest: dict, batch: int) -> int | None:
+    """Peak activation memory the compiled function for ``batch`` plans (from the build's
+    memory planning: the specialised ``main_b<N>``, else ``main``'s per-sample figure)."""
+    memory = manifest.get("build", {}).get("memory", {})
+    if f"main_b{batch}" in memory:
+        return memory[f"main_b{batch}"]["total"]
+    if "main" in memory:
+        return memory["main"]["fixed"] + memory["main"]["per_sample"] * batch
+    return None
 
 
 def cmd_bench(args) -> int:
@@ -123,10 +135,12 @@ def cmd_bench(args) -> int:
         return 0
     print(f"{model.graph.graph['name']} ({model.target}), median of {args.repeat} runs "
           f"after {args.warmup} warm-up runs")
-    print(f"{'batch':>6}  {'latency ms':>11}  {'min ms':>9}  {'samples/s':>10}")
+    print(f"{'batch':>6}  {'latency ms':>11}  {'min ms':>9}  {'samples/s':>10}  "
+          f"{'activations MiB':>15}")
     for r in results:
+        mem = r["activation_bytes"]
         print(f"{r['batch']:>6}  {r['median_ms']:>11.3f}  {r['min_ms']:>9.3f}  "
-              f"{r['throughput']:>10.1f}")
+              f"{r['throughput']:>10.1f}  {'-' if mem is None else f'{mem / 2**20:.2f}':>15}")
     return 0
 
 

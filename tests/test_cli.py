@@ -140,7 +140,8 @@ def test_summary_json(spec, capsys):
 
 def test_summary_receptive_field_grows_with_stride(tmp_path, capsys):
     path = write(tmp_path, "input: [1, 16, 16]\nlayers:\n"
-                           "  - {name: a, type: conv2d, filters: 1, kernel: 3, stride: 2, padding: 1}\n"
+                           "  - {name: a, type: conv2d, filters: 1, kernel: 3, stride: 2,"
+                           " padding: 1}\n"
                            "  - {name: b, type: conv2d, filters: 1, kernel: 3, padding: 1}\n")
     _, out, _ = cnnc(capsys, "summary", "--json", path)
     rows = {r["name"]: r for r in json.loads(out)["layers"]}

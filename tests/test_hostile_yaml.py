@@ -156,7 +156,8 @@ def test_absurd_integers_are_refused_with_a_message(tmp_path, parser):
 
 
 def test_block_arithmetic_cannot_blow_up(tmp_path):
-    for expr, message in [("($x ** 60) ** 60", "too large"), ("$x + 2 ** 2 ** 2 ** 2 ** 2", "exponent too large"),
+    for expr, message in [("($x ** 60) ** 60", "too large"),
+                          ("$x + 2 ** 2 ** 2 ** 2 ** 2", "exponent too large"),
                           ("$x ** 0.5", "not a real number"), ("$x // 0", "division by zero"),
                           ("$x + __import__('os').getpid()", "cannot evaluate"),
                           ("+".join(["$x"] * 400), "characters long")]:
@@ -174,15 +175,17 @@ layers: [{{type: b}}]
 # -- nothing is ever run ----------------------------------------------------------------------
 
 def _tagged_specs(target: Path) -> list[str]:
+    """Specs whose tags, were they constructed, would create ``target`` (or run something)."""
     t = target.as_posix()
+    head = "input: [1]\nlayers: [{type: relu}]\ndescription: "
     return [
-        f'name: !!python/object/apply:os.system ["touch {t}"]\ninput: [1]\nlayers: [{{type: relu}}]',
-        f'input: [1]\nlayers: [{{type: relu}}]\ndescription: !!python/object/apply:builtins.open ["{t}", "w"]',
-        f'input: [1]\nlayers: [{{type: relu}}]\ndescription: !!python/object/apply:builtins.open {{args: ["{t}", "w"]}}',
-        f'input: [1]\nlayers: [{{type: relu}}]\ndescription: !!python/object/new:builtins.open ["{t}", "w"]',
-        f'input: [1]\nlayers: [{{type: relu}}]\ndescription: !!python/object/apply:os.system "touch {t}"',
-        'input: [1]\nlayers: [{type: relu}]\ndescription: !!python/name:os.system',
-        'input: [1]\nlayers: [{type: relu}]\ndescription: !!python/module:os',
+        f'name: !!python/object/apply:os.system ["touch {t}"]\n{head}x',
+        head + f'!!python/object/apply:builtins.open ["{t}", "w"]',
+        head + f'!!python/object/apply:builtins.open {{args: ["{t}", "w"]}}',
+        head + f'!!python/object/new:builtins.open ["{t}", "w"]',
+        head + f'!!python/object/apply:os.system "touch {t}"',
+        head + "!!python/name:os.system",
+        head + "!!python/module:os",
         f'!!python/object/apply:os.system ["touch {t}"]',
     ]
 

@@ -668,7 +668,8 @@ def test_dense_and_flatten_match_torch(dtype):
     x = rand((3, 7), dtype)
     for units, bias in product([1, 5], [True, False]):
         layer = make("dense", units=units, bias=bias)
-        params = {k: rand(s.shape, dtype, i) for i, (k, s) in enumerate(layer.params([(7,)]).items())}
+        params = {k: rand(spec.shape, dtype, i)
+                  for i, (k, spec) in enumerate(layer.params([(7,)]).items())}
         expected = F.linear(t(x), t(params["weight"]), t(params["bias"]) if bias else None)
         assert_close(run(layer, x, params=params), expected.numpy(), dtype, f"{units} {bias}")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from tvm import te, tirx
 
-from ..te_ops import activation
+from .vector_math import activation
 from .blocking import ceil_div
 
 FLOAT = "float32"

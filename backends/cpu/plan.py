@@ -97,9 +97,9 @@ def choose_kernel(g: nx.DiGraph, node: str, blocks: dict, lanes: int, keys) -> K
         return choose_conv(g, node, keys, blocks, lanes)
     if first != PLAIN and (t in POOLS or t in GLOBAL_POOLS):
         return KernelChoice("pool" if t in POOLS else "global_pool", first, (first,))
-    if first != PLAIN and t in ELEMENTWISE:
-        return KernelChoice("elementwise", first, (first,) * len(data["inputs"]),
-                            _vector_layouts(layer, keys, first))
+    if t in ELEMENTWISE:
+        layouts = _vector_layouts(layer, keys, first) if first != PLAIN else {}
+        return KernelChoice("elementwise", first, (first,) * len(data["inputs"]), layouts)
     return KernelChoice("generic", note="" if first == PLAIN else "reads the blocked input "
                         "through a plain view")
 

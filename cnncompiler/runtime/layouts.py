@@ -4,6 +4,15 @@ A backend can ask for a kernel argument in another layout than the layer prepare
 blocked layout that matches the vector width, say). The artifact's manifest records the layout
 of each argument as a string such as ``blocked_oihw:16:16``; the runtime applies it with numpy,
 so no per-call transform runs and no compiler is needed to load the model.
+
+Blocked layouts pad a channel count that the block does not divide with zeros, up to a whole
+number of blocks: the CPU kernels carry such padding channels and rely on their weights being
+zero.
+
+    apply_layout("blocked_oihw:16:16", w)    # (64, 64, 3, 3) -> (4, 4, 3, 3, 16, 16)
+    apply_layout("blocked_oihw:1:16", w)     # (6, 1, 5, 5) -> (1, 1, 5, 5, 1, 16), zero-padded
+    apply_layout("blocked_vector:16", b)     # (120,) -> (8, 16), zero-padded
+    apply_layout("blocked_rows:16", w)       # dense (1000, 512) -> (63, 512, 16), zero-padded
 """
 
 from __future__ import annotations
@@ -22,27 +31,54 @@ class Layout:
     doc: str
 
 
+def _blocks(n: int, b: int) -> int:
+    return -(-n // b)
+
+
+def _pad_axis(a: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """``a`` with zeros appended along ``axis`` up to ``size``."""
+    if a.shape[axis] == size:
+        return a
+    width = [(0, 0)] * a.ndim
+    width[axis] = (0, size - a.shape[axis])
+    return np.pad(a, width)
+
+
 def _blocked_oihw_shape(shape, ib, ob):
     o, i, *k = shape
-    return (o // ob, i // ib, *k, ib, ob)
+    return (_blocks(o, ob), _blocks(i, ib), *k, ib, ob)
 
 
 def _blocked_oihw(w, ib, ob):
     """(O, I, *K) -> (O/ob, I/ib, *K, ib, ob): output and input channels in blocks."""
     o, i, *k = w.shape
     nk = len(k)
-    blocked = w.reshape(o // ob, ob, i // ib, ib, *k)
+    w = _pad_axis(_pad_axis(w, 0, _blocks(o, ob) * ob), 1, _blocks(i, ib) * ib)
+    blocked = w.reshape(_blocks(o, ob), ob, _blocks(i, ib), ib, *k)
     order = (0, 2, *range(4, 4 + nk), 3, 1)
     return blocked.transpose(order)
 
 
 def _blocked_vector_shape(shape, b):
-    return (shape[0] // b, b, *shape[1:])
+    return (_blocks(shape[0], b), b, *shape[1:])
 
 
 def _blocked_vector(v, b):
     """(C, ...) -> (C/b, b, ...): a per-channel vector in channel blocks."""
+    v = _pad_axis(v, 0, _blocks(v.shape[0], b) * b)
     return v.reshape(v.shape[0] // b, b, *v.shape[1:])
+
+
+def _blocked_rows_shape(shape, b):
+    o, k = shape
+    return (_blocks(o, b), k, b)
+
+
+def _blocked_rows(w, b):
+    """Dense (O, K) -> (O/b, K, b): ``b`` output rows side by side, one vector per input."""
+    o, k = w.shape
+    w = _pad_axis(w, 0, _blocks(o, b) * b)
+    return w.reshape(-1, b, k).transpose(0, 2, 1)
 
 
 LAYOUTS = {layout.name: layout for layout in (
@@ -50,6 +86,8 @@ LAYOUTS = {layout.name: layout for layout in (
            "conv weight (O, I, *K) as (O/ob, I/ib, *K, ib, ob); args ib, ob"),
     Layout("blocked_vector", _blocked_vector_shape, _blocked_vector,
            "per-channel vector (C,) as (C/b, b); arg b"),
+    Layout("blocked_rows", _blocked_rows_shape, _blocked_rows,
+           "dense weight (O, K) as (O/b, K, b); arg b"),
 )}
 
 

@@ -1,0 +1,235 @@
+"""The layer graph as a Relax module of scheduled CPU kernels, in the layouts of the plan.
+
+Like ``backends.lower``: ``main(x, *kernel_args)`` for any batch size (symbolic), plus
+``main_b<N>`` for each batch size the model is specialised for, with the same kernel
+arguments, here in the packed layouts the plan asks for (applied once, at load time). Each
+kernel is a PrimFunc scheduled when it is made, marked ``tirx.is_scheduled`` and opaque to
+fusion, so no later pass merges it with a neighbour and loses its schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import networkx as nx
+import tvm
+import tvm_ffi
+from tvm import relax, te, tirx
+
+from cnncompiler.errors import CompileError
+from cnncompiler.graph import topo_layers
+from cnncompiler.runtime.layouts import layout_shape
+from cnncompiler.runtime.signature import kernel_name, kernel_signature, prepared_shapes
+
+from ..te_ops import LOWERINGS
+from .blocking import PLAIN, plain_view, to_blocked, to_plain
+from .conv import conv_blocked, schedule_conv
+from .plan import KernelChoice, plan_kernels
+from .pool import depthwise_blocked, global_pool_blocked, pool_blocked, schedule_window
+from .schedules import schedule_loops
+from .vector_math import activation
+
+FLOAT = "float32"
+OPAQUE = 8  # TVM's kOpaque op pattern: FuseOps leaves the kernel alone
+
+
+@dataclass
+class Value:
+    var: relax.Expr
+    channels: int
+    block: int
+
+
+def emit_kernel(bb: relax.BlockBuilder, name: str, inputs: list, compute: Callable,
+                schedule: Callable) -> relax.Var:
+    """One call_tir of the PrimFunc ``compute`` makes from the inputs' shapes, scheduled by
+    ``schedule``. Identical kernels are added once (BlockBuilder.add_func deduplicates)."""
+    # The PrimFunc gets its own copy of each symbolic size (the batch), as emit_te does.
+    fresh: dict = {}
+
+    def own(value):
+        if isinstance(value, tirx.Var):
+            return fresh.setdefault(value, tvm.ir.Var(value.name, value.ty))
+        return value
+
+    holders = [te.placeholder([own(s) for s in v.ty.shape.values], FLOAT, name=f"in{i}")
+               for i, v in enumerate(inputs)]
+    out = compute(*holders)
+    func = schedule(te.create_prim_func([*holders, out]))
+    gv = bb.add_func(func.without_attr("global_symbol").with_attr("op_pattern", OPAQUE), name)
+    back = {mine: theirs for theirs, mine in fresh.items()}
+    out_shape = [tvm_ffi.structural_map(s, (tvm.ir.Var, lambda v: back.get(v, v)), order="post")
+                 for s in out.shape]
+    return bb.emit(relax.call_tir(gv, inputs, relax.TensorType(out_shape, FLOAT)))
+
+
+class CpuEmitter:
+    """Emits one Relax function of the graph; ``values`` maps layer names to their values."""
+
+    def __init__(self, bb, g: nx.DiGraph, plan: dict[str, KernelChoice], arg_vars: dict,
+                 lanes: int):
+        self.bb, self.g, self.plan, self.arg_vars, self.lanes = bb, g, plan, arg_vars, lanes
+        self.values: dict[str, Value] = {}
+        self._converted: dict[tuple[str, int], Value] = {}
+
+    # -- values and layout conversions ---------------------------------------------------
+    def value(self, src: str, block: int | None) -> Value:
+        """``src``'s value in the layout ``block`` (None: as it is), converted once."""
+        v = self.values[src]
+        if block is None or block == v.block:
+            return v
+        key = (src, block)
+        if key not in self._converted:
+            c, b = v.channels, v.block
+            if block == PLAIN:
+                fn = lambda x: to_plain(x, c, b)  # noqa: E731
+            else:
+                fn = lambda x: to_blocked(x, c, block, b)  # noqa: E731
+            var = emit_kernel(self.bb, f"{kernel_name(src)}_layout{block}", [v.var], fn,
+                              lambda f: schedule_loops(f, self.lanes))
+            self._converted[key] = Value(var, c, block)
+        return self._converted[key]
+
+    def args(self, node: str) -> tuple[list[str], list]:
+        keys = sorted(prepared_shapes(self.g, node))
+        return keys, [self.arg_vars[f"{node}:{k}"] for k in keys]
+
+    # -- layers -------------------------------------------------------------------------------
+    def emit_layer(self, node: str) -> None:
+        data = self.g.nodes[node]
+        choice = self.plan[node]
+        channels = data["shape"][0] if data["shape"] else 0
+        if choice.kind == "passthrough":
+            self.values[node] = self.values[data["inputs"][0]]
+            return
+        wants = list(choice.in_blocks) + [None] * (len(data["inputs"]) - len(choice.in_blocks))
+        xs = [self.value(src, b) for src, b in zip(data["inputs"], wants)]
+        emit = getattr(self, f"emit_{choice.kind}")
+        try:
+            var = emit(node, data, choice, xs)
+        except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
+            raise CompileError(f"layer '{node}' ({data['layer'].type_name}): lowering to TVM "
+                               f"for the CPU failed: {exc}") from exc
+        self.values[node] = Value(var, channels, choice.out_block)
+
+    def _epilogue_inputs(self, node, data, keys, xs):
+        """(steps, argument keys after weight/bias, residual present) of a fused layer."""
+        layer = data["layer"]
+        if layer.type_name != "fused":
+            return (), False
+        steps = tuple((i, s) for i, s in enumerate(layer.steps[layer.folded:], layer.folded))
+        return steps, layer.has_residual
+
+    def emit_conv(self, node, data, choice, xs):
+        return self._emit_conv_like(node, data, choice, xs, conv_blocked,
+                                    lambda f: schedule_conv(f, choice.geometry))
+
+    def emit_depthwise(self, node, data, choice, xs):
+        width = choice.geometry.out_spatial[-1]
+        return self._emit_conv_like(node, data, choice, xs, depthwise_blocked,
+                                    lambda f: schedule_window(f, width))
+
+    def _emit_conv_like(self, node, data, choice, xs, kernel, schedule):
+        keys, args = self.args(node)
+        steps, residual = self._epilogue_inputs(node, data, keys, xs)
+        geo = choice.geometry
+        inputs = [xs[0].var, *args] + ([xs[1].var] if residual else [])
+
+        def compute(x, *rest):
+            named = dict(zip(keys, rest[:len(keys)]))
+            res = rest[len(keys)] if residual else None
+            return kernel(x, named["weight"], named.get("bias"), geo, steps, named, res)
+
+        return emit_kernel(self.bb, kernel_name(node), inputs, compute, schedule)
+
+    def emit_pool(self, node, data, choice, xs):
+        layer, out_spatial = data["layer"], tuple(data["shape"][1:])
+        return emit_kernel(self.bb, kernel_name(node), [xs[0].var],
+                           lambda x: pool_blocked(layer, x, out_spatial),
+                           lambda f: schedule_window(f, out_spatial[-1]))
+
+    def emit_global_pool(self, node, data, choice, xs):
+        layer = data["layer"]
+        return emit_kernel(self.bb, kernel_name(node), [xs[0].var],
+                           lambda x: global_pool_blocked(layer, x),
+                           lambda f: schedule_window(f, 1))
+
+    def emit_elementwise(self, node, data, choice, xs):
+        layer = data["layer"]
+        keys, args = self.args(node)
+        t = layer.type_name
+        count = len(xs)
+        blocked = choice.out_block != PLAIN
+
+        def per_channel(v, c, rest):
+            return v[c, rest[-1]] if blocked else v[c]
+
+        def compute(*ins):
+            tensors, named = ins[:count], dict(zip(keys, ins[count:]))
+            if t == "add":
+                return LOWERINGS["add"](layer, list(tensors), {}, None)
+            x = tensors[0]
+            if t == "batchnorm":
+                scale, shift = named["scale"], named["shift"]
+                return te.compute(x.shape, lambda n, c, *r: x[(n, c, *r)] * per_channel(
+                    scale, c, r) + per_channel(shift, c, r), name="batchnorm")
+            alpha = getattr(layer, "alpha", 0.0)
+            return te.compute(x.shape, lambda *i: activation(t, x(*i), alpha), name=t)
+
+        return emit_kernel(self.bb, kernel_name(node), [x.var for x in xs] + args, compute,
+                           lambda f: schedule_loops(f, self.lanes))
+
+    def emit_generic(self, node, data, choice, xs):
+        """te_ops' NCHW lowering, blocked inputs read through plain views, plain output."""
+        layer, out_shape = data["layer"], data["shape"]
+        keys, args = self.args(node)
+        lower = LOWERINGS.get(layer.type_name)
+        if lower is None:
+            raise CompileError(f"layer '{node}' ({layer.type_name}): no lowering to TVM for "
+                               "this layer type")
+        count = len(xs)
+
+        def compute(*ins):
+            views = [plain_view(t, x.channels, x.block, name=f"view{i}")
+                     for i, (t, x) in enumerate(zip(ins[:count], xs))]
+            y = lower(layer, views, dict(zip(keys, ins[count:])), out_shape)
+            return views[0] if y is None else y
+
+        return emit_kernel(self.bb, kernel_name(node), [x.var for x in xs] + args, compute,
+                           lambda f: schedule_loops(f, self.lanes))
+
+
+def emit_function(bb: relax.BlockBuilder, g: nx.DiGraph, name: str, batch: int | None,
+                  plan: dict[str, KernelChoice], layouts: dict[str, str], lanes: int) -> None:
+    n = tirx.Var("n", "int64") if batch is None else batch
+    x = relax.Var("x", relax.TensorType([n, *g.graph["input_shape"]], FLOAT))
+    arg_vars = {a.name: relax.Var(kernel_name(a.name), relax.TensorType(
+        list(layout_shape(layouts.get(a.name), a.shape)), FLOAT)) for a in kernel_signature(g)}
+    with bb.function(name, [x, *arg_vars.values()]):
+        with bb.dataflow():
+            emitter = CpuEmitter(bb, g, plan, arg_vars, lanes)
+            emitter.values["input"] = Value(x, g.graph["input_shape"][0], PLAIN)
+            for node in topo_layers(g):
+                if node != "input":
+                    emitter.emit_layer(node)
+            outs = [emitter.value(o, PLAIN).var for o in g.graph["outputs"]]
+            result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
+        bb.emit_func_output(result)
+
+
+def kernel_layouts(plan: dict[str, KernelChoice]) -> dict[str, str]:
+    """Kernel argument name (``node:key``) -> packed layout, for the manifest."""
+    return {f"{node}:{key}": layout for node, choice in plan.items()
+            for key, layout in choice.layouts.items()}
+
+
+def build_cpu_module(g: nx.DiGraph, lanes: int, batch_sizes=()) -> tuple[tvm.IRModule, dict]:
+    """The scheduled Relax module and the plan it follows."""
+    plan = plan_kernels(g, lanes, lambda node: sorted(prepared_shapes(g, node)))
+    layouts = kernel_layouts(plan)
+    bb = relax.BlockBuilder()
+    emit_function(bb, g, "main", None, plan, layouts, lanes)
+    for b in batch_sizes:
+        emit_function(bb, g, f"main_b{b}", b, plan, layouts, lanes)
+    return bb.finalize(), plan

@@ -1,0 +1,125 @@
+"""Peak activation memory of the compiled functions, from Relax's own memory planning.
+
+``StaticPlanBlockMemory`` assigns every intermediate tensor of a function to a storage it
+reuses where lifetimes allow; the function's outputs get their own allocations. Peak
+activation memory is then the planned storages, plus the outputs, plus the largest scratch
+memory one kernel allocates while it runs (the padded rows of a conv, per thread). The input
+and the weights are not counted.
+
+For ``main``, whose batch size is symbolic, the storages are sizes in ``n``; they are evaluated
+at n=1 and n=2 and reported as ``fixed + per_sample * n`` (Relax plans them proportional to n).
+
+    planned_memory(mod, target, (1, 64))
+    {"main_b1": {"storages": ..., "outputs": ..., "scratch": ..., "total": ...},
+     "main_b64": {...}, "main": {"fixed": ..., "per_sample": ...}}
+"""
+
+from __future__ import annotations
+
+import tvm
+
+import tvm_ffi
+from tvm import relax, s_tir, tirx
+from tvm.sym.analyzer import Analyzer
+
+PLAN_PASSES = (relax.transform.LegalizeOps, relax.transform.ToNonDataflow,
+               relax.transform.RemovePurityChecking, relax.transform.CallTIRRewrite,
+               relax.transform.StaticPlanBlockMemory)
+# The TIR lowering up to flat buffers: enough to see each kernel's own allocations, compacted.
+SCRATCH_PASSES = (s_tir.transform.CanonicalizeLoop, s_tir.transform.LowerInitBlock,
+                  s_tir.transform.PlanAndUpdateBufferAllocationLocation,
+                  s_tir.transform.ConvertBlocksToOpaque, s_tir.transform.CompactBufferAllocation,
+                  s_tir.transform.LowerOpaqueBlock, tirx.transform.FlattenBuffer)
+
+
+def _bytes(shape_values, dtype: str, n=None) -> int | None:
+    size = tvm.DataType(dtype).bits // 8
+    for v in shape_values:
+        if n is not None:
+            v = tvm_ffi.structural_map(v, (tvm.ir.Var, lambda var: tirx.const(n, var.ty.dtype)
+                                           if var.name == "n" else var), order="post")
+            v = Analyzer().simplify(v)
+        if not isinstance(v, tirx.IntImm):
+            return None
+        size *= int(v)
+    return size
+
+
+def _allocations(func) -> tuple[list, list]:
+    """(storage sizes, output (shape, dtype)s) of a planned Relax function."""
+    storages, outputs = [], []
+
+    def visit(e):
+        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op):
+            if e.op.name == "relax.memory.alloc_storage":  # a size in bytes
+                storages.append(list(e.args[0].values))
+            elif e.op.name == "relax.builtin.alloc_tensor":
+                outputs.append((list(e.args[0].values), str(e.args[1].value)))
+
+    relax.analysis.post_order_visit(func.body, visit)
+    return storages, outputs
+
+
+def _function_bytes(func, n=None) -> dict | None:
+    storages, outputs = _allocations(func)
+    sizes = [_bytes(size, "uint8", n) for size in storages]
+    outs = [_bytes(shape, dt, n) for shape, dt in outputs]
+    if None in sizes or None in outs:
+        return None
+    return {"storages": sum(sizes), "outputs": sum(outs)}
+
+
+def kernel_scratch(func: tirx.PrimFunc, target, threads: int) -> int:
+    """Bytes a kernel allocates while it runs; what a parallel loop allocates, per thread."""
+    mod = tvm.IRModule({"k": func.with_attr("global_symbol", "k")})
+    with target:
+        mod = tvm.transform.Sequential([p() for p in SCRATCH_PASSES])(mod)
+    total = 0
+
+    def visit(stmt, parallel):
+        nonlocal total
+        if isinstance(stmt, tirx.For):
+            parallel = parallel or stmt.kind == tirx.ForKind.PARALLEL
+        if isinstance(stmt, tirx.AllocBuffer):
+            size = _bytes(list(stmt.buffer.shape), str(stmt.buffer.dtype))
+            total += (size or 0) * (threads if parallel else 1)
+        for child in _children(stmt):
+            visit(child, parallel)
+
+    visit(mod["k"].body, False)
+    return total
+
+
+def _children(stmt):
+    if isinstance(stmt, tirx.SeqStmt):
+        return list(stmt.seq)
+    out = []
+    for attr in ("body", "then_case", "else_case"):
+        child = getattr(stmt, attr, None)
+        if isinstance(child, tirx.Stmt):
+            out.append(child)
+    return out
+
+
+def planned_memory(mod: tvm.IRModule, target, batch_sizes=(), threads: int = 2) -> dict:
+    """Peak activation bytes of ``main_b<N>`` for each batch size, and of ``main`` per sample."""
+    with target:
+        planned = tvm.transform.Sequential([p() for p in PLAN_PASSES])(mod)
+    scratch = 0
+    for gv, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc):
+            try:
+                scratch = max(scratch, kernel_scratch(func, target, threads))
+            except Exception:  # noqa: BLE001 (an estimate; a kernel TVM cannot lower here counts 0)
+                pass
+    out = {}
+    for b in batch_sizes:
+        sizes = _function_bytes(planned[f"main_b{b}"])
+        if sizes:
+            out[f"main_b{b}"] = sizes | {"scratch": scratch,
+                                         "total": sizes["storages"] + sizes["outputs"] + scratch}
+    one, two = (_function_bytes(planned["main"], n) for n in (1, 2))
+    if one and two:
+        per_sample = sum(two.values()) - sum(one.values())
+        out["main"] = {"per_sample": per_sample, "fixed": sum(one.values()) - per_sample + scratch}
+    return out

@@ -1,0 +1,301 @@
+"""cnnc against ONNX Runtime and PyTorch eager, side by side, 2 threads each.
+
+    python benchmarks/run.py                      # every model, every batch size
+    python benchmarks/run.py --models lenet5,resnet18_cifar --rounds 3
+    python benchmarks/run.py --json results.json
+
+For each network (specs/<key>.yaml and its PyTorch twin in tests/torch_models.py) it makes one
+set of weights, exports the PyTorch module to ONNX, loads the same state_dict into cnnc, checks
+that the three agree with cnnc's numpy reference, then prints:
+
+- latency (median of all timed runs) per batch size, cnnc's default build, ONNX Runtime and
+  PyTorch, and cnnc's ratios to each (a column for a tuned cnnc build is left empty);
+- compile time;
+- peak activation memory: what cnnc's memory planning allocates, and for all three engines the
+  growth of the process's peak resident set while running that batch;
+- the biggest conv layers' achieved GFLOP/s in cnnc, next to numpy's sgemm rate on 2 threads.
+
+Each engine runs in its own worker process (benchmarks/worker.py); the timing rounds ask the
+engines in turn, so a change in the machine's load hits all three alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from models import MODELS, ROOT, export_onnx, input_batch, state_arrays, torch_model  # noqa: E402
+
+ENGINES = ("cnnc", "onnxruntime", "torch")
+SAMPLE_SECONDS = 0.25   # timed work per engine per round
+RTOL = 1e-4
+
+
+class Worker:
+    """An engine in its own process, spoken to in JSON lines."""
+
+    def __init__(self, engine: str, model: str, workdir: Path, batches):
+        env = dict(os.environ, PYTHONWARNINGS="ignore")
+        self.engine = engine
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "worker.py"), engine, model, str(workdir),
+             "--batches", ",".join(map(str, batches))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env=env, cwd=str(ROOT))
+        self.ready = self._read()
+
+    def _read(self) -> dict:
+        for line in self.proc.stdout:
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    return json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+        raise RuntimeError(f"{self.engine} worker exited (code {self.proc.wait()})")
+
+    def ask(self, **request) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+            self.proc.stdin.close()
+        except (BrokenPipeError, ValueError):
+            pass
+        self.proc.wait(timeout=60)
+
+
+def sgemm_gflops(size: int = 2048) -> float:
+    """numpy's float32 matrix product on 2 threads, in GFLOP/s (best of 5)."""
+    code = ("import time, numpy as np\n"
+            f"a = np.random.rand({size}, {size}).astype(np.float32); b = a.copy(); a @ b\n"
+            "best = min((lambda t: (a @ b, time.perf_counter() - t)[1])(time.perf_counter())"
+            " for _ in range(5))\n"
+            f"print(2 * {size} ** 3 / best / 1e9)")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="2", OMP_NUM_THREADS="2", MKL_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    return float(out.stdout.strip() or "nan")
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.abs(got.astype(np.float64) - want).max() / max(np.abs(want).max(), 1e-30))
+
+
+def prepare(bench, workdir: Path):
+    """Weights, the ONNX export and the optimised graph (for kernel FLOPs)."""
+    from cnncompiler.compiler import _front_end
+    from cnncompiler.spec import load_spec
+
+    spec = load_spec(str(bench.spec))
+    graph, optimized, *_ = _front_end(spec.text, spec.path, 2, None)
+    model = torch_model(bench.key, seed=bench.seed)
+    state = state_arrays(model)
+    np.savez(workdir / "weights.npz", **state)
+    export_onnx(model, graph.graph["input_shape"], workdir / "model.onnx")
+    return graph, optimized, state
+
+
+def check_outputs(bench, workers, graph, state, workdir: Path) -> dict:
+    """Each engine's output on one batch of 2, against the float64 numpy reference."""
+    from cnncompiler.reference import run_reference
+
+    x = input_batch(graph.graph["input_shape"], 2, seed=7)
+    np.save(workdir / "check_x.npy", x)
+    ref = run_reference(graph, x, state, dtype=np.float64)[graph.graph["outputs"][0]]
+    errors = {}
+    for name, w in workers.items():
+        path = workdir / f"check_{name}.npy"
+        w.ask(cmd="output", input=str(workdir / "check_x.npy"), output=str(path))
+        errors[name] = relative_error(np.load(path), ref)
+    return errors
+
+
+def time_batch(workers: dict, batch: int, rounds: int) -> dict:
+    """Interleaved rounds; each engine's times of every round pooled."""
+    reps = {}
+    for name, w in workers.items():
+        first = w.ask(cmd="time", batch=batch, reps=1, warmup=2)["times"][0]
+        reps[name] = int(min(max(SAMPLE_SECONDS / max(first, 1e-6), 3), 200))
+    pooled = {name: [] for name in workers}
+    for _ in range(rounds):
+        for name, w in workers.items():
+            pooled[name] += w.ask(cmd="time", batch=batch, reps=reps[name], warmup=1)["times"]
+    return {name: {"median_ms": statistics.median(t) * 1e3, "min_ms": min(t) * 1e3,
+                   "runs": len(t)} for name, t in pooled.items()}
+
+
+def kernel_flops(optimized) -> dict:
+    """kernel name -> (layer, FLOPs per sample, is a conv)."""
+    from cnncompiler.graph import topo_layers
+    from cnncompiler.runtime.signature import kernel_name
+
+    out = {}
+    for node in topo_layers(optimized):
+        if node == "input":
+            continue
+        data = optimized.nodes[node]
+        layer = data["layer"]
+        base = layer.base.type_name if layer.type_name == "fused" else layer.type_name
+        in_shapes = [optimized.nodes[s]["shape"] for s in data["inputs"]]
+        out[kernel_name(node)] = (node, layer.flops(in_shapes, data["shape"]),
+                                  base in ("conv2d", "conv1d"))
+    return out
+
+
+def match_kernel(symbol: str, flops: dict):
+    """The layer a kernel symbol computes: its name, or its name plus the numeric suffix TVM
+    adds to a second function's copy."""
+    best = None
+    for name in flops:
+        if symbol.startswith(name) and symbol[len(name):].isdigit() or symbol == name:
+            if best is None or len(name) > len(best):
+                best = name
+    return flops.get(best)
+
+
+def conv_table(kernels: dict, flops: dict, top: int = 4) -> list[dict]:
+    """The ``top`` conv layers by FLOPs with their time and rate at each batch size."""
+    rows = {}
+    for batch, times in kernels.items():
+        for symbol, ms in times:
+            hit = match_kernel(symbol, flops)
+            if hit is None or not hit[2]:
+                continue
+            node, f, _ = hit
+            row = rows.setdefault(node, {"layer": node, "mflop": f / 1e6})
+            row[f"ms_b{batch}"] = ms
+            row[f"gflops_b{batch}"] = f * batch / (ms * 1e-3) / 1e9
+    return sorted(rows.values(), key=lambda r: -r["mflop"])[:top]
+
+
+def run_model(bench, rounds: int, kernels: bool) -> dict:
+    result = {"model": bench.key, "title": bench.title}
+    with tempfile.TemporaryDirectory(prefix=f"cnnc-bench-{bench.key}-") as tmp:
+        workdir = Path(tmp)
+        graph, optimized, state = prepare(bench, workdir)
+        workers = {}
+        try:
+            for name in ENGINES:  # one at a time: cnnc's compile time is measured alone
+                w = Worker(name, bench.key, workdir, bench.batches)
+                if not w.ready.get("ready"):
+                    raise RuntimeError(f"{name} failed to load {bench.key}: {w.ready.get('error')}")
+                workers[name] = w
+            result["info"] = {n: w.ready["info"] for n, w in workers.items()}
+            result["errors"] = check_outputs(bench, workers, graph, state, workdir)
+            result["latency"] = {b: time_batch(workers, b, rounds) for b in bench.batches}
+            result["memory"] = {b: {n: w.ask(cmd="memory", batch=b)["peak_growth"]
+                                    for n, w in workers.items()} for b in bench.batches}
+            if kernels:
+                times = {b: workers["cnnc"].ask(cmd="kernels", batch=b)["kernels"]
+                         for b in bench.batches}
+                result["convs"] = conv_table(times, kernel_flops(optimized))
+        finally:
+            for w in workers.values():
+                w.close()
+    return result
+
+
+# -- printing ------------------------------------------------------------------------------------
+
+def mib(n) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f}"
+
+
+def planned_bytes(memory: dict, batch: int):
+    entry = memory.get(f"main_b{batch}") or memory.get(str(batch))
+    if isinstance(entry, dict):
+        return entry.get("total")
+    return entry
+
+
+def print_model(r: dict, sgemm: float) -> None:
+    print(f"\n== {r['title']}  [{r['model']}]")
+    info = r["info"]["cnnc"]
+    errs = ", ".join(f"{k} {v:.1e}" for k, v in r["errors"].items())
+    ok = all(v <= RTOL for v in r["errors"].values())
+    print(f"compile {info['compile_s']:.1f} s; output rel. error vs numpy reference: {errs} "
+          f"({'ok' if ok else 'ABOVE ' + str(RTOL)})")
+    if info.get("fallbacks"):
+        print("layers on the generic schedule: " + ", ".join(info["fallbacks"]))
+    print(f"{'batch':>5} {'cnnc ms':>9} {'tuned ms':>9} {'ORT ms':>9} {'torch ms':>9} "
+          f"{'cnnc/ORT':>9} {'cnnc/torch':>10}   (median; min in brackets)")
+    for b, lat in r["latency"].items():
+        c, o, t = (lat[e]["median_ms"] for e in ENGINES)
+        print(f"{b:>5} {c:>9.3f} {'-':>9} {o:>9.3f} {t:>9.3f} {c / o:>9.2f} {c / t:>10.2f}   "
+              f"[{lat['cnnc']['min_ms']:.3f} / {lat['onnxruntime']['min_ms']:.3f} / "
+              f"{lat['torch']['min_ms']:.3f}]")
+    print(f"{'batch':>5} {'cnnc planned MiB':>17} {'peak RSS growth MiB: cnnc':>26} "
+          f"{'ORT':>7} {'torch':>7}")
+    for b, mem in r["memory"].items():
+        print(f"{b:>5} {mib(planned_bytes(info.get('memory', {}), b)):>17} "
+              f"{mib(mem['cnnc']):>26} {mib(mem['onnxruntime']):>7} {mib(mem['torch']):>7}")
+    if r.get("convs"):
+        batches = list(r["latency"])
+        head = " ".join(f"{'ms b' + str(b):>9} {'GFLOP/s':>8}" for b in batches)
+        print(f"{'biggest conv layers':<28} {'MFLOP':>7} {head}   (sgemm {sgemm:.0f} GFLOP/s)")
+        for row in r["convs"]:
+            cells = " ".join(f"{row.get(f'ms_b{b}', float('nan')):>9.3f} "
+                             f"{row.get(f'gflops_b{b}', float('nan')):>8.1f}" for b in batches)
+            print(f"{row['layer']:<28} {row['mflop']:>7.1f} {cells}")
+
+
+def print_summary(results: list[dict]) -> None:
+    print("\n== summary: cnnc default build / ONNX Runtime / PyTorch eager (median ms, 2 threads)")
+    print(f"{'model':<22} {'batch':>5} {'cnnc':>9} {'ORT':>9} {'torch':>9} {'/ORT':>6} "
+          f"{'/torch':>7} {'target met':>11}")
+    for r in results:
+        for b, lat in r["latency"].items():
+            c, o, t = (lat[e]["median_ms"] for e in ENGINES)
+            met = c <= 1.5 * o and c <= t
+            print(f"{r['model']:<22} {b:>5} {c:>9.3f} {o:>9.3f} {t:>9.3f} {c / o:>6.2f} "
+                  f"{c / t:>7.2f} {'yes' if met else 'no':>11}")
+    for r in results:
+        print(f"compile {r['model']}: {r['info']['cnnc']['compile_s']:.1f} s")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS),
+                    help=f"comma-separated, of: {', '.join(MODELS)}")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    ap.add_argument("--no-kernels", action="store_true", help="skip the per-layer conv table")
+    ap.add_argument("--json", help="also write the results to this file")
+    args = ap.parse_args(argv)
+    keys = [k for k in args.models.split(",") if k]
+    unknown = [k for k in keys if k not in MODELS]
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
+    sgemm = sgemm_gflops()
+    print(f"numpy sgemm 2048^3, 2 threads: {sgemm:.0f} GFLOP/s; load average "
+          f"{os.getloadavg()[0]:.1f} at start")
+    results = []
+    for key in keys:
+        start = time.perf_counter()
+        r = run_model(MODELS[key], args.rounds, not args.no_kernels)
+        r["seconds"] = time.perf_counter() - start
+        print_model(r, sgemm)
+        results.append(r)
+    print_summary(results)
+    print(f"load average {os.getloadavg()[0]:.1f} at end")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"sgemm_gflops": sgemm, "results": results},
+                                              indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
