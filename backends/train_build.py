@@ -1,8 +1,8 @@
 """Compile the training step of a graph for a target, with an on-disk cache.
 
 The cache key covers everything the compiled code depends on (the spec's layers, the loss,
-the optimizer family, the dtype, the target, and the cnnc and TVM versions), so a second
-training run of the same spec starts at once.
+the optimizer family, the dtype, the target, the cnnc and TVM versions, and the source of the
+lowering itself), so a second training run of the same spec starts at once.
 """
 
 from __future__ import annotations
@@ -21,6 +21,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CNNC_CACHE", Path.home() / ".cache" / "cnnc")) / "train"
 
 
+def _lowering_digest() -> str:
+    """The source of the code that writes the training step: a changed lowering (even within
+    one cnnc version) must not reuse a library built by the old one."""
+    h = hashlib.sha256()
+    for name in ("te_ops.py", "te_grad.py", "train_lower.py"):
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def build_train_library(g, spec_key: str, loss: str, optimizer: str, choice, dtype="float32",
                         label_smoothing: float = 0.0):
     """Return (path of the compiled library, TrainSignature)."""
@@ -28,7 +37,8 @@ def build_train_library(g, spec_key: str, loss: str, optimizer: str, choice, dty
 
     key_data = json.dumps({"spec": spec_key, "loss": loss, "optimizer": optimizer, "dtype": dtype,
                            "smoothing": label_smoothing, "target": choice.to_json(),
-                           "cnnc": __version__, "tvm": tvm.__version__}, sort_keys=True)
+                           "cnnc": __version__, "tvm": tvm.__version__,
+                           "lowering": _lowering_digest()}, sort_keys=True)
     key = hashlib.sha256(key_data.encode()).hexdigest()[:24]
     path = cache_dir() / f"{key}.so"
     sig = train_signature(g, optimizer)

@@ -6,8 +6,9 @@
 forward in training mode (batch statistics, dropout masks), the loss, the backward pass of
 every layer (te_grad), and the optimizer update, so parameters and optimizer state stay on the
 device between steps. ``hyper`` holds the learning rate and every other hyperparameter as
-runtime values. ``grad_sq`` holds each parameter's squared gradient norm (non-finite when any of
-its gradient entries is), which the trainer checks to stop on divergence.
+runtime values. ``grad_sq`` is (2, parameters): row 0 each parameter's squared gradient norm,
+row 1 the squared norm of its updated value, each non-finite when any of its entries is; the
+trainer checks them to stop on divergence before it keeps a broken update.
 """
 
 from __future__ import annotations
@@ -104,13 +105,13 @@ def emit_train_step(bb: relax.BlockBuilder, g: nx.DiGraph, loss: str, optimizer:
                              primfunc_name_hint=f"loss_{loss}")
             loss_v, correct, dlogits = (_item(bb, res, i) for i in range(3))
             grads = _backward(bb, g, values, saved, pvars, mvars, {out_node: dlogits})
-            outputs = _update(bb, sig, optimizer, pvars, svars, grads, hyper)
-            sq = [bb.emit_te(te_grad.square_sum, grads[p], primfunc_name_hint="grad_sq")
-                  for p in sig.params]
-            grad_sq = bb.emit_te(lambda ts: te.compute((len(ts),), lambda i: _pick(ts, i),
-                                                       name="grad_sq_all"), sq,
-                                 primfunc_name_hint="grad_sq_all")
-            new_p, new_s = outputs
+            new_p, new_s = _update(bb, sig, optimizer, pvars, svars, grads, hyper)
+            count = len(sig.params)
+            sq = [bb.emit_te(te_grad.square_sum, t, primfunc_name_hint="square_sum")
+                  for t in [grads[p] for p in sig.params] + new_p]
+            grad_sq = bb.emit_te(lambda ts: te.compute(
+                (2, count), lambda r, i: _pick(ts, r * count + i), name="square_norms"), sq,
+                primfunc_name_hint="square_norms")
             result = bb.emit_output(relax.Tuple(
                 [loss_v, correct, grad_sq, *new_p, *[new_buffers[b] for b in sig.buffers],
                  *new_s]))

@@ -179,7 +179,7 @@ class Case:
         out = vm["train_step"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args])
         self.loss_value = float(out[0].numpy()[0])
         self.correct = float(out[1].numpy()[0])
-        self.grad_sq = out[2].numpy()
+        self.grad_sq, self.new_sq = out[2].numpy()
         n = len(sig.params)
         self.grads = {k: self.params[k] - out[3 + i].numpy() for i, k in enumerate(sig.params)}
         self.new_buffers = {k: out[3 + n + i].numpy() for i, k in enumerate(sig.buffers)}

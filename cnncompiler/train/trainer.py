@@ -191,19 +191,27 @@ class Trainer:
         args += [tvm.runtime.tensor(m, dev) for m in host[3:]]
         out = vm["train_step"](*args)
         loss = float(out[0].numpy()[0])
-        grad_sq = out[2].numpy()
-        if not math.isfinite(loss) or not np.all(np.isfinite(grad_sq)):
-            bad = [p for p, v in zip(sig.params, grad_sq) if not np.isfinite(v)]
-            where = f"; first non-finite gradient: '{bad[0]}'" if bad else ""
+        grad_sq, new_sq = out[2].numpy()
+        if not math.isfinite(loss) or not np.all(np.isfinite(grad_sq) & np.isfinite(new_sq)):
             raise TrainingError(f"training diverged at step {self.step + 1} (epoch "
-                                f"{self.epoch + 1}): loss is {loss}{where}; the weights are "
-                                f"kept from the step before; lower the learning rate")
+                                f"{self.epoch + 1}): loss is {loss}"
+                                f"{_first_non_finite(sig.params, grad_sq, new_sq)}; the weights "
+                                "are kept from the step before; lower the learning rate")
         names = sig.params + sig.buffers + sig.state
         for i, name in enumerate(names):
             self._device[name] = out[3 + i]
         self.step += 1
         self.dirty = True
         return loss, float(out[1].numpy()[0])
+
+
+def _first_non_finite(params, grad_sq, new_sq) -> str:
+    for name, g, p in zip(params, grad_sq, new_sq):
+        if not np.isfinite(g):
+            return f"; first non-finite parameter: '{name}' (its gradient)"
+        if not np.isfinite(p):
+            return f"; first non-finite parameter: '{name}' (its updated value)"
+    return ""
 
 
 def batches(n: int, batch_size: int, shuffle: bool, seed: int, epoch: int):
