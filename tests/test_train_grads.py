@@ -118,7 +118,7 @@ layers:
 }
 
 
-# -- the reference loss --------------------------------------------------------------------------
+# -- the reference loss ----------------------------------------------------------------------------
 
 def reference_loss(g, x, y, params, masks, loss: str, smoothing: float):
     state = {node: {"mask": mask != 0} for node, mask in masks.items()}
@@ -216,7 +216,7 @@ def _close(fd: float, analytic: float) -> bool:
     return abs(fd - analytic) <= ATOL + RTOL * max(abs(fd), abs(analytic))
 
 
-# -- the checks ----------------------------------------------------------------------------------------
+# -- the checks ------------------------------------------------------------------------------------
 
 def test_every_layer_type_is_covered():
     covered = set()
@@ -272,9 +272,12 @@ def test_every_parameter_gets_a_gradient(case):
         assert np.any(grad != 0), f"{name}: the gradient is all zeros"
 
 
-def test_squared_gradient_norms_are_reported(case):
-    want = [float((case.grads[k] ** 2).sum()) for k in case.sig.params]
-    np.testing.assert_allclose(case.grad_sq, want, rtol=1e-9, atol=1e-30)
+def test_squared_norms_of_gradients_and_new_values_are_reported(case):
+    """What the trainer checks for divergence: row 0 |grad|^2, row 1 |p_new|^2."""
+    grads = [float((case.grads[k] ** 2).sum()) for k in case.sig.params]
+    news = [float(((case.params[k] - case.grads[k]) ** 2).sum()) for k in case.sig.params]
+    np.testing.assert_allclose(case.grad_sq, grads, rtol=1e-9, atol=1e-30)
+    np.testing.assert_allclose(case.new_sq, news, rtol=1e-9, atol=1e-30)
 
 
 def test_running_statistics_move_as_the_reference(case):

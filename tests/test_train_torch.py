@@ -25,7 +25,6 @@ pytest.importorskip("tvm", reason="the TVM compiler is not installed")
 import cnncompiler as cc  # noqa: E402
 from cnncompiler.errors import TrainingError  # noqa: E402
 from cnncompiler.train import optim  # noqa: E402
-from cnncompiler.spec.train_config import Schedule  # noqa: E402
 
 nn = torch.nn
 F = torch.nn.functional
@@ -103,7 +102,7 @@ CONFIGS = {
 }
 
 
-# -- fixtures ------------------------------------------------------------------------------------
+# -- fixtures --------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module", autouse=True)
 def train_cache(tmp_path_factory):
@@ -170,7 +169,7 @@ def assert_same_state(ours: dict, net: TorchTwin, rtol: float = RTOL) -> None:
     assert not bad, "\n".join(bad)
 
 
-# -- a few steps through the public API -----------------------------------------------------------
+# -- a few steps through the public API ------------------------------------------------------------
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_three_steps_match_pytorch(artifact, config):
@@ -188,6 +187,25 @@ def test_three_steps_match_pytorch(artifact, config):
     assert_same_state(after, net)
     moved = [k for k in start if not np.array_equal(start[k], after[k])]
     assert sorted(moved) == sorted(start), "every parameter and statistic should have moved"
+
+
+def test_switching_optimizer_family_starts_afresh_like_a_new_torch_optimizer(artifact):
+    model = fresh_model(artifact)
+    net = twin(seed=2)
+    model.load_params(net.state_dict())
+    sgd, adam = CONFIGS["sgd-momentum"], CONFIGS["adam"]
+    model.set_optimizer(sgd)
+    opt = TORCH_OPTIMIZERS["sgd"](net.parameters(), sgd)
+    data = batches(4, seed=8)
+    for x, y in data[:2]:
+        model.train_step(x, y)
+        torch_step(net, opt, x, y)
+    model.set_optimizer(adam)
+    opt = TORCH_OPTIMIZERS["adam"](net.parameters(), adam)
+    for x, y in data[2:]:
+        model.train_step(x, y)
+        torch_step(net, opt, x, y)
+    assert_same_state(model.params, net)
 
 
 def test_predict_after_training_uses_the_new_weights(artifact):

@@ -269,7 +269,11 @@ def load(directory, device: str | None = None, _keep=None) -> CompiledModel:
     manifest = art.verify(directory, device)
     graph, optimized = _graphs(directory, manifest)
     weights = read_weights(directory / art.WEIGHTS)
-    params = validate_weights(graph, weights, {}, strict=True)
+    try:
+        params = validate_weights(graph, weights, {}, strict=True)
+    except InputError as exc:  # the artifact's own weights: its fault, not the caller's
+        raise ArtifactError(f"{directory / art.WEIGHTS}: the artifact's weights do not fit its "
+                            f"spec ({exc}); recompile the model") from None
     return CompiledModel(directory, manifest, graph, optimized, params, _keep)
 
 

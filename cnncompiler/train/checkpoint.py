@@ -44,6 +44,7 @@ def save_checkpoint(trainer, directory) -> Path:
             "format": FORMAT, "version": VERSION,
             "spec": trainer.model.spec_key(), "spec_name": trainer.model.graph.graph["name"],
             "step": trainer.step, "epoch": trainer.epoch, "seed": trainer.seed,
+            "state_start": trainer.state_start,
             "loss": trainer.loss, "optimizer": optim.describe(trainer.optimizer),
             "base_lr": trainer.base_lr,
             "schedule": {k: (list(v) if isinstance(v, tuple) else v)
@@ -112,6 +113,7 @@ def load_checkpoint(trainer, directory) -> dict:
     trainer.schedule = optim.schedule_from(meta["schedule"])
     trainer.loss = meta["loss"]
     trainer.step, trainer.epoch, trainer.seed = meta["step"], meta["epoch"], meta["seed"]
+    trainer.state_start = meta.get("state_start", 0)
     trainer._compiled.clear()
     trainer._device = None
     trainer._pending_state = state

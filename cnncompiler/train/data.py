@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,19 +97,28 @@ def load_digits_data(seed: int = 0) -> tuple:
     return x, d.target.astype(np.int64), [str(i) for i in range(10)]
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def _read_idx(path: Path, ndim_wanted: int) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:  # a damaged .gz
+        raise InputError(f"{path}: cannot read this file ({exc})") from None
     if len(data) < 4 or data[:2] != b"\x00\x00":
         raise InputError(f"{path}: not an IDX file (bad magic number)")
     kind, ndim = data[2], data[3]
     if kind != 0x08:
         raise InputError(f"{path}: IDX element type {kind:#x} is not unsigned bytes")
+    if ndim != ndim_wanted:
+        raise InputError(f"{path}: an IDX file of {ndim} dimensions; expected "
+                         f"{ndim_wanted} ({'images' if ndim_wanted == 3 else 'labels'})")
+    if len(data) < 4 + 4 * ndim:
+        raise InputError(f"{path}: truncated IDX header")
     dims = np.frombuffer(data, ">u4", count=ndim, offset=4).astype(int)
     body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
-        raise InputError(f"{path}: truncated IDX file ({body.size} values for shape {tuple(dims)})")
+        raise InputError(f"{path}: truncated IDX file ({body.size} values for shape "
+                         f"{tuple(int(d) for d in dims)})")
     return body.reshape(dims)
 
 
@@ -122,16 +132,20 @@ def _find(directory: Path, stem: str) -> Path | None:
     return None
 
 
+STEMS = {"xtr": "train-images-idx3-ubyte", "ytr": "train-labels-idx1-ubyte",
+         "xte": "t10k-images-idx3-ubyte", "yte": "t10k-labels-idx1-ubyte"}
+
+
 def load_idx_dir(directory: Path) -> tuple | None:
-    parts = {k: _find(directory, s) for k, s in (
-        ("xtr", "train-images-idx3-ubyte"), ("ytr", "train-labels-idx1-ubyte"),
-        ("xte", "t10k-images-idx3-ubyte"), ("yte", "t10k-labels-idx1-ubyte"))}
+    parts = {k: _find(directory, stem) for k, stem in STEMS.items()}
     if parts["xtr"] is None:
         return None
-    missing = [k for k, v in parts.items() if v is None]
+    missing = [STEMS[k] for k, v in parts.items() if v is None]
     if missing:
-        raise InputError(f"{directory}: MNIST-style folder is missing {', '.join(missing)}")
-    xtr, ytr, xte, yte = (_read_idx(parts[k]) for k in ("xtr", "ytr", "xte", "yte"))
+        raise InputError(f"{directory}: MNIST-style folder is missing "
+                         f"{', '.join(missing)} (or the same with .gz)")
+    xtr, ytr, xte, yte = (_read_idx(parts[k], 3 if k[0] == "x" else 1)
+                          for k in ("xtr", "ytr", "xte", "yte"))
     if len(xtr) != len(ytr) or len(xte) != len(yte):
         raise InputError(f"{directory}: images and labels have different counts")
     scale = np.float32(1 / 255)
@@ -139,14 +153,28 @@ def load_idx_dir(directory: Path) -> tuple | None:
             yte.astype(np.int64), [str(i) for i in range(int(ytr.max()) + 1)])
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Rebuilds numpy arrays and plain containers; refuses every other global."""
+def _latin1(text, encoding="latin1", errors="strict"):
+    """How Python 3 writes bytes at pickle protocol 2: ``_codecs.encode(text, 'latin1')``."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refusing to decode a data file's text as '{encoding}'")
+    return text.encode("latin1")
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("builtins", "list"), ("builtins", "dict")}
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Rebuilds numpy arrays and plain containers; refuses every other global.
+
+    The arrays may have been written by Python 2 (the CIFAR-10 download) or by Python 3 at any
+    protocol (2 spells bytes with ``_codecs.encode``, 5 rebuilds arrays with ``_frombuffer``).
+    """
+
+    ALLOWED = {(core, name) for core in ("numpy.core.multiarray", "numpy._core.multiarray")
+               for name in ("_reconstruct", "scalar")} | \
+        {("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+         ("numpy", "ndarray"), ("numpy", "dtype"), ("builtins", "list"), ("builtins", "dict")}
 
     def find_class(self, module, name):
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load '{module}.{name}' from a data file")
@@ -155,12 +183,24 @@ class _ArrayUnpickler(pickle.Unpickler):
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         batch = _ArrayUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            KeyError, IndexError) as exc:
         raise InputError(f"{path}: not a CIFAR-10 python batch ({exc})") from None
     if not isinstance(batch, dict) or b"data" not in batch:
         raise InputError(f"{path}: not a CIFAR-10 python batch (no 'data')")
-    data = np.asarray(batch[b"data"], np.uint8)
-    labels = np.asarray(batch.get(b"labels", batch.get(b"fine_labels")), np.int64)
+    data = batch[b"data"]
+    labels = batch.get(b"labels", batch.get(b"fine_labels"))
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or \
+            data.shape[1] != 3 * 32 * 32:
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise InputError(f"{path}: a CIFAR-10 batch's 'data' is uint8 (N, 3072); received {got}")
+    try:
+        labels = np.asarray(labels, np.int64)
+    except (TypeError, ValueError):
+        labels = None
+    if labels is None or labels.shape != (len(data),):
+        raise InputError(f"{path}: a CIFAR-10 batch needs one integer label per image in "
+                         "'labels' (or 'fine_labels')")
     return data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, labels
 
 
@@ -214,6 +254,9 @@ def _read_image_folder(directory: Path, classes: list[str] | None, input_shape):
 
 
 def load_image_folder(directory: Path, input_shape, test_fraction: float, seed: int):
+    if len(input_shape) != 3 or input_shape[0] not in (1, 3):
+        raise InputError(f"{directory}: image folders feed 2-D nets with 1 or 3 input channels; "
+                         f"this spec's input is {list(input_shape)}")
     subdirs = {p.name for p in directory.iterdir() if p.is_dir()}
     if "train" in subdirs and ({"test", "val"} & subdirs):
         xtr, ytr, classes = _read_image_folder(directory / "train", None, input_shape)
@@ -235,7 +278,7 @@ def load_npz(path: Path, test_fraction: float, seed: int):
                 return (*split(xtr, ytr, test_fraction, seed), None)
             if {"x", "y"} <= keys:
                 return (*split(data["x"], data["y"], test_fraction, seed), None)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"{path}: not a readable .npz file ({exc})") from None
     raise InputError(f"{path}: an .npz dataset needs arrays x_train, y_train (and x_test, "
                      f"y_test) or x, y; it has {sorted(keys)}")
@@ -255,10 +298,17 @@ def load_data(source: str, input_shape, test_fraction: float = 0.25, seed: int =
         if path.suffix != ".npz":
             raise InputError(f"{path}: a dataset file must be .npz (or give a folder)")
         xtr, ytr, xte, yte, classes = load_npz(path, test_fraction, seed)
-        xtr, xte = np.asarray(xtr, np.float32), np.asarray(xte, np.float32)
-        if xtr.shape[1:] != tuple(input_shape):
-            raise InputError(f"{path}: samples have shape {xtr.shape[1:]}; the spec's input is "
-                             f"{tuple(input_shape)}")
+        try:
+            xtr, xte = np.asarray(xtr, np.float32), np.asarray(xte, np.float32)
+        except ValueError as exc:
+            raise InputError(f"{path}: samples are not numbers ({exc})") from None
+        if len(xtr) != len(ytr) or len(xte) != len(yte):
+            raise InputError(f"{path}: {len(xtr)} training samples with {len(ytr)} labels, "
+                             f"{len(xte)} test samples with {len(yte)} labels")
+        for part, arr in (("training", xtr), ("test", xte)):
+            if arr.shape[1:] != tuple(input_shape):
+                raise InputError(f"{path}: {part} samples have shape {arr.shape[1:]}; the "
+                                 f"spec's input is {tuple(input_shape)}")
         k = int(max(ytr.max(), yte.max())) + 1 if np.issubdtype(ytr.dtype, np.integer) else 0
         return Dataset(path.stem, xtr, ytr, xte, yte, classes or [str(i) for i in range(k)])
     for reader in (load_idx_dir, load_cifar_dir):

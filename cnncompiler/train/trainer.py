@@ -55,8 +55,10 @@ class Trainer:
         self.base_lr = self.optimizer.lr
         self.seed = seed
         self.step = 0                 # optimizer updates done
+        self.state_start = 0          # the step the optimizer state started at (Adam's t = 1)
         self.epoch = 0                # epochs done
         self.total_epochs = None      # length of the current fit, for cosine/polynomial
+        self.spec_epochs = cfg.epochs  # the length outside fit (bare train_step calls)
         self.steps_per_epoch = None
         self.dirty = False            # device weights newer than model._params
         self.graph, _ = optimize(model.graph, passes=["eliminate-dead"])
@@ -118,18 +120,21 @@ class Trainer:
         return params
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
-        if not self._device:
-            return {}
+        if not self._device:  # nothing uploaded yet: what a checkpoint restored, if anything
+            return dict(self._pending_state or {})
         return {k: v.numpy() for k, v in self._device.items() if "#" in k}
 
     def set_optimizer(self, optimizer=None, schedule=None) -> None:
         new = optim.optimizer_from(optimizer) if optimizer is not None else self.optimizer
-        if optim.family(new) != optim.family(self.optimizer) and self._device:
-            # the state slots differ (SGD momentum vs Adam moments): start them afresh
-            self._device = {k: v for k, v in self._device.items() if "#" not in k}
-            for kind in list(self._compiled):
-                del self._compiled[kind]
-            self.model._params = self.pull_params()
+        if optim.family(new) != optim.family(self.optimizer):
+            # the state slots differ (SGD momentum vs Adam moments): start them afresh, as a new
+            # torch optimizer would (Adam's bias correction counts from here)
+            if self._device:
+                self._device = {k: v for k, v in self._device.items() if "#" not in k}
+                self._compiled.clear()
+                self.model._params = self.pull_params()
+            self._pending_state = None
+            self.state_start = self.step
         self.optimizer = new
         self.base_lr = new.lr
         if schedule is not None:
@@ -138,11 +143,11 @@ class Trainer:
     # -- one step ---------------------------------------------------------------------------------
     def current_lr(self) -> float:
         s = self.schedule
+        epochs = self.total_epochs or self.spec_epochs
         if s.unit == "step":
-            total = self.total_epochs * self.steps_per_epoch if self.total_epochs and \
-                self.steps_per_epoch else None
+            total = epochs * self.steps_per_epoch if self.steps_per_epoch else None
             return optim.learning_rate(self.base_lr, s, self.step, total)
-        return optim.learning_rate(self.base_lr, s, self.epoch, self.total_epochs)
+        return optim.learning_rate(self.base_lr, s, self.epoch, epochs)
 
     def check_batch(self, x, y):
         model = self.model
@@ -184,7 +189,8 @@ class Trainer:
 
         x, y = self.check_batch(x, y)
         vm, sig, dev = self._step_function()
-        hyper = optim.hyper_vector(self.optimizer, self.current_lr(), self.step)
+        hyper = optim.hyper_vector(self.optimizer, self.current_lr(),
+                                   self.step - self.state_start)
         host = [x, y, hyper] + self._masks(sig, x.shape[0])
         args = [tvm.runtime.tensor(a, dev) for a in host[:3]]
         args += [self._device[k] for k in sig.params + sig.buffers + sig.state]
