@@ -273,6 +273,10 @@ CORRUPTIONS = {
                                 "checkpoint file 'optimizer.safetensors' is missing"),
     "missing metadata": (lambda d: (d / "checkpoint.json").unlink(),
                          "checkpoint.json is missing"),
+    "edited step counter": (lambda d: (d / "checkpoint.json").write_text(json.dumps(
+        {**json.loads((d / "checkpoint.json").read_text()),
+         "step": json.loads((d / "checkpoint.json").read_text())["step"] + 1})),
+        "does not match its digest"),
     "newer version": (lambda d: (d / "checkpoint.json").write_text(json.dumps(
         {**json.loads((d / "checkpoint.json").read_text()), "version": 99})),
         "checkpoint version 99 is not supported"),

@@ -325,8 +325,8 @@ SCHEDULES = {
     "warmup-exponential": ({"type": "exponential", "gamma": 0.9, "warmup": 3,
                             "warmup_factor": 0.2},
                            _warm(3, 0.2, lambda o: S.ExponentialLR(o, 0.9))),
-    # multistep milestones count from the start of training, warm-up included
-    "warmup-multistep": ({"type": "multistep", "milestones": [5, 8], "gamma": 0.1,
+    # like every schedule, multistep counts its milestones from the end of the warm-up
+    "warmup-multistep": ({"type": "multistep", "milestones": [2, 5], "gamma": 0.1,
                           "warmup": 3, "warmup_factor": 0.5},
                          _warm(3, 0.5, lambda o: S.MultiStepLR(o, [2, 5], 0.1))),
 }

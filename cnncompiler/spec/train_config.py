@@ -10,7 +10,8 @@ train:
 ```
 
 Schedules count epochs unless ``unit: step``. Every schedule takes ``warmup: N``, a linear
-warm-up from ``warmup_factor * lr`` to ``lr`` over the first N units.
+warm-up from ``warmup_factor * lr`` to ``lr`` over the first N units; the schedule itself
+(milestones included) counts from the end of the warm-up, as PyTorch's SequentialLR does.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
     ckpt/weights.safetensors     parameters and batch-norm statistics (PyTorch names)
     ckpt/optimizer.safetensors   optimizer state ('<param>#momentum', '#exp_avg', ...)
-    ckpt/checkpoint.json         counters, optimizer and schedule, seed, and every file's sha256
+    ckpt/checkpoint.json         counters, optimizer and schedule, seed, every file's sha256,
+                                 and a digest of itself
 
 Each file is written to a temporary name, fsynced and renamed, and the directory replaces the
 old checkpoint only when complete, so an interrupted save leaves the previous checkpoint. A
@@ -56,6 +57,7 @@ def save_checkpoint(trainer, directory) -> Path:
                              "size": (staging / name).stat().st_size}
                       for name in (WEIGHTS, OPTIMIZER)},
         }
+        meta["digest"] = meta_digest(meta)
         write_atomic(staging / META, (json.dumps(meta, indent=2) + "\n").encode())
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -68,6 +70,14 @@ def save_checkpoint(trainer, directory) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def meta_digest(meta: dict) -> str:
+    """sha256 of the metadata itself (its counters matter as much as the weights)."""
+    import hashlib
+
+    body = {k: v for k, v in meta.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def read_checkpoint(directory) -> tuple[dict, dict, dict]:
@@ -85,6 +95,9 @@ def read_checkpoint(directory) -> tuple[dict, dict, dict]:
     if meta.get("version") != VERSION:
         raise ArtifactError(f"{meta_path}: checkpoint version {meta.get('version')} is not "
                             f"supported (this cnnc reads version {VERSION})")
+    if meta.get("digest") != meta_digest(meta):
+        raise ArtifactError(f"{meta_path}: checkpoint metadata does not match its digest: it was "
+                            "modified or is corrupt; use an earlier checkpoint")
     for name in (WEIGHTS, OPTIMIZER):
         entry = meta.get("files", {}).get(name)
         path = d / name

@@ -83,7 +83,7 @@ def learning_rate(base: float, schedule: Schedule, position: int, total: int | N
     if s.type == "step":
         return base * s.gamma ** (t // s.step_size)
     if s.type == "multistep":
-        passed = sum(1 for m in s.milestones if position >= m)
+        passed = sum(1 for m in s.milestones if t >= m)
         return base * s.gamma ** passed
     if s.type == "exponential":
         return base * s.gamma ** t
