@@ -11,8 +11,9 @@ that the three agree with cnnc's numpy reference, then prints:
 - latency (median of all timed runs) per batch size, cnnc's default build, ONNX Runtime and
   PyTorch, and cnnc's ratios to each (a column for a tuned cnnc build is left empty);
 - compile time;
-- peak activation memory: what cnnc's memory planning allocates, and for all three engines the
-  growth of the process's peak resident set while running that batch;
+- peak activation memory: what cnnc's memory planning allocates, and for all three engines how
+  far one inference at that batch size raises a fresh process's peak resident set (the same
+  measure for all: activations, scratch and allocator pools, not the weights);
 - the biggest conv layers' achieved GFLOP/s in cnnc, next to numpy's sgemm rate on 2 threads.
 
 Each engine runs in its own worker process (benchmarks/worker.py); the timing rounds ask the
@@ -77,6 +78,17 @@ class Worker:
         except (BrokenPipeError, ValueError):
             pass
         self.proc.wait(timeout=60)
+
+
+def first_run_memory(engine: str, bench, workdir: Path, batch: int) -> int | None:
+    """Peak resident set growth of one inference in a fresh process (see worker.py)."""
+    out = subprocess.run([sys.executable, str(HERE / "worker.py"), engine, bench.key,
+                          str(workdir), "--memory", str(batch)], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONWARNINGS="ignore"), cwd=str(ROOT))
+    for line in out.stdout.splitlines():
+        if line.startswith("{"):
+            return json.loads(line)["peak_growth"]
+    return None
 
 
 def sgemm_gflops(size: int = 2048) -> float:
@@ -197,8 +209,8 @@ def run_model(bench, rounds: int, kernels: bool) -> dict:
             result["info"] = {n: w.ready["info"] for n, w in workers.items()}
             result["errors"] = check_outputs(bench, workers, graph, state, workdir)
             result["latency"] = {b: time_batch(workers, b, rounds) for b in bench.batches}
-            result["memory"] = {b: {n: w.ask(cmd="memory", batch=b)["peak_growth"]
-                                    for n, w in workers.items()} for b in bench.batches}
+            result["memory"] = {b: {n: first_run_memory(n, bench, workdir, b) for n in ENGINES}
+                                for b in bench.batches}
             if kernels:
                 times = {b: workers["cnnc"].ask(cmd="kernels", batch=b)["kernels"]
                          for b in bench.batches}
@@ -238,11 +250,11 @@ def print_model(r: dict, sgemm: float) -> None:
         print(f"{b:>5} {c:>9.3f} {'-':>9} {o:>9.3f} {t:>9.3f} {c / o:>9.2f} {c / t:>10.2f}   "
               f"[{lat['cnnc']['min_ms']:.3f} / {lat['onnxruntime']['min_ms']:.3f} / "
               f"{lat['torch']['min_ms']:.3f}]")
-    print(f"{'batch':>5} {'cnnc planned MiB':>17} {'peak RSS growth MiB: cnnc':>26} "
+    print(f"{'batch':>5} {'cnnc planned MiB':>17} {'first-run RSS growth MiB: cnnc':>31} "
           f"{'ORT':>7} {'torch':>7}")
     for b, mem in r["memory"].items():
         print(f"{b:>5} {mib(planned_bytes(info.get('memory', {}), b)):>17} "
-              f"{mib(mem['cnnc']):>26} {mib(mem['onnxruntime']):>7} {mib(mem['torch']):>7}")
+              f"{mib(mem['cnnc']):>31} {mib(mem['onnxruntime']):>7} {mib(mem['torch']):>7}")
     if r.get("convs"):
         batches = list(r["latency"])
         head = " ".join(f"{'ms b' + str(b):>9} {'GFLOP/s':>8}" for b in batches)

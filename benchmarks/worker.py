@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -28,23 +27,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import MODELS, input_batch, torch_model  # noqa: E402
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def first_run_growth(predict, x) -> int:
+    """How far one inference raises the process's peak resident set above where it stood:
+    the activations, workspaces and allocator pools that inference needs. Linux resets the
+    peak (VmHWM) on writing 5 to /proc/self/clear_refs."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _status_kib("VmRSS")
+    predict(x)
+    return max(_status_kib("VmHWM") - base, 0) * 1024
 
 
 class Cnnc:
-    def __init__(self, bench, workdir: Path, batches):
+    def __init__(self, bench, workdir: Path, batches, load_only: bool = False):
         import cnncompiler as cc
 
         start = time.perf_counter()
-        self.model = cc.compile(bench.spec, batch_sizes=batches, output_dir=workdir / "cnnc")
+        if load_only:  # the artifact the timing worker compiled
+            self.model = cc.load(workdir / "cnnc")
+        else:
+            self.model = cc.compile(bench.spec, batch_sizes=batches, output_dir=workdir / "cnnc")
         self.compile_seconds = time.perf_counter() - start
         self.model.load_params(str(workdir / "weights.npz"))
+        self.model._device_args()  # weights on the device now, not during a measured run
         self.info = {"compile_s": self.compile_seconds,
                      "memory": self.model.manifest["build"].get("memory", {}),
                      "kernels": self.model.manifest["build"].get("kernels", {}),
@@ -83,7 +96,7 @@ class Cnnc:
 
 
 class OnnxRuntime:
-    def __init__(self, bench, workdir: Path, batches):
+    def __init__(self, bench, workdir: Path, batches, load_only: bool = False):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -99,7 +112,7 @@ class OnnxRuntime:
 
 
 class Torch:
-    def __init__(self, bench, workdir: Path, batches):
+    def __init__(self, bench, workdir: Path, batches, load_only: bool = False):
         import torch
 
         torch.set_num_threads(int(THREADS))
@@ -117,7 +130,6 @@ ENGINES = {"cnnc": Cnnc, "onnxruntime": OnnxRuntime, "torch": Torch}
 
 
 def serve(engine, bench, workdir: Path) -> None:
-    base_rss = None
     for line in sys.stdin:
         req = json.loads(line)
         cmd = req["cmd"]
@@ -137,14 +149,6 @@ def serve(engine, bench, workdir: Path) -> None:
             x = np.load(req["input"])
             np.save(req["output"], np.asarray(engine.predict(x), np.float32))
             reply = {"ok": True}
-        elif cmd == "memory":
-            # Growth of the peak resident set while running this batch, over the resident set
-            # after loading and one batch-1 run: activations, workspaces and allocator caches.
-            if base_rss is None:
-                engine.predict(input_batch(input_shape(bench), 1))
-                base_rss = rss_bytes()
-            engine.predict(input_batch(input_shape(bench), req["batch"]))
-            reply = {"peak_growth": max(peak_rss_bytes() - base_rss, 0)}
         elif cmd == "kernels":
             reply = {"kernels": engine.kernel_times(req["batch"])}
         else:
@@ -170,9 +174,17 @@ def main() -> None:
     ap.add_argument("model", choices=MODELS)
     ap.add_argument("workdir", type=Path)
     ap.add_argument("--batches", default="1")
+    ap.add_argument("--memory", type=int, metavar="BATCH",
+                    help="load (cnnc: the artifact already compiled in WORKDIR), run one batch "
+                         "of this size, print the peak resident set growth, and exit")
     args = ap.parse_args()
     bench = MODELS[args.model]
     batches = tuple(int(b) for b in args.batches.split(","))
+    if args.memory:
+        engine = ENGINES[args.engine](bench, args.workdir, batches, load_only=True)
+        x = input_batch(input_shape(bench), args.memory)
+        print(json.dumps({"peak_growth": first_run_growth(engine.predict, x)}), flush=True)
+        return
     try:
         engine = ENGINES[args.engine](bench, args.workdir, batches)
         ready = {"ready": True, "info": engine.info}

@@ -127,6 +127,9 @@ def cmd_bench(args) -> int:
     _runtime_only()
     from .runtime.model import load
 
+    if args.repeat < 1 or args.warmup < 0:
+        raise CnncError(f"--repeat must be at least 1 and --warmup at least 0; received "
+                        f"--repeat {args.repeat} --warmup {args.warmup}")
     model = load(args.artifact)
     results = [bench_model(model, b, args.warmup, args.repeat) for b in _int_list(args.batch)]
     if args.json:

@@ -55,6 +55,10 @@ FAMILIES = {
         "depthwise_x2_stride2": [conv("depthwise_x2_stride2", filters=8, groups=4, stride=2)],
         "no_bias": [conv("no_bias", bias=False, padding=1)],
         "wide": [conv("wide", filters=33, kernel=1, bias=False)],
+        "k1_pad2": [conv("k1_pad2", kernel=1, padding=2)],
+        "k1_stride3": [conv("k1_stride3", kernel=1, stride=3)],
+        "k2_stride2_same": [conv("k2_stride2_same", filters=16, kernel=2, stride=2,
+                                 padding="same")],
     }),
     "conv1d": ([5, 23], {
         "k1": [{"name": "k1", "type": "conv1d", "filters": 4, "kernel": 1}],
@@ -115,7 +119,11 @@ FAMILIES = {
                               "stride": 2, "padding": 1, "ceil_mode": True,
                               "count_include_pad": False}],
         "avg_rect": [{"name": "avg_rect", "type": "avgpool2d", "kernel": [3, 2]}],
+        "avg_same_excl": [{"name": "avg_same_excl", "type": "avgpool2d", "kernel": 3,
+                           "stride": 2, "padding": "same", "count_include_pad": False}],
         "lp2_k2": [{"name": "lp2_k2", "type": "lppool2d", "p": 2, "kernel": 2}],
+        "lp2_pad1": [{"name": "lp2_pad1", "type": "lppool2d", "p": 2, "kernel": 3, "stride": 2,
+                      "padding": 1}],
         "lp2_ceil": [{"name": "lp2_ceil", "type": "lppool2d", "p": 2, "kernel": 3, "stride": 2,
                       "ceil_mode": True}],
         # p = 3 of a negative mean has no real root (NaN in PyTorch too): pool positive values
@@ -131,6 +139,7 @@ FAMILIES = {
         "blur_k1_s3": [{"name": "blur_k1_s3", "type": "blurpool2d", "kernel": 1, "stride": 3}],
         "blur_k2_zero": [{"name": "blur_k2_zero", "type": "blurpool2d", "kernel": 2,
                           "pad_mode": "zero"}],
+        "blur_k7": [{"name": "blur_k7", "type": "blurpool2d", "kernel": 7}],
     }),
     "pool1d": ([3, 17], {
         "max_k3_s2": [{"name": "max_k3_s2", "type": "maxpool1d", "kernel": 3, "stride": 2}],
@@ -278,6 +287,31 @@ def test_any_batch_size_runs(families, family):
                          what=f"{family}/{name} batch {n}")
 
 
+EDGE_OUTPUTS = """
+name: edge
+input: [2, 4, 4]
+layers:
+  - {name: c, type: conv2d, filters: 2, kernel: 1}
+  - {name: d, type: dropout}
+  - {name: i, type: identity, inputs: [input]}
+outputs: [c, d, i]
+"""
+
+
+@pytest.mark.parametrize("level", [0, 2])
+def test_outputs_that_passes_merge_still_come_back_by_name(tmp_path, level):
+    """At -O2 the dropout and the identity go: 'd' is 'c' and 'i' is the input itself."""
+    model = cc.compile(write_spec(tmp_path, "edge", EDGE_OUTPUTS), opt_level=level)
+    x = np.random.default_rng(0).standard_normal((2, 2, 4, 4)).astype(np.float32)
+    y = model.predict(x)
+    assert list(y) == ["c", "d", "i"]
+    want = run_reference(model.graph, x, model.params)
+    assert_close(y["c"], want["c"])
+    np.testing.assert_array_equal(y["d"], y["c"])
+    np.testing.assert_array_equal(y["i"], x)
+    assert not np.shares_memory(y["i"], x)
+
+
 # -- PyTorch, layer by layer ----------------------------------------------------------------------
 
 def _same_pads(sizes, kernel, stride, dilation):
@@ -338,6 +372,8 @@ def torch_layer(layer, xs, p):
         return fn(x, layer.kernel, layer.stride, padding, ceil_mode=layer.ceil_mode,
                   count_include_pad=layer.count_include_pad)
     if t in ("lppool2d", "lppool1d"):
+        if any(p != (0, 0) for p in _explicit_pads(layer, x)):
+            return None  # PyTorch's LPPool has no padding
         fn = F.lp_pool2d if t == "lppool2d" else F.lp_pool1d
         kernel = layer.kernel if t == "lppool2d" else layer.kernel[0]
         stride = layer.stride if t == "lppool2d" else layer.stride[0]

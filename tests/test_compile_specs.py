@@ -45,7 +45,9 @@ def compiled(request):
 def test_spec_matches_reference(compiled):
     assert set(compiled.got) == set(compiled.want)
     for name, want in compiled.want.items():
-        assert float(np.abs(want).std()) > 1e-3, f"{name}: the reference output is constant"
+        if len(want) > 1:  # the input reaches the output: samples differ
+            assert want.std(axis=0).max() > 1e-3 * np.abs(want).max(), \
+                f"{name}: every sample gives the same output"
         assert_close(compiled.got[name], want, what=f"{compiled.stem}: output '{name}'")
 
 

@@ -18,11 +18,14 @@ from dataclasses import dataclass
 
 from tvm import te, tirx
 
-from .vector_math import activation
 from .blocking import ceil_div
+from .schedules import MIN_PARALLEL_MACS, static_extent
+from .vector_math import activation
 
 FLOAT = "float32"
 MAX_ACCUMULATORS = 16  # vector registers a tile may use for accumulators (of 32 with AVX-512)
+L2_WEIGHT_BUDGET = 256 << 10  # one task's weights beyond this are read in chunks
+CHUNK_BYTES = 32 << 10        # a chunk of weights, or a task's output rows, kept in L1
 
 
 @dataclass(frozen=True)
@@ -172,54 +175,99 @@ def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def choose_tile(geo: ConvGeometry, max_acc: int = MAX_ACCUMULATORS) -> tuple[int, int]:
-    """(ro, rw): output channel blocks and output columns per register tile.
+@dataclass(frozen=True)
+class ConvTile:
+    """How the conv kernel is tiled.
 
-    Both divide their axis (no tail loops); the tile uses at most ``max_acc`` vector
-    accumulators; wider tiles reuse each loaded weight vector more, so rw is favoured.
+    ``ro`` output channel blocks x ``rw`` output columns of accumulators in vector registers;
+    each parallel task computes ``rh`` output rows of ``ro`` channel blocks. ``ci`` input
+    channel blocks are reduced at a time: when it is less than all of them, the task sweeps all
+    its rows for one chunk of input channels before the next, so each weight is loaded from
+    memory once per task instead of once per row (what a layer with many channels and few
+    output columns needs), at the price of keeping the task's outputs in a buffer.
+    """
+
+    ro: int
+    rw: int
+    rh: int = 1
+    ci: int | None = None   # None: every input block at once
+
+    def chunked(self, geo: ConvGeometry) -> bool:
+        return self.ci is not None and self.ci < geo.group_in_blocks or self.rh > 1
+
+
+def choose_tile(geo: ConvGeometry, max_acc: int = MAX_ACCUMULATORS) -> ConvTile:
+    """A tile that needs no tuning.
+
+    ``rw``: the widest divisor of the output width up to 8 (a narrow width up to 16 whole);
+    ``ro``: the most channel blocks that divide the output's and keep ``ro * rw`` within
+    ``max_acc`` registers. Where one task's weights (``ro`` blocks by every input channel)
+    outgrow the L2 budget, the reduction is chunked so each weight is read once per task.
     """
     width = geo.out_spatial[-1]
-    best, best_key = (1, 1), None
-    for rw in divisors(width):
-        for ro in divisors(geo.out_blocks if geo.groups == 1 else geo.group_out_blocks):
-            if ro * rw > max_acc:
-                continue
-            # most accumulators, then the fewest loads per FMA (ro + rw) / (ro * rw)
-            key = (ro * rw, -(ro + rw), rw)
-            if best_key is None or key > best_key:
-                best, best_key = (ro, rw), key
-    return best
+    rw = max(d for d in divisors(width) if d <= 8)
+    if rw < 4 and width <= 16:
+        rw = width
+    blocks = geo.out_blocks if geo.groups == 1 else geo.group_out_blocks
+    ro = max(d for d in divisors(blocks) if d * rw <= max(max_acc, rw) and d <= 8)
+    kernel = math.prod(geo.kernel)
+    vector_bytes = geo.ob * 4
+    task_weights = ro * vector_bytes * geo.group_in_blocks * geo.ib * kernel
+    if task_weights <= L2_WEIGHT_BUDGET:
+        return ConvTile(ro, rw)
+    row_bytes = ro * vector_bytes * width
+    rows = geo.out_spatial[0] if len(geo.out_spatial) > 1 else 1
+    rh = max(d for d in divisors(rows) if d * row_bytes <= CHUNK_BYTES or d == 1)
+    chunk = ro * vector_bytes * geo.ib * kernel
+    ci = max(d for d in divisors(geo.group_in_blocks) if d * chunk <= CHUNK_BYTES or d == 1)
+    return ConvTile(ro, rw, rh, ci)
 
 
-def schedule_conv(func, geo: ConvGeometry, tile: tuple[int, int] | None = None):
+def schedule_conv(func, geo: ConvGeometry, tile: ConvTile | None = None):
     """Register-tiled, vectorized, parallel schedule of :func:`conv_blocked`'s PrimFunc."""
     from tvm import s_tir
 
-    ro, rw = tile or choose_tile(geo)
+    tile = tile or choose_tile(geo)
     nd = len(geo.kernel)
     sch = s_tir.Schedule(func)
     conv, epi = sch.get_sblock("conv"), sch.get_sblock("epilogue")
     loops = sch.get_loops(conv)
     n, oc, osp, j = loops[0], loops[1], loops[2:2 + nd], loops[2 + nd]
     ico, rk, ici = loops[3 + nd], loops[4 + nd:4 + 2 * nd], loops[4 + 2 * nd]
-    oc_o, oc_i = sch.split(oc, [None, ro])
-    w_o, w_i = sch.split(osp[-1], [None, rw])
-    sch.reorder(oc_o, n, *osp[:-1], w_o, ico, *rk, ici, oc_i, w_i, j)
-    par = sch.fuse(oc_o, n, *osp[:-1])
-    sch.parallel(par)
-    sch.reverse_compute_at(epi, w_o)
+    batch = static_extent(sch, n)
+    oc_o, oc_i = sch.split(oc, [None, tile.ro])
+    w_o, w_i = sch.split(osp[-1], [None, tile.rw])
+    rows = list(osp[:-1])
+    if tile.chunked(geo):
+        h_i = []
+        if rows:
+            rows[0], h = sch.split(rows[0], [None, tile.rh])
+            h_i = [h]
+        ico_o, ico_i = sch.split(ico, [None, tile.ci or geo.group_in_blocks])
+        sch.reorder(oc_o, n, *rows, ico_o, *h_i, w_o, ico_i, *rk, ici, oc_i, w_i, j)
+        par = sch.fuse(oc_o, n, *rows)
+        reduce_at, epilogue_at, pad_at = ico_o, par, ico_o
+    else:
+        sch.reorder(oc_o, n, *rows, w_o, ico, *rk, ici, oc_i, w_i, j)
+        par = sch.fuse(oc_o, n, *rows)
+        reduce_at, epilogue_at, pad_at = ico, w_o, par
+    if batch is None or batch * geo.flops() // 2 >= MIN_PARALLEL_MACS:
+        sch.parallel(par)
+    sch.reverse_compute_at(epi, epilogue_at)
+    # the accumulators: a stack array (LLVM keeps the tile in registers), not a heap workspace
+    sch.set_scope(conv, 0, "local")
     sch.unroll(oc_i)
     sch.unroll(w_i)
     sch.vectorize(j)
     # NOTE: vectorize before decompose_reduction; the init loops inherit the annotations
-    sch.decompose_reduction(conv, ico)
+    sch.decompose_reduction(conv, reduce_at)
     sch.vectorize(sch.get_loops(epi)[-1])
     try:
         pad = sch.get_sblock("pad")
     except Exception:  # noqa: BLE001 (no padding: no pad stage)
         pad = None
     if pad is not None:
-        sch.compute_at(pad, par)
+        sch.compute_at(pad, pad_at)
         if geo.ib > 1:
             sch.vectorize(sch.get_loops(pad)[-1])
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)

@@ -25,6 +25,7 @@ from cnncompiler.runtime.signature import kernel_name, kernel_signature, prepare
 from ..te_ops import LOWERINGS
 from .blocking import PLAIN, plain_view, to_blocked, to_plain
 from .conv import conv_blocked, schedule_conv
+from .dense import dense_blocked, schedule_dense
 from .plan import KernelChoice, plan_kernels
 from .pool import depthwise_blocked, global_pool_blocked, pool_blocked, schedule_window
 from .schedules import schedule_loops
@@ -42,9 +43,12 @@ class Value:
 
 
 def emit_kernel(bb: relax.BlockBuilder, name: str, inputs: list, compute: Callable,
-                schedule: Callable) -> relax.Var:
+                schedule: Callable, unscheduled: list | None = None) -> relax.Var:
     """One call_tir of the PrimFunc ``compute`` makes from the inputs' shapes, scheduled by
-    ``schedule``. Identical kernels are added once (BlockBuilder.add_func deduplicates)."""
+    ``schedule``. Identical kernels are added once (BlockBuilder.add_func deduplicates).
+
+    Should TVM reject the schedule, the kernel is kept as computed, correct and slow, and its
+    name and the reason go to ``unscheduled``."""
     # The PrimFunc gets its own copy of each symbolic size (the batch), as emit_te does.
     fresh: dict = {}
 
@@ -56,7 +60,13 @@ def emit_kernel(bb: relax.BlockBuilder, name: str, inputs: list, compute: Callab
     holders = [te.placeholder([own(s) for s in v.ty.shape.values], FLOAT, name=f"in{i}")
                for i, v in enumerate(inputs)]
     out = compute(*holders)
-    func = schedule(te.create_prim_func([*holders, out]))
+    func = te.create_prim_func([*holders, out])
+    try:
+        func = schedule(func)
+    except Exception as exc:  # noqa: BLE001 (tvm raises several kinds; the kernel stays right)
+        if unscheduled is None:
+            raise
+        unscheduled.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     gv = bb.add_func(func.without_attr("global_symbol").with_attr("op_pattern", OPAQUE), name)
     back = {mine: theirs for theirs, mine in fresh.items()}
     out_shape = [tvm_ffi.structural_map(s, (tvm.ir.Var, lambda v: back.get(v, v)), order="post")
@@ -68,10 +78,14 @@ class CpuEmitter:
     """Emits one Relax function of the graph; ``values`` maps layer names to their values."""
 
     def __init__(self, bb, g: nx.DiGraph, plan: dict[str, KernelChoice], arg_vars: dict,
-                 lanes: int):
+                 lanes: int, unscheduled: list | None = None):
         self.bb, self.g, self.plan, self.arg_vars, self.lanes = bb, g, plan, arg_vars, lanes
         self.values: dict[str, Value] = {}
+        self.unscheduled = unscheduled if unscheduled is not None else []
         self._converted: dict[tuple[str, int], Value] = {}
+
+    def kernel(self, name: str, inputs: list, compute: Callable, schedule: Callable):
+        return emit_kernel(self.bb, name, inputs, compute, schedule, self.unscheduled)
 
     # -- values and layout conversions ---------------------------------------------------
     def value(self, src: str, block: int | None) -> Value:
@@ -86,7 +100,7 @@ class CpuEmitter:
                 fn = lambda x: to_plain(x, c, b)  # noqa: E731
             else:
                 fn = lambda x: to_blocked(x, c, block, b)  # noqa: E731
-            var = emit_kernel(self.bb, f"{kernel_name(src)}_layout{block}", [v.var], fn,
+            var = self.kernel(f"{kernel_name(src)}_layout{block}", [v.var], fn,
                               lambda f: schedule_loops(f, self.lanes))
             self._converted[key] = Value(var, c, block)
         return self._converted[key]
@@ -113,8 +127,10 @@ class CpuEmitter:
                                f"for the CPU failed: {exc}") from exc
         self.values[node] = Value(var, channels, choice.out_block)
 
-    def _epilogue_inputs(self, node, data, keys, xs):
-        """(steps, argument keys after weight/bias, residual present) of a fused layer."""
+    @staticmethod
+    def _epilogue(data) -> tuple[tuple, bool]:
+        """The fused layer's unfolded epilogue steps (index, step), and whether one is a
+        residual add."""
         layer = data["layer"]
         if layer.type_name != "fused":
             return (), False
@@ -132,7 +148,7 @@ class CpuEmitter:
 
     def _emit_conv_like(self, node, data, choice, xs, kernel, schedule):
         keys, args = self.args(node)
-        steps, residual = self._epilogue_inputs(node, data, keys, xs)
+        steps, residual = self._epilogue(data)
         geo = choice.geometry
         inputs = [xs[0].var, *args] + ([xs[1].var] if residual else [])
 
@@ -141,17 +157,31 @@ class CpuEmitter:
             res = rest[len(keys)] if residual else None
             return kernel(x, named["weight"], named.get("bias"), geo, steps, named, res)
 
-        return emit_kernel(self.bb, kernel_name(node), inputs, compute, schedule)
+        return self.kernel(kernel_name(node), inputs, compute, schedule)
+
+    def emit_dense(self, node, data, choice, xs):
+        keys, args = self.args(node)
+        steps, residual = self._epilogue(data)
+        features = data["shape"][0]
+        inputs = [xs[0].var, *args] + ([xs[1].var] if residual else [])
+
+        def compute(x, *rest):
+            named = dict(zip(keys, rest[:len(keys)]))
+            res = rest[len(keys)] if residual else None
+            return dense_blocked(x, named["weight"], named.get("bias"), features, steps, named,
+                                 res)
+
+        return self.kernel(kernel_name(node), inputs, compute, schedule_dense)
 
     def emit_pool(self, node, data, choice, xs):
         layer, out_spatial = data["layer"], tuple(data["shape"][1:])
-        return emit_kernel(self.bb, kernel_name(node), [xs[0].var],
+        return self.kernel(kernel_name(node), [xs[0].var],
                            lambda x: pool_blocked(layer, x, out_spatial),
                            lambda f: schedule_window(f, out_spatial[-1]))
 
     def emit_global_pool(self, node, data, choice, xs):
         layer = data["layer"]
-        return emit_kernel(self.bb, kernel_name(node), [xs[0].var],
+        return self.kernel(kernel_name(node), [xs[0].var],
                            lambda x: global_pool_blocked(layer, x),
                            lambda f: schedule_window(f, 1))
 
@@ -177,7 +207,7 @@ class CpuEmitter:
             alpha = getattr(layer, "alpha", 0.0)
             return te.compute(x.shape, lambda *i: activation(t, x(*i), alpha), name=t)
 
-        return emit_kernel(self.bb, kernel_name(node), [x.var for x in xs] + args, compute,
+        return self.kernel(kernel_name(node), [x.var for x in xs] + args, compute,
                            lambda f: schedule_loops(f, self.lanes))
 
     def emit_generic(self, node, data, choice, xs):
@@ -196,19 +226,20 @@ class CpuEmitter:
             y = lower(layer, views, dict(zip(keys, ins[count:])), out_shape)
             return views[0] if y is None else y
 
-        return emit_kernel(self.bb, kernel_name(node), [x.var for x in xs] + args, compute,
+        return self.kernel(kernel_name(node), [x.var for x in xs] + args, compute,
                            lambda f: schedule_loops(f, self.lanes))
 
 
 def emit_function(bb: relax.BlockBuilder, g: nx.DiGraph, name: str, batch: int | None,
-                  plan: dict[str, KernelChoice], layouts: dict[str, str], lanes: int) -> None:
+                  plan: dict[str, KernelChoice], layouts: dict[str, str], lanes: int,
+                  unscheduled: list) -> None:
     n = tirx.Var("n", "int64") if batch is None else batch
     x = relax.Var("x", relax.TensorType([n, *g.graph["input_shape"]], FLOAT))
     arg_vars = {a.name: relax.Var(kernel_name(a.name), relax.TensorType(
         list(layout_shape(layouts.get(a.name), a.shape)), FLOAT)) for a in kernel_signature(g)}
     with bb.function(name, [x, *arg_vars.values()]):
         with bb.dataflow():
-            emitter = CpuEmitter(bb, g, plan, arg_vars, lanes)
+            emitter = CpuEmitter(bb, g, plan, arg_vars, lanes, unscheduled)
             emitter.values["input"] = Value(x, g.graph["input_shape"][0], PLAIN)
             for node in topo_layers(g):
                 if node != "input":
@@ -224,12 +255,23 @@ def kernel_layouts(plan: dict[str, KernelChoice]) -> dict[str, str]:
             for key, layout in choice.layouts.items()}
 
 
-def build_cpu_module(g: nx.DiGraph, lanes: int, batch_sizes=()) -> tuple[tvm.IRModule, dict]:
-    """The scheduled Relax module and the plan it follows."""
+@dataclass
+class CpuModule:
+    """The scheduled Relax module, the plan it follows, the packed layout of each kernel
+    argument, and the kernels TVM would not schedule (kept unscheduled: correct, slow)."""
+
+    module: tvm.IRModule
+    plan: dict[str, KernelChoice]
+    layouts: dict[str, str]
+    unscheduled: list[str]
+
+
+def build_cpu_module(g: nx.DiGraph, lanes: int, batch_sizes=()) -> CpuModule:
     plan = plan_kernels(g, lanes, lambda node: sorted(prepared_shapes(g, node)))
     layouts = kernel_layouts(plan)
+    unscheduled: list[str] = []
     bb = relax.BlockBuilder()
-    emit_function(bb, g, "main", None, plan, layouts, lanes)
+    emit_function(bb, g, "main", None, plan, layouts, lanes, unscheduled)
     for b in batch_sizes:
-        emit_function(bb, g, f"main_b{b}", b, plan, layouts, lanes)
-    return bb.finalize(), plan
+        emit_function(bb, g, f"main_b{b}", b, plan, layouts, lanes, unscheduled)
+    return CpuModule(bb.finalize(), plan, layouts, sorted(set(unscheduled)))

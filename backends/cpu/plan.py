@@ -59,7 +59,7 @@ def conv_geometry(g: nx.DiGraph, node: str, in_block: int, ob: int) -> ConvGeome
                         ib=in_block or 1, ob=ob, in_plain=in_block == PLAIN)
 
 
-def _vector_layouts(layer, keys, block: int) -> dict:
+def _vector_layouts(keys, block: int) -> dict:
     return {k: f"blocked_vector:{block}" for k in keys if k != "weight"}
 
 
@@ -74,14 +74,14 @@ def choose_conv(g, node, keys, blocks, lanes) -> KernelChoice:
         b = in_block or block_for(cin, lanes)
         geo = conv_geometry(g, node, b, b)
         return KernelChoice("depthwise", b, (b,) + ((b,) if residual else ()),
-                            {"weight": f"blocked_oihw:1:{b}", **_vector_layouts(layer, keys, b)},
+                            {"weight": f"blocked_oihw:1:{b}", **_vector_layouts(keys, b)},
                             geo)
     why = ""
     for ob in dict.fromkeys((block_for(base.filters, lanes), lanes // 2, lanes // 4)):
         geo = conv_geometry(g, node, in_block, ob)
         why = geo.supported()
         if why is None:
-            layouts = {"weight": f"blocked_oihw:{geo.ib}:{ob}", **_vector_layouts(layer, keys, ob)}
+            layouts = {"weight": f"blocked_oihw:{geo.ib}:{ob}", **_vector_layouts(keys, ob)}
             return KernelChoice("conv", ob, (None,) + ((ob,) if residual else ()), layouts, geo)
     return KernelChoice("generic", note=f"no blocked conv kernel: {why}")
 
@@ -93,12 +93,16 @@ def choose_kernel(g: nx.DiGraph, node: str, blocks: dict, lanes: int, keys) -> K
     first = blocks[data["inputs"][0]] if data["inputs"] else PLAIN
     if t in PASSTHROUGH:
         return KernelChoice("passthrough", first)
-    if t in ("conv2d", "conv1d") or (t == "fused" and _base(layer).type_name != "dense"):
+    if _base(layer).type_name == "dense":
+        residual = t == "fused" and layer.has_residual
+        return KernelChoice("dense", PLAIN, (PLAIN,) * (2 if residual else 1),
+                            {"weight": f"blocked_rows:{lanes}"})
+    if t in ("conv2d", "conv1d", "fused"):
         return choose_conv(g, node, keys, blocks, lanes)
     if first != PLAIN and (t in POOLS or t in GLOBAL_POOLS):
         return KernelChoice("pool" if t in POOLS else "global_pool", first, (first,))
     if t in ELEMENTWISE:
-        layouts = _vector_layouts(layer, keys, first) if first != PLAIN else {}
+        layouts = _vector_layouts(keys, first) if first != PLAIN else {}
         return KernelChoice("elementwise", first, (first,) * len(data["inputs"]), layouts)
     return KernelChoice("generic", note="" if first == PLAIN else "reads the blocked input "
                         "through a plain view")

@@ -16,7 +16,7 @@ from cnncompiler.layers.window import resolve_padding
 
 from ..te_ops import _window_count
 from .conv import ConvGeometry, blocked_epilogue, divisors
-from .schedules import MIN_PARALLEL_WORK, scheduled
+from .schedules import MIN_PARALLEL_WORK, scheduled, work
 
 FLOAT = "float32"
 MAX_COLUMNS = 8
@@ -104,7 +104,7 @@ def depthwise_blocked(x, weight, bias, geo: ConvGeometry, steps=(), epilogue_arg
     return blocked_epilogue(acc, bias, steps, epilogue_args, residual)
 
 
-def schedule_window(func, out_width: int, static_batch: bool = True):
+def schedule_window(func, out_width: int):
     """Parallel over (channel block, batch, rows), ``rw`` columns of vector accumulators,
     the padding computed per task, the epilogue on the registers."""
     from tvm import s_tir
@@ -120,9 +120,7 @@ def schedule_window(func, out_width: int, static_batch: bool = True):
     w_o, w_i = sch.split(osp[-1], [None, rw])
     sch.reorder(c, n, *osp[:-1], w_o, *reduction, w_i, j)
     par = sch.fuse(c, n, *osp[:-1])
-    total = math.prod(int(sch.get(lp).extent) if isinstance(sch.get(lp).extent, tirx.IntImm)
-                      else 64 for lp in sch.get_loops(acc))
-    if total >= MIN_PARALLEL_WORK:
+    if work(sch, sch.get_loops(acc)) >= 2 * MIN_PARALLEL_WORK:
         sch.parallel(par)
     sch.reverse_compute_at(epi, w_o)
     sch.unroll(w_i)

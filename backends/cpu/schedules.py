@@ -13,7 +13,10 @@ import math
 from tvm import s_tir, tirx
 
 SPATIAL = 0
-MIN_PARALLEL_WORK = 1 << 14  # loop iterations below which one thread is faster than two
+# Below these, starting the thread pool costs more than the second thread saves (a few
+# microseconds a launch): loop iterations of a memory-bound kernel, multiply-adds of a conv.
+MIN_PARALLEL_WORK = 1 << 16
+MIN_PARALLEL_MACS = 1 << 19
 
 
 def scheduled(sch: s_tir.Schedule) -> tirx.PrimFunc:

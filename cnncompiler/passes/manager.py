@@ -61,12 +61,14 @@ def optimize(g: nx.DiGraph, level: int = 2, passes: list[str] | None = None
              ) -> tuple[nx.DiGraph, list[PassReport]]:
     """Run the passes; the graph is re-checked after each, and must keep its output shapes."""
     reports = []
-    want = {o: g.nodes[o]["shape"] for o in g.graph["outputs"]}
+    # lists, not dicts: removing a dropout listed as an output next to its input makes that
+    # input appear twice among the outputs
+    want = [(o, g.nodes[o]["shape"]) for o in g.graph["outputs"]]
     for p in resolve_passes(level, passes):
         g, report = p.run(g)
         errors = [d for d in infer_shapes(g) if d.severity == "error"]
-        got = {o: g.nodes[o]["shape"] for o in g.graph["outputs"]}
-        if errors or list(got.values()) != list(want.values()):
+        got = [(o, g.nodes[o]["shape"]) for o in g.graph["outputs"]]
+        if errors or [s for _, s in got] != [s for _, s in want]:
             detail = "; ".join(d.format() for d in errors) or f"outputs {want} became {got}"
             raise CnncError(f"internal error: pass '{p.name}' broke the graph: {detail}")
         reports.append(report)

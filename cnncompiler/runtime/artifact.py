@@ -83,7 +83,14 @@ def write_manifest(directory: Path, manifest: dict) -> None:
             p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST):
         files[name] = file_entry(directory / name)
     manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION, files=files)
+    manifest["digest"] = manifest_digest(manifest)
     write_atomic(directory / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+
+
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest's own content, so an edited manifest is noticed too."""
+    body = {k: v for k, v in manifest.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def read_manifest(directory: Path) -> dict:
@@ -108,6 +115,9 @@ def read_manifest(directory: Path) -> dict:
         raise ArtifactError(f"{path}: artifact format version {manifest.get('format_version')} "
                             f"is not supported (this cnnc reads version {FORMAT_VERSION}); "
                             "recompile the model with this cnnc")
+    if manifest.get("digest") != manifest_digest(manifest):
+        raise ArtifactError(f"{path}: the manifest does not match its digest: it was edited "
+                            "after compilation; recompile the model")
     return manifest
 
 
@@ -125,6 +135,9 @@ def verify(directory: Path, device: str | None = None) -> dict:
     for name, entry in files.items():
         if "/" in name or "\\" in name or name.startswith("."):
             raise ArtifactError(f"{directory}: manifest names a file outside the artifact: '{name}'")
+        if not isinstance(entry, dict):
+            raise ArtifactError(f"{directory}: the manifest's entry for '{name}' is not a "
+                                "mapping of sha256 and size; recompile the model")
         path = directory / name
         if not path.is_file():
             raise ArtifactError(f"{directory}: '{name}' is missing; the artifact is incomplete")
@@ -135,7 +148,11 @@ def verify(directory: Path, device: str | None = None) -> dict:
         if sha256_file(path) != entry.get("sha256"):
             raise ArtifactError(f"{directory}: '{name}' does not match its sha256 in the manifest: "
                                 "it was modified after compilation; recompile the model")
-    kind = manifest.get("target", {}).get("kind")
+    target = manifest.get("target")
+    kind = target.get("kind") if isinstance(target, dict) else None
+    if kind not in ("cpu", "cuda"):
+        raise ArtifactError(f"{directory}: the manifest names no target (cpu or cuda) the "
+                            "library was compiled for; recompile the model")
     if device is not None and kind != device:
         raise ArtifactError(f"{directory}: compiled for target '{kind}', but asked to run on "
                             f"'{device}'; compile it with --target {device}")

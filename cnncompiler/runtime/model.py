@@ -158,10 +158,34 @@ class CompiledModel:
         args = self._device_args()
         n = x.shape[0]
         fn = f"main_b{n}" if n in self.batch_sizes else "main"
-        result = self._vm()[fn](tvm.runtime.tensor(x, dev), *args)
+        result = self._vm()[fn](self._input_tensor(tvm, x, dev), *args)
         if len(self.output_names) == 1:
+            return self._to_numpy(result)
+        return {name: self._to_numpy(r) for name, r in zip(self.output_names, result)}
+
+    def _input_tensor(self, tvm, x: np.ndarray, dev):
+        """``x`` on the device. On the CPU it is copied into a tensor this thread keeps for its
+        shape (allocating one per call cost more than a small model's kernels)."""
+        if self.target == "cuda":
+            return tvm.runtime.tensor(x, dev)
+        held = getattr(self._local, "input", None)
+        if held is None or held[0].shape != x.shape:
+            tensor = tvm.runtime.empty(x.shape, "float32", dev)
+            held = self._local.input = (np.from_dlpack(tensor), tensor)
+        np.copyto(held[0], x)
+        return held[1]
+
+    def _to_numpy(self, result) -> np.ndarray:
+        """The output as numpy: on the CPU the tensor itself, shared (the VM does not reuse it)."""
+        if self.target == "cuda":
             return result.numpy()
-        return {name: r.numpy() for name, r in zip(self.output_names, result)}
+        out = np.from_dlpack(result)
+        held = getattr(self._local, "input", None)
+        # an output that is the input itself (an identity at -O2) is the buffer the next call
+        # overwrites: give the caller a copy of it
+        if held is not None and np.may_share_memory(out, held[0]):
+            return out.copy()
+        return out
 
     __call__ = predict
 

@@ -1,0 +1,427 @@
+"""cnnc's own CPU schedules (backends/cpu) against the numpy reference.
+
+Every kernel kind the CPU plan chooses (blocked conv 1-D and 2-D, strided, dilated, grouped,
+depthwise; dense; pools; element-wise; the layout conversions at the boundaries) is compiled
+over a grid of parameters, channel counts that the vector block does not divide among them,
+and run through ``main`` (symbolic batch) and ``main_b<N>``. A family's cases are branches of
+one spec, so a family costs one compile; each case also checks the plan picked the kernel kind
+it is meant to exercise (a silent fall back to the generic schedule would still be correct,
+and slow). The scheduled kernels are checked to be scheduled: parallel and vector loops.
+No timing here: that is benchmarks/run.py's job.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from cnncompiler.runtime.layouts import apply_layout, layout_shape
+
+from compile_helpers import assert_close
+
+tvm = pytest.importorskip("tvm")
+
+pytestmark = pytest.mark.tvm
+
+LANES = 16  # AVX-512's float32 vector: the layouts below do not depend on the host having it
+
+
+def conv(name, filters, **keys):
+    return {"name": name, "type": "conv2d", "filters": filters, "kernel": 3, **keys}
+
+
+def conv1d(name, filters, **keys):
+    return {"name": name, "type": "conv1d", "filters": filters, "kernel": 3, **keys}
+
+
+def bn(name):
+    return {"name": name, "type": "batchnorm"}
+
+
+def act(name, kind="relu", **keys):
+    return {"name": name, "type": kind, **keys}
+
+
+# family -> (input shape, stem layers or [], {case: (layers, expected kernel kind of the last)})
+# Each case's layers read the stem's last layer (or the input); the case's last layer is an
+# output. 'kind' is the plan's kernel kind for that layer.
+FAMILIES = {
+    "conv2d_plain_input": ([3, 11, 10], [], {
+        "k3_pad1": ([conv("k3_pad1", 16, padding=1)], "conv"),
+        "k1_odd": ([conv("k1_odd", 5, kernel=1)], "conv"),
+        "k5_stride2": ([conv("k5_stride2", 20, kernel=5, stride=2, padding=2)], "conv"),
+        "dilation2": ([conv("dilation2", 24, dilation=2, padding=2)], "conv"),
+        "rect_stride_2x1": ([conv("rect_stride_2x1", 17, kernel=[1, 3], stride=[2, 1],
+                                  padding=[0, 1])], "conv"),
+        "asym_pad_no_bias": ([conv("asym_pad_no_bias", 33, padding=[[0, 1], [2, 0]],
+                                   bias=False)], "conv"),
+        "same": ([conv("same", 16, kernel=4, padding="same")], "conv"),
+    }),
+    # the stem writes 20 channels blocked by 16: two blocks, the second half padding
+    "conv2d_blocked_input": ([3, 12, 9], [conv("stem", 20, padding=1)], {
+        "k3": ([conv("k3", 16, padding=1)], "conv"),
+        "k1_stride2": ([conv("k1_stride2", 40, kernel=1, stride=2)], "conv"),
+        "k3_stride2_valid": ([conv("k3_stride2_valid", 7)], "conv"),
+        "dilation_2x3": ([conv("dilation_2x3", 32, dilation=[2, 3], padding="same")], "conv"),
+        "k5": ([conv("k5", 48, kernel=5, padding=2, bias=False)], "conv"),
+        "chain": ([conv("chain_a", 24, padding=1), conv("chain", 16, kernel=1)], "conv"),
+    }),
+    "conv2d_groups": ([3, 10, 10], [conv("stem", 32, padding=1)], {
+        "groups2": ([conv("groups2", 32, groups=2, padding=1)], "conv"),
+        "groups2_wide": ([conv("groups2_wide", 64, groups=2, stride=2)], "conv"),
+        "depthwise": ([conv("depthwise", 32, groups=32, padding=1, bias=False)], "depthwise"),
+        "depthwise_s2_dil2": ([conv("depthwise_s2_dil2", 32, groups=32, stride=2, dilation=2,
+                                    padding=2)], "depthwise"),
+        "depthwise_k5_bn_relu": ([conv("depthwise_k5", 32, groups=32, kernel=5, padding=2,
+                                       bias=False), bn("dw_bn"), act("depthwise_k5_bn_relu")],
+                                 "depthwise"),
+        # 8 input channels per group is less than a block: the generic kernel, still correct
+        "groups4": ([conv("groups4", 32, groups=4, padding=1)], "generic"),
+        "depthwise_x2": ([conv("depthwise_x2", 64, groups=32, padding=1)], "generic"),
+    }),
+    "conv2d_odd_depthwise": ([3, 9, 9], [conv("stem", 20, padding=1)], {
+        "depthwise_20": ([conv("depthwise_20", 20, groups=20, padding=1)], "depthwise"),
+        "then_conv": ([conv("dw", 20, groups=20, padding=1), act("dw_relu"),
+                       conv("then_conv", 8, kernel=1)], "conv"),
+    }),
+    "conv1d": ([6, 29], [conv1d("stem", 24, padding=1)], {
+        "k3": ([conv1d("k3", 16)], "conv"),
+        "k5_dilation3": ([conv1d("k5_dilation3", 32, kernel=5, dilation=3, padding=6)], "conv"),
+        "stride2_same": ([conv1d("stride2_same", 20, kernel=4, stride=2, padding="same")],
+                         "conv"),
+        "k1": ([conv1d("k1", 48, kernel=1, bias=False)], "conv"),
+        "depthwise": ([conv1d("depthwise", 24, groups=24, padding=1)], "depthwise"),
+        "plain_input": ([], None),
+        "bn_relu_pool": ([bn("c_bn"), act("c_relu"),
+                          {"name": "bn_relu_pool", "type": "maxpool1d", "kernel": 3,
+                           "stride": 2}], "pool"),
+        "avgpool1d": ([{"name": "avgpool1d", "type": "avgpool1d", "kernel": 2}], "pool"),
+        "global": ([{"name": "global", "type": "global_avgpool"}], "global_pool"),
+    }),
+    "epilogues": ([5, 8, 8], [conv("stem", 24, padding=1)], {
+        "bn_relu": ([conv("c_bn_relu", 32, padding=1, bias=False), bn("bn1"),
+                     act("bn_relu")], "conv"),
+        "residual": ([conv("res_conv", 24, padding=1, bias=False), bn("res_bn"),
+                      {"name": "res_add", "type": "add", "inputs": ["res_bn", "stem"]},
+                      act("residual")], "conv"),
+        "tanh": ([conv("tanh_conv", 16, padding=1), act("tanh", "tanh")], "conv"),
+        "sigmoid": ([conv("sig_conv", 20, padding=1), act("sigmoid", "sigmoid")], "conv"),
+        "leaky": ([conv("leaky_conv", 16), act("leaky", "leaky_relu", alpha=0.2)], "conv"),
+        "relu_then_bn": ([conv("rb_conv", 16, padding=1), act("rb_relu"), bn("relu_then_bn")],
+                         "conv"),
+    }),
+    "pools": ([3, 15, 14], [conv("stem", 20, padding=1), act("stem_relu")], {
+        "max_k3_s2_p1": ([{"name": "max_k3_s2_p1", "type": "maxpool2d", "kernel": 3,
+                           "stride": 2, "padding": 1}], "pool"),
+        "max_ceil": ([{"name": "max_ceil", "type": "maxpool2d", "kernel": 3, "stride": 2,
+                       "ceil_mode": True}], "pool"),
+        "max_rect": ([{"name": "max_rect", "type": "maxpool2d", "kernel": [2, 3],
+                       "stride": [1, 2]}], "pool"),
+        "avg_k2": ([{"name": "avg_k2", "type": "avgpool2d", "kernel": 2}], "pool"),
+        "avg_excl": ([{"name": "avg_excl", "type": "avgpool2d", "kernel": 3, "stride": 2,
+                       "padding": 1, "count_include_pad": False}], "pool"),
+        "avg_ceil_excl": ([{"name": "avg_ceil_excl", "type": "avgpool2d", "kernel": 3,
+                            "stride": 2, "padding": 1, "ceil_mode": True,
+                            "count_include_pad": False}], "pool"),
+        "global_avg": ([{"name": "global_avg", "type": "global_avgpool"}], "global_pool"),
+        "global_max": ([{"name": "global_max", "type": "global_maxpool"}], "global_pool"),
+        "lppool": ([{"name": "lppool", "type": "lppool2d", "p": 2, "kernel": 2}], "generic"),
+    }),
+    "elementwise": ([6, 7, 9], [conv("stem", 20, padding=1)], {
+        "relu": ([act("relu")], "elementwise"),
+        "tanh": ([act("tanh", "tanh")], "elementwise"),
+        "sigmoid": ([act("sigmoid", "sigmoid")], "elementwise"),
+        "leaky": ([act("leaky", "leaky_relu", alpha=0.1)], "elementwise"),
+        "batchnorm": ([bn("batchnorm")], "elementwise"),
+        # the stem has other readers, so the add stays a kernel of its own
+        "add": ([{"name": "add", "type": "add", "inputs": ["stem", "stem"]}], "elementwise"),
+        # fused into the conv as its residual: the plain input converted to the conv's blocks
+        "add_plain_residual": ([conv("wide", 6, kernel=1),
+                                {"name": "add_plain_residual", "type": "add",
+                                 "inputs": ["wide", "input"]}], "conv"),
+        "plain_relu_bn": ([], None),
+    }),
+    # boundaries: layers that need the plain layout read blocked values through views
+    "boundaries": ([4, 8, 8], [conv("stem", 20, padding=1), act("stem_relu")], {
+        "flatten_dense": ([{"name": "flat", "type": "flatten"},
+                           {"name": "flatten_dense", "type": "dense", "units": 7}], "dense"),
+        "concat_conv": ([conv("side", 12, kernel=1),
+                         {"name": "cat", "type": "concat", "inputs": ["stem_relu", "side"]},
+                         conv("concat_conv", 16, kernel=1)], "conv"),
+        "softmax": ([{"name": "softmax", "type": "softmax"}], "generic"),
+        "lrn": ([{"name": "lrn", "type": "lrn", "size": 3}], "generic"),
+        "conv_output": ([conv("conv_output", 9, kernel=1)], "conv"),
+    }),
+    "dense": ([37], [], {
+        "units10": ([{"name": "units10", "type": "dense", "units": 10}], "dense"),
+        "units40_bn_relu": ([{"name": "d40", "type": "dense", "units": 40, "bias": False},
+                             bn("d40_bn"), act("units40_bn_relu")], "dense"),
+        "residual_tanh": ([{"name": "d37", "type": "dense", "units": 37},
+                           {"name": "d_add", "type": "add", "inputs": ["d37", "input"]},
+                           act("residual_tanh", "tanh")], "dense"),
+        "units1": ([{"name": "units1", "type": "dense", "units": 1}], "dense"),
+    }),
+}
+# cases that read the input instead of the stem
+FROM_INPUT = {("conv1d", "plain_input"): [conv1d("plain_input", 16, kernel=3, padding=1)],
+              ("elementwise", "plain_relu_bn"): [act("p_relu"), bn("p_bn"),
+                                                 conv("plain_relu_bn", 16, kernel=1)]}
+PLAIN_FROM_INPUT_KIND = {("conv1d", "plain_input"): "conv",
+                         ("elementwise", "plain_relu_bn"): "conv"}
+
+
+def family_spec(family: str) -> str:
+    shape, stem, cases = FAMILIES[family]
+    layers, outputs = list(stem), []
+    for case, (case_layers, _) in cases.items():
+        chain = FROM_INPUT.get((family, case), case_layers)
+        source = "input" if (family, case) in FROM_INPUT or not stem else stem[-1]["name"]
+        for i, layer in enumerate(chain):
+            layer = dict(layer)
+            if i == 0 and "inputs" not in layer:
+                layer["inputs"] = [source]
+            layers.append(layer)
+        outputs.append(chain[-1]["name"])
+    return yaml.safe_dump({"name": f"cpu_{family}", "input": shape, "layers": layers,
+                           "outputs": outputs}, sort_keys=False)
+
+
+def case_kind(family: str, case: str):
+    if (family, case) in PLAIN_FROM_INPUT_KIND:
+        return PLAIN_FROM_INPUT_KIND[(family, case)]
+    return FAMILIES[family][2][case][1]
+
+
+def case_output(family: str, case: str) -> str:
+    chain = FROM_INPUT.get((family, case), FAMILIES[family][2][case][0])
+    return chain[-1]["name"]
+
+
+def lively(g, seed: int) -> dict:
+    """Weights with batch-norm statistics far from the identity, so folding them matters."""
+    from cnncompiler.reference import init_params
+
+    params = init_params(g, seed)
+    rng = np.random.default_rng(seed + 1)
+    for name, value in params.items():
+        if name.endswith("running_var"):
+            params[name] = rng.uniform(0.5, 2.0, value.shape).astype(np.float32)
+        elif name.endswith("running_mean") or (name.endswith(".bias") and value.ndim == 1):
+            params[name] = rng.normal(0, 0.3, value.shape).astype(np.float32)
+        elif name.endswith(".weight") and value.ndim == 1:
+            params[name] = rng.uniform(0.5, 1.5, value.shape).astype(np.float32)
+    return params
+
+
+class Compiled:
+    """A spec lowered with the CPU plan and compiled in memory (no artifact)."""
+
+    def __init__(self, text: str, batch_sizes=(2,), lanes: int = LANES):
+        from tvm.runtime import vm as tvm_vm
+
+        from cnncompiler.backends.cpu import relax_pipeline
+        from cnncompiler.backends.cpu.emit import build_cpu_module
+        from cnncompiler.backends.targets import parse_target
+        from cnncompiler.compiler import _front_end
+        from cnncompiler.runtime.signature import kernel_arguments
+
+        self.graph, self.optimized, *_ = _front_end(text, "test.yaml", 2, None)
+        lowered = build_cpu_module(self.optimized, lanes, batch_sizes)
+        self.module, self.plan, self.unscheduled = lowered.module, lowered.plan, lowered.unscheduled
+        target = tvm.target.Target(parse_target("cpu").config)
+        with target:
+            executable = tvm.compile(self.module, target=target, relax_pipeline=relax_pipeline())
+        self.vm = tvm_vm.VirtualMachine(executable, tvm.cpu())
+        self.params = lively(self.graph, seed=3)
+        self.args = [tvm.runtime.tensor(a) for a in kernel_arguments(
+            self.optimized, self.params, lowered.layouts)]
+
+    def run(self, function: str, x: np.ndarray) -> dict:
+        result = self.vm[function](tvm.runtime.tensor(x), *self.args)
+        names = self.graph.graph["outputs"]
+        if len(names) == 1:
+            return {names[0]: result.numpy()}
+        return {n: r.numpy() for n, r in zip(names, result)}
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    cache = {}
+
+    def get(family: str) -> Compiled:
+        if family not in cache:
+            cache[family] = Compiled(family_spec(family), batch_sizes=(2,))
+        return cache[family]
+    return get
+
+
+CASES = [(f, c) for f, (_, _, cases) in FAMILIES.items() for c in cases]
+
+
+@pytest.mark.parametrize("family,case", CASES, ids=[f"{f}/{c}" for f, c in CASES])
+def test_kernel_matches_reference(compiled, family, case):
+    from cnncompiler.reference import run_reference
+
+    model = compiled(family)
+    name = case_output(family, case)
+    shape = model.graph.graph["input_shape"]
+    for function, batch in (("main_b2", 2), ("main", 3)):
+        x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
+        want = run_reference(model.graph, x, model.params, dtype=np.float64)
+        got = model.run(function, x)
+        assert_close(got[name], want[name], what=f"{family}/{case} through {function}")
+
+
+@pytest.mark.parametrize("family,case", CASES, ids=[f"{f}/{c}" for f, c in CASES])
+def test_plan_picks_the_kernel(compiled, family, case):
+    model = compiled(family)
+    name = case_output(family, case)
+    node = next(n for n in model.optimized.nodes if n == name or
+                name in model.optimized.nodes[n].get("merged", ()))
+    kind = case_kind(family, case)
+    if kind is not None:
+        assert model.plan[node].kind == kind, (family, case, model.plan[node])
+
+
+SCHEDULED_KINDS = ("conv", "depthwise", "pool", "global_pool", "dense", "elementwise")
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_kernels_are_scheduled(compiled, family):
+    """Every kernel of a scheduled kind is marked scheduled and has vector loops; the big ones
+    (a static batch of 2 here is small: the convs) have parallel loops too."""
+    from cnncompiler.runtime.signature import kernel_name
+
+    model = compiled(family)
+    assert not model.unscheduled
+    names = {kernel_name(n): c for n, c in model.plan.items()}
+    checked = 0
+    for gv, func in model.module.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        choice = names.get(gv.name_hint.rstrip("0123456789")) or names.get(gv.name_hint)
+        if choice is None or choice.kind not in SCHEDULED_KINDS:
+            continue
+        assert func.attrs.get("tirx.is_scheduled"), (gv.name_hint, model.unscheduled)
+        text = func.script()
+        assert "T.vectorized" in text, f"{gv.name_hint} ({choice.kind}) has no vector loop"
+        checked += 1
+    assert checked
+
+
+def test_big_conv_runs_in_parallel():
+    text = yaml.safe_dump({"name": "big", "input": [32, 16, 16], "layers": [
+        conv("c", 64, padding=1)]})
+    model = Compiled(text, batch_sizes=(4,))
+    scripts = [f.script() for _, f in model.module.functions_items()
+               if isinstance(f, tvm.tirx.PrimFunc)]
+    assert any("T.parallel" in s and "T.vectorized" in s and "T.unroll" in s for s in scripts)
+
+
+# -- the conv kernel's tilings, directly --------------------------------------------------------
+
+def _conv_kernel_case(geo, tile, batch=2, seed=0):
+    from tvm import te
+
+    from cnncompiler.backends.cpu.conv import conv_blocked, schedule_conv
+    from cnncompiler.layers.conv import conv_reference
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, geo.cin, *geo.in_spatial)).astype(np.float32)
+    w = rng.standard_normal((geo.cout, geo.cin // geo.groups, *geo.kernel)).astype(np.float32)
+    pad = geo.in_blocks * geo.ib - geo.cin
+    xb = np.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * len(geo.in_spatial))
+    xb = xb.reshape(batch, geo.in_blocks, geo.ib, *geo.in_spatial)
+    xb = np.ascontiguousarray(np.moveaxis(xb, 2, -1))
+    wb = np.ascontiguousarray(apply_layout(f"blocked_oihw:{geo.ib}:{geo.ob}", w))
+    xt = te.placeholder(xb.shape, name="x")
+    wt = te.placeholder(wb.shape, name="w")
+    y = conv_blocked(xt, wt, None, geo, steps=())
+    func = schedule_conv(te.create_prim_func([xt, wt, y]), geo, tile)
+    lib = tvm.tirx.build(tvm.IRModule({"main": func}), target="llvm")
+    out = tvm.runtime.empty([int(d) for d in y.shape], "float32", tvm.cpu())
+    lib["main"](tvm.runtime.tensor(xb), tvm.runtime.tensor(wb), out)
+    got = np.moveaxis(out.numpy(), -1, 2).reshape(batch, -1, *geo.out_spatial)[:, :geo.cout]
+    want = conv_reference(x.astype(np.float64), w.astype(np.float64), None, geo.stride,
+                          geo.pads, geo.dilation, geo.groups)
+    assert_close(got, want, what=f"{geo} {tile}")
+    return func
+
+
+TILES = [(1, 1, 1, None), (2, 4, 1, None), (2, 4, 3, 1), (1, 2, 6, 2), (4, 1, 2, 1)]
+
+
+@pytest.mark.parametrize("tile", TILES, ids=[str(t) for t in TILES])
+def test_conv_tilings(tile):
+    """The register tile and the chunked reduction (rows per task, input blocks per chunk)."""
+    from cnncompiler.backends.cpu.conv import ConvGeometry, ConvTile
+
+    geo = ConvGeometry(cin=40, cout=64, groups=1, kernel=(3, 3), stride=(1, 1),
+                       dilation=(1, 1), pads=((1, 1), (1, 1)), in_spatial=(6, 8),
+                       out_spatial=(6, 8), ib=16, ob=16)
+    func = _conv_kernel_case(geo, ConvTile(*tile))
+    assert "T.parallel" in func.script()
+
+
+def test_chosen_tiles_divide_and_fit():
+    from cnncompiler.backends.cpu.conv import MAX_ACCUMULATORS, ConvGeometry, choose_tile
+
+    for cin, cout, width, kernel in [(64, 64, 32, 3), (512, 512, 7, 3), (256, 256, 14, 3),
+                                     (3, 64, 112, 7), (16, 120, 1, 5), (1024, 1024, 2, 1),
+                                     (40, 48, 13, 3)]:
+        geo = ConvGeometry(cin, cout, 1, (kernel, kernel), (1, 1), (1, 1), ((0, 0), (0, 0)),
+                           (width, width), (width, width), 16, 16)
+        tile = choose_tile(geo)
+        assert width % tile.rw == 0 and geo.out_blocks % tile.ro == 0
+        assert tile.ro * tile.rw <= max(MAX_ACCUMULATORS, tile.rw)
+        if tile.ci is not None:
+            assert geo.group_in_blocks % tile.ci == 0 and width % tile.rw == 0
+            assert geo.out_spatial[0] % tile.rh == 0
+
+
+# -- the activations' polynomial forms -----------------------------------------------------------
+
+def test_fast_activations_match_numpy():
+    from tvm import te
+
+    from cnncompiler.backends.cpu.vector_math import fast_exp, fast_sigmoid, fast_tanh
+
+    xs = np.concatenate([np.linspace(-30, 30, 4001), [0.0, 1e-7, -1e-7, 88.0, -88.0, 1e-3]])
+    xs = xs.astype(np.float32)
+    x = te.placeholder(xs.shape, name="x")
+    def elementwise(f, name):
+        return te.compute(xs.shape, lambda i: f(x[i]), name=name)
+
+    outs = [elementwise(f, n) for f, n in
+            ((fast_tanh, "tanh"), (fast_sigmoid, "sigmoid"), (fast_exp, "exp"))]
+    lib = tvm.tirx.build(tvm.IRModule({"main": te.create_prim_func([x, *outs])}), target="llvm")
+    bufs = [tvm.runtime.tensor(xs)] + [tvm.runtime.empty(xs.shape, "float32") for _ in outs]
+    lib["main"](*bufs)
+    x64 = xs.astype(np.float64)
+    np.testing.assert_allclose(bufs[1].numpy(), np.tanh(x64), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(bufs[2].numpy(), 1 / (1 + np.exp(-x64)), rtol=1e-5, atol=1e-7)
+    small = np.abs(x64) < 80
+    np.testing.assert_allclose(bufs[3].numpy()[small], np.exp(x64)[small], rtol=2e-6)
+
+
+# -- the packed weight layouts (numpy only) ------------------------------------------------------
+
+def test_blocked_oihw_pads_with_zeros_and_keeps_values():
+    w = np.random.default_rng(0).standard_normal((20, 6, 3, 3)).astype(np.float32)
+    packed = apply_layout("blocked_oihw:4:16", w)
+    assert packed.shape == layout_shape("blocked_oihw:4:16", w.shape) == (2, 2, 3, 3, 4, 16)
+    for o in range(32):
+        for i in range(8):
+            want = w[o, i] if o < 20 and i < 6 else np.zeros((3, 3), np.float32)
+            np.testing.assert_array_equal(packed[o // 16, i // 4, :, :, i % 4, o % 16], want)
+
+
+def test_blocked_rows_and_vector():
+    w = np.arange(10 * 3, dtype=np.float32).reshape(10, 3)
+    rows = apply_layout("blocked_rows:4", w)
+    assert rows.shape == layout_shape("blocked_rows:4", w.shape) == (3, 3, 4)
+    np.testing.assert_array_equal(rows[1, 2], w[4:8, 2])
+    np.testing.assert_array_equal(rows[2, :, 2:], 0)
+    v = apply_layout("blocked_vector:8", np.arange(10, dtype=np.float32))
+    assert v.shape == (2, 8) and v[1, 1] == 9 and not v[1, 2:].any()
