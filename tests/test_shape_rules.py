@@ -246,14 +246,15 @@ def test_unread_rows_warning_exactly_when_the_remainder_covers_input(case):
     got, warnings = infer(layer, shape)
     assume(got is not None)
     ceil_mode = getattr(layer, "ceil_mode", False)
+    # a window narrower than its stride subsamples by design: no warning for its tail
     unread = [(rows, axis) for axis in axes(layer, shape)
-              if (rows := unread_rows(*axis, ceil_mode))]
+              if axis[4] * (axis[1] - 1) + 1 >= axis[2]
+              and (rows := unread_rows(*axis, ceil_mode))]
     assert len(warnings) == len(unread), (layer.settings(), [w.message for w in warnings])
     for ((first, last), (_, k, s, _, d)), warning in zip(unread, warnings):
         rows = f"{first} is" if first == last else f"s {first}..{last} are"
         assert rows + " never read" in warning.message
-        # 'same' tiles the input unless the window is narrower than the stride
-        assert ("padding: same" in warning.fix) == (d * (k - 1) + 1 >= s)
+        assert "padding: same" in warning.fix
 
 
 @FEWER

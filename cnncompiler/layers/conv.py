@@ -36,7 +36,9 @@ def sliding_output(layer, in_shape: Shape, notes: ShapeNotes, ceil_mode: bool = 
                 f"expected at least {need} input {names[axis]}s",
                 "use a smaller kernel or dilation, add padding, or remove a downsampling "
                 "layer before this one")
-        tail = unread_tail(w, k, s, p, d, ceil_mode)
+        # A window narrower than its stride subsamples by design (a 1x1 stride-2 shortcut):
+        # it steps over rows everywhere, so the last one is no asymmetry worth a warning.
+        tail = unread_tail(w, k, s, p, d, ceil_mode) if span(k, d) >= s else None
         if tail:
             first, last = tail
             which = f"{names[axis]} {first} is" if first == last else \
@@ -45,19 +47,10 @@ def sliding_output(layer, in_shape: Shape, notes: ShapeNotes, ceil_mode: bool = 
                 f"stride {s} leaves a remainder along the {names[axis]}s: "
                 f"({w} + {p[0]} + {p[1]} - {span(k, d)}) / {s} is not whole, "
                 f"so input {which} never read",
-                "windows that tile the input symmetrically", unread_fix(span(k, d), s))
+                "windows that tile the input symmetrically",
+                "change the padding or kernel so the division is exact, or use padding: same")
         outs.append(n)
     return tuple(outs), pads
-
-
-def unread_fix(window_span: int, stride: int) -> str:
-    # Padding cannot help a window narrower than its stride (no padding, 'same' nor ceil_mode
-    # reaches the rows it steps over), so suggesting 'same' there would mislead.
-    if window_span < stride:
-        return (f"a window spanning {window_span} with stride {stride} skips inputs whatever "
-                "the padding: widen the kernel, or keep it if the architecture means it "
-                "(a 1x1 stride-2 shortcut)")
-    return "change the padding or kernel so the division is exact, or use padding: same"
 
 
 class ConvBase(Layer):
