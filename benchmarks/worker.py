@@ -11,6 +11,7 @@ line on stdout.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import sys
@@ -39,6 +40,7 @@ def first_run_growth(predict, x) -> int:
     """How far one inference raises the process's peak resident set above where it stood:
     the activations, workspaces and allocator pools that inference needs. Linux resets the
     peak (VmHWM) on writing 5 to /proc/self/clear_refs."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # free heap pages would hide new allocations
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     base = _status_kib("VmRSS")

@@ -76,8 +76,10 @@ FAMILIES = {
         "depthwise_k5_bn_relu": ([conv("depthwise_k5", 32, groups=32, kernel=5, padding=2,
                                        bias=False), bn("dw_bn"), act("depthwise_k5_bn_relu")],
                                  "depthwise"),
-        # 8 input channels per group is less than a block: the generic kernel, still correct
-        "groups4": ([conv("groups4", 32, groups=4, padding=1)], "generic"),
+        # 8 input channels per group is less than a block: the input is read plain
+        "groups4": ([conv("groups4", 32, groups=4, padding=1)], "conv"),
+        "groups8_stride2": ([conv("groups8_stride2", 32, groups=8, stride=2)], "conv"),
+        # 2 outputs per group is less than the smallest block: the generic kernel
         "depthwise_x2": ([conv("depthwise_x2", 64, groups=32, padding=1)], "generic"),
     }),
     "conv2d_odd_depthwise": ([3, 9, 9], [conv("stem", 20, padding=1)], {
@@ -146,12 +148,35 @@ FAMILIES = {
     "boundaries": ([4, 8, 8], [conv("stem", 20, padding=1), act("stem_relu")], {
         "flatten_dense": ([{"name": "flat", "type": "flatten"},
                            {"name": "flatten_dense", "type": "dense", "units": 7}], "dense"),
-        "concat_conv": ([conv("side", 12, kernel=1),
-                         {"name": "cat", "type": "concat", "inputs": ["stem_relu", "side"]},
+        # 20 + 12 channels: not whole blocks, so the concat is generic and plain
+        "concat_odd": ([conv("side", 12, kernel=1),
+                        {"name": "concat_odd", "type": "concat",
+                         "inputs": ["stem_relu", "side"]}], "generic"),
+        "concat_conv": ([conv("side_a", 16, kernel=1), conv("side_b", 32, kernel=3, padding=1),
+                         {"name": "cat", "type": "concat", "inputs": ["side_a", "side_b"]},
                          conv("concat_conv", 16, kernel=1)], "conv"),
+        "concat_blocks": ([conv("side_c", 16, kernel=1), conv("side_d", 16, kernel=1),
+                           {"name": "concat_blocks", "type": "concat",
+                            "inputs": ["side_c", "side_d", "side_c"]}], "concat"),
         "softmax": ([{"name": "softmax", "type": "softmax"}], "generic"),
         "lrn": ([{"name": "lrn", "type": "lrn", "size": 3}], "generic"),
         "conv_output": ([conv("conv_output", 9, kernel=1)], "conv"),
+    }),
+    # residual blocks whose shortcut nothing else reads: the add writes over the shortcut
+    "inplace_residual": ([3, 10, 10], [conv("stem", 32, padding=1), act("stem_relu")], {
+        "block": ([conv("b1_conv1", 32, padding=1, bias=False), bn("b1_bn1"), act("b1_relu1"),
+                   conv("b1_conv2", 32, padding=1, bias=False), bn("b1_bn2"),
+                   {"name": "b1_add", "type": "add", "inputs": ["b1_bn2", "stem_relu"]},
+                   act("b1_relu2"),
+                   conv("b2_conv1", 32, padding=1), act("b2_relu1"), conv("b2_conv2", 32, kernel=1),
+                   {"name": "b2_add", "type": "add", "inputs": ["b2_conv2", "b1_relu2"]},
+                   act("block")], "conv"),
+    }),
+    "inplace_dense": ([37], [{"name": "d0", "type": "dense", "units": 24}, act("d0_relu")], {
+        "residual": ([{"name": "d1", "type": "dense", "units": 30}, act("d1_relu"),
+                      {"name": "d2", "type": "dense", "units": 24},
+                      {"name": "d2_add", "type": "add", "inputs": ["d2", "d0_relu"]},
+                      act("residual", "tanh")], "dense"),
     }),
     "dense": ([37], [], {
         "units10": ([{"name": "units10", "type": "dense", "units": 10}], "dense"),
@@ -221,21 +246,22 @@ class Compiled:
         from tvm.runtime import vm as tvm_vm
 
         from cnncompiler.backends.cpu import relax_pipeline
-        from cnncompiler.backends.cpu.emit import build_cpu_module
+        from cnncompiler.backends.cpu.emit import build_cpu_module, kernel_layouts
         from cnncompiler.backends.targets import parse_target
         from cnncompiler.compiler import _front_end
         from cnncompiler.runtime.signature import kernel_arguments
 
         self.graph, self.optimized, *_ = _front_end(text, "test.yaml", 2, None)
-        lowered = build_cpu_module(self.optimized, lanes, batch_sizes)
-        self.module, self.plan, self.unscheduled = lowered.module, lowered.plan, lowered.unscheduled
+        self.unscheduled = []
+        self.module, self.plan = build_cpu_module(self.optimized, lanes, batch_sizes,
+                                                  self.unscheduled)
         target = tvm.target.Target(parse_target("cpu").config)
         with target:
             executable = tvm.compile(self.module, target=target, relax_pipeline=relax_pipeline())
         self.vm = tvm_vm.VirtualMachine(executable, tvm.cpu())
         self.params = lively(self.graph, seed=3)
         self.args = [tvm.runtime.tensor(a) for a in kernel_arguments(
-            self.optimized, self.params, lowered.layouts)]
+            self.optimized, self.params, kernel_layouts(self.plan))]
 
     def run(self, function: str, x: np.ndarray) -> dict:
         result = self.vm[function](tvm.runtime.tensor(x), *self.args)
@@ -284,7 +310,8 @@ def test_plan_picks_the_kernel(compiled, family, case):
         assert model.plan[node].kind == kind, (family, case, model.plan[node])
 
 
-SCHEDULED_KINDS = ("conv", "depthwise", "pool", "global_pool", "dense", "elementwise")
+SCHEDULED_KINDS = ("conv", "depthwise", "pool", "global_pool", "dense", "elementwise",
+                   "concat")
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -308,6 +335,14 @@ def test_kernels_are_scheduled(compiled, family):
         assert "T.vectorized" in text, f"{gv.name_hint} ({choice.kind}) has no vector loop"
         checked += 1
     assert checked
+
+
+@pytest.mark.parametrize("family", ["inplace_residual", "inplace_dense"])
+def test_residual_add_writes_over_its_shortcut(compiled, family):
+    """A shortcut nothing reads after the add is overwritten by the add's kernel
+    (call_tir_inplace); one that others still read (the epilogues family) is not."""
+    assert "call_tir_inplace" in compiled(family).module["main"].script()
+    assert "call_tir_inplace" not in compiled("epilogues").module["main"].script()
 
 
 def test_big_conv_runs_in_parallel():
@@ -364,20 +399,41 @@ def test_conv_tilings(tile):
     assert "T.parallel" in func.script()
 
 
-def test_chosen_tiles_divide_and_fit():
-    from cnncompiler.backends.cpu.conv import MAX_ACCUMULATORS, ConvGeometry, choose_tile
+@pytest.mark.parametrize("lanes", [16, 8])
+def test_chosen_tiles_divide_and_fit(lanes):
+    """Tiles divide their axes, and accumulators, weight vectors and a broadcast fit in the
+    target's registers (32 with AVX-512, 16 with AVX2)."""
+    from cnncompiler.backends.cpu.conv import ConvGeometry, choose_tile, vector_registers
 
+    registers = vector_registers(lanes)
     for cin, cout, width, kernel in [(64, 64, 32, 3), (512, 512, 7, 3), (256, 256, 14, 3),
                                      (3, 64, 112, 7), (16, 120, 1, 5), (1024, 1024, 2, 1),
-                                     (40, 48, 13, 3)]:
+                                     (40, 48, 13, 3), (6, 16, 10, 5)]:
+        ib = lanes if cin % lanes == 0 else 1
         geo = ConvGeometry(cin, cout, 1, (kernel, kernel), (1, 1), (1, 1), ((0, 0), (0, 0)),
-                           (width, width), (width, width), 16, 16)
-        tile = choose_tile(geo)
+                           (width, width), (width, width), ib, lanes, in_plain=ib == 1)
+        tile = choose_tile(geo, registers)
         assert width % tile.rw == 0 and geo.out_blocks % tile.ro == 0
-        assert tile.ro * tile.rw <= max(MAX_ACCUMULATORS, tile.rw)
+        assert tile.ro * tile.rw + tile.ro + 1 <= registers
         if tile.ci is not None:
-            assert geo.group_in_blocks % tile.ci == 0 and width % tile.rw == 0
+            assert geo.group_in_blocks % tile.ci == 0
             assert geo.out_spatial[0] % tile.rh == 0
+
+
+@pytest.mark.parametrize("family", ["conv2d_blocked_input", "conv2d_groups", "pools", "dense"])
+def test_avx2_blocks_match_reference(family):
+    """The same kernels with AVX2's 8-lane blocks (the layouts and tiles change; the code
+    still runs on this host)."""
+    from cnncompiler.reference import run_reference
+
+    model = Compiled(family_spec(family), batch_sizes=(2,), lanes=8)
+    assert not model.unscheduled
+    x = np.random.default_rng(5).standard_normal(
+        (2, *model.graph.graph["input_shape"])).astype(np.float32)
+    want = run_reference(model.graph, x, model.params, dtype=np.float64)
+    got = model.run("main_b2", x)
+    for name in model.graph.graph["outputs"]:
+        assert_close(got[name], want[name], what=f"{family}/{name} with 8 lanes")
 
 
 # -- the activations' polynomial forms -----------------------------------------------------------

@@ -121,13 +121,15 @@ def test_zoo_compiles_to_the_reference(zoo, level):
 # -- the lowered module -------------------------------------------------------------------------
 
 def call_tirs(func) -> list[tuple[str, list[str]]]:
-    """(callee, argument names) of every call_tir in a Relax function, in order."""
+    """(callee, argument names) of every call_tir (or call_tir_inplace) in a Relax function,
+    in order."""
     calls = []
     for block in func.body.blocks:
         for binding in block.bindings:
             value = binding.value
             op = getattr(value, "op", None)
-            if getattr(op, "name", None) == "relax.call_tir":
+            # the CPU backend writes a residual add over its dead shortcut: call_tir_inplace
+            if getattr(op, "name", None) in ("relax.call_tir", "relax.call_tir_inplace"):
                 calls.append((value.args[0].name_hint, [a.name for a in value.args[1].fields]))
     return calls
 

@@ -19,21 +19,21 @@ def build_cpu(g, choice, lib_path: Path, batch_sizes=()) -> dict:
     """Lower the optimised graph, compile it for the CPU and export it as a shared library."""
     import tvm
 
-    from .emit import build_cpu_module
+    from .emit import build_cpu_module, kernel_layouts
     from .memory import planned_memory
 
     target = tvm.target.Target(choice.config)
-    lowered = build_cpu_module(g, choice.vector_lanes, batch_sizes)
+    unscheduled: list[str] = []
+    mod, plan = build_cpu_module(g, choice.vector_lanes, batch_sizes, unscheduled)
     with target:
-        executable = tvm.compile(lowered.module, target=target, relax_pipeline=relax_pipeline())
+        executable = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline())
     executable.export_library(str(lib_path))
-    plan = lowered.plan
-    return {"device_code": "native", "layouts": lowered.layouts,
+    return {"device_code": "native", "layouts": kernel_layouts(plan),
             "kernels": {kind: sum(c.kind == kind for c in plan.values())
                         for kind in sorted({c.kind for c in plan.values()})},
             "fallbacks": {node: c.note for node, c in plan.items() if c.kind == "generic"},
-            "unscheduled": lowered.unscheduled,
-            "memory": planned_memory(lowered.module, target, batch_sizes)}
+            "unscheduled": unscheduled,
+            "memory": planned_memory(mod, target, batch_sizes)}
 
 
 def relax_pipeline():

@@ -29,12 +29,6 @@ def block_for(channels: int, lanes: int) -> int:
     return min(b, lanes)
 
 
-def blocked_shape(batch, channels: int, spatial, block: int) -> tuple:
-    if block == PLAIN:
-        return (batch, channels, *spatial)
-    return (batch, ceil_div(channels, block), *spatial, block)
-
-
 def plain_view(x: te.Tensor, channels: int, block: int, name: str = "view") -> te.Tensor:
     """A blocked value read as (N, C, *spatial); a stage the schedules inline into its reader."""
     if block == PLAIN:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from tvm import te, tirx
 
 from .blocking import ceil_div
-from .schedules import MIN_PARALLEL_MACS, static_extent
+from .schedules import MIN_PARALLEL_MACS, scheduled, static_extent
 from .vector_math import activation
 
 FLOAT = "float32"
@@ -159,7 +159,8 @@ def blocked_epilogue(y, bias, steps, epilogue_args, residual, name="epilogue"):
             v = v + bias[c, j]
         for index, step in steps:
             if step[0] == "batchnorm":
-                v = v * epilogue_args[f"{index}.scale"][c, j] + epilogue_args[f"{index}.shift"][c, j]
+                scale, shift = epilogue_args[f"{index}.scale"], epilogue_args[f"{index}.shift"]
+                v = v * scale[c, j] + shift[c, j]
             elif step[0] == "add":
                 v = v + residual[(n, c, *rest)]
             else:
@@ -196,20 +197,35 @@ class ConvTile:
         return self.ci is not None and self.ci < geo.group_in_blocks or self.rh > 1
 
 
-def choose_tile(geo: ConvGeometry, max_acc: int = MAX_ACCUMULATORS) -> ConvTile:
+def vector_registers(lanes: int) -> int:
+    """Vector registers of the target: 32 with AVX-512 (16 float32 lanes), else 16."""
+    return 32 if lanes >= 16 else 16
+
+
+def choose_tile(geo: ConvGeometry, registers: int = 32) -> ConvTile:
     """A tile that needs no tuning.
 
-    ``rw``: the widest divisor of the output width up to 8 (a narrow width up to 16 whole);
-    ``ro``: the most channel blocks that divide the output's and keep ``ro * rw`` within
-    ``max_acc`` registers. Where one task's weights (``ro`` blocks by every input channel)
-    outgrow the L2 budget, the reduction is chunked so each weight is read once per task.
+    The register tile (ro, rw) divides the output channel blocks and the output width (no tail
+    loops), leaves registers for ``ro`` weight vectors and one broadcast input, and has the
+    most accumulators (at most 16, which measured best with AVX-512's 32 registers), then the
+    fewest loads per FMA, (ro + rw) / (ro * rw). Widths are tiled by at most 8 columns, a
+    narrow width that 4..8 does not divide by up to 16. Where one task's weights (``ro`` blocks
+    by every input channel) outgrow the L2 budget, the reduction is chunked so that each weight
+    is read once per task.
     """
     width = geo.out_spatial[-1]
-    rw = max(d for d in divisors(width) if d <= 8)
-    if rw < 4 and width <= 16:
-        rw = width
     blocks = geo.out_blocks if geo.groups == 1 else geo.group_out_blocks
-    ro = max(d for d in divisors(blocks) if d * rw <= max(max_acc, rw) and d <= 8)
+    max_acc = min(MAX_ACCUMULATORS, registers - 4)
+    widest = 16 if max(d for d in divisors(width) if d <= 8) < 4 else 8
+    best, best_key = (1, 1), None
+    for rw in (d for d in divisors(width) if d <= widest):
+        for ro in divisors(blocks):
+            if ro * rw + ro + 1 > registers or (ro * rw > max_acc and ro > 1):
+                continue
+            key = (ro * rw, -(ro + rw) / (ro * rw))
+            if best_key is None or key > best_key:
+                best, best_key = (ro, rw), key
+    ro, rw = best
     kernel = math.prod(geo.kernel)
     vector_bytes = geo.ob * 4
     task_weights = ro * vector_bytes * geo.group_in_blocks * geo.ib * kernel
@@ -223,11 +239,11 @@ def choose_tile(geo: ConvGeometry, max_acc: int = MAX_ACCUMULATORS) -> ConvTile:
     return ConvTile(ro, rw, rh, ci)
 
 
-def schedule_conv(func, geo: ConvGeometry, tile: ConvTile | None = None):
+def schedule_conv(func, geo: ConvGeometry, tile: ConvTile | None = None, registers: int = 32):
     """Register-tiled, vectorized, parallel schedule of :func:`conv_blocked`'s PrimFunc."""
     from tvm import s_tir
 
-    tile = tile or choose_tile(geo)
+    tile = tile or choose_tile(geo, registers)
     nd = len(geo.kernel)
     sch = s_tir.Schedule(func)
     conv, epi = sch.get_sblock("conv"), sch.get_sblock("epilogue")
@@ -270,4 +286,4 @@ def schedule_conv(func, geo: ConvGeometry, tile: ConvTile | None = None):
         sch.compute_at(pad, pad_at)
         if geo.ib > 1:
             sch.vectorize(sch.get_loops(pad)[-1])
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    return scheduled(sch)

@@ -54,20 +54,22 @@ def dense_blocked(x, weight, bias, out_features: int, steps=(), epilogue_args=No
     return te.compute((x.shape[0], out_features), compute, name="epilogue")
 
 
-def choose_dense_tile(batch, blocks: int) -> DenseTile:
-    rn = 1
-    if isinstance(batch, int):
-        rn = max(d for d in divisors(batch) if d <= 4)
-    ro = max(d for d in divisors(blocks) if d * rn <= 16 and d <= 8)
+def choose_dense_tile(batch: int | None, blocks: int, registers: int = 32) -> DenseTile:
+    """Up to 4 rows of a static batch (one of a symbolic one) by the most output vectors
+    that divide the blocks, within half the vector registers."""
+    rn = 1 if batch is None else max(d for d in divisors(batch) if d <= 4)
+    ro = max(d for d in divisors(blocks) if d * rn <= registers // 2 and d <= 8)
     return DenseTile(rn, ro)
 
 
-def schedule_dense(func, tile: DenseTile | None = None):
+def schedule_dense(func, tile: DenseTile | None = None, registers: int = 32):
+    """Parallel over (output vectors, batch rows) tiles, the register tile reduced over every
+    input feature, then the plain epilogue in one vectorized pass."""
     sch = s_tir.Schedule(func)
     dense, copy, epi = (sch.get_sblock(n) for n in ("dense", "tile", "epilogue"))
     n, c, j, k = sch.get_loops(dense)
     batch, blocks, lanes, features = (static_extent(sch, lp) for lp in (n, c, j, k))
-    tile = tile or choose_dense_tile(batch, blocks)
+    tile = tile or choose_dense_tile(batch, blocks, registers)
     n_o, n_i = sch.split(n, [None, tile.rn])
     c_o, c_i = sch.split(c, [None, tile.ro])
     sch.reorder(c_o, n_o, k, n_i, c_i, j)
@@ -81,9 +83,8 @@ def schedule_dense(func, tile: DenseTile | None = None):
     sch.vectorize(j)
     sch.decompose_reduction(dense, k)
     sch.vectorize(sch.get_loops(copy)[-1])
-    out_n, out_o = sch.get_loops(epi)
-    out = static_extent(sch, out_o)
-    if out % 16 == 0:
-        _, lanes = sch.split(out_o, [None, 16])
-        sch.vectorize(lanes)
+    _, out_o = sch.get_loops(epi)
+    if static_extent(sch, out_o) % lanes == 0:
+        _, vector = sch.split(out_o, [None, lanes])
+        sch.vectorize(vector)
     return scheduled(sch)

@@ -24,7 +24,7 @@ from cnncompiler.runtime.signature import kernel_name, kernel_signature, prepare
 
 from ..te_ops import LOWERINGS
 from .blocking import PLAIN, plain_view, to_blocked, to_plain
-from .conv import conv_blocked, schedule_conv
+from .conv import conv_blocked, schedule_conv, vector_registers
 from .dense import dense_blocked, schedule_dense
 from .plan import KernelChoice, plan_kernels
 from .pool import depthwise_blocked, global_pool_blocked, pool_blocked, schedule_window
@@ -43,9 +43,13 @@ class Value:
 
 
 def emit_kernel(bb: relax.BlockBuilder, name: str, inputs: list, compute: Callable,
-                schedule: Callable, unscheduled: list | None = None) -> relax.Var:
+                schedule: Callable, unscheduled: list | None = None,
+                inplace: int | None = None) -> relax.Var:
     """One call_tir of the PrimFunc ``compute`` makes from the inputs' shapes, scheduled by
     ``schedule``. Identical kernels are added once (BlockBuilder.add_func deduplicates).
+
+    With ``inplace``, the kernel writes its output over ``inputs[inplace]`` (a same-shaped
+    value nothing reads afterwards: a residual), saving that much activation memory.
 
     Should TVM reject the schedule, the kernel is kept as computed, correct and slow, and its
     name and the reason go to ``unscheduled``."""
@@ -67,11 +71,26 @@ def emit_kernel(bb: relax.BlockBuilder, name: str, inputs: list, compute: Callab
         if unscheduled is None:
             raise
         unscheduled.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    if inplace is not None:
+        func = write_over(func, inplace)
     gv = bb.add_func(func.without_attr("global_symbol").with_attr("op_pattern", OPAQUE), name)
     back = {mine: theirs for theirs, mine in fresh.items()}
     out_shape = [tvm_ffi.structural_map(s, (tvm.ir.Var, lambda v: back.get(v, v)), order="post")
                  for s in out.shape]
-    return bb.emit(relax.call_tir(gv, inputs, relax.TensorType(out_shape, FLOAT)))
+    out_type = relax.TensorType(out_shape, FLOAT)
+    if inplace is not None:
+        return bb.emit(relax.call_tir_inplace(gv, inputs, inplace, out_type))
+    return bb.emit(relax.call_tir(gv, inputs, out_type))
+
+
+def write_over(func: tirx.PrimFunc, index: int) -> tirx.PrimFunc:
+    """``func`` with its output buffer (the last parameter) replaced by parameter ``index``:
+    the form call_tir_inplace calls. Right for kernels that read each element of that input
+    only to compute the same element of the output (an epilogue's residual add)."""
+    out, target = func.params[-1], func.params[index]
+    body = tvm_ffi.structural_map(func.body, (tvm.ir.Var, lambda v: target if v.same_as(out)
+                                              else v), order="post")
+    return tirx.PrimFunc(list(func.params[:-1]), body, attrs=func.attrs)
 
 
 class CpuEmitter:
@@ -81,11 +100,26 @@ class CpuEmitter:
                  lanes: int, unscheduled: list | None = None):
         self.bb, self.g, self.plan, self.arg_vars, self.lanes = bb, g, plan, arg_vars, lanes
         self.values: dict[str, Value] = {}
+        self.emitted: set[str] = set()
         self.unscheduled = unscheduled if unscheduled is not None else []
         self._converted: dict[tuple[str, int], Value] = {}
 
-    def kernel(self, name: str, inputs: list, compute: Callable, schedule: Callable):
-        return emit_kernel(self.bb, name, inputs, compute, schedule, self.unscheduled)
+    def kernel(self, name: str, inputs: list, compute: Callable, schedule: Callable,
+               inplace: int | None = None):
+        return emit_kernel(self.bb, name, inputs, compute, schedule, self.unscheduled, inplace)
+
+    def overwritable(self, node: str, residual: Value, others: list) -> bool:
+        """May ``node`` write its output over ``residual``? Only a kernel's own output that no
+        layer reads after ``node``, is no model output, and is no other input of ``node`` (a
+        conv reading it around each position while tasks overwrite it would read new values)."""
+        owners = [n for n, v in self.values.items() if v.var.same_as(residual.var)]
+        if len(owners) != 1 or owners[0] == "input" or \
+                any(v.var.same_as(residual.var) for v in others):
+            return False
+        (src,) = owners
+        if src in self.g.graph["outputs"]:
+            return False
+        return all(r == node or r in self.emitted for r in self.g.successors(src))
 
     # -- values and layout conversions ---------------------------------------------------
     def value(self, src: str, block: int | None) -> Value:
@@ -116,6 +150,7 @@ class CpuEmitter:
         channels = data["shape"][0] if data["shape"] else 0
         if choice.kind == "passthrough":
             self.values[node] = self.values[data["inputs"][0]]
+            self.emitted.add(node)
             return
         wants = list(choice.in_blocks) + [None] * (len(data["inputs"]) - len(choice.in_blocks))
         xs = [self.value(src, b) for src, b in zip(data["inputs"], wants)]
@@ -126,6 +161,7 @@ class CpuEmitter:
             raise CompileError(f"layer '{node}' ({data['layer'].type_name}): lowering to TVM "
                                f"for the CPU failed: {exc}") from exc
         self.values[node] = Value(var, channels, choice.out_block)
+        self.emitted.add(node)
 
     @staticmethod
     def _epilogue(data) -> tuple[tuple, bool]:
@@ -138,8 +174,10 @@ class CpuEmitter:
         return steps, layer.has_residual
 
     def emit_conv(self, node, data, choice, xs):
+        registers = vector_registers(self.lanes)
         return self._emit_conv_like(node, data, choice, xs, conv_blocked,
-                                    lambda f: schedule_conv(f, choice.geometry))
+                                    lambda f: schedule_conv(f, choice.geometry,
+                                                            registers=registers))
 
     def emit_depthwise(self, node, data, choice, xs):
         width = choice.geometry.out_spatial[-1]
@@ -157,7 +195,14 @@ class CpuEmitter:
             res = rest[len(keys)] if residual else None
             return kernel(x, named["weight"], named.get("bias"), geo, steps, named, res)
 
-        return self.kernel(kernel_name(node), inputs, compute, schedule)
+        return self.kernel(kernel_name(node), inputs, compute, schedule,
+                           self._inplace(node, xs, residual, inputs))
+
+    def _inplace(self, node, xs, residual: bool, inputs) -> int | None:
+        """The residual's position in ``inputs`` when the output can be written over it."""
+        if residual and self.overwritable(node, xs[1], xs[:1]):
+            return len(inputs) - 1
+        return None
 
     def emit_dense(self, node, data, choice, xs):
         keys, args = self.args(node)
@@ -171,7 +216,10 @@ class CpuEmitter:
             return dense_blocked(x, named["weight"], named.get("bias"), features, steps, named,
                                  res)
 
-        return self.kernel(kernel_name(node), inputs, compute, schedule_dense)
+        registers = vector_registers(self.lanes)
+        return self.kernel(kernel_name(node), inputs, compute,
+                           lambda f: schedule_dense(f, registers=registers),
+                           self._inplace(node, xs, residual, inputs))
 
     def emit_pool(self, node, data, choice, xs):
         layer, out_spatial = data["layer"], tuple(data["shape"][1:])
@@ -208,6 +256,29 @@ class CpuEmitter:
             return te.compute(x.shape, lambda *i: activation(t, x(*i), alpha), name=t)
 
         return self.kernel(kernel_name(node), [x.var for x in xs] + args, compute,
+                           lambda f: schedule_loops(f, self.lanes))
+
+    def emit_concat(self, node, data, choice, xs):
+        """Blocks side by side: each input a whole number of channel blocks."""
+        counts = [x.channels // x.block for x in xs]
+
+        def compute(*ins):
+            shape = list(ins[0].shape)
+            shape[1] = sum(counts)
+
+            def pick(n, cb, *rest):
+                start = sum(counts[:-1])
+                # Select evaluates both sides: every index is kept in bounds
+                expr = ins[-1][(n, tirx.max(cb - start, 0), *rest)]
+                for i in range(len(ins) - 2, -1, -1):
+                    start -= counts[i]
+                    local = tirx.max(tirx.min(cb - start, counts[i] - 1), 0)
+                    expr = tirx.Select(cb < start + counts[i], ins[i][(n, local, *rest)], expr)
+                return expr
+
+            return te.compute(shape, pick, name="concat")
+
+        return self.kernel(kernel_name(node), [x.var for x in xs], compute,
                            lambda f: schedule_loops(f, self.lanes))
 
     def emit_generic(self, node, data, choice, xs):
@@ -255,23 +326,18 @@ def kernel_layouts(plan: dict[str, KernelChoice]) -> dict[str, str]:
             for key, layout in choice.layouts.items()}
 
 
-@dataclass
-class CpuModule:
-    """The scheduled Relax module, the plan it follows, the packed layout of each kernel
-    argument, and the kernels TVM would not schedule (kept unscheduled: correct, slow)."""
-
-    module: tvm.IRModule
-    plan: dict[str, KernelChoice]
-    layouts: dict[str, str]
-    unscheduled: list[str]
-
-
-def build_cpu_module(g: nx.DiGraph, lanes: int, batch_sizes=()) -> CpuModule:
-    plan = plan_kernels(g, lanes, lambda node: sorted(prepared_shapes(g, node)))
+def build_cpu_module(g: nx.DiGraph, lanes: int, batch_sizes=(),
+                     unscheduled: list | None = None) -> tuple[tvm.IRModule, dict]:
+    """The scheduled Relax module and the plan it follows (``kernel_layouts(plan)`` gives the
+    packed layouts). Kernels TVM would not schedule are kept unscheduled (correct, slow) and
+    named in ``unscheduled``, when a list is given."""
+    plan = plan_kernels(g, lanes)
     layouts = kernel_layouts(plan)
-    unscheduled: list[str] = []
+    failed: list[str] = []
     bb = relax.BlockBuilder()
-    emit_function(bb, g, "main", None, plan, layouts, lanes, unscheduled)
+    emit_function(bb, g, "main", None, plan, layouts, lanes, failed)
     for b in batch_sizes:
-        emit_function(bb, g, f"main_b{b}", b, plan, layouts, lanes, unscheduled)
-    return CpuModule(bb.finalize(), plan, layouts, sorted(set(unscheduled)))
+        emit_function(bb, g, f"main_b{b}", b, plan, layouts, lanes, failed)
+    if unscheduled is not None:
+        unscheduled.extend(sorted(set(failed)))
+    return bb.finalize(), plan

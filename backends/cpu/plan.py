@@ -5,7 +5,7 @@ activations, batch norms and adds after it read and write it as it is, so the da
 converted where a layer needs the plain layout (flatten, dense, softmax, concat, ...) and at
 the model's output. The model's input stays plain: the first conv reads it directly.
 
-    plan = plan_kernels(g, lanes=16)
+    plan = plan_kernels(g, lanes=16)  # AVX-512: 16 float32 lanes
     plan["layer1.0.conv1"].kind        # 'conv'
     plan["layer1.0.conv1"].out_block   # 16
 """
@@ -18,6 +18,7 @@ import networkx as nx
 
 from cnncompiler.graph import topo_layers
 from cnncompiler.layers.window import resolve_padding
+from cnncompiler.runtime.signature import prepared_shapes
 
 from .blocking import PLAIN, block_for
 from .conv import ConvGeometry
@@ -77,12 +78,15 @@ def choose_conv(g, node, keys, blocks, lanes) -> KernelChoice:
                             {"weight": f"blocked_oihw:1:{b}", **_vector_layouts(keys, b)},
                             geo)
     why = ""
-    for ob in dict.fromkeys((block_for(base.filters, lanes), lanes // 2, lanes // 4)):
-        geo = conv_geometry(g, node, in_block, ob)
-        why = geo.supported()
-        if why is None:
-            layouts = {"weight": f"blocked_oihw:{geo.ib}:{ob}", **_vector_layouts(keys, ob)}
-            return KernelChoice("conv", ob, (None,) + ((ob,) if residual else ()), layouts, geo)
+    # a grouped conv whose groups split the input's blocks reads the input plain instead
+    for source in dict.fromkeys((in_block, PLAIN)):
+        for ob in dict.fromkeys((block_for(base.filters, lanes), lanes // 2, lanes // 4)):
+            geo = conv_geometry(g, node, source, ob)
+            why = geo.supported()
+            if why is None:
+                layouts = {"weight": f"blocked_oihw:{geo.ib}:{ob}", **_vector_layouts(keys, ob)}
+                return KernelChoice("conv", ob, (source,) + ((ob,) if residual else ()),
+                                    layouts, geo)
     return KernelChoice("generic", note=f"no blocked conv kernel: {why}")
 
 
@@ -104,18 +108,30 @@ def choose_kernel(g: nx.DiGraph, node: str, blocks: dict, lanes: int, keys) -> K
     if t in ELEMENTWISE:
         layouts = _vector_layouts(keys, first) if first != PLAIN else {}
         return KernelChoice("elementwise", first, (first,) * len(data["inputs"]), layouts)
+    if t == "concat" and first != PLAIN and _concat_keeps_blocks(g, node, blocks, first):
+        return KernelChoice("concat", first, (first,) * len(data["inputs"]))
     return KernelChoice("generic", note="" if first == PLAIN else "reads the blocked input "
                         "through a plain view")
 
 
-def plan_kernels(g: nx.DiGraph, lanes: int, prepared_keys) -> dict[str, KernelChoice]:
-    """A kernel choice for every layer; ``prepared_keys(node)`` lists its kernel arguments."""
+def _concat_keeps_blocks(g, node, blocks, block: int) -> bool:
+    """A concat along the channels of values with the same block, each a whole number of
+    blocks, is a concat of blocks: it keeps the layout."""
+    data = g.nodes[node]
+    if data["layer"].sample_axis(len(data["shape"])) != 0:
+        return False
+    return all(blocks[src] == block and g.nodes[src]["shape"][0] % block == 0
+               for src in data["inputs"])
+
+
+def plan_kernels(g: nx.DiGraph, lanes: int) -> dict[str, KernelChoice]:
+    """A kernel choice for every layer of the optimised graph."""
     blocks = {"input": PLAIN}
     plan = {}
     for node in topo_layers(g):
         if node == "input":
             continue
-        choice = choose_kernel(g, node, blocks, lanes, prepared_keys(node))
+        choice = choose_kernel(g, node, blocks, lanes, sorted(prepared_shapes(g, node)))
         plan[node] = choice
         blocks[node] = choice.out_block
     return plan

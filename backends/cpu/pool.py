@@ -123,6 +123,7 @@ def schedule_window(func, out_width: int):
     if work(sch, sch.get_loops(acc)) >= 2 * MIN_PARALLEL_WORK:
         sch.parallel(par)
     sch.reverse_compute_at(epi, w_o)
+    sch.set_scope(acc, 0, "local")  # the accumulators: a stack array kept in registers
     sch.unroll(w_i)
     sch.vectorize(j)
     if reduction:

@@ -22,6 +22,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import ArtifactError
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -93,6 +95,9 @@ LAYOUTS = {layout.name: layout for layout in (
 
 def parse(spec: str) -> tuple[Layout, tuple[int, ...]]:
     name, *args = spec.split(":")
+    if name not in LAYOUTS or not all(a.isdigit() and int(a) > 0 for a in args):
+        raise ArtifactError(f"unknown weight layout '{spec}' (this cnnc knows "
+                            f"{', '.join(LAYOUTS)}); recompile the model with this cnnc")
     return LAYOUTS[name], tuple(int(a) for a in args)
 
 
