@@ -157,7 +157,6 @@ def cmd_train(args) -> int:
     print(data.describe(), file=sys.stderr)
     overrides = {k: v for k, v in (("lr", args.lr), ("type", args.optimizer)) if v is not None}
     if overrides:
-        from dataclasses import asdict
         from .train.optim import describe
 
         current = describe(model.trainer.optimizer)

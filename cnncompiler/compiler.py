@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -57,6 +56,7 @@ def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str,
     graph, optimized, reports, warnings, chosen = _front_end(spec_text, spec_path, opt_level,
                                                              passes)
     out = Path(output_dir)
+    _check_output_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -92,7 +92,7 @@ def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str,
             "files": {name: {} for name in (art.LIBRARY, art.WEIGHTS, art.SPEC, art.REPORT)},
         }
         art.write_manifest(staging, manifest)
-        _replace_dir(staging, out)
+        art.swap_in_directory(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -114,19 +114,14 @@ def kernel_report(g) -> list[dict]:
     return rows
 
 
-def _replace_dir(staging: Path, out: Path) -> None:
+def _check_output_dir(out: Path) -> None:
+    """Only a new directory or an earlier artifact may be (over)written."""
     if out.exists():
         if not out.is_dir():
             raise CompileError(f"output '{out}' exists and is a file; choose a directory")
         if any(out.iterdir()) and not (out / art.MANIFEST).exists():
             raise CompileError(f"output directory '{out}' is not empty and not a cnnc artifact; "
                                "refusing to overwrite it")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, out)
 
 
 def compile(spec, target: str = "cpu", output_dir=None, *, arch: str | None = None,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from ..errors import ShapeError
 from .base import GLOBAL, Layer, ParamSpec, fmt_shape, register
 from .fields import boolean, option, positive_int

@@ -9,7 +9,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import ShapeError
-from .base import GLOBAL, Layer, ShapeNotes, Window, expect_rank, register
+from .base import GLOBAL, Layer, Window, expect_rank, register
 from .conv import sliding_output
 from .fields import boolean, choice, int_tuple, integer, option, padding, positive_number
 from .window import out_size, pad_spatial, resolve_padding, span, windows

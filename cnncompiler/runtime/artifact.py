@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -87,10 +88,26 @@ def write_manifest(directory: Path, manifest: dict) -> None:
     write_atomic(directory / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
 
 
-def manifest_digest(manifest: dict) -> str:
-    """sha256 of the manifest's own content, so an edited manifest is noticed too."""
-    body = {k: v for k, v in manifest.items() if k != "digest"}
+def json_digest(document: dict) -> str:
+    """sha256 of a JSON document's own content (its ``digest`` key left out), so an edited
+    manifest or checkpoint record is noticed too."""
+    body = {k: v for k, v in document.items() if k != "digest"}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+manifest_digest = json_digest
+
+
+def swap_in_directory(staging: Path, out: Path) -> None:
+    """Put a completely written directory in place of ``out`` (which may exist): a crash
+    leaves the old directory or the new one."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out)
 
 
 def read_manifest(directory: Path) -> dict:

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from ..errors import ArtifactError
-from ..runtime.artifact import sha256_file, write_atomic
+from ..runtime.artifact import file_entry, json_digest, sha256_file, swap_in_directory, write_atomic
 from ..runtime.weights import read_weights, write_weights
 
 FORMAT = "cnnc-checkpoint"
@@ -53,31 +52,15 @@ def save_checkpoint(trainer, directory) -> Path:
             # shuffling and masks are drawn from generators seeded by (seed, epoch, step):
             # these counters and the seed are the whole random state
             "random_state": {"seed": trainer.seed, "epoch": trainer.epoch, "step": trainer.step},
-            "files": {name: {"sha256": sha256_file(staging / name),
-                             "size": (staging / name).stat().st_size}
-                      for name in (WEIGHTS, OPTIMIZER)},
+            "files": {name: file_entry(staging / name) for name in (WEIGHTS, OPTIMIZER)},
         }
-        meta["digest"] = meta_digest(meta)
+        meta["digest"] = json_digest(meta)
         write_atomic(staging / META, (json.dumps(meta, indent=2) + "\n").encode())
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)
+        swap_in_directory(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
-
-
-def meta_digest(meta: dict) -> str:
-    """sha256 of the metadata itself (its counters matter as much as the weights)."""
-    import hashlib
-
-    body = {k: v for k, v in meta.items() if k != "digest"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def read_checkpoint(directory) -> tuple[dict, dict, dict]:
@@ -95,7 +78,7 @@ def read_checkpoint(directory) -> tuple[dict, dict, dict]:
     if meta.get("version") != VERSION:
         raise ArtifactError(f"{meta_path}: checkpoint version {meta.get('version')} is not "
                             f"supported (this cnnc reads version {VERSION})")
-    if meta.get("digest") != meta_digest(meta):
+    if meta.get("digest") != json_digest(meta):
         raise ArtifactError(f"{meta_path}: checkpoint metadata does not match its digest: it was "
                             "modified or is corrupt; use an earlier checkpoint")
     for name in (WEIGHTS, OPTIMIZER):
