@@ -408,3 +408,35 @@ def test_artifact_runs_with_the_tvm_runtime_alone(lenet, tmp_path):
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen == {"compiler_loaded": False, "runtime_loaded": True, "relax_imported": False}
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), lenet.predict(x))
+
+
+LOAD_CUDA_RUNTIME = textwrap.dedent("""
+    import ctypes, json, sys
+    from pathlib import Path
+    import tvm
+    from cnncompiler.runtime.model import load_cuda_runtime
+
+    calls = []
+    real = ctypes.CDLL
+    ctypes.CDLL = lambda path, *a, **k: calls.append(str(path)) or real(path, *a, **k)
+    try:
+        load_cuda_runtime(tvm)   # must not raise, driver or not
+    finally:
+        ctypes.CDLL = real
+    maps = open("/proc/self/maps").read()
+    tried = [Path(c).name for c in calls]
+    print(json.dumps({"sidecar": "libtvm_runtime_cuda" in maps or
+                                 tried == ["libtvm_runtime_cuda.so"],
+                      "compiler_loaded": "libtvm_compiler" in maps}))
+""")
+
+
+def test_runtime_only_mode_loads_the_cuda_runtime_itself():
+    # TVM's own loader for libtvm_runtime_cuda sits in compiler-side hooks that fail with
+    # TVM_USE_RUNTIME_LIB=1, leaving CUDA devices invisible (seen on an H200): cnnc loads it.
+    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1"}
+    proc = subprocess.run([sys.executable, "-c", LOAD_CUDA_RUNTIME], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen == {"sidecar": True, "compiler_loaded": False}

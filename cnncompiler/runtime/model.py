@@ -25,6 +25,30 @@ from .signature import kernel_arguments, kernel_signature
 from .weights import read_weights, validate_weights, write_weights
 
 
+def load_cuda_runtime(tvm) -> None:
+    """Make sure TVM's CUDA runtime library is loaded.
+
+    NOTE: TVM loads ``libtvm_runtime_cuda.so`` from a backend hook that imports compiler-side
+    modules; with ``TVM_USE_RUNTIME_LIB=1`` that hook fails quietly and CUDA devices look
+    absent. Loading the library registers the CUDA device API, so do it here.
+    """
+    import ctypes
+
+    try:
+        if "libtvm_runtime_cuda" in Path("/proc/self/maps").read_text():
+            return
+    except OSError:
+        pass
+    runtime = getattr(tvm.base, "_LOADED_LIBS", {}).get("tvm_runtime")
+    if runtime is None:
+        return
+    library = Path(runtime._name).resolve().parent / "libtvm_runtime_cuda.so"
+    try:
+        ctypes.CDLL(str(library), mode=ctypes.RTLD_LOCAL)
+    except OSError:
+        pass  # no CUDA driver or toolkit here: the device check below says so
+
+
 def _graphs(directory: Path, manifest: dict):
     """The spec's graph and the optimised graph, rebuilt from the artifact's spec (pure
     Python, deterministic) and checked against the compiled kernel signature."""
@@ -87,6 +111,7 @@ class CompiledModel:
                 import tvm
 
                 if self.target == "cuda":
+                    load_cuda_runtime(tvm)
                     dev = tvm.cuda(0)
                     if not dev.exist:
                         raise CnncError(f"{self.directory} is compiled for CUDA, but this machine "
