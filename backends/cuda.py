@@ -22,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cnncompiler.cache import cache_root
 from cnncompiler.errors import CompileError
 
 FATBIN_MAGIC = b"\x50\xed\x55\xba"
@@ -81,7 +82,7 @@ def stub_driver() -> Path:
             lines.append(f"int {s}(void) {{ return 100; /* CUDA_ERROR_NO_DEVICE */ }}")
     source = "\n".join(lines) + "\n"
     key = hashlib.sha256(source.encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("CNNC_CACHE", Path.home() / ".cache" / "cnnc")) / "cuda-stub" / key
+    cache = cache_root() / "cuda-stub" / key
     lib = cache / "libcuda.so.1"
     if lib.exists():
         return lib

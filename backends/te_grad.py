@@ -137,34 +137,61 @@ def grad_locally_connected2d(layer, xs, y, dy, args, out_shape):
 # -- pooling ---------------------------------------------------------------------------------------
 
 def _pool_geometry(layer, x):
-    sizes = [int(s) for s in x.shape[2:]]
+    sizes = [int(s) for s in x.shape[2:2 + len(layer.kernel)]]
     explicit = resolve_padding(layer.padding, sizes, layer.kernel, layer.stride,
                                (1,) * len(sizes))
     return sizes, explicit
 
 
 def _scatter_windows(layer, x, dy, weight, name):
-    """dx[i] = sum over windows j containing i of weight(n, c, j, i) * dy[j]."""
+    """dx[i] = sum over windows j containing i of weight(n, c, j, i, tail) * dy[j].
+
+    Axes after the spatial ones (``tail``: the channel lane of a blocked layout) are carried
+    through as they are."""
+    nd = len(layer.kernel)
     sizes, explicit = _pool_geometry(layer, x)
-    out_sp = [int(s) for s in dy.shape[2:]]
+    out_sp = [int(s) for s in dy.shape[2:2 + nd]]
     axes = []
     finders = []
     for a, (k, s, (b, _), o) in enumerate(zip(layer.kernel, layer.stride, explicit, out_sp)):
-        finder, count = None, -(-k // s)
-        axes.append(te.reduce_axis((0, count), name=f"rw{a}"))
+        axes.append(te.reduce_axis((0, -(-k // s)), name=f"rw{a}"))
         finders.append((b, k, s, o))
 
-    def value(n, c, *i):
+    def value(n, c, *rest):
+        i, tail = rest[:nd], rest[nd:]
         js, conds = [], []
         for a, (ia, (b, k, s, o)) in enumerate(zip(i, finders)):
             at, _ = _candidates(ia, b, k, s, o)
             j, ok = at(axes[a])
             js.append(tirx.max(tirx.min(j, o - 1), 0))
             conds.append(ok)
-        contrib = weight(n, c, js, i) * dy[(n, c, *js)]
+        contrib = weight(n, c, js, i, tail) * dy[(n, c, *js, *tail)]
         return te.sum(tirx.if_then_else(tirx.all(*conds), contrib, _zero(x)), axis=axes)
 
     return te.compute(x.shape, value, name=name)
+
+
+def _pad_window(x, pads, value: float, name: str = "pad"):
+    """Pad the spatial axes of (N, C, *spatial, *tail) with ``value``, one (before, after) pair
+    per spatial axis; the tail (a blocked layout's lane) is kept."""
+    nd = len(pads)
+    if all(tuple(p) == (0, 0) for p in pads):
+        return x
+    sizes = [int(s) for s in x.shape[2:2 + nd]]
+    shape = (x.shape[0], x.shape[1], *[s + b + a for s, (b, a) in zip(sizes, pads)],
+             *x.shape[2 + nd:])
+
+    def compute(n, c, *rest):
+        idx, tail = rest[:nd], rest[nd:]
+        conds = [cond for i, s, (b, a) in zip(idx, sizes, pads)
+                 for cond in ((i >= b) if b else None, (i < s + b) if a else None)
+                 if cond is not None]
+        src = [i - b for i, (b, _) in zip(idx, pads)]
+        if not conds:
+            return x[(n, c, *src, *tail)]
+        return tirx.if_then_else(tirx.all(*conds), x[(n, c, *src, *tail)], const(value, x.dtype))
+
+    return te.compute(shape, compute, name=name)
 
 
 def _flat(coords, sizes):
@@ -177,17 +204,19 @@ def _flat(coords, sizes):
 def _first_argmax(layer, x, y):
     """For each window, the flat input index of its first maximum (row-major window scan),
     as PyTorch's max pooling routes its gradient."""
+    nd = len(layer.kernel)
     sizes, _ = _pool_geometry(layer, x)
     full = layer.full_padding(sizes)
-    xp = pad(x, full, float("-inf"))
+    xp = _pad_window(x, full, float("-inf"))
     axes = [te.reduce_axis((0, k), name=f"ra{a}") for a, k in enumerate(layer.kernel)]
     big = math.prod(sizes) + 1
 
-    def value(n, c, *j):
+    def value(n, c, *rest):
+        j, tail = rest[:nd], rest[nd:]
         src = [jj * s + r for jj, s, r in zip(j, layer.stride, axes)]
         real = [p - b for p, (b, _) in zip(src, full)]
         flat = _flat(real, sizes).astype("int32")
-        hit = xp[(n, c, *src)] == y[(n, c, *j)]
+        hit = xp[(n, c, *src, *tail)] == y[(n, c, *j, *tail)]
         return te.min(tirx.if_then_else(hit, flat, tirx.const(big, "int32")), axis=axes)
 
     return te.compute(y.shape, value, name="pool_argmax")
@@ -198,8 +227,8 @@ def grad_maxpool(layer, xs, y, dy, args, out_shape):
     sizes, _ = _pool_geometry(layer, x)
     first = _first_argmax(layer, x, y)
 
-    def weight(n, c, js, i):
-        hit = first[(n, c, *js)] == _flat(list(i), sizes).astype("int32")
+    def weight(n, c, js, i, tail):
+        hit = first[(n, c, *js, *tail)] == _flat(list(i), sizes).astype("int32")
         return tirx.if_then_else(hit, const(1.0, x.dtype), _zero(x))
 
     return [_scatter_windows(layer, x, dy, weight, "maxpool_dx")], {}
@@ -221,7 +250,7 @@ def grad_avgpool(layer, xs, y, dy, args, out_shape):
     x = xs[0]
     sizes, explicit = _pool_geometry(layer, x)
 
-    def weight(n, c, js, i):
+    def weight(n, c, js, i, tail):
         return const(1.0, x.dtype) / _avg_count(layer, sizes, explicit, js,
                                                 layer.count_include_pad, x.dtype)
 
@@ -235,11 +264,11 @@ def grad_lppool(layer, xs, y, dy, args, out_shape):
     p = layer.p
     kernel = math.prod(layer.kernel)
 
-    def weight(n, c, js, i):
-        yv = y[(n, c, *js)]
+    def weight(n, c, js, i, tail):
+        yv = y[(n, c, *js, *tail)]
         scale = const(kernel, x.dtype) / _avg_count(layer, sizes, explicit, js, True, x.dtype)
         return tirx.power(yv, const(1.0 - p, x.dtype)) * scale * \
-            tirx.power(x[(n, c, *i)], const(p - 1.0, x.dtype))
+            tirx.power(x[(n, c, *i, *tail)], const(p - 1.0, x.dtype))
 
     return [_scatter_windows(layer, x, dy, weight, "lppool_dx")], {}
 
@@ -584,47 +613,39 @@ HYPER_SIZE = 12
 
 def sgd_update(p, g, buf, hyper):
     """SGD as torch.optim.SGD: weight decay, momentum (the first step takes the gradient),
-    dampening and Nesterov. Returns (new p, new momentum buffer)."""
+    dampening and Nesterov. Returns (new p, new momentum buffer), both from one loop."""
     dt = p.dtype
     one = const(1.0, dt)
 
-    def grad(*i):
-        return g(*i) + hyper[H_WD] * p(*i)
-
-    def new_buf(*i):
+    def both(*i):
         first = hyper[H_FIRST]
-        return hyper[H_MOMENTUM] * buf(*i) * (one - first) + \
-            (one - hyper[H_DAMPENING] * (one - first)) * grad(*i)
+        grad = g(*i) + hyper[H_WD] * p(*i)
+        nb = hyper[H_MOMENTUM] * buf(*i) * (one - first) + \
+            (one - hyper[H_DAMPENING] * (one - first)) * grad
+        step = nb + hyper[H_NESTEROV] * (grad + hyper[H_MOMENTUM] * nb - nb)
+        return [p(*i) - hyper[H_LR] * step, nb]
 
-    nb = te.compute(p.shape, new_buf, name="sgd_buf")
-
-    def new_p(*i):
-        step = nb(*i) + hyper[H_NESTEROV] * (grad(*i) + hyper[H_MOMENTUM] * nb(*i) - nb(*i))
-        return p(*i) - hyper[H_LR] * step
-
-    return te.compute(p.shape, new_p, name="sgd_param"), nb
+    new_p, new_buf = te.compute(p.shape, both, name="sgd")
+    return new_p, new_buf
 
 
 def adam_update(p, g, m, v, hyper):
     """Adam / AdamW as torch.optim: L2 decay (H_WD) or decoupled decay (H_WD_DECOUPLED), with
-    bias corrections H_BC1 = 1 - beta1^t and H_BC2 = 1 - beta2^t. Returns (p, m, v)."""
+    bias corrections H_BC1 = 1 - beta1^t and H_BC2 = 1 - beta2^t. Returns (p, m, v), all
+    from one loop."""
     dt = p.dtype
     one = const(1.0, dt)
 
-    def grad(*i):
-        return g(*i) + hyper[H_WD] * p(*i)
-
-    nm = te.compute(p.shape, lambda *i: hyper[H_BETA1] * m(*i) + (one - hyper[H_BETA1]) * grad(*i),
-                    name="adam_m")
-    nv = te.compute(p.shape, lambda *i: hyper[H_BETA2] * v(*i) +
-                    (one - hyper[H_BETA2]) * grad(*i) * grad(*i), name="adam_v")
-
-    def new_p(*i):
+    def all_three(*i):
+        grad = g(*i) + hyper[H_WD] * p(*i)
+        nm = hyper[H_BETA1] * m(*i) + (one - hyper[H_BETA1]) * grad
+        nv = hyper[H_BETA2] * v(*i) + (one - hyper[H_BETA2]) * grad * grad
         decayed = p(*i) * (one - hyper[H_LR] * hyper[H_WD_DECOUPLED])
-        denom = tirx.sqrt(nv(*i)) / tirx.sqrt(hyper[H_BC2]) + hyper[H_EPS]
-        return decayed - hyper[H_LR] / hyper[H_BC1] * nm(*i) / denom
+        denom = tirx.sqrt(nv) / tirx.sqrt(hyper[H_BC2]) + hyper[H_EPS]
+        return [decayed - hyper[H_LR] / hyper[H_BC1] * nm / denom, nm, nv]
 
-    return te.compute(p.shape, new_p, name="adam_param"), nm, nv
+    new_p, new_m, new_v = te.compute(p.shape, all_three, name="adam")
+    return new_p, new_m, new_v
 
 
 def square_sum(g):

@@ -1,5 +1,9 @@
 """Compile the training step of a graph for a target, with an on-disk cache.
 
+On the CPU, a float32 step is made of cnnc's own scheduled kernels (``backends.cpu.train_emit``)
+and built with the CPU backend's Relax pipeline; other builds lower the plain computes of
+``train_lower`` as they are.
+
 The cache key covers everything the compiled code depends on (the spec's layers, the loss,
 the optimizer family, the dtype, the target, the cnnc and TVM versions, and the source of the
 lowering itself), so a second training run of the same spec starts at once.
@@ -13,21 +17,53 @@ import os
 from pathlib import Path
 
 from cnncompiler import __version__
+from cnncompiler.cache import cache_root
 
 from .train_lower import build_train_module, train_signature
 
+HERE = Path(__file__).parent
+
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CNNC_CACHE", Path.home() / ".cache" / "cnnc")) / "train"
+    return cache_root() / "train"
 
 
 def _lowering_digest() -> str:
     """The source of the code that writes the training step: a changed lowering (even within
-    one cnnc version) must not reuse a library built by the old one."""
+    one cnnc version) must not reuse a library built by the old one. The CPU kernels and
+    their schedules count too."""
     h = hashlib.sha256()
-    for name in ("te_ops.py", "te_grad.py", "train_lower.py"):
-        h.update((Path(__file__).parent / name).read_bytes())
+    for path in [*(HERE / n for n in ("te_ops.py", "te_grad.py", "train_lower.py")),
+                 *sorted((HERE / "cpu").glob("*.py"))]:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def scheduled_on_cpu(choice, dtype: str) -> bool:
+    """Does this build use the scheduled CPU kernels?"""
+    return choice.kind == "cpu" and dtype == "float32"
+
+
+def compile_train_module(g, loss: str, optimizer: str, choice, dtype="float32",
+                         label_smoothing: float = 0.0, unscheduled: list | None = None):
+    """(the compiled VM executable, TrainSignature) of the training step, not cached."""
+    import tvm
+
+    if scheduled_on_cpu(choice, dtype):
+        from .cpu import relax_pipeline
+        from .cpu.train_emit import cpu_lowering
+
+        mod, sig = build_train_module(g, loss, optimizer, dtype, label_smoothing,
+                                      lowering=cpu_lowering(choice.vector_lanes, unscheduled))
+        target = tvm.target.Target(choice.config)
+        with target:
+            return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline()), sig
+    mod, sig = build_train_module(g, loss, optimizer, dtype, label_smoothing)
+    target = tvm.target.Target(choice.config, host=choice.host) if choice.kind == "cuda" else \
+        tvm.target.Target(choice.config)
+    with target:
+        return tvm.compile(mod, target=target), sig
 
 
 def build_train_library(g, spec_key: str, loss: str, optimizer: str, choice, dtype="float32",
@@ -44,11 +80,7 @@ def build_train_library(g, spec_key: str, loss: str, optimizer: str, choice, dty
     sig = train_signature(g, optimizer)
     if path.exists():
         return path, sig
-    mod, sig = build_train_module(g, loss, optimizer, dtype, label_smoothing)
-    target = tvm.target.Target(choice.config, host=choice.host) if choice.kind == "cuda" else \
-        tvm.target.Target(choice.config)
-    with target:
-        executable = tvm.compile(mod, target=target)
+    executable, sig = compile_train_module(g, loss, optimizer, choice, dtype, label_smoothing)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.so")
     executable.export_library(str(tmp))

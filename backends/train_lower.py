@@ -68,8 +68,12 @@ def _item(bb, tup, i):
 
 def emit_train_step(bb: relax.BlockBuilder, g: nx.DiGraph, loss: str, optimizer: str,
                     dtype: str = "float32", label_smoothing: float = 0.0,
-                    name: str = "train_step") -> TrainSignature:
-    """Add the training step of graph ``g`` (one output) to the module being built."""
+                    name: str = "train_step", lowering=None) -> TrainSignature:
+    """Add the training step of graph ``g`` (one output) to the module being built.
+
+    ``lowering`` makes the kernels: a ``TrainLowering`` class (default: this module's plain,
+    unscheduled computes, for any dtype and target) or a callable with its constructor's
+    arguments (``backends.cpu.train_emit`` gives scheduled CPU kernels in blocked layouts)."""
     if len(g.graph["outputs"]) != 1:
         raise CompileError(f"training needs a spec with one output; this one has "
                            f"{len(g.graph['outputs'])} ({', '.join(g.graph['outputs'])})")
@@ -98,22 +102,18 @@ def emit_train_step(bb: relax.BlockBuilder, g: nx.DiGraph, loss: str, optimizer:
     inputs = [x, y, hyper, *pvars.values(), *svars.values(), *mvars.values()]
     with bb.function(name, inputs):
         with bb.dataflow():
-            values, saved, new_buffers = _forward(bb, g, x, pvars, mvars)
-            loss_fn = te_grad.LOSSES[loss]
+            low = (lowering or TrainLowering)(bb, g, pvars, mvars)
+            low.values["input"] = low.model_input(x)
+            for node in topo_layers(g):
+                if node != "input":
+                    low.values[node] = low.forward(node)
             extra = {"smoothing": label_smoothing} if loss == "softmax_cross_entropy" else {}
-            res = bb.emit_te(lambda z, t: list(loss_fn(z, t, **extra)), values[out_node], y,
-                             primfunc_name_hint=f"loss_{loss}")
-            loss_v, correct, dlogits = (_item(bb, res, i) for i in range(3))
-            grads = _backward(bb, g, values, saved, pvars, mvars, {out_node: dlogits})
-            new_p, new_s = _update(bb, sig, optimizer, pvars, svars, grads, hyper)
-            count = len(sig.params)
-            sq = [bb.emit_te(te_grad.square_sum, t, primfunc_name_hint="square_sum")
-                  for t in [grads[p] for p in sig.params] + new_p]
-            grad_sq = bb.emit_te(lambda ts: te.compute(
-                (2, count), lambda r, i: _pick(ts, r * count + i), name="square_norms"), sq,
-                primfunc_name_hint="square_norms")
+            loss_v, correct, dlogits = low.loss(loss, low.values[out_node], y, extra)
+            grads = _backward(low, g, {out_node: dlogits})
+            new_p, new_s = low.update(sig, optimizer, svars, grads, hyper)
+            grad_sq = low.square_norms([grads[p] for p in sig.params] + new_p)
             result = bb.emit_output(relax.Tuple(
-                [loss_v, correct, grad_sq, *new_p, *[new_buffers[b] for b in sig.buffers],
+                [loss_v, correct, grad_sq, *new_p, *[low.new_buffers[b] for b in sig.buffers],
                  *new_s]))
         bb.emit_func_output(result)
     return sig
@@ -126,32 +126,83 @@ def _pick(tensors, i):
     return expr
 
 
-def _node_args(g, node, pvars):
-    return {local: pvars[glob] for local, glob in param_names(g, node).items()}
-
-
-def _forward(bb, g, x, pvars, mvars):
-    values, saved, new_buffers = {"input": x}, {}, {}
-    for node in topo_layers(g):
-        if node == "input":
+def _backward(low, g, grads):
+    """Gradients of every parameter, walking the graph backwards from the output; ``grads``
+    starts with the output's."""
+    param_grads = {}
+    for node in reversed(topo_layers(g)):
+        if node == "input" or node not in grads:
             continue
         data = g.nodes[node]
+        needs_dx = [src != "input" for src in data["inputs"]]
+        dxs, pgrads = low.backward(node, grads[node], needs_dx)
+        param_grads.update(pgrads)
+        for src, dx in zip(data["inputs"], dxs):
+            if src != "input" and dx is not None:
+                grads[src] = low.accumulate(src, grads.get(src), dx)
+    return param_grads
+
+
+class TrainLowering:
+    """The kernels of one training step: te_ops' forwards and te_grad's backwards in the plain
+    (N, C, *spatial) layout, each emitted with ``emit`` (here emit_te, unscheduled: right for
+    any dtype and target; a backend overrides ``emit`` to schedule them).
+
+    ``values`` maps each layer to its forward value. A value is whatever the lowering carries
+    (here a Relax var; a backend may carry a layout with it): ``plain`` turns one into a plain
+    var, ``from_plain`` a plain var into one. Backends override the layers they compute
+    their own way and inherit the rest, which then run on plain views of their inputs.
+    """
+
+    def __init__(self, bb: relax.BlockBuilder, g: nx.DiGraph, pvars: dict, mvars: dict):
+        self.bb, self.g, self.pvars, self.mvars = bb, g, pvars, mvars
+        self.values: dict = {}
+        self.saved: dict = {}          # what a layer's backward needs beyond its values
+        self.new_buffers: dict = {}    # batch-norm running statistics, moved
+
+    # -- values and kernels --------------------------------------------------------------------
+    def emit(self, fn, *args, name: str):
+        """One kernel computing ``fn`` (TE) of ``args`` (Relax values, lists or dicts)."""
+        return self.bb.emit_te(fn, *args, primfunc_name_hint=name)
+
+    def item(self, tup, i):
+        return _item(self.bb, tup, i)
+
+    def model_input(self, x):
+        return x
+
+    def plain(self, value):
+        return value
+
+    def from_plain(self, var):
+        return var
+
+    def args(self, node: str) -> dict:
+        return {local: self.pvars[glob] for local, glob in param_names(self.g, node).items()}
+
+    def inputs(self, node: str) -> list:
+        return [self.plain(self.values[s]) for s in self.g.nodes[node]["inputs"]]
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward(self, node: str):
+        data = self.g.nodes[node]
         layer = data["layer"]
-        xs = [values[s] for s in data["inputs"]]
-        args = _node_args(g, node, pvars)
+        xs = self.inputs(node)
+        args = self.args(node)
         hint = kernel_name(node)
         if layer.type_name == "batchnorm":
-            res = bb.emit_te(lambda t, a: list(te_grad.batchnorm_train(
+            res = self.emit(lambda t, a: list(te_grad.batchnorm_train(
                 layer, t, a["weight"], a["bias"], a["running_mean"], a["running_var"])),
-                xs[0], args, primfunc_name_hint=hint)
-            out, mean, var, rm, rv = (_item(bb, res, i) for i in range(5))
-            saved[node] = (mean, var)
-            names = param_names(g, node)
-            new_buffers[names["running_mean"]], new_buffers[names["running_var"]] = rm, rv
+                xs[0], args, name=hint)
+            out, mean, var, rm, rv = (self.item(res, i) for i in range(5))
+            self.saved[node] = (mean, var)
+            names = param_names(self.g, node)
+            self.new_buffers[names["running_mean"]] = rm
+            self.new_buffers[names["running_var"]] = rv
         elif layer.type_name == "dropout":
-            out = xs[0] if node not in mvars else bb.emit_te(
+            out = xs[0] if node not in self.mvars else self.emit(
                 lambda t, m: te.compute(t.shape, lambda *i: t(*i) * m(*i), name="dropout"),
-                xs[0], mvars[node], primfunc_name_hint=hint)
+                xs[0], self.mvars[node], name=hint)
         elif layer.type_name == "identity":
             out = xs[0]
         else:
@@ -160,94 +211,101 @@ def _forward(bb, g, x, pvars, mvars):
                 raise CompileError(f"layer '{node}' ({layer.type_name}) cannot be trained: no "
                                    "gradient for this layer type")
             shape = data["shape"]
-            out = bb.emit_te(lambda ts, a, layer=layer, shape=shape: lower(layer, ts, a, shape),
-                             xs, args, primfunc_name_hint=hint)
-        values[node] = out
-    return values, saved, new_buffers
+            out = self.emit(lambda ts, a: lower(layer, ts, a, shape), xs, args, name=hint)
+        return self.from_plain(out)
 
+    def loss(self, loss: str, out_value, y, extra: dict):
+        """(loss, correct, gradient of the output as a value)."""
+        loss_fn = te_grad.LOSSES[loss]
+        res = self.emit(lambda z, t: list(loss_fn(z, t, **extra)), self.plain(out_value), y,
+                        name=f"loss_{loss}")
+        return self.item(res, 0), self.item(res, 1), self.from_plain(self.item(res, 2))
 
-def _accumulate(bb, grads, node, g_new):
-    if node in grads:
-        grads[node] = bb.emit_te(lambda a, b: te.compute(a.shape, lambda *i: a(*i) + b(*i),
-                                                         name="grad_acc"),
-                                 grads[node], g_new, primfunc_name_hint="grad_acc")
-    else:
-        grads[node] = g_new
-
-
-def _backward(bb, g, values, saved, pvars, mvars, grads):
-    """Gradients of every parameter, walking the graph backwards from the output."""
-    param_grads = {}
-    for node in reversed(topo_layers(g)):
-        if node == "input" or node not in grads:
-            continue
-        data = g.nodes[node]
+    # -- backward ------------------------------------------------------------------------------
+    def backward(self, node: str, dy_value, needs_dx: list) -> tuple[list, dict]:
+        """(gradient of each input as a value, None where not needed; {parameter name:
+        its gradient}) of layer ``node`` given the gradient of its output."""
+        data = self.g.nodes[node]
         layer = data["layer"]
-        dy = grads[node]
-        xs = [values[s] for s in data["inputs"]]
-        args = _node_args(g, node, pvars)
-        names = param_names(g, node)
-        needs_dx = [src != "input" for src in data["inputs"]]
+        dy = self.plain(dy_value)
+        xs = self.inputs(node)
+        args = self.args(node)
+        names = param_names(self.g, node)
         hint = kernel_name(node) + "_grad"
+        grads = {}
         if layer.type_name == "batchnorm":
-            mean, var = saved[node]
-            res = bb.emit_te(lambda t, d, w, m, v: list(te_grad.grad_batchnorm(layer, t, d, w, m, v)),
-                             xs[0], dy, args["weight"], mean, var, primfunc_name_hint=hint)
-            dx = _item(bb, res, 0)
-            param_grads[names["weight"]], param_grads[names["bias"]] = _item(bb, res, 1), _item(bb, res, 2)
-            dxs = [dx]
+            mean, var = self.saved[node]
+            res = self.emit(lambda t, d, w, m, v: list(te_grad.grad_batchnorm(layer, t, d, w, m,
+                                                                                v)),
+                            xs[0], dy, args["weight"], mean, var, name=hint)
+            grads[names["weight"]], grads[names["bias"]] = self.item(res, 1), self.item(res, 2)
+            dxs = [self.item(res, 0)]
         elif layer.type_name == "dropout":
-            dxs = [dy if node not in mvars else bb.emit_te(
+            dxs = [dy if node not in self.mvars else self.emit(
                 lambda d, m: te.compute(d.shape, lambda *i: d(*i) * m(*i), name="dropout_dx"),
-                dy, mvars[node], primfunc_name_hint=hint)]
+                dy, self.mvars[node], name=hint)]
         elif layer.type_name in ("add", "identity"):
             dxs = [dy] * len(xs)
         else:
             grad = te_grad.GRADS[layer.type_name]
             shape = data["shape"]
-            y = values[node]
-            dxs = []
-            for i, need in enumerate(needs_dx):
-                dxs.append(bb.emit_te(
-                    lambda ts, yy, d, a, i=i, layer=layer, shape=shape: grad(layer, ts, yy, d, a, shape)[0][i],
-                    xs, y, dy, args, primfunc_name_hint=f"{hint}_dx{i}") if need else None)
-            if args:
-                local = [k for k in args if g.nodes[node]["param_specs"][k].trainable]
-                res = bb.emit_te(
-                    lambda ts, yy, d, a, layer=layer, shape=shape, local=local:
-                    [grad(layer, ts, yy, d, a, shape)[1][k] for k in local],
-                    xs, y, dy, args, primfunc_name_hint=f"{hint}_dw")
+            y = self.plain(self.values[node])
+            dxs = [self.emit(lambda ts, yy, d, a, i=i: grad(layer, ts, yy, d, a, shape)[0][i],
+                             xs, y, dy, args, name=f"{hint}_dx{i}") if need else None
+                   for i, need in enumerate(needs_dx)]
+            local = [k for k in args if data["param_specs"][k].trainable]
+            if local:
+                res = self.emit(lambda ts, yy, d, a: [grad(layer, ts, yy, d, a, shape)[1][k]
+                                                      for k in local],
+                                xs, y, dy, args, name=f"{hint}_dw")
                 # emit_te gives a tuple for several outputs, the tensor itself for one
                 for j, k in enumerate(local):
-                    param_grads[names[k]] = _item(bb, res, j) if len(local) > 1 else res
-        for src, dx in zip(data["inputs"], dxs):
-            if src != "input" and dx is not None:
-                _accumulate(bb, grads, src, dx)
-    return param_grads
+                    grads[names[k]] = self.item(res, j) if len(local) > 1 else res
+        return [None if dx is None else self.from_plain(dx) for dx in dxs], grads
 
+    def accumulate(self, src: str, total, new):
+        """The gradient of ``src`` so far (None: none yet) plus ``new``."""
+        if total is None:
+            return new
+        return self.from_plain(self.emit(
+            lambda a, b: te.compute(a.shape, lambda *i: a(*i) + b(*i), name="grad_acc"),
+            self.plain(total), self.plain(new), name="grad_acc"))
 
-def _update(bb, sig, optimizer, pvars, svars, grads, hyper):
-    new_params, new_state = [], {}
-    for p in sig.params:
-        if p not in grads:
-            raise CompileError(f"parameter '{p}' gets no gradient (its layer does not reach "
-                               "the output)")
-        if optimizer == "sgd":
-            res = bb.emit_te(te_grad.sgd_update, pvars[p], grads[p], svars[f"{p}#momentum"],
-                             hyper, primfunc_name_hint="sgd_update")
-            new_params.append(_item(bb, res, 0))
-            new_state[f"{p}#momentum"] = _item(bb, res, 1)
-        else:
-            res = bb.emit_te(te_grad.adam_update, pvars[p], grads[p], svars[f"{p}#exp_avg"],
-                             svars[f"{p}#exp_avg_sq"], hyper, primfunc_name_hint="adam_update")
-            new_params.append(_item(bb, res, 0))
-            new_state[f"{p}#exp_avg"] = _item(bb, res, 1)
-            new_state[f"{p}#exp_avg_sq"] = _item(bb, res, 2)
-    return new_params, [new_state[s] for s in sig.state]
+    # -- the update ----------------------------------------------------------------------------
+    def update(self, sig, optimizer: str, svars: dict, grads: dict, hyper):
+        new_params, new_state = [], {}
+        for p in sig.params:
+            if p not in grads:
+                raise CompileError(f"parameter '{p}' gets no gradient (its layer does not "
+                                   "reach the output)")
+            if optimizer == "sgd":
+                res = self.emit(te_grad.sgd_update, self.pvars[p], grads[p],
+                                svars[f"{p}#momentum"], hyper, name="sgd_update")
+                new_params.append(self.item(res, 0))
+                new_state[f"{p}#momentum"] = self.item(res, 1)
+            else:
+                res = self.emit(te_grad.adam_update, self.pvars[p], grads[p],
+                                svars[f"{p}#exp_avg"], svars[f"{p}#exp_avg_sq"], hyper,
+                                name="adam_update")
+                new_params.append(self.item(res, 0))
+                new_state[f"{p}#exp_avg"] = self.item(res, 1)
+                new_state[f"{p}#exp_avg_sq"] = self.item(res, 2)
+        return new_params, [new_state[s] for s in sig.state]
+
+    def square_norms(self, tensors: list):
+        """(2, parameters): the squared norms of the gradients, then of the new values."""
+        count = len(tensors) // 2
+        sq = [self.square_sum(t) for t in tensors]
+        return self.emit(lambda ts: te.compute((2, count), lambda r, i: _pick(ts, r * count + i),
+                                               name="square_norms"), sq, name="square_norms")
+
+    def square_sum(self, tensor):
+        """sum(tensor^2), (1,): non-finite when any entry is."""
+        return self.emit(te_grad.square_sum, tensor, name="square_sum")
 
 
 def build_train_module(g: nx.DiGraph, loss: str, optimizer: str, dtype: str = "float32",
-                       label_smoothing: float = 0.0):
+                       label_smoothing: float = 0.0, lowering=None):
     bb = relax.BlockBuilder()
-    sig = emit_train_step(bb, g, loss, optimizer, dtype, label_smoothing)
+    sig = emit_train_step(bb, g, loss, optimizer, dtype, label_smoothing, lowering=lowering)
     return bb.finalize(), sig

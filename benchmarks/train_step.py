@@ -7,7 +7,7 @@ on the same number of CPU threads. Reports; asserts nothing.
 
 The compiled step is timed through the public API (``model.train_step``), so its numbers include
 what a training loop pays per step: the batch's upload and the loss coming back. Its one-off
-compile time is shown apart (a second run finds it in the cache, ~/.cache/cnnc or $CNNC_CACHE).
+compile time is shown apart (a second run finds it in the cache, $CNNC_CACHE/train or ~/.cache/cnnc/train).
 The PyTorch twins are the hand-written nets of tests/torch_models.py.
 """
 

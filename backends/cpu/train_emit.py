@@ -1,0 +1,566 @@
+"""The training step as scheduled CPU kernels, in the blocked layout NC[b]c where a kernel
+family has a blocked form (as inference: ``plan``), float32.
+
+Convolutions run the inference kernel forward and the same kernel for their input gradient
+(a transposed conv, ``train_conv``), with a blocked weight-gradient kernel; batch norms,
+activations, adds, dropout and pools read and write the blocked layout, so the values of a conv
+net stay blocked from the first conv to the flatten; every other layer runs te_ops' and
+te_grad's plain computes (inherited from ``TrainLowering``) on plain views, with the fallback
+schedule. The optimizer updates and squared norms run on flat views of the parameters.
+
+Each kernel is scheduled when it is made, marked ``tirx.is_scheduled`` and opaque to fusion, as
+the inference kernels (``emit.emit_kernel``); the module must be built with
+``relax_pipeline()`` (its ``noalias`` mark is worth 2.4x on the conv kernels).
+
+    mod, sig = build_train_module(g, "softmax_cross_entropy", "sgd",
+                                  lowering=cpu_lowering(lanes=16))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
+
+from tvm import relax, te
+from tvm.relax.utils import gen_call_tir_inputs
+
+from cnncompiler.errors import CompileError
+from cnncompiler.graph import param_names
+from cnncompiler.runtime.signature import kernel_name
+
+from .. import te_grad
+from ..train_lower import TrainLowering
+from .blocking import PLAIN, block_for, to_blocked, to_plain
+from .conv import conv_blocked, schedule_conv, vector_registers
+from .dense import dense_blocked, schedule_dense
+from .emit import OPAQUE
+from .plan import conv_geometry
+from .pool import depthwise_blocked, global_pool_blocked, pool_blocked, schedule_window
+from .schedules import schedule_loops
+from .train_conv import (column_weight, columns_geometry, columns_pay_off, columns_to_input,
+                         depthwise_weight_grad, flipped_weight, forward_weight, input_grad,
+                         pack_bias, pack_depthwise, pack_weight, schedule_weight_grad,
+                         spread_output_grad, weight_grad)
+from .train_dense import (column_sums, dense_weight_grad, pack_rows, schedule_column_sums,
+                          schedule_dense_weight_grad)
+from .train_kernels import (batchnorm_apply, batchnorm_grad_apply, batchnorm_grad_sums,
+                            batchnorm_stats, bias_grad, global_pool_grad,
+                            schedule_lane_reductions,
+                            schedule_square_sum, schedule_sums_then_loops, square_sum_rows)
+from .vector_math import activation
+
+FLOAT = "float32"
+ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh")
+WINDOW_POOLS = ("maxpool2d", "maxpool1d", "avgpool2d", "avgpool1d")
+GLOBAL_POOLS = ("global_avgpool", "global_maxpool")
+
+
+def emit_scheduled(bb: relax.BlockBuilder, name: str, fn: Callable, args, schedule: Callable,
+                   unscheduled: list | None = None):
+    """One call_tir of the PrimFunc ``fn`` (TE, any number of outputs) makes from ``args``
+    (Relax values, lists or dicts of them), scheduled by ``schedule``, opaque to fusion.
+    Should TVM reject the schedule, the kernel is kept as computed (correct, slow) and named in
+    ``unscheduled``."""
+    func, call_args, out_types = gen_call_tir_inputs(fn, *args)
+    try:
+        func = schedule(func)
+    except Exception as exc:  # noqa: BLE001 (tvm raises several kinds; the kernel stays right)
+        if unscheduled is None:
+            raise
+        unscheduled.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    gv = bb.add_func(func.with_attr("op_pattern", OPAQUE), name)
+    return bb.emit(relax.call_tir(gv, call_args, out_types))
+
+
+@dataclass
+class Value:
+    """A value of the training step: its var, its logical channel count, its layout (block
+    ``b`` of NC[b]c, or PLAIN), and its conversions to other layouts, made once."""
+
+    var: relax.Expr
+    channels: int
+    block: int = PLAIN
+    views: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How a layer is computed: ``name`` the kernel family, ``geo`` a conv's geometry."""
+
+    name: str
+    geo: object = None
+
+
+def cpu_lowering(lanes: int, unscheduled: list | None = None):
+    """The ``lowering`` argument of ``build_train_module`` for the CPU: a CpuTrainLowering
+    for a target with ``lanes`` float32 vector lanes."""
+    return partial(CpuTrainLowering, lanes=lanes, unscheduled=unscheduled)
+
+
+class CpuTrainLowering(TrainLowering):
+    def __init__(self, bb, g, pvars, mvars, lanes: int = 16, unscheduled: list | None = None):
+        super().__init__(bb, g, pvars, mvars)
+        self.lanes = lanes
+        self.registers = vector_registers(lanes)
+        self.unscheduled = unscheduled if unscheduled is not None else []
+        self.kinds: dict[str, Kind] = {}
+        self.consumed: dict[str, list] = {}   # each layer's inputs in the layouts it read
+        self.input_grads: dict[str, str] = {}  # conv -> how its input gradient is computed
+
+    # -- values, layouts and kernels -----------------------------------------------------------
+    def emit(self, fn, *args, name: str, schedule=None):
+        """The kernel scheduled by ``schedule`` (default: the fallback schedule)."""
+        schedule = schedule or (lambda f: schedule_loops(f, self.lanes))
+        return emit_scheduled(self.bb, name, fn, args, schedule, self.unscheduled)
+
+    def model_input(self, x):
+        return Value(x, int(x.ty.shape.values[1]))
+
+    def from_plain(self, var):
+        shape = var.ty.shape.values
+        return Value(var, int(shape[1]) if len(shape) > 1 else 0)
+
+    def plain(self, value):
+        return self.layout(value, PLAIN).var
+
+    def layout(self, value: Value, block: int) -> Value:
+        """``value`` in the layout ``block``, converted once."""
+        if block == value.block:
+            return value
+        if block not in value.views:
+            c, b = value.channels, value.block
+            if block == PLAIN:
+                fn = lambda x: to_plain(x, c, b)  # noqa: E731
+            else:
+                fn = lambda x: to_blocked(x, c, block, b)  # noqa: E731
+            var = self.emit(fn, value.var, name=f"layout{block}")
+            value.views[block] = Value(var, c, block)
+        return value.views[block]
+
+    def value_in(self, src: str, block: int) -> Value:
+        return self.layout(self.values[src], block)
+
+    # -- which kernel ---------------------------------------------------------------------------
+    def choose(self, node: str) -> Kind:
+        data = self.g.nodes[node]
+        layer = data["layer"]
+        t = layer.type_name
+        first = self.values[data["inputs"][0]].block if data["inputs"] else PLAIN
+        spatial = len(data["shape"]) > 1
+        if t in ("conv2d", "conv1d"):
+            return self.choose_conv(node)
+        if t in ACTIVATIONS or t in ("add", "dropout", "identity"):
+            return Kind("elementwise")
+        if t == "dense":
+            return Kind("dense")
+        if not spatial or first == PLAIN:
+            return Kind("generic")
+        if t == "batchnorm":
+            return Kind("batchnorm")
+        if t in WINDOW_POOLS:
+            return Kind("pool")
+        if t in GLOBAL_POOLS:
+            return Kind("global_pool")
+        return Kind("generic")
+
+    def choose_conv(self, node: str) -> Kind:
+        data = self.g.nodes[node]
+        layer = data["layer"]
+        src = data["inputs"][0]
+        in_block = self.values[src].block
+        cin = self.g.nodes[src]["shape"][0]
+        if layer.groups == cin and layer.filters == cin and cin > 1:
+            b = in_block or block_for(cin, self.lanes)
+            return Kind("depthwise", conv_geometry(self.g, node, b, b))
+        for source in dict.fromkeys((in_block, PLAIN)):
+            for ob in dict.fromkeys((block_for(layer.filters, self.lanes), self.lanes // 2,
+                                     self.lanes // 4)):
+                geo = conv_geometry(self.g, node, source, ob)
+                if geo.supported() is None:
+                    return Kind("conv", geo)
+        return Kind("generic")
+
+    # -- forward --------------------------------------------------------------------------------
+    def forward(self, node: str):
+        kind = self.choose(node)
+        self.kinds[node] = kind
+        if kind.name == "generic":
+            self.consumed[node] = [self.values[s] for s in self.g.nodes[node]["inputs"]]
+            return super().forward(node)
+        return getattr(self, f"forward_{kind.name}")(node, kind)
+
+    def forward_conv(self, node, kind):
+        geo = kind.geo
+        x = self.value_in(self.g.nodes[node]["inputs"][0], geo.ib if not geo.in_plain else PLAIN)
+        self.consumed[node] = [x]
+        args = self.args(node)
+        packed = self.emit(lambda w: pack_weight(forward_weight(w, geo), geo), args["weight"],
+                           name=f"{kernel_name(node)}_pack")
+        inputs = [x.var, packed]
+        if "bias" in args:
+            inputs.append(self.emit(lambda b: pack_bias(b, geo.cout, geo.ob), args["bias"],
+                                    name=f"{kernel_name(node)}_pack_bias"))
+        registers = self.registers
+        out = self.emit(lambda t, w, *b: conv_blocked(t, w, b[0] if b else None, geo), *inputs,
+                        name=kernel_name(node),
+                        schedule=lambda f: schedule_conv(f, geo, registers=registers))
+        return Value(out, geo.cout, geo.ob)
+
+    def forward_depthwise(self, node, kind):
+        geo = kind.geo
+        x = self.value_in(self.g.nodes[node]["inputs"][0], geo.ob)
+        self.consumed[node] = [x]
+        args = self.args(node)
+        packed = self.emit(lambda w: pack_depthwise(lambda c, k: w[(c, 0, *k)], geo.cout,
+                                                    geo.ob, geo.kernel), args["weight"],
+                           name=f"{kernel_name(node)}_pack")
+        inputs = [x.var, packed]
+        if "bias" in args:
+            inputs.append(self.emit(lambda b: pack_bias(b, geo.cout, geo.ob), args["bias"],
+                                    name=f"{kernel_name(node)}_pack_bias"))
+        width = geo.out_spatial[-1]
+        out = self.emit(lambda t, w, *b: depthwise_blocked(t, w, b[0] if b else None, geo),
+                        *inputs, name=kernel_name(node),
+                        schedule=lambda f: schedule_window(f, width))
+        return Value(out, geo.cout, geo.ob)
+
+    def forward_dense(self, node, kind):
+        data = self.g.nodes[node]
+        x = self.values[data["inputs"][0]]
+        self.consumed[node] = [x]
+        args = self.args(node)
+        outputs, features, lanes = data["shape"][0], int(args["weight"].ty.shape.values[1]), \
+            self.lanes
+        packed = self.emit(lambda w: pack_rows(lambda o, k: w[o, k], outputs, features, lanes),
+                           args["weight"], name=f"{kernel_name(node)}_pack")
+        inputs = [self.plain(x), packed] + ([args["bias"]] if "bias" in args else [])
+        registers = self.registers
+        out = self.emit(lambda t, w, *b: dense_blocked(t, w, b[0] if b else None, outputs),
+                        *inputs, name=kernel_name(node),
+                        schedule=lambda f: schedule_dense(f, registers=registers))
+        return Value(out, outputs)
+
+    def backward_dense(self, node, kind, dy, needs_dx):
+        data = self.g.nodes[node]
+        (x,) = self.consumed[node]
+        args = self.args(node)
+        names = param_names(self.g, node)
+        hint = kernel_name(node) + "_grad"
+        outputs, features = data["shape"][0], int(args["weight"].ty.shape.values[1])
+        lanes, registers = self.lanes, self.registers
+        dy_var = self.plain(dy)
+        dxs = [None]
+        if needs_dx[0]:
+            packed = self.emit(lambda w: pack_rows(lambda k, o: w[o, k], features, outputs,
+                                                   lanes),
+                               args["weight"], name=f"{hint}_pack")
+            var = self.emit(lambda d, w: dense_blocked(d, w, None, features), dy_var, packed,
+                            name=f"{hint}_dx",
+                            schedule=lambda f: schedule_dense(f, registers=registers))
+            dxs = [Value(var, features)]
+        grads = {names["weight"]: self.emit(
+            lambda t, d: dense_weight_grad(t, d, lanes), self.plain(x), dy_var,
+            name=f"{hint}_dw", schedule=lambda f: schedule_dense_weight_grad(f, registers))}
+        if "bias" in args:
+            grads[names["bias"]] = self.emit(column_sums, dy_var, name=f"{hint}_db",
+                                             schedule=lambda f: schedule_column_sums(f, lanes))
+        return dxs, grads
+
+    def forward_elementwise(self, node, kind):
+        data = self.g.nodes[node]
+        layer = data["layer"]
+        t = layer.type_name
+        first = self.values[data["inputs"][0]]
+        xs = [self.layout(self.values[s], first.block) for s in data["inputs"]]
+        self.consumed[node] = xs
+        if t == "identity" or (t == "dropout" and node not in self.mvars):
+            return xs[0]
+        if t == "dropout":
+            mask = self.layout(Value(self.mvars[node], first.channels), first.block)
+            self.consumed[node] = [xs[0], mask]
+            var = self.emit(lambda a, m: te.compute(a.shape, lambda *i: a(*i) * m(*i),
+                                                    name="dropout"),
+                            xs[0].var, mask.var, name=kernel_name(node))
+        elif t == "add":
+            def add(*ts):
+                def compute(*i):
+                    total = ts[0](*i)
+                    for other in ts[1:]:
+                        total = total + other(*i)
+                    return total
+                return te.compute(ts[0].shape, compute, name="add")
+            var = self.emit(add, *[x.var for x in xs], name=kernel_name(node))
+        else:
+            alpha = getattr(layer, "alpha", 0.0)
+            var = self.emit(lambda a: te.compute(a.shape, lambda *i: activation(t, a(*i), alpha),
+                                                 name=t), xs[0].var, name=kernel_name(node))
+        return Value(var, first.channels, first.block)
+
+    def forward_batchnorm(self, node, kind):
+        data = self.g.nodes[node]
+        layer = data["layer"]
+        x = self.values[data["inputs"][0]]
+        self.consumed[node] = [x]
+        a = self.args(node)
+        channels = x.channels
+        lanes = self.lanes
+        stats = self.emit(lambda t, w, b, rm, rv: batchnorm_stats(layer, t, channels, w, b, rm,
+                                                                  rv),
+                          x.var, a["weight"], a["bias"], a["running_mean"], a["running_var"],
+                          name=f"{kernel_name(node)}_stats",
+                          schedule=lambda f: schedule_sums_then_loops(f, ["bn_sum", "bn_sq"],
+                                                                      lanes))
+        moments, coef = self.item(stats, 0), self.item(stats, 1)
+        names = param_names(self.g, node)
+        self.new_buffers[names["running_mean"]] = self.item(stats, 2)
+        self.new_buffers[names["running_var"]] = self.item(stats, 3)
+        self.saved[node] = moments
+        out = self.emit(batchnorm_apply, x.var, coef, name=kernel_name(node))
+        return Value(out, channels, x.block)
+
+    def forward_pool(self, node, kind):
+        data = self.g.nodes[node]
+        layer, out_spatial = data["layer"], tuple(data["shape"][1:])
+        x = self.values[data["inputs"][0]]
+        self.consumed[node] = [x]
+        out = self.emit(lambda t: pool_blocked(layer, t, out_spatial), x.var,
+                        name=kernel_name(node),
+                        schedule=lambda f: schedule_window(f, out_spatial[-1]))
+        return Value(out, x.channels, x.block)
+
+    def forward_global_pool(self, node, kind):
+        layer = self.g.nodes[node]["layer"]
+        x = self.values[self.g.nodes[node]["inputs"][0]]
+        self.consumed[node] = [x]
+        out = self.emit(lambda t: global_pool_blocked(layer, t), x.var, name=kernel_name(node),
+                        schedule=lambda f: schedule_window(f, 1))
+        return Value(out, x.channels, x.block)
+
+    # -- backward -------------------------------------------------------------------------------
+    def backward(self, node: str, dy_value, needs_dx: list):
+        kind = self.kinds[node]
+        if kind.name == "generic":
+            return super().backward(node, dy_value, needs_dx)
+        return getattr(self, f"backward_{kind.name}")(node, kind, dy_value, needs_dx)
+
+    def backward_conv(self, node, kind, dy, needs_dx):
+        geo = kind.geo
+        dy = self.layout(dy, geo.ob)
+        (x,) = self.consumed[node]
+        args = self.args(node)
+        names = param_names(self.g, node)
+        hint = kernel_name(node) + "_grad"
+        registers = self.registers
+        dxs = [None]
+        if needs_dx[0]:
+            out_block, grad = self.input_grad_geometry(geo)
+            if columns_pay_off(geo):
+                self.input_grads[node] = "columns"
+                dxs = [self.columns_input_grad(node, geo, dy, out_block)]
+            elif grad.geo.supported() is None:
+                self.input_grads[node] = "transposed"
+                packed = self.emit(lambda w: pack_weight(flipped_weight(w, geo), grad.geo),
+                                   args["weight"], name=f"{hint}_pack")
+
+                def dx_compute(d, w):
+                    src = spread_output_grad(d, geo, grad) if grad.zero_insert else d
+                    return conv_blocked(src, w, None, grad.geo)
+
+                var = self.emit(dx_compute, dy.var, packed, name=f"{hint}_dx",
+                                schedule=lambda f: schedule_conv(f, grad.geo,
+                                                                 registers=registers))
+                dxs = [Value(var, geo.cin, grad.geo.ob)]
+            else:
+                self.input_grads[node] = "generic"
+                dxs = [self.generic_input_grad(node, x, dy)]
+        grads = {names["weight"]: self.emit(
+            lambda t, d: weight_grad(t, d, geo), x.var, dy.var, name=f"{hint}_dw",
+            schedule=lambda f: schedule_weight_grad(f, geo, registers=registers))}
+        if "bias" in args:
+            grads[names["bias"]] = self.channel_grad(dy, geo.cout, f"{hint}_db")
+        return dxs, grads
+
+    def input_grad_geometry(self, geo):
+        """(block, InputGrad) of the transposed conv computing dx: in the input's block where
+        the grouped kernel supports it, else the next smaller block that it does."""
+        first = geo.ib if not geo.in_plain else block_for(geo.cin, self.lanes)
+        for block in dict.fromkeys((first, self.lanes // 2, self.lanes // 4)):
+            grad = input_grad(geo, block)
+            if grad.geo.supported() is None:
+                return block, grad
+        return first, input_grad(geo, first)
+
+    def columns_input_grad(self, node, geo, dy: Value, out_block: int) -> Value:
+        """dx as columns (a 1x1 conv of dy) gathered back to the input's positions."""
+        cols = columns_geometry(geo, out_block)
+        hint = kernel_name(node) + "_grad"
+        registers = self.registers
+        packed = self.emit(lambda w: pack_weight(column_weight(w, geo, cols), cols),
+                           self.args(node)["weight"], name=f"{hint}_pack")
+        columns = self.emit(lambda d, w: conv_blocked(d, w, None, cols), dy.var, packed,
+                            name=f"{hint}_columns",
+                            schedule=lambda f: schedule_conv(f, cols, registers=registers))
+        width = geo.in_spatial[-1]
+        var = self.emit(lambda c: columns_to_input(c, geo, out_block), columns,
+                        name=f"{hint}_dx", schedule=lambda f: schedule_window(f, width))
+        return Value(var, geo.cin, out_block)
+
+    def generic_input_grad(self, node, x, dy):
+        """te_grad's input gradient of a conv, on plain views (for the convs whose transposed
+        conv has no blocked kernel)."""
+        layer = self.g.nodes[node]["layer"]
+        shape = self.g.nodes[node]["shape"]
+        args = self.args(node)
+        var = self.emit(lambda t, d, a: te_grad.grad_conv(layer, [t], None, d, a, shape)[0][0],
+                        self.plain(x), self.plain(dy), {"weight": args["weight"]},
+                        name=f"{kernel_name(node)}_grad_dx0")
+        return Value(var, x.channels)
+
+    def backward_depthwise(self, node, kind, dy, needs_dx):
+        geo = kind.geo
+        dy = self.layout(dy, geo.ob)
+        (x,) = self.consumed[node]
+        args = self.args(node)
+        names = param_names(self.g, node)
+        hint = kernel_name(node) + "_grad"
+        dxs = [None]
+        if needs_dx[0]:
+            self.input_grads[node] = "transposed"
+            grad = input_grad(geo, geo.ob)
+            kernel = geo.kernel
+            packed = self.emit(lambda w: pack_depthwise(
+                lambda c, k: w[(c, 0, *[kk - 1 - i for kk, i in zip(kernel, k)])], geo.cout,
+                geo.ob, kernel), args["weight"], name=f"{hint}_pack")
+
+            def dx_compute(d, w):
+                src = spread_output_grad(d, geo, grad) if grad.zero_insert else d
+                return depthwise_blocked(src, w, None, grad.geo)
+
+            width = geo.in_spatial[-1]
+            var = self.emit(dx_compute, dy.var, packed, name=f"{hint}_dx",
+                            schedule=lambda f: schedule_window(f, width))
+            dxs = [Value(var, geo.cin, geo.ob)]
+        registers = self.registers
+        grads = {names["weight"]: self.emit(
+            lambda t, d: depthwise_weight_grad(t, d, geo), x.var, dy.var, name=f"{hint}_dw",
+            schedule=lambda f: schedule_weight_grad(f, geo, registers=registers,
+                                                    depthwise=True))}
+        if "bias" in args:
+            grads[names["bias"]] = self.channel_grad(dy, geo.cout, f"{hint}_db")
+        return dxs, grads
+
+    def channel_grad(self, dy: Value, channels: int, name: str):
+        lanes = self.lanes
+        return self.emit(lambda d: bias_grad(d, channels), dy.var, name=name,
+                         schedule=lambda f: schedule_sums_then_loops(f, ["bias_sum"], lanes))
+
+    def backward_elementwise(self, node, kind, dy, needs_dx):
+        data = self.g.nodes[node]
+        layer = data["layer"]
+        t = layer.type_name
+        xs = self.consumed[node]
+        dy = self.layout(dy, xs[0].block)
+        hint = kernel_name(node) + "_grad"
+        if t == "identity" or (t == "dropout" and node not in self.mvars):
+            return [dy], {}
+        if t == "add":
+            return [dy] * len(xs), {}
+        if t == "dropout":
+            var = self.emit(lambda d, m: te.compute(d.shape, lambda *i: d(*i) * m(*i),
+                                                    name="dropout_dx"),
+                            dy.var, xs[1].var, name=hint)
+            return [Value(var, dy.channels, dy.block)], {}
+        grad = te_grad.GRADS[t]
+        y = self.values[node]
+        var = self.emit(lambda a, b, d: grad(layer, [a], b, d, {}, None)[0][0],
+                        xs[0].var, y.var, dy.var, name=hint)
+        return [Value(var, dy.channels, dy.block)], {}
+
+    def backward_batchnorm(self, node, kind, dy, needs_dx):
+        layer = self.g.nodes[node]["layer"]
+        (x,) = self.consumed[node]
+        dy = self.layout(dy, x.block)
+        a = self.args(node)
+        names = param_names(self.g, node)
+        hint = kernel_name(node) + "_grad"
+        channels, lanes = x.channels, self.lanes
+        res = self.emit(lambda t, d, m, w: batchnorm_grad_sums(layer, t, d, m, w, channels),
+                        x.var, dy.var, self.saved[node], a["weight"], name=f"{hint}_sums",
+                        schedule=lambda f: schedule_sums_then_loops(f, ["bn_grad"], lanes))
+        coef = self.item(res, 0)
+        grads = {names["weight"]: self.item(res, 1), names["bias"]: self.item(res, 2)}
+        dx = self.emit(batchnorm_grad_apply, x.var, dy.var, coef, name=f"{hint}_dx")
+        return [Value(dx, channels, x.block)], grads
+
+    def backward_pool(self, node, kind, dy, needs_dx):
+        data = self.g.nodes[node]
+        layer, shape = data["layer"], data["shape"]
+        (x,) = self.consumed[node]
+        dy = self.layout(dy, x.block)
+        y = self.values[node]
+        grad = te_grad.GRADS[layer.type_name]
+        lanes = self.lanes
+        var = self.emit(lambda a, b, d: grad(layer, [a], b, d, {}, shape)[0][0],
+                        x.var, y.var, dy.var, name=kernel_name(node) + "_grad",
+                        schedule=lambda f: schedule_lane_reductions(f, lanes))
+        return [Value(var, x.channels, x.block)], {}
+
+    def backward_global_pool(self, node, kind, dy, needs_dx):
+        layer = self.g.nodes[node]["layer"]
+        (x,) = self.consumed[node]
+        dy = self.layout(dy, x.block)
+        y = self.values[node]
+        lanes = self.lanes
+        var = self.emit(lambda a, b, d: global_pool_grad(layer, a, b, d), x.var, y.var, dy.var,
+                        name=kernel_name(node) + "_grad",
+                        schedule=lambda f: schedule_lane_reductions(f, lanes))
+        return [Value(var, x.channels, x.block)], {}
+
+    def accumulate(self, src: str, total, new):
+        new = self.layout(new, self.values[src].block)
+        if total is None:
+            return new
+        var = self.emit(lambda a, b: te.compute(a.shape, lambda *i: a(*i) + b(*i),
+                                                name="grad_acc"),
+                        total.var, new.var, name="grad_acc")
+        return Value(var, new.channels, new.block)
+
+    # -- the update, on the parameters as flat vectors -----------------------------------------
+    def flat(self, var):
+        """A view of a parameter-shaped tensor as (size/lanes, lanes), or (size,) when the
+        lanes do not divide it: no copy, and contiguous vectors whatever its shape."""
+        size = 1
+        for d in var.ty.shape.values:
+            size *= int(d)
+        shape = (size // self.lanes, self.lanes) if size % self.lanes == 0 else (size,)
+        return self.bb.emit(relax.op.reshape(var, shape))
+
+    def unflat(self, var, like):
+        return self.bb.emit(relax.op.reshape(var, like.ty.shape))
+
+    def update(self, sig, optimizer: str, svars: dict, grads: dict, hyper):
+        new_params, new_state = [], {}
+        for p in sig.params:
+            if p not in grads:
+                raise CompileError(f"parameter '{p}' gets no gradient (its layer does not "
+                                   "reach the output)")
+            param = self.pvars[p]
+            if optimizer == "sgd":
+                slots, fn = [f"{p}#momentum"], te_grad.sgd_update
+            else:
+                slots, fn = [f"{p}#exp_avg", f"{p}#exp_avg_sq"], te_grad.adam_update
+            res = self.emit(fn, self.flat(param), self.flat(grads[p]),
+                            *[self.flat(svars[s]) for s in slots], hyper,
+                            name=f"{optimizer}_update")
+            new_params.append(self.unflat(self.item(res, 0), param))
+            for i, s in enumerate(slots):
+                new_state[s] = self.unflat(self.item(res, 1 + i), param)
+        return new_params, [new_state[s] for s in sig.state]
+
+    def square_sum(self, tensor):
+        flat = self.flat(tensor)
+        if len(flat.ty.shape.values) == 2:
+            return self.emit(square_sum_rows, flat, name="square_sum",
+                             schedule=schedule_square_sum)
+        return self.emit(te_grad.square_sum, flat, name="square_sum")

@@ -1,0 +1,23 @@
+"""Where cnnc keeps what it can rebuild: ``$CNNC_CACHE``, else ``$XDG_CACHE_HOME/cnnc``, else
+``~/.cache/cnnc``. Each kind of entry has its own folder under it:
+
+    train/       compiled training steps (backends/train_build.py)
+    tuning/      tuning records, one per (kernel workload, target) (backends/tuning/cache.py)
+    cuda-stub/   the compile-only libcuda stand-in for GPU-less machines (backends/cuda.py)
+
+Deleting any of them only costs the time to rebuild it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV = "CNNC_CACHE"
+
+
+def cache_root() -> Path:
+    if os.environ.get(ENV):
+        return Path(os.environ[ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cnnc"
