@@ -3,13 +3,16 @@
     python benchmarks/run.py                      # every model, every batch size
     python benchmarks/run.py --models lenet5,resnet18_cifar --rounds 3
     python benchmarks/run.py --json results.json
+    python benchmarks/run.py --tune-budget 10m    # also cnnc after tuning, per model
 
 For each network (specs/<key>.yaml and its PyTorch twin in tests/torch_models.py) it makes one
 set of weights, exports the PyTorch module to ONNX, loads the same state_dict into cnnc, checks
 that the three agree with cnnc's numpy reference, then prints:
 
 - latency (median of all timed runs) per batch size, cnnc's default build, ONNX Runtime and
-  PyTorch, and cnnc's ratios to each (a column for a tuned cnnc build is left empty);
+  PyTorch, and cnnc's ratios to each; with ``--tune-budget`` (or ``--tuned``) also cnnc with
+  the tuned schedules of the tuning cache, after ``cnnc tune`` ran on the model's batch sizes
+  for that long (a second run finds the kernels in the cache and skips them);
 - compile time;
 - peak activation memory: what cnnc's memory planning allocates, and for all three engines how
   far one inference at that batch size raises a fresh process's peak resident set (the same
@@ -39,6 +42,7 @@ sys.path.insert(0, str(HERE))
 from models import MODELS, ROOT, export_onnx, input_batch, state_arrays, torch_model  # noqa: E402
 
 ENGINES = ("cnnc", "onnxruntime", "torch")
+TUNED = "cnnc_tuned"
 SAMPLE_SECONDS = 0.25   # timed work per engine per round
 RTOL = 1e-4
 
@@ -78,6 +82,20 @@ class Worker:
         except (BrokenPipeError, ValueError):
             pass
         self.proc.wait(timeout=60)
+
+
+def tune(bench, budget: str) -> dict:
+    """``cnnc tune`` on the model's batch sizes (2 threads, as the timing); its progress goes to
+    stderr as it runs, its summary comes back."""
+    print(f"\n-- cnnc tune {bench.key} --budget {budget}", file=sys.stderr, flush=True)
+    out = subprocess.run([sys.executable, "-m", "cnncompiler.cli", "tune", str(bench.spec),
+                          "--budget", budget, "--threads", "2", "--json",
+                          "--batch-sizes", ",".join(map(str, bench.batches))],
+                         stdout=subprocess.PIPE, text=True, cwd=str(ROOT),
+                         env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    if out.returncode:
+        raise RuntimeError(f"cnnc tune {bench.key} failed (exit code {out.returncode})")
+    return json.loads(out.stdout)
 
 
 def first_run_memory(engine: str, bench, workdir: Path, batch: int) -> int | None:
@@ -194,14 +212,18 @@ def conv_table(kernels: dict, flops: dict, top: int = 4) -> list[dict]:
     return sorted(rows.values(), key=lambda r: -r["mflop"])[:top]
 
 
-def run_model(bench, rounds: int, kernels: bool) -> dict:
+def run_model(bench, rounds: int, kernels: bool, tuned: bool = False,
+              tune_budget: str | None = None) -> dict:
     result = {"model": bench.key, "title": bench.title}
+    engines = ENGINES[:1] + (TUNED,) * tuned + ENGINES[1:]
+    if tune_budget:
+        result["tuning"] = tune(bench, tune_budget)
     with tempfile.TemporaryDirectory(prefix=f"cnnc-bench-{bench.key}-") as tmp:
         workdir = Path(tmp)
         graph, optimized, state = prepare(bench, workdir)
         workers = {}
         try:
-            for name in ENGINES:  # one at a time: cnnc's compile time is measured alone
+            for name in engines:  # one at a time: cnnc's compile time is measured alone
                 w = Worker(name, bench.key, workdir, bench.batches)
                 if not w.ready.get("ready"):
                     raise RuntimeError(f"{name} failed to load {bench.key}: {w.ready.get('error')}")
@@ -209,7 +231,7 @@ def run_model(bench, rounds: int, kernels: bool) -> dict:
             result["info"] = {n: w.ready["info"] for n, w in workers.items()}
             result["errors"] = check_outputs(bench, workers, graph, state, workdir)
             result["latency"] = {b: time_batch(workers, b, rounds) for b in bench.batches}
-            result["memory"] = {b: {n: first_run_memory(n, bench, workdir, b) for n in ENGINES}
+            result["memory"] = {b: {n: first_run_memory(n, bench, workdir, b) for n in engines}
                                 for b in bench.batches}
             if kernels:
                 times = {b: workers["cnnc"].ask(cmd="kernels", batch=b)["kernels"]
@@ -243,13 +265,23 @@ def print_model(r: dict, sgemm: float) -> None:
           f"({'ok' if ok else 'ABOVE ' + str(RTOL)})")
     if info.get("fallbacks"):
         print("layers on the generic schedule: " + ", ".join(info["fallbacks"]))
+    if r.get("tuning"):
+        t = r["tuning"]
+        print(f"tuning: {t['spent_s']:.0f} s of a {t['budget_s']:.0f} s budget; "
+              f"{r['info'][TUNED].get('tuned_kernels', 0)} kernels of the tuned build run tuned "
+              "schedules "
+              f"(cnnc_tuned compile {r['info'][TUNED]['compile_s']:.1f} s)")
     print(f"{'batch':>5} {'cnnc ms':>9} {'tuned ms':>9} {'ORT ms':>9} {'torch ms':>9} "
-          f"{'cnnc/ORT':>9} {'cnnc/torch':>10}   (median; min in brackets)")
+          f"{'cnnc/ORT':>9} {'tuned/ORT':>9} {'cnnc/torch':>10}   (median; min in brackets)")
     for b, lat in r["latency"].items():
         c, o, t = (lat[e]["median_ms"] for e in ENGINES)
-        print(f"{b:>5} {c:>9.3f} {'-':>9} {o:>9.3f} {t:>9.3f} {c / o:>9.2f} {c / t:>10.2f}   "
-              f"[{lat['cnnc']['min_ms']:.3f} / {lat['onnxruntime']['min_ms']:.3f} / "
-              f"{lat['torch']['min_ms']:.3f}]")
+        tuned = lat.get(TUNED, {}).get("median_ms")
+        cells = (f"{'-':>9}", f"{'-':>9}") if tuned is None else \
+            (f"{tuned:>9.3f}", f"{tuned / o:>9.2f}")
+        mins = " / ".join(f"{lat[e]['min_ms']:.3f}" for e in ENGINES[:1] + (TUNED,) * (
+            tuned is not None) + ENGINES[1:])
+        print(f"{b:>5} {c:>9.3f} {cells[0]} {o:>9.3f} {t:>9.3f} {c / o:>9.2f} {cells[1]} "
+              f"{c / t:>10.2f}   [{mins}]")
     print(f"{'batch':>5} {'cnnc planned MiB':>17} {'first-run RSS growth MiB: cnnc':>31} "
           f"{'ORT':>7} {'torch':>7}")
     for b, mem in r["memory"].items():
@@ -266,17 +298,32 @@ def print_model(r: dict, sgemm: float) -> None:
 
 
 def print_summary(results: list[dict]) -> None:
-    print("\n== summary: cnnc default build / ONNX Runtime / PyTorch eager (median ms, 2 threads)")
-    print(f"{'model':<22} {'batch':>5} {'cnnc':>9} {'ORT':>9} {'torch':>9} {'/ORT':>6} "
-          f"{'/torch':>7} {'target met':>11}")
+    tuned = any(TUNED in lat for r in results for lat in r["latency"].values())
+    print("\n== summary: cnnc default build" + (" / cnnc tuned" if tuned else "")
+          + " / ONNX Runtime / PyTorch eager (median ms, 2 threads)")
+    print(f"{'model':<22} {'batch':>5} {'cnnc':>9} " + (f"{'tuned':>9} " if tuned else "")
+          + f"{'ORT':>9} {'torch':>9} {'/ORT':>6} " + (f"{'tuned/ORT':>9} " if tuned else "")
+          + f"{'/torch':>7} {'target met':>11}")
     for r in results:
         for b, lat in r["latency"].items():
             c, o, t = (lat[e]["median_ms"] for e in ENGINES)
-            met = c <= 1.5 * o and c <= t
-            print(f"{r['model']:<22} {b:>5} {c:>9.3f} {o:>9.3f} {t:>9.3f} {c / o:>6.2f} "
-                  f"{c / t:>7.2f} {'yes' if met else 'no':>11}")
+            row = f"{r['model']:<22} {b:>5} {c:>9.3f} "
+            if tuned:
+                u = lat.get(TUNED, {}).get("median_ms", float("nan"))
+                met = u <= o  # the tuned build's target: at most ONNX Runtime's latency
+                row += f"{u:>9.3f} {o:>9.3f} {t:>9.3f} {c / o:>6.2f} {u / o:>9.2f} "
+            else:
+                met = c <= 1.5 * o and c <= t
+                row += f"{o:>9.3f} {t:>9.3f} {c / o:>6.2f} "
+            print(row + f"{c / t:>7.2f} {'yes' if met else 'no':>11}")
+    if tuned:
+        print("target met: cnnc tuned at most 1.0x ONNX Runtime")
     for r in results:
-        print(f"compile {r['model']}: {r['info']['cnnc']['compile_s']:.1f} s")
+        line = f"compile {r['model']}: {r['info']['cnnc']['compile_s']:.1f} s"
+        if r.get("tuning"):
+            line += (f"; tuning {r['tuning']['spent_s']:.0f} s of {r['tuning']['budget_s']:.0f} s"
+                     f", {sum(k['faster'] for k in r['tuning']['kernels'])} kernels faster")
+        print(line)
 
 
 def main(argv=None) -> int:
@@ -286,7 +333,24 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     ap.add_argument("--no-kernels", action="store_true", help="skip the per-layer conv table")
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--tune-budget", metavar="TIME",
+                    help="run cnnc tune on each model for this long (e.g. 10m) before timing, "
+                         "and time cnnc with the tuned schedules too")
+    ap.add_argument("--tuned", action="store_true",
+                    help="time cnnc with the tuned schedules the cache already holds")
+    ap.add_argument("--cache", help="cnnc's cache root (sets CNNC_CACHE for the tuning and "
+                                    "the workers; the records go to its tuning/ folder)")
     args = ap.parse_args(argv)
+    if args.cache:
+        os.environ["CNNC_CACHE"] = str(Path(args.cache).resolve())
+    if args.tune_budget:
+        from cnncompiler.backends.tuning import parse_budget
+        from cnncompiler.errors import CnncError
+
+        try:
+            parse_budget(args.tune_budget, "--tune-budget")
+        except CnncError as exc:
+            ap.error(str(exc))
     keys = [k for k in args.models.split(",") if k]
     unknown = [k for k in keys if k not in MODELS]
     if unknown:
@@ -297,7 +361,8 @@ def main(argv=None) -> int:
     results = []
     for key in keys:
         start = time.perf_counter()
-        r = run_model(MODELS[key], args.rounds, not args.no_kernels)
+        r = run_model(MODELS[key], args.rounds, not args.no_kernels,
+                      tuned=bool(args.tune_budget or args.tuned), tune_budget=args.tune_budget)
         r["seconds"] = time.perf_counter() - start
         print_model(r, sgemm)
         results.append(r)

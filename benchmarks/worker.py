@@ -49,21 +49,29 @@ def first_run_growth(predict, x) -> int:
 
 
 class Cnnc:
+    """cnnc's default build: its own schedules only, whatever the tuning cache holds."""
+
+    name = "cnnc"
+    tuning_cache = False
+
     def __init__(self, bench, workdir: Path, batches, load_only: bool = False):
         import cnncompiler as cc
 
         start = time.perf_counter()
         if load_only:  # the artifact the timing worker compiled
-            self.model = cc.load(workdir / "cnnc")
+            self.model = cc.load(workdir / self.name)
         else:
-            self.model = cc.compile(bench.spec, batch_sizes=batches, output_dir=workdir / "cnnc")
+            self.model = cc.compile(bench.spec, batch_sizes=batches,
+                                    output_dir=workdir / self.name,
+                                    tuning_cache=self.tuning_cache)
         self.compile_seconds = time.perf_counter() - start
         self.model.load_params(str(workdir / "weights.npz"))
         self.model._device_args()  # weights on the device now, not during a measured run
         self.info = {"compile_s": self.compile_seconds,
                      "memory": self.model.manifest["build"].get("memory", {}),
                      "kernels": self.model.manifest["build"].get("kernels", {}),
-                     "fallbacks": self.model.manifest["build"].get("fallbacks", {})}
+                     "fallbacks": self.model.manifest["build"].get("fallbacks", {}),
+                     "tuned_kernels": self.model.manifest["build"].get("tuned_kernels", 0)}
 
     def predict(self, x):
         return self.model.predict(x)
@@ -97,6 +105,13 @@ class Cnnc:
         return out
 
 
+class CnncTuned(Cnnc):
+    """cnnc with the tuned schedules of the tuning cache ($CNNC_CACHE/tuning, else the default one)."""
+
+    name = "cnnc_tuned"
+    tuning_cache = None
+
+
 class OnnxRuntime:
     def __init__(self, bench, workdir: Path, batches, load_only: bool = False):
         import onnxruntime as ort
@@ -128,7 +143,7 @@ class Torch:
             return self.model(self.torch.from_numpy(x)).numpy()
 
 
-ENGINES = {"cnnc": Cnnc, "onnxruntime": OnnxRuntime, "torch": Torch}
+ENGINES = {"cnnc": Cnnc, "cnnc_tuned": CnncTuned, "onnxruntime": OnnxRuntime, "torch": Torch}
 
 
 def serve(engine, bench, workdir: Path) -> None:

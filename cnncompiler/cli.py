@@ -102,8 +102,13 @@ def _build_commands(sub):
     register(sub)
 
 
+def _tune_commands(sub):
+    from .cli_tune import register
+    register(sub)
+
+
 # Later pipeline stages add their subcommands here.
-EXTRA_COMMANDS: list = [_build_commands]
+EXTRA_COMMANDS: list = [_build_commands, _tune_commands]
 
 
 def _tolerant_streams() -> None:

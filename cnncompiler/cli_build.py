@@ -40,7 +40,9 @@ def cmd_compile(args) -> int:
     model = compile_spec(args.spec, target=args.target, output_dir=args.output, arch=args.arch,
                          opt_level=args.opt_level, passes=passes,
                          batch_sizes=_int_list(args.batch_sizes) if args.batch_sizes else (),
-                         seed=args.seed, weights=args.weights)
+                         seed=args.seed, weights=args.weights, tune_budget=args.tune_budget,
+                         tuning_cache=False if args.no_tuned else args.cache,
+                         progress=lambda line: print(line, file=sys.stderr, flush=True))
     seconds = time.perf_counter() - start
     report = load_report(args.output)
     for w in report["warnings"]:
@@ -51,12 +53,31 @@ def cmd_compile(args) -> int:
                               for r in report["passes"]]))
         print("kernels:")
         for k in report["kernels"]:
-            print(f"  {k['kernel']}: {k['what']}  <- {', '.join(k['computes'])}")
+            tuned = k.get("tuned_batches")
+            print(f"  {k['kernel']}: {k['what']}  <- {', '.join(k['computes'])}"
+                  + (f"  [tuned schedule at batch {','.join(map(str, tuned))}]" if tuned else ""))
+        print(format_tuning(report.get("tuning") or {}))
     m = model.manifest
+    tuned = m["build"].get("tuned_kernels")
     print(f"compiled {m['spec']['name']} for {m['target']['kind']} "
           f"({m['target']['tvm'].get('mcpu') or m['target'].get('arch')}) in {seconds:.1f} s: "
-          f"{len(report['kernels'])} kernels -> {args.output}")
+          f"{len(report['kernels'])} kernels" + (f" ({tuned} with tuned schedules)" if tuned
+                                                 else "") + f" -> {args.output}")
     return 0
+
+
+def format_tuning(tuning: dict) -> str:
+    """The report's tuning section: which kernels run tuned schedules, measured how fast."""
+    if not tuning.get("cache"):
+        return "tuned schedules: not used (cnnc's default schedules only)"
+    rows = tuning.get("tuned", [])
+    lines = [f"tuned schedules from {tuning['cache']}: {len(rows)} kernel(s)"
+             + ("" if rows else " (none measured faster than cnnc's default for these "
+                "kernels; cnnc tune SPEC --budget 10m --batch-sizes ... searches for some)")]
+    for r in rows:
+        lines.append(f"  {r['kernel']} b{r['batch']}: {r['schedule']}: {r['tuned_ms']:.3f} ms "
+                     f"vs default {r['default_ms']:.3f} ms ({r['speedup']:.2f}x)")
+    return "\n".join(lines)
 
 
 def _runtime_only() -> None:
@@ -200,6 +221,12 @@ def register(sub) -> None:
                                          "(any batch size still runs)")
     c.add_argument("--weights", help="a .safetensors file of weights to ship (PyTorch names)")
     c.add_argument("--seed", type=int, default=0, help="seed of new weights (default 0)")
+    c.add_argument("--tune-budget", help="tune the --batch-sizes kernels first for this long, "
+                                         "e.g. 10m (see cnnc tune)")
+    c.add_argument("--cache", help="tuning cache directory (default: $CNNC_CACHE/tuning, "
+                                   "else ~/.cache/cnnc/tuning)")
+    c.add_argument("--no-tuned", action="store_true",
+                   help="use cnnc's default schedules only, not the tuning cache")
     c.set_defaults(run=cmd_compile)
 
     r = sub.add_parser("run", help="run a compiled artifact on an input .npy")

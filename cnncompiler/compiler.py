@@ -40,21 +40,64 @@ def signature_json(g) -> tuple[dict, list[dict]]:
     return inputs, outputs
 
 
+def check_tuning(choice, tune_budget, batch_sizes) -> float | None:
+    """The tuning budget in seconds (None: no tuning), once the request is known to make sense."""
+    if tune_budget is None:
+        return None
+    from cnncompiler.backends.tuning.budget import parse_budget
+
+    seconds = parse_budget(tune_budget, "tune budget")
+    if choice.kind != "cpu":
+        raise CnncError(f"tuning runs on the CPU target only; received target "
+                        f"'{choice.describe()}'; drop the tune budget or use --target cpu")
+    if not batch_sizes:
+        raise CnncError("tuning needs static shapes, and the symbolic-batch function keeps "
+                        "cnnc's schedules; give the batch sizes to tune and specialise for, "
+                        "e.g. --batch-sizes 1,64")
+    return seconds
+
+
+def tuning_hook(choice, tuning_cache):
+    """The schedule hook that applies cached tuned schedules (None: cnnc's defaults only)."""
+    if tuning_cache is False or choice.kind != "cpu":
+        return None
+    from cnncompiler.backends.tuning import TuningCache
+    from cnncompiler.backends.tuning.apply import TunedSchedules
+
+    return TunedSchedules(TuningCache(tuning_cache or None), choice)
+
+
 def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str, *,
                    arch: str | None = None, opt_level: int = 2, passes=None, batch_sizes=(),
-                   seed: int = 0, weights: str | None = None) -> dict:
+                   seed: int = 0, weights: str | None = None, tune_budget=None,
+                   tuning_cache=None, progress=None) -> dict:
     """Compile a spec into an artifact directory; returns the manifest.
 
     The directory is built beside ``output_dir`` and renamed into place at the end, so a failed
-    compile never leaves a half-written artifact.
+    compile never leaves a half-written artifact. ``tune_budget`` tunes the kernels of the
+    batch-specialised functions first (``progress`` gets a line per kernel); the build then
+    uses every cached schedule measured faster than cnnc's default (``tuning_cache``: the
+    cache directory, default ``$CNNC_CACHE/tuning`` or ~/.cache/cnnc/tuning; False: none).
     """
     from cnncompiler.backends import build_library
     from cnncompiler.backends.targets import parse_target
     import tvm
 
     choice = parse_target(target, arch)
+    budget_s = check_tuning(choice, tune_budget, batch_sizes)
     graph, optimized, reports, warnings, chosen = _front_end(spec_text, spec_path, opt_level,
                                                              passes)
+    hook = tuning_hook(choice, tuning_cache)
+    search = None
+    if budget_s is not None:
+        from cnncompiler.backends.tuning.search import tune_model
+
+        cache = hook.cache if hook else None
+        if cache is None:
+            raise CnncError("tuning needs a cache to keep its results in; do not turn the "
+                            "tuning cache off when giving a tune budget")
+        search = tune_model(optimized, choice, tuple(batch_sizes), budget_s, cache,
+                            progress=progress).to_json()
     out = Path(output_dir)
     _check_output_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -69,11 +112,15 @@ def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str,
         from .runtime.weights import write_weights
         write_weights(staging / art.WEIGHTS, params)
         start = time.perf_counter()
-        build = build_library(optimized, choice, staging / art.LIBRARY, tuple(batch_sizes))
+        build = build_library(optimized, choice, staging / art.LIBRARY, tuple(batch_sizes),
+                              hook)
         build["seconds"] = round(time.perf_counter() - start, 3)
+        tuned = hook.report() if hook else {"cache": None, "tuned": [], "kept_default": []}
+        build["tuned_kernels"] = len(tuned["tuned"])
         report = {"passes": [r.to_json() for r in reports],
                   "warnings": [w.format() for w in warnings],
-                  "kernels": kernel_report(optimized)}
+                  "kernels": kernel_report(optimized, tuned["tuned"]),
+                  "tuning": {**tuned, "search": search}}
         (staging / art.REPORT).write_text(json.dumps(report, indent=2) + "\n")
         inputs, outputs = signature_json(graph)
         manifest = {
@@ -99,9 +146,11 @@ def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str,
     return manifest
 
 
-def kernel_report(g) -> list[dict]:
-    """One row per kernel of the optimised graph: which spec layers it computes."""
+def kernel_report(g, tuned=()) -> list[dict]:
+    """One row per kernel of the optimised graph: which spec layers it computes, and the batch
+    sizes at which it runs a tuned schedule (``tuned``: the tuning hook's report rows)."""
     from .graph import topo_layers
+    from .runtime.signature import kernel_name
 
     rows = []
     for name in topo_layers(g):
@@ -110,7 +159,9 @@ def kernel_report(g) -> list[dict]:
         if name == "input" or layer.type_name in ("dropout", "identity"):
             continue
         rows.append({"kernel": name, "computes": list(node.get("merged", (name,))),
-                     "what": layer.describe() if hasattr(layer, "describe") else layer.type_name})
+                     "what": layer.describe() if hasattr(layer, "describe") else layer.type_name,
+                     "tuned_batches": sorted(t["batch"] for t in tuned
+                                             if t["kernel"] == kernel_name(name))})
     return rows
 
 
@@ -125,11 +176,16 @@ def _check_output_dir(out: Path) -> None:
 
 
 def compile(spec, target: str = "cpu", output_dir=None, *, arch: str | None = None,
-            opt_level: int = 2, passes=None, batch_sizes=(), seed: int = 0, weights=None):
+            opt_level: int = 2, passes=None, batch_sizes=(), seed: int = 0, weights=None,
+            tune_budget=None, tuning_cache=None, progress=None):
     """Compile a spec file to a model ready to run (CPU) or to ship (CUDA).
 
     ``output_dir=None`` compiles into a temporary directory that lives as long as the model.
     ``batch_sizes`` adds functions specialised for those batch sizes; any size still runs.
+    On the CPU their kernels use the tuned schedules the tuning cache holds where those were
+    measured faster than cnnc's own (``tuning_cache``: a directory, or False for none);
+    ``tune_budget`` (``"10m"``, ``"90s"``, or seconds) tunes them first, reporting each
+    kernel to ``progress``.
     """
     from .runtime.model import load
 
@@ -150,14 +206,18 @@ def compile(spec, target: str = "cpu", output_dir=None, *, arch: str | None = No
                    weights=str(weights) if weights is not None else None)
     from cnncompiler.backends.targets import parse_target
 
-    if parse_target(target, arch).kind == "cuda":
+    choice = parse_target(target, arch)
+    check_tuning(choice, tune_budget, batch_sizes)
+    if choice.kind == "cuda":
         from cnncompiler.backends import cuda
 
         cuda.find_nvcc()
         if not cuda.prepare_process():
             cuda.compile_in_worker(request)
             return load(output_dir, _keep=keep)
-    build_artifact(**request)
+    build_artifact(**request, tune_budget=tune_budget,
+                   tuning_cache=str(tuning_cache) if tuning_cache else tuning_cache,
+                   progress=progress)
     return load(output_dir, _keep=keep)
 
 

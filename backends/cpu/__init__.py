@@ -15,8 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def build_cpu(g, choice, lib_path: Path, batch_sizes=()) -> dict:
-    """Lower the optimised graph, compile it for the CPU and export it as a shared library."""
+def build_cpu(g, choice, lib_path: Path, batch_sizes=(), schedule_hook=None) -> dict:
+    """Lower the optimised graph, compile it for the CPU and export it as a shared library.
+    ``schedule_hook`` may give kernels other schedules (tuned ones: backends/tuning)."""
     import tvm
 
     from .emit import build_cpu_module, kernel_layouts
@@ -24,7 +25,8 @@ def build_cpu(g, choice, lib_path: Path, batch_sizes=()) -> dict:
 
     target = tvm.target.Target(choice.config)
     unscheduled: list[str] = []
-    mod, plan = build_cpu_module(g, choice.vector_lanes, batch_sizes, unscheduled)
+    mod, plan = build_cpu_module(g, choice.vector_lanes, batch_sizes, unscheduled,
+                                 schedule_hook)
     with target:
         executable = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline())
     executable.export_library(str(lib_path))

@@ -9,6 +9,7 @@ fusion, so no later pass merges it with a neighbour and loses its schedule.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -44,9 +45,13 @@ class Value:
 
 def emit_kernel(bb: relax.BlockBuilder, name: str, inputs: list, compute: Callable,
                 schedule: Callable, unscheduled: list | None = None,
-                inplace: int | None = None) -> relax.Var:
+                inplace: int | None = None, schedule_hook: Callable | None = None) -> relax.Var:
     """One call_tir of the PrimFunc ``compute`` makes from the inputs' shapes, scheduled by
     ``schedule``. Identical kernels are added once (BlockBuilder.add_func deduplicates).
+
+    ``schedule_hook(name, func, schedule)``, when given, schedules the unscheduled ``func``
+    instead: tuning (backends/tuning) uses it to collect kernels and to substitute a schedule
+    measured faster than ``schedule``.
 
     With ``inplace``, the kernel writes its output over ``inputs[inplace]`` (a same-shaped
     value nothing reads afterwards: a residual), saving that much activation memory.
@@ -66,7 +71,7 @@ def emit_kernel(bb: relax.BlockBuilder, name: str, inputs: list, compute: Callab
     out = compute(*holders)
     func = te.create_prim_func([*holders, out])
     try:
-        func = schedule(func)
+        func = schedule(func) if schedule_hook is None else schedule_hook(name, func, schedule)
     except Exception as exc:  # noqa: BLE001 (tvm raises several kinds; the kernel stays right)
         if unscheduled is None:
             raise
@@ -97,8 +102,9 @@ class CpuEmitter:
     """Emits one Relax function of the graph; ``values`` maps layer names to their values."""
 
     def __init__(self, bb, g: nx.DiGraph, plan: dict[str, KernelChoice], arg_vars: dict,
-                 lanes: int, unscheduled: list | None = None):
+                 lanes: int, unscheduled: list | None = None, schedule_hook=None):
         self.bb, self.g, self.plan, self.arg_vars, self.lanes = bb, g, plan, arg_vars, lanes
+        self.schedule_hook = schedule_hook
         self.values: dict[str, Value] = {}
         self.emitted: set[str] = set()
         self.unscheduled = unscheduled if unscheduled is not None else []
@@ -106,7 +112,8 @@ class CpuEmitter:
 
     def kernel(self, name: str, inputs: list, compute: Callable, schedule: Callable,
                inplace: int | None = None):
-        return emit_kernel(self.bb, name, inputs, compute, schedule, self.unscheduled, inplace)
+        return emit_kernel(self.bb, name, inputs, compute, schedule, self.unscheduled, inplace,
+                           self.schedule_hook)
 
     def overwritable(self, node: str, residual: Value, others: list) -> bool:
         """May ``node`` write its output over ``residual``? Only a kernel's own output that no
@@ -175,9 +182,10 @@ class CpuEmitter:
 
     def emit_conv(self, node, data, choice, xs):
         registers = vector_registers(self.lanes)
+        # a partial, not a lambda: tuning reads the rule and its arguments to try other tiles
         return self._emit_conv_like(node, data, choice, xs, conv_blocked,
-                                    lambda f: schedule_conv(f, choice.geometry,
-                                                            registers=registers))
+                                    functools.partial(schedule_conv, geo=choice.geometry,
+                                                      registers=registers))
 
     def emit_depthwise(self, node, data, choice, xs):
         width = choice.geometry.out_spatial[-1]
@@ -218,7 +226,7 @@ class CpuEmitter:
 
         registers = vector_registers(self.lanes)
         return self.kernel(kernel_name(node), inputs, compute,
-                           lambda f: schedule_dense(f, registers=registers),
+                           functools.partial(schedule_dense, registers=registers),
                            self._inplace(node, xs, residual, inputs))
 
     def emit_pool(self, node, data, choice, xs):
@@ -303,14 +311,14 @@ class CpuEmitter:
 
 def emit_function(bb: relax.BlockBuilder, g: nx.DiGraph, name: str, batch: int | None,
                   plan: dict[str, KernelChoice], layouts: dict[str, str], lanes: int,
-                  unscheduled: list) -> None:
+                  unscheduled: list, schedule_hook=None) -> None:
     n = tirx.Var("n", "int64") if batch is None else batch
     x = relax.Var("x", relax.TensorType([n, *g.graph["input_shape"]], FLOAT))
     arg_vars = {a.name: relax.Var(kernel_name(a.name), relax.TensorType(
         list(layout_shape(layouts.get(a.name), a.shape)), FLOAT)) for a in kernel_signature(g)}
     with bb.function(name, [x, *arg_vars.values()]):
         with bb.dataflow():
-            emitter = CpuEmitter(bb, g, plan, arg_vars, lanes, unscheduled)
+            emitter = CpuEmitter(bb, g, plan, arg_vars, lanes, unscheduled, schedule_hook)
             emitter.values["input"] = Value(x, g.graph["input_shape"][0], PLAIN)
             for node in topo_layers(g):
                 if node != "input":
@@ -327,17 +335,18 @@ def kernel_layouts(plan: dict[str, KernelChoice]) -> dict[str, str]:
 
 
 def build_cpu_module(g: nx.DiGraph, lanes: int, batch_sizes=(),
-                     unscheduled: list | None = None) -> tuple[tvm.IRModule, dict]:
+                     unscheduled: list | None = None,
+                     schedule_hook=None) -> tuple[tvm.IRModule, dict]:
     """The scheduled Relax module and the plan it follows (``kernel_layouts(plan)`` gives the
     packed layouts). Kernels TVM would not schedule are kept unscheduled (correct, slow) and
-    named in ``unscheduled``, when a list is given."""
+    named in ``unscheduled``, when a list is given. ``schedule_hook``: see ``emit_kernel``."""
     plan = plan_kernels(g, lanes)
     layouts = kernel_layouts(plan)
     failed: list[str] = []
     bb = relax.BlockBuilder()
-    emit_function(bb, g, "main", None, plan, layouts, lanes, failed)
+    emit_function(bb, g, "main", None, plan, layouts, lanes, failed, schedule_hook)
     for b in batch_sizes:
-        emit_function(bb, g, f"main_b{b}", b, plan, layouts, lanes, failed)
+        emit_function(bb, g, f"main_b{b}", b, plan, layouts, lanes, failed, schedule_hook)
     if unscheduled is not None:
         unscheduled.extend(sorted(set(failed)))
     return bb.finalize(), plan

@@ -1,0 +1,215 @@
+"""Tuning as a budget: the model's kernels searched within a wall-clock budget, every result kept
+in the tuning cache.
+
+The budget is shared among the kernels by their FLOPs, biggest first, and what one kernel
+leaves unused goes to the rest; kernels under ``min_flops`` are not worth a build and are
+skipped. Each kernel's search starts from cnnc's default schedule, measured the same way as
+every candidate; the best candidate is timed against the default once more, interleaved, and
+checked to compute the same output before its time is recorded. A kernel already in the cache
+is skipped (``retune`` searches it again); one whose search the budget cut short carries on
+where it stopped.
+
+    summary = tune_model(g, choice, (1, 64), budget_s=600, cache=TuningCache(),
+                         progress=print)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import tvm
+
+from .budget import format_seconds
+from .cache import Record, TuningCache
+from .measure import KernelBench, use_threads
+from .tasks import KernelTask, extract_tasks, target_key
+
+MIN_FLOPS = 4_000_000    # below this a kernel runs in microseconds: not worth a search
+MIN_SHARE_S = 1.0        # a kernel's search gets at least this long, while the budget lasts
+WIN_MARGIN = 0.02        # a schedule must be this much faster than the default to be used
+CONFIRM_ROUNDS = 3
+
+
+@dataclass
+class KernelResult:
+    label: str
+    flops: int
+    status: str            # tuned, cached, out of budget
+    record: Record | None = None
+    trials: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class TuneSummary:
+    budget_s: float
+    spent_s: float = 0.0
+    threads: int = 0
+    cache_dir: str = ""
+    tiny: int = 0
+    kernels: list = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(k.status == status for k in self.kernels)
+
+    def wins(self) -> int:
+        return sum(k.record is not None and k.record.wins(WIN_MARGIN) for k in self.kernels)
+
+    def to_json(self) -> dict:
+        return {"budget_s": round(self.budget_s, 1), "spent_s": round(self.spent_s, 1),
+                "threads": self.threads, "cache": self.cache_dir, "skipped_tiny": self.tiny,
+                "kernels": [{"kernel": k.label, "status": k.status, "trials": k.trials,
+                             "seconds": round(k.seconds, 1),
+                             "default_ms": k.record and round(k.record.default_ms, 4),
+                             "best_ms": k.record and round(k.record.best_ms, 4),
+                             "faster": bool(k.record and k.record.wins(WIN_MARGIN))}
+                            for k in self.kernels]}
+
+
+def _key(config: dict) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+def format_flops(flops: int) -> str:
+    return f"{flops / 1e9:.2f} GFLOP" if flops >= 1e9 else f"{flops / 1e6:.1f} MFLOP"
+
+
+def describe_config(config: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in config.items() if v is not None)
+
+
+def search_kernel(task: KernelTask, seconds: float, target, target_id: str, threads: int,
+                  previous: Record | None = None) -> tuple[Record, int]:
+    """Search ``task``'s space for ``seconds``; the record to cache and the trials run now."""
+    start = time.monotonic()
+    deadline = start + seconds
+    rule, func = task.rule, task.func
+    bench = KernelBench(func, target)
+    default_config = rule.default_config(func)
+    default = bench.build(rule.schedule(func))   # exactly what the build uses untuned
+    reference = bench.output(default)
+    default_ms = bench.time(default)
+    carried = previous is not None and previous.default_config == default_config
+    tried = [list(t) for t in previous.trials] if carried else []
+    done = {_key(c) for c, _ in tried} | {_key(default_config)}
+    fresh = {}                                    # config key -> ms, measured in this run
+    complete = True
+    for config in rule.candidates(func, tried):
+        if _key(config) in done:
+            continue
+        if time.monotonic() >= deadline:
+            complete = False
+            break
+        ms = _time_config(bench, rule, func, config)
+        tried.append([config, ms])
+        done.add(_key(config))
+        fresh[_key(config)] = ms
+    # only times taken now compare with the default just measured
+    timed = [(ms, c) for c, ms in tried if fresh.get(_key(c)) is not None]
+    if carried and previous.best_config != default_config:
+        ms = _time_config(bench, rule, func, previous.best_config)
+        if ms is not None:
+            timed.append((ms, previous.best_config))
+    best_ms, best_config = min(timed, key=lambda t: t[0]) if timed else (default_ms, None)
+    if best_config is None or best_ms >= default_ms:
+        best_ms, best_config = default_ms, default_config
+    else:
+        default_ms, best_ms, best_config = _confirm(bench, default, reference, rule, func,
+                                                    best_config, default_config)
+    spent = time.monotonic() - start
+    record = Record(workload=task.workload, target=target_id, kernel=task.label,
+                    rule=rule.name, flops=task.flops, default_config=default_config,
+                    default_ms=default_ms, best_config=best_config, best_ms=best_ms,
+                    threads=threads, trials=tried, complete=complete,
+                    seconds=spent + (previous.seconds if carried else 0.0))
+    return record, len(fresh)
+
+
+def _time_config(bench, rule, func, config: dict) -> float | None:
+    """Milliseconds of the kernel scheduled with ``config``; None when TVM refuses it."""
+    try:
+        return bench.time(bench.build(rule.apply(func, config)))
+    except Exception:  # noqa: BLE001 (TVM refuses some tiles; the candidate is dropped)
+        return None
+
+
+def _confirm(bench, default, reference, rule, func, config, default_config):
+    """(default ms, best ms, best config) from interleaved head-to-head timing; the default
+    when the candidate computes anything else."""
+    best = bench.build(rule.apply(func, config))
+    if not bench.same_output(best, reference):
+        ms = bench.time(default)
+        return ms, ms, default_config
+    pairs = [(bench.time(default), bench.time(best)) for _ in range(CONFIRM_ROUNDS)]
+    default_ms = sorted(p[0] for p in pairs)[CONFIRM_ROUNDS // 2]
+    best_ms = sorted(p[1] for p in pairs)[CONFIRM_ROUNDS // 2]
+    if best_ms >= default_ms:
+        return default_ms, default_ms, default_config
+    return default_ms, best_ms, config
+
+
+def tune_model(g, choice, batch_sizes, budget_s: float, cache: TuningCache, *,
+               threads: int | None = None, retune: bool = False, min_flops: int = MIN_FLOPS,
+               progress=None) -> TuneSummary:
+    """Tune the kernels of the batch-specialised functions of ``g`` within ``budget_s``
+    seconds of wall-clock time, recording every result in ``cache``."""
+    say = progress or (lambda line: None)
+    start = time.monotonic()
+    threads = use_threads(threads)
+    target = tvm.target.Target(choice.config)
+    target_id = target_key(choice)
+    summary = TuneSummary(budget_s, threads=threads, cache_dir=str(cache.dir))
+    tasks = extract_tasks(g, choice, batch_sizes)
+    big = [t for t in tasks if t.flops >= min_flops]
+    summary.tiny = len(tasks) - len(big)
+    todo, previous = [], {}
+    for task in big:
+        record = None if retune else cache.get(task.workload, target_id)
+        if record is not None and record.complete:
+            summary.kernels.append(KernelResult(task.label, task.flops, "cached", record))
+        else:
+            todo.append(task)
+            previous[task.workload] = record
+    cached = summary.count("cached")
+    say(f"tuning {g.graph['name']} for {choice.describe()}, batch "
+        f"{','.join(map(str, batch_sizes))}, {threads} threads: {len(todo)} kernels to tune"
+        + (f", {cached} already tuned in the cache" if cached else "")
+        + (f", {summary.tiny} too small to tune" if summary.tiny else "")
+        + f"; budget {format_seconds(budget_s)}")
+    for i, task in enumerate(todo):
+        left = budget_s - (time.monotonic() - start)
+        if left <= 0:
+            summary.kernels.append(KernelResult(task.label, task.flops, "out of budget"))
+            continue
+        share = left * task.work / sum(t.work for t in todo[i:])
+        share = min(left, max(share, MIN_SHARE_S))
+        head = f"[{i + 1:>{len(str(len(todo)))}}/{len(todo)}] {task.label}"
+        kernel_start = time.monotonic()
+        record, trials = search_kernel(task, share, target, target_id, threads,
+                                       previous.get(task.workload))
+        cache.put(record)
+        result = KernelResult(task.label, task.flops, "tuned", record, trials,
+                              time.monotonic() - kernel_start)
+        summary.kernels.append(result)
+        say(f"{head}: {format_flops(task.flops)}, {format_seconds(result.seconds)}, "
+            f"{trials} trial{'s' * (trials != 1)}"
+            f"{'' if record.complete else ' (budget ran out first)'}; {_verdict(record)}")
+    summary.spent_s = time.monotonic() - start
+    left_out = summary.count("out of budget")
+    say(f"tuned {summary.count('tuned')} kernels in {format_seconds(summary.spent_s)}: "
+        f"{summary.wins()} of {len(summary.kernels)} now faster than cnnc's default schedule"
+        + (f"; {left_out} left for a larger budget" if left_out else "")
+        + f"; cache {cache.dir}")
+    return summary
+
+
+def _verdict(record: Record) -> str:
+    base = f"default {record.default_ms:.3f} ms"
+    if record.wins(WIN_MARGIN):
+        return (f"{base}, tuned {record.best_ms:.3f} ms ({record.speedup:.2f}x, "
+                f"{describe_config(record.best_config)})")
+    if record.best_config != record.default_config:
+        return f"{base}, best {record.best_ms:.3f} ms: within {WIN_MARGIN:.0%}, default kept"
+    return f"{base}: nothing faster, default kept"
