@@ -35,7 +35,16 @@ MODELS = {b.key: b for b in (
     Bench("mobilenet_v1_cifar", "MobileNet-v1 CIFAR (3x32x32)", (1, 64)),
     Bench("resnet18_cifar", "ResNet-18 CIFAR (3x32x32)", (1, 64)),
     Bench("resnet18", "ResNet-18 ImageNet (3x224x224)", (1, 8)),
+    # the other classic networks: layers the four above lack (LRN, grouped convs, inception
+    # concats, 1-D dilated convs, big dense layers); run them with --models all
+    Bench("alexnet", "AlexNet (3x227x227)", (1, 8)),
+    Bench("googlenet", "GoogLeNet (3x224x224)", (1, 8)),
+    Bench("vgg11_bn", "VGG-11-BN (3x224x224)", (1, 8)),
+    Bench("mobilenet_v1", "MobileNet-v1 (3x224x224)", (1, 8)),
+    Bench("resnet34_cifar", "ResNet-34 CIFAR (3x32x32)", (1, 64)),
+    Bench("tdnn", "x-vector TDNN (30x200)", (1, 64)),
 )}
+DEFAULT = ("lenet5", "mobilenet_v1_cifar", "resnet18_cifar", "resnet18")  # the four
 
 
 def torch_builders() -> dict:

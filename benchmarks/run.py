@@ -39,7 +39,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from models import MODELS, ROOT, export_onnx, input_batch, state_arrays, torch_model  # noqa: E402
+from models import (DEFAULT, MODELS, ROOT, export_onnx, input_batch, state_arrays,  # noqa: E402
+                    torch_model)
 
 ENGINES = ("cnnc", "onnxruntime", "torch")
 TUNED = "cnnc_tuned"
@@ -328,8 +329,9 @@ def print_summary(results: list[dict]) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(MODELS),
-                    help=f"comma-separated, of: {', '.join(MODELS)}")
+    ap.add_argument("--models", default=",".join(DEFAULT),
+                    help=f"comma-separated, of: {', '.join(MODELS)}; or 'all' "
+                         f"(default: {','.join(DEFAULT)})")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     ap.add_argument("--no-kernels", action="store_true", help="skip the per-layer conv table")
     ap.add_argument("--json", help="also write the results to this file")
@@ -351,7 +353,7 @@ def main(argv=None) -> int:
             parse_budget(args.tune_budget, "--tune-budget")
         except CnncError as exc:
             ap.error(str(exc))
-    keys = [k for k in args.models.split(",") if k]
+    keys = list(MODELS) if args.models == "all" else [k for k in args.models.split(",") if k]
     unknown = [k for k in keys if k not in MODELS]
     if unknown:
         ap.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")

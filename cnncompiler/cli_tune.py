@@ -43,7 +43,8 @@ def cmd_tune(args) -> int:
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else \
         (lambda line: print(line, flush=True))
     summary = tune_model(optimized, choice, tuple(batch_sizes), budget, TuningCache(args.cache),
-                         threads=args.threads, retune=args.retune, progress=say)
+                         threads=args.threads, retune=args.retune, strategy=args.search,
+                         progress=say)
     if args.json:
         print(json.dumps(summary.to_json(), indent=2))
     elif summary.wins():
@@ -66,6 +67,11 @@ def register(sub) -> None:
                                    "else ~/.cache/cnnc/tuning)")
     t.add_argument("--threads", type=int,
                    help="threads to time kernels with (default: TVM_NUM_THREADS, else all CPUs)")
+    t.add_argument("--search", choices=("both", "tiles", "metaschedule"), default="both",
+                   help="what to search: the tiles of cnnc's own schedules, TVM's MetaSchedule "
+                        "on the kernel's compute, or both (default: tiles first, then "
+                        "MetaSchedule with the rest of each kernel's share when at least 30 s "
+                        "is left)")
     t.add_argument("--retune", action="store_true",
                    help="search kernels the cache already has results for again")
     t.add_argument("-O", dest="opt_level", type=int, default=2, choices=(0, 1, 2),

@@ -246,3 +246,65 @@ def test_every_cache_shares_one_root(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == tmp_path / "xdg" / "cnnc" / "tuning"
     assert train_cache_dir() == tmp_path / "xdg" / "cnnc" / "train"
+
+
+# -- MetaSchedule --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def metaschedule_result(tasks):
+    """One round of MetaSchedule trials (8) on the 1x1 conv: the deadline has passed at once."""
+    from cnncompiler.backends.tuning.metaschedule import TRIALS_PER_ROUND, metaschedule_search
+    from cnncompiler.backends.targets import parse_target
+
+    conv2 = tasks[0]["conv2"]
+    found = metaschedule_search(conv2.func, tvm.target.Target(parse_target("cpu").config),
+                                seconds=0.0, threads=2)
+    assert found is not None, "MetaSchedule found no schedule that builds and runs"
+    assert 0 < found.trials <= TRIALS_PER_ROUND
+    return conv2, found
+
+
+def test_a_metaschedule_trace_replays_to_the_same_kernel(metaschedule_result):
+    from cnncompiler.backends.targets import parse_target
+    from cnncompiler.backends.tuning.measure import KernelBench
+    from cnncompiler.backends.tuning.space import apply_config
+
+    conv2, found = metaschedule_result
+    config = json.loads(json.dumps(found.config))  # as the cache stores and reads it back
+    bench = KernelBench(conv2.func, tvm.target.Target(parse_target("cpu").config))
+    reference = bench.output(bench.build(conv2.rule.schedule(conv2.func)))
+    tuned = bench.build(apply_config(conv2.rule, conv2.func, config))
+    assert bench.same_output(tuned, reference)
+
+
+def test_a_metaschedule_win_is_applied_in_the_build(spec, tasks, metaschedule_result, tmp_path):
+    _, target = tasks
+    conv2, found = metaschedule_result
+    TuningCache(tmp_path).put(record(conv2, target, 1.0, 0.5, found.config))
+    model = cc.compile(spec, batch_sizes=(BATCH,), tuning_cache=tmp_path)
+    tuned = report(model)["tuning"]["tuned"]
+    assert [(t["kernel"], t["schedule"]) for t in tuned] == [("conv2", "conv MetaSchedule trace")]
+    check_outputs(model)
+
+
+def test_searched_kernels_are_skipped_per_strategy(tasks):
+    from cnncompiler.backends.tuning.search import searched
+
+    conv1 = tasks[0]["conv1"]
+    tiles_done = record(conv1, tasks[1], 1.0, 1.0, {})
+    assert searched(tiles_done, "tiles") and not searched(tiles_done, "both")
+    assert not searched(tiles_done, "metaschedule")
+    tiles_done.metaschedule_trials = 8
+    assert searched(tiles_done, "both") and searched(tiles_done, "metaschedule")
+    tiles_done.complete = False
+    assert not searched(tiles_done, "both") and searched(tiles_done, "metaschedule")
+
+
+def test_records_without_the_newer_fields_still_read(tasks, tmp_path):
+    conv1, target = tasks[0]["conv1"], tasks[1]
+    cache = TuningCache(tmp_path)
+    old = asdict(record(conv1, target, 1.0, 0.8, other_config(conv1)))
+    del old["metaschedule_trials"]
+    cache.path(conv1.workload, target).write_text(json.dumps(old))
+    got = TuningCache(tmp_path).get(conv1.workload, target)
+    assert got is not None and got.metaschedule_trials == 0

@@ -17,7 +17,7 @@ import warnings
 
 from .cache import TuningCache, TuningCacheWarning
 from .search import WIN_MARGIN, describe_config
-from .space import is_static, rule_for
+from .space import apply_config, is_static, rule_for
 from .tasks import target_key, workload_key
 
 
@@ -46,7 +46,7 @@ class TunedSchedules:
             self.kept[(name, batch)] = "cnnc's default measured as fast"
             return schedule(func)
         try:
-            scheduled = rule.apply(func, record.best_config)
+            scheduled = apply_config(rule, func, record.best_config)
         except Exception as exc:  # noqa: BLE001 (a record from another cnnc: keep the default)
             warnings.warn(f"tuned schedule for kernel '{name}' (batch {batch}) does not apply "
                           f"({type(exc).__name__}); it keeps cnnc's default", TuningCacheWarning,

@@ -53,7 +53,8 @@ class Record:
     best_ms: float
     threads: int
     trials: list = field(default_factory=list)   # [config, ms] in the order tried
-    complete: bool = False      # every candidate of the search space was tried
+    complete: bool = False      # every tile of cnnc's schedule rule was tried
+    metaschedule_trials: int = 0  # MetaSchedule trials run on it, all runs together
     seconds: float = 0.0        # tuning time spent on it, all runs together
     format: int = FORMAT
 
@@ -71,6 +72,7 @@ _FIELD_TYPES = {"workload": str, "target": str, "kernel": str, "rule": str, "flo
                 "default_config": dict, "default_ms": (int, float), "best_config": dict,
                 "best_ms": (int, float), "threads": int, "trials": list, "complete": bool,
                 "seconds": (int, float), "format": int}
+_OPTIONAL = {"metaschedule_trials": int}   # absent from records of earlier cnnc versions
 
 
 def record_from_json(data) -> Record:
@@ -86,7 +88,11 @@ def record_from_json(data) -> Record:
             raise ValueError(f"'{key}' is a {type(data[key]).__name__}")
     if not (data["default_ms"] > 0 and data["best_ms"] > 0):
         raise ValueError("times must be positive")
-    return Record(**{k: data[k] for k in _FIELD_TYPES})
+    optional = {k: data[k] for k, kind in _OPTIONAL.items() if k in data}
+    for key, value in optional.items():
+        if not isinstance(value, _OPTIONAL[key]) or isinstance(value, bool):
+            raise ValueError(f"'{key}' is a {type(value).__name__}")
+    return Record(**{k: data[k] for k in _FIELD_TYPES}, **optional)
 
 
 class TuningCache:

@@ -24,12 +24,17 @@ import tvm
 from .budget import format_seconds
 from .cache import Record, TuningCache
 from .measure import KernelBench, use_threads
+from .space import apply_config
 from .tasks import KernelTask, extract_tasks, target_key
 
 MIN_FLOPS = 4_000_000    # below this a kernel runs in microseconds: not worth a search
 MIN_SHARE_S = 1.0        # a kernel's search gets at least this long, while the budget lasts
 WIN_MARGIN = 0.02        # a schedule must be this much faster than the default to be used
 CONFIRM_ROUNDS = 3
+STRATEGY_NAMES = {"both": "cnnc's tiles, then MetaSchedule",
+                  "tiles": "cnnc's tiles", "metaschedule": "MetaSchedule"}
+STRATEGIES = tuple(STRATEGY_NAMES)
+MIN_METASCHEDULE_S = 30.0  # MetaSchedule runs on a kernel when this much of its share is left
 
 
 @dataclass
@@ -68,6 +73,12 @@ class TuneSummary:
                             for k in self.kernels]}
 
 
+def searched(record: Record, strategy: str) -> bool:
+    """Has ``record``'s kernel had the search ``strategy`` asks for? (Then it is skipped.)"""
+    tiles = record.complete or strategy == "metaschedule"
+    return tiles and (strategy == "tiles" or record.metaschedule_trials > 0)
+
+
 def _key(config: dict) -> str:
     return json.dumps(config, sort_keys=True)
 
@@ -77,12 +88,17 @@ def format_flops(flops: int) -> str:
 
 
 def describe_config(config: dict) -> str:
+    if "trace" in config:
+        return "MetaSchedule trace"
     return " ".join(f"{k}={v}" for k, v in config.items() if v is not None)
 
 
 def search_kernel(task: KernelTask, seconds: float, target, target_id: str, threads: int,
-                  previous: Record | None = None) -> tuple[Record, int]:
-    """Search ``task``'s space for ``seconds``; the record to cache and the trials run now."""
+                  previous: Record | None = None,
+                  strategy: str = "both") -> tuple[Record, int]:
+    """Search ``task`` for ``seconds``: the tiles of cnnc's rule (``strategy`` tiles or
+    both), then MetaSchedule with the time left (metaschedule or both). Returns the record to
+    cache and the trials run now."""
     start = time.monotonic()
     deadline = start + seconds
     rule, func = task.rule, task.func
@@ -95,17 +111,30 @@ def search_kernel(task: KernelTask, seconds: float, target, target_id: str, thre
     tried = [list(t) for t in previous.trials] if carried else []
     done = {_key(c) for c, _ in tried} | {_key(default_config)}
     fresh = {}                                    # config key -> ms, measured in this run
-    complete = True
-    for config in rule.candidates(func, tried):
-        if _key(config) in done:
-            continue
-        if time.monotonic() >= deadline:
-            complete = False
-            break
-        ms = _time_config(bench, rule, func, config)
-        tried.append([config, ms])
-        done.add(_key(config))
-        fresh[_key(config)] = ms
+    complete = carried and previous.complete
+    if strategy in ("tiles", "both"):
+        complete = True
+        for config in rule.candidates(func, tried):
+            if _key(config) in done:
+                continue
+            if time.monotonic() >= deadline:
+                complete = False
+                break
+            ms = _time_config(bench, rule, func, config)
+            tried.append([config, ms])
+            done.add(_key(config))
+            fresh[_key(config)] = ms
+    ms_trials = 0
+    left = deadline - time.monotonic()
+    if strategy in ("metaschedule", "both") and left >= MIN_METASCHEDULE_S:
+        from .metaschedule import metaschedule_search
+
+        found = metaschedule_search(func, target, left, threads)
+        if found is not None:
+            ms_trials = found.trials
+            ms = _time_config(bench, rule, func, found.config)
+            tried.append([found.config, ms])
+            fresh[_key(found.config)] = ms
     # only times taken now compare with the default just measured
     timed = [(ms, c) for c, ms in tried if fresh.get(_key(c)) is not None]
     if carried and previous.best_config != default_config:
@@ -123,14 +152,16 @@ def search_kernel(task: KernelTask, seconds: float, target, target_id: str, thre
                     rule=rule.name, flops=task.flops, default_config=default_config,
                     default_ms=default_ms, best_config=best_config, best_ms=best_ms,
                     threads=threads, trials=tried, complete=complete,
-                    seconds=spent + (previous.seconds if carried else 0.0))
-    return record, len(fresh)
+                    seconds=spent + (previous.seconds if carried else 0.0),
+                    metaschedule_trials=ms_trials + (previous.metaschedule_trials
+                                                     if carried else 0))
+    return record, len(fresh) - (1 if ms_trials else 0) + ms_trials
 
 
 def _time_config(bench, rule, func, config: dict) -> float | None:
     """Milliseconds of the kernel scheduled with ``config``; None when TVM refuses it."""
     try:
-        return bench.time(bench.build(rule.apply(func, config)))
+        return bench.time(bench.build(apply_config(rule, func, config)))
     except Exception:  # noqa: BLE001 (TVM refuses some tiles; the candidate is dropped)
         return None
 
@@ -138,7 +169,7 @@ def _time_config(bench, rule, func, config: dict) -> float | None:
 def _confirm(bench, default, reference, rule, func, config, default_config):
     """(default ms, best ms, best config) from interleaved head-to-head timing; the default
     when the candidate computes anything else."""
-    best = bench.build(rule.apply(func, config))
+    best = bench.build(apply_config(rule, func, config))
     if not bench.same_output(best, reference):
         ms = bench.time(default)
         return ms, ms, default_config
@@ -152,9 +183,13 @@ def _confirm(bench, default, reference, rule, func, config, default_config):
 
 def tune_model(g, choice, batch_sizes, budget_s: float, cache: TuningCache, *,
                threads: int | None = None, retune: bool = False, min_flops: int = MIN_FLOPS,
-               progress=None) -> TuneSummary:
+               strategy: str = "both", progress=None) -> TuneSummary:
     """Tune the kernels of the batch-specialised functions of ``g`` within ``budget_s``
-    seconds of wall-clock time, recording every result in ``cache``."""
+    seconds of wall-clock time, recording every result in ``cache``. ``strategy``: "tiles"
+    (cnnc's schedule rules with other tiles), "metaschedule", or "both" (tiles, then
+    MetaSchedule with the rest of each kernel's share)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown tuning strategy {strategy!r}; expected one of {STRATEGIES}")
     say = progress or (lambda line: None)
     start = time.monotonic()
     threads = use_threads(threads)
@@ -167,7 +202,7 @@ def tune_model(g, choice, batch_sizes, budget_s: float, cache: TuningCache, *,
     todo, previous = [], {}
     for task in big:
         record = None if retune else cache.get(task.workload, target_id)
-        if record is not None and record.complete:
+        if record is not None and searched(record, strategy):
             summary.kernels.append(KernelResult(task.label, task.flops, "cached", record))
         else:
             todo.append(task)
@@ -177,7 +212,7 @@ def tune_model(g, choice, batch_sizes, budget_s: float, cache: TuningCache, *,
         f"{','.join(map(str, batch_sizes))}, {threads} threads: {len(todo)} kernels to tune"
         + (f", {cached} already tuned in the cache" if cached else "")
         + (f", {summary.tiny} too small to tune" if summary.tiny else "")
-        + f"; budget {format_seconds(budget_s)}")
+        + f"; budget {format_seconds(budget_s)}, search: {STRATEGY_NAMES[strategy]}")
     for i, task in enumerate(todo):
         left = budget_s - (time.monotonic() - start)
         if left <= 0:
@@ -188,7 +223,7 @@ def tune_model(g, choice, batch_sizes, budget_s: float, cache: TuningCache, *,
         head = f"[{i + 1:>{len(str(len(todo)))}}/{len(todo)}] {task.label}"
         kernel_start = time.monotonic()
         record, trials = search_kernel(task, share, target, target_id, threads,
-                                       previous.get(task.workload))
+                                       previous.get(task.workload), strategy)
         cache.put(record)
         result = KernelResult(task.label, task.flops, "tuned", record, trials,
                               time.monotonic() - kernel_start)

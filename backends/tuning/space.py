@@ -77,7 +77,7 @@ class ConvRule:
         """Register tiles first (unchunked), then chunkings of the best tile so far."""
         for ro, rw in self.register_tiles():
             yield {"ro": ro, "rw": rw, "rh": 1, "ci": None}
-        timed = [(ms, c) for c, ms in tried if ms is not None]
+        timed = [(ms, c) for c, ms in tried if ms is not None and is_tile(c)]
         best = min(timed, key=lambda t: t[0])[1] if timed else self.default_config(func)
         for rh, ci in self.chunkings(best["ro"]):
             yield {"ro": best["ro"], "rw": best["rw"], "rh": rh, "ci": ci}
@@ -119,6 +119,19 @@ class DenseRule:
 
 
 RULES = {schedule_conv: ConvRule, schedule_dense: DenseRule}
+
+
+def apply_config(rule, func, config: dict):
+    """``func`` scheduled by a tuning result: a MetaSchedule trace, or a tile of ``rule``."""
+    if "trace" in config:
+        from .metaschedule import apply_trace
+
+        return apply_trace(func, config["trace"])
+    return rule.apply(func, config)
+
+
+def is_tile(config: dict) -> bool:
+    return "trace" not in config
 
 
 def rule_for(schedule):
