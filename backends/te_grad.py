@@ -19,7 +19,7 @@ from tvm import te, tirx
 from cnncompiler.layers.pool import blur_filter
 from cnncompiler.layers.window import resolve_padding
 
-from .te_ops import batch, const, pad
+from .te_ops import const, pad
 
 
 def _zero(t):

@@ -272,24 +272,31 @@ class TrainLowering:
             self.plain(total), self.plain(new), name="grad_acc"))
 
     # -- the update ----------------------------------------------------------------------------
+    def flat(self, var):
+        """The view of a parameter-shaped tensor the update kernels read (here: itself)."""
+        return var
+
+    def unflat(self, var, like):
+        """A result of the update kernels back in the shape of the parameter ``like``."""
+        return var
+
     def update(self, sig, optimizer: str, svars: dict, grads: dict, hyper):
         new_params, new_state = [], {}
         for p in sig.params:
             if p not in grads:
                 raise CompileError(f"parameter '{p}' gets no gradient (its layer does not "
                                    "reach the output)")
+            param = self.pvars[p]
             if optimizer == "sgd":
-                res = self.emit(te_grad.sgd_update, self.pvars[p], grads[p],
-                                svars[f"{p}#momentum"], hyper, name="sgd_update")
-                new_params.append(self.item(res, 0))
-                new_state[f"{p}#momentum"] = self.item(res, 1)
+                slots, fn = [f"{p}#momentum"], te_grad.sgd_update
             else:
-                res = self.emit(te_grad.adam_update, self.pvars[p], grads[p],
-                                svars[f"{p}#exp_avg"], svars[f"{p}#exp_avg_sq"], hyper,
-                                name="adam_update")
-                new_params.append(self.item(res, 0))
-                new_state[f"{p}#exp_avg"] = self.item(res, 1)
-                new_state[f"{p}#exp_avg_sq"] = self.item(res, 2)
+                slots, fn = [f"{p}#exp_avg", f"{p}#exp_avg_sq"], te_grad.adam_update
+            res = self.emit(fn, self.flat(param), self.flat(grads[p]),
+                            *[self.flat(svars[s]) for s in slots], hyper,
+                            name=f"{optimizer}_update")
+            new_params.append(self.unflat(self.item(res, 0), param))
+            for i, s in enumerate(slots):
+                new_state[s] = self.unflat(self.item(res, 1 + i), param)
         return new_params, [new_state[s] for s in sig.state]
 
     def square_norms(self, tensors: list):

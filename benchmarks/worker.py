@@ -11,7 +11,6 @@ line on stdout.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import sys
@@ -28,24 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import MODELS, input_batch, torch_model  # noqa: E402
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def first_run_growth(predict, x) -> int:
-    """How far one inference raises the process's peak resident set above where it stood:
-    the activations, workspaces and allocator pools that inference needs. Linux resets the
-    peak (VmHWM) on writing 5 to /proc/self/clear_refs."""
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # free heap pages would hide new allocations
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = _status_kib("VmRSS")
-    predict(x)
-    return max(_status_kib("VmHWM") - base, 0) * 1024
+from cnncompiler.bench import first_run_growth  # noqa: E402  (as cnnc bench measures it)
 
 
 class Cnnc:

@@ -7,9 +7,14 @@
     model.save("build/lenet5"); model = cc.load("build/lenet5")
 
 Importing cnncompiler does not import TVM; compiling does, running needs only its runtime.
+Kernels run on one thread per physical core unless ``TVM_NUM_THREADS`` says otherwise.
 """
 
 __version__ = "0.1.0"
+
+from .runtime.threads import ensure_thread_count  # noqa: E402
+
+ensure_thread_count()  # before TVM's thread pool starts: it reads the count once
 
 from .compiler import compile  # noqa: E402
 from .errors import (ArtifactError, CnncError, CompileError, InputError,  # noqa: E402

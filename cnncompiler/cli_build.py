@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -117,54 +116,87 @@ def cmd_run(args) -> int:
     return 0
 
 
-def bench_model(model, batch: int, warmup: int, repeat: int, seed: int = 0) -> dict:
-    """Median latency over ``repeat`` timed runs after ``warmup`` untimed ones."""
-    x = np.random.default_rng(seed).standard_normal((batch, *model.input_shape)).astype(np.float32)
-    for _ in range(warmup):
-        model.predict(x)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        model.predict(x)
-        times.append(time.perf_counter() - t0)
-    median = statistics.median(times)
-    return {"batch": batch, "median_ms": median * 1e3, "min_ms": min(times) * 1e3,
-            "throughput": batch / median, "repeat": repeat, "warmup": warmup,
-            "activation_bytes": planned_activation_bytes(model.manifest, batch)}
+def bench_model(model, batch: int, warmup: int, repeat: int, seed: int = 0, onnx=None,
+                memory: bool = False) -> dict:
+    """Latency of ``model`` (and of ``onnx``, an OnnxModel of the same net) at ``batch``:
+    median of ``repeat`` timed runs after ``warmup``; with ``memory``, the peak memory one
+    inference needs, each engine measured in a fresh process."""
+    from .bench import peak_in_fresh_process, planned_activation_bytes, random_input, time_runs
+    from .runtime.threads import default_threads
+
+    x = random_input(model.input_shape, batch, seed)
+    timed = time_runs(model.predict, x, warmup, repeat)
+    row = {"batch": batch, **timed, "throughput": batch / (timed["median_ms"] / 1e3),
+           "repeat": repeat, "warmup": warmup,
+           "activation_bytes": planned_activation_bytes(model.manifest, batch)}
+    threads = default_threads()
+    if memory and model.target == "cpu":
+        row["peak"] = peak_in_fresh_process("cnnc", str(model.directory), batch, threads)
+    if onnx is not None:
+        if not onnx.takes_batch(batch):
+            row["onnxruntime"] = {"error": f"the ONNX model takes batch {onnx.input.shape[0]}"}
+        else:
+            ort = time_runs(onnx.predict, x, warmup, repeat)
+            if memory:
+                ort["peak"] = peak_in_fresh_process("onnxruntime", onnx.path, batch, threads)
+            row["onnxruntime"] = ort
+    return row
 
 
-def planned_activation_bytes(manifest: dict, batch: int) -> int | None:
-    """Peak activation memory the compiled function for ``batch`` plans (from the build's
-    memory planning: the specialised ``main_b<N>``, else ``main``'s per-sample figure)."""
-    memory = manifest.get("build", {}).get("memory", {})
-    if f"main_b{batch}" in memory:
-        return memory[f"main_b{batch}"]["total"]
-    if "main" in memory:
-        return memory["main"]["fixed"] + memory["main"]["per_sample"] * batch
-    return None
+def _mib(measured: dict | None) -> str:
+    if not measured or "bytes" not in measured:
+        return "-"
+    return f"{measured['bytes'] / 2**20:.2f}"
 
 
 def cmd_bench(args) -> int:
     _runtime_only()
+    from .bench import OnnxModel
     from .runtime.model import load
+    from .runtime.threads import default_threads
 
     if args.repeat < 1 or args.warmup < 0:
         raise CnncError(f"--repeat must be at least 1 and --warmup at least 0; received "
                         f"--repeat {args.repeat} --warmup {args.warmup}")
+    batches = _int_list(args.batch)
     model = load(args.artifact)
-    results = [bench_model(model, b, args.warmup, args.repeat) for b in _int_list(args.batch)]
+    threads = default_threads()
+    onnx = None
+    if args.onnx:
+        onnx = OnnxModel(args.onnx, threads)
+        onnx.check_shape(model.input_shape, args.onnx)
+    memory = not args.no_memory
+    results = [bench_model(model, b, args.warmup, args.repeat, onnx=onnx, memory=memory)
+               for b in batches]
     if args.json:
         print(json.dumps({"artifact": str(args.artifact), "target": model.target,
-                          "results": results}, indent=2))
+                          "threads": threads, "onnx": args.onnx, "results": results}, indent=2))
         return 0
-    print(f"{model.graph.graph['name']} ({model.target}), median of {args.repeat} runs "
-          f"after {args.warmup} warm-up runs")
+    print(f"{model.graph.graph['name']} ({model.target}, {threads} threads), median of "
+          f"{args.repeat} runs after {args.warmup} warm-up runs"
+          + (f"; ONNX Runtime {onnx.version} on {args.onnx}, {threads} threads" if onnx else ""))
     print(f"{'batch':>6}  {'latency ms':>11}  {'min ms':>9}  {'samples/s':>10}  "
-          f"{'activations MiB':>15}")
+          f"{'planned MiB':>11}  {'peak MiB':>9}"
+          + (f"  {'ORT ms':>9}  {'ORT peak MiB':>12}  {'cnnc/ORT':>8}" if onnx else ""))
     for r in results:
         mem = r["activation_bytes"]
-        print(f"{r['batch']:>6}  {r['median_ms']:>11.3f}  {r['min_ms']:>9.3f}  "
-              f"{r['throughput']:>10.1f}  {'-' if mem is None else f'{mem / 2**20:.2f}':>15}")
+        line = (f"{r['batch']:>6}  {r['median_ms']:>11.3f}  {r['min_ms']:>9.3f}  "
+                f"{r['throughput']:>10.1f}  {'-' if mem is None else f'{mem / 2**20:.2f}':>11}  "
+                f"{_mib(r.get('peak')):>9}")
+        ort = r.get("onnxruntime")
+        if ort and "median_ms" in ort:
+            line += (f"  {ort['median_ms']:>9.3f}  {_mib(ort.get('peak')):>12}  "
+                     f"{r['median_ms'] / ort['median_ms']:>8.2f}")
+        elif ort:
+            line += f"  ({ort['error']})"
+        print(line)
+    for r in results:
+        for measured in (r.get("peak"), r.get("onnxruntime", {}).get("peak")):
+            if measured and "error" in measured:
+                print(f"batch {r['batch']}: peak memory not measured: {measured['error']}",
+                      file=sys.stderr)
+    print("peak MiB: how far one inference raises a fresh process's peak resident set "
+          "(activations, workspaces, allocator pools); planned MiB: cnnc's activation plan")
     return 0
 
 
@@ -260,5 +292,9 @@ def register(sub) -> None:
     b.add_argument("--batch", default="1", help="batch size(s), e.g. 1,64")
     b.add_argument("--repeat", type=int, default=20)
     b.add_argument("--warmup", type=int, default=5)
+    b.add_argument("--onnx", help="an ONNX model of the same net: time it and measure its peak "
+                                   "memory with ONNX Runtime, side by side")
+    b.add_argument("--no-memory", action="store_true",
+                   help="skip the peak-memory measurement (a fresh process per batch size)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(run=cmd_bench)

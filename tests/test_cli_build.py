@@ -167,12 +167,16 @@ def test_run_with_several_outputs_writes_an_npz(capsys, two_outputs_dir, tmp_pat
 
 
 def test_bench_prints_a_table_and_json(capsys, lenet_dir):
+    from cnncompiler.runtime.threads import default_threads
+
     code, stdout, _ = cnnc(capsys, "bench", lenet_dir, "--batch", "1,4", "--repeat", "3",
                            "--warmup", "1")
     assert code == 0
-    assert "lenet5 (cpu), median of 3 runs after 1 warm-up runs" in stdout
-    rows = [line.split() for line in stdout.splitlines()[2:]]
+    assert f"lenet5 (cpu, {default_threads()} threads), median of 3 runs after 1 warm-up " \
+        "runs" in stdout
+    rows = [line.split() for line in stdout.splitlines()[2:] if line.split()[0].isdigit()]
     assert [r[0] for r in rows] == ["1", "4"]
+    assert all(len(r) == 6 and r[5] != "-" for r in rows), stdout  # peak memory measured
     code, stdout, _ = cnnc(capsys, "bench", lenet_dir, "--batch", "2", "--repeat", "2",
                            "--warmup", "0", "--json")
     assert code == 0
@@ -181,6 +185,58 @@ def test_bench_prints_a_table_and_json(capsys, lenet_dir):
     (result,) = data["results"]
     assert result["batch"] == 2 and result["repeat"] == 2 and result["median_ms"] > 0
     assert result["throughput"] == pytest.approx(2 / (result["median_ms"] / 1e3))
+    # a fresh process ran one batch: at least the planned activations became resident
+    assert result["peak"]["bytes"] >= result["activation_bytes"] > 0
+
+
+@pytest.fixture(scope="module")
+def lenet_onnx(tmp_path_factory):
+    """LeNet-5's PyTorch twin, exported to ONNX with a dynamic batch axis."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    from torch_models import BUILDERS
+
+    path = tmp_path_factory.mktemp("onnx") / "lenet5.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(BUILDERS["lenet5"]().eval(), torch.zeros(1, 1, 32, 32), str(path),
+                          dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    return path
+
+
+def test_bench_against_onnx_runtime(capsys, lenet_dir, lenet_onnx):
+    code, stdout, stderr = cnnc(capsys, "bench", lenet_dir, "--batch", "1,3", "--repeat", "2",
+                                "--warmup", "0", "--onnx", lenet_onnx, "--json")
+    assert code == 0, stderr
+    for result in json.loads(stdout)["results"]:
+        ort = result["onnxruntime"]
+        assert ort["median_ms"] > 0 and ort["peak"]["bytes"] > 0
+        assert result["peak"]["bytes"] > 0
+    code, stdout, _ = cnnc(capsys, "bench", lenet_dir, "--batch", "2", "--repeat", "2",
+                           "--onnx", lenet_onnx, "--no-memory")
+    assert code == 0 and "ONNX Runtime" in stdout and "cnnc/ORT" in stdout
+    (row,) = [line.split() for line in stdout.splitlines() if line.split()[0] == "2"]
+    assert row[5] == "-" and row[7] == "-"  # --no-memory: neither peak measured
+
+
+def test_bench_refuses_an_onnx_model_of_another_net(capsys, lenet_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    torch = pytest.importorskip("torch")
+
+    other = tmp_path / "other.onnx"
+    torch.onnx.export(torch.nn.Conv2d(3, 4, 3), torch.zeros(1, 3, 8, 8), str(other),
+                      dynamo=False)
+    code, _, stderr = cnnc(capsys, "bench", lenet_dir, "--onnx", other)
+    assert code == 1 and "takes input [1, 3, 8, 8], the artifact (N, 1, 32, 32)" in stderr
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    code, _, stderr = cnnc(capsys, "bench", lenet_dir, "--onnx", tmp_path / "junk.onnx")
+    assert code == 1 and "ONNX Runtime cannot load" in stderr
+    code, _, stderr = cnnc(capsys, "bench", lenet_dir, "--onnx", tmp_path / "none.onnx")
+    assert code == 1 and "no ONNX model at" in stderr
 
 
 RUN_AND_LOOK = """

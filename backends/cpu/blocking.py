@@ -63,3 +63,11 @@ def to_plain(x: te.Tensor, channels: int, block: int, name: str = "to_plain") ->
     spatial = x.shape[2:-1]
     return te.compute((x.shape[0], channels, *spatial),
                       lambda n, c, *sp: x[(n, c // block, *sp, c % block)], name=name)
+
+
+def conversion(channels: int, source: int, block: int):
+    """The compute converting a value of ``channels`` channels from the layout ``source`` to
+    ``block`` (either may be PLAIN)."""
+    if block == PLAIN:
+        return lambda x: to_plain(x, channels, source)
+    return lambda x: to_blocked(x, channels, block, source)

@@ -24,7 +24,7 @@ from cnncompiler.runtime.layouts import layout_shape
 from cnncompiler.runtime.signature import kernel_name, kernel_signature, prepared_shapes
 
 from ..te_ops import LOWERINGS
-from .blocking import PLAIN, plain_view, to_blocked, to_plain
+from .blocking import PLAIN, conversion, plain_view
 from .conv import conv_blocked, schedule_conv, vector_registers
 from .dense import dense_blocked, schedule_dense
 from .plan import KernelChoice, plan_kernels
@@ -136,14 +136,10 @@ class CpuEmitter:
             return v
         key = (src, block)
         if key not in self._converted:
-            c, b = v.channels, v.block
-            if block == PLAIN:
-                fn = lambda x: to_plain(x, c, b)  # noqa: E731
-            else:
-                fn = lambda x: to_blocked(x, c, block, b)  # noqa: E731
-            var = self.kernel(f"{kernel_name(src)}_layout{block}", [v.var], fn,
+            var = self.kernel(f"{kernel_name(src)}_layout{block}", [v.var],
+                              conversion(v.channels, v.block, block),
                               lambda f: schedule_loops(f, self.lanes))
-            self._converted[key] = Value(var, c, block)
+            self._converted[key] = Value(var, v.channels, block)
         return self._converted[key]
 
     def args(self, node: str) -> tuple[list[str], list]:

@@ -25,13 +25,12 @@ from typing import Callable
 from tvm import relax, te
 from tvm.relax.utils import gen_call_tir_inputs
 
-from cnncompiler.errors import CompileError
 from cnncompiler.graph import param_names
 from cnncompiler.runtime.signature import kernel_name
 
 from .. import te_grad
 from ..train_lower import TrainLowering
-from .blocking import PLAIN, block_for, to_blocked, to_plain
+from .blocking import PLAIN, block_for, conversion
 from .conv import conv_blocked, schedule_conv, vector_registers
 from .dense import dense_blocked, schedule_dense
 from .emit import OPAQUE
@@ -129,13 +128,9 @@ class CpuTrainLowering(TrainLowering):
         if block == value.block:
             return value
         if block not in value.views:
-            c, b = value.channels, value.block
-            if block == PLAIN:
-                fn = lambda x: to_plain(x, c, b)  # noqa: E731
-            else:
-                fn = lambda x: to_blocked(x, c, block, b)  # noqa: E731
-            var = self.emit(fn, value.var, name=f"layout{block}")
-            value.views[block] = Value(var, c, block)
+            var = self.emit(conversion(value.channels, value.block, block), value.var,
+                            name=f"layout{block}")
+            value.views[block] = Value(var, value.channels, block)
         return value.views[block]
 
     def value_in(self, src: str, block: int) -> Value:
@@ -344,13 +339,16 @@ class CpuTrainLowering(TrainLowering):
             return super().backward(node, dy_value, needs_dx)
         return getattr(self, f"backward_{kind.name}")(node, kind, dy_value, needs_dx)
 
-    def backward_conv(self, node, kind, dy, needs_dx):
+    def conv_grad_inputs(self, node, kind, dy):
+        """What a conv's backward kernels read: (geometry, dy in its output block, the input
+        as the forward read it, the parameter arguments, their names, the kernel name stem)."""
         geo = kind.geo
-        dy = self.layout(dy, geo.ob)
         (x,) = self.consumed[node]
-        args = self.args(node)
-        names = param_names(self.g, node)
-        hint = kernel_name(node) + "_grad"
+        return (geo, self.layout(dy, geo.ob), x, self.args(node), param_names(self.g, node),
+                kernel_name(node) + "_grad")
+
+    def backward_conv(self, node, kind, dy, needs_dx):
+        geo, dy, x, args, names, hint = self.conv_grad_inputs(node, kind, dy)
         registers = self.registers
         dxs = [None]
         if needs_dx[0]:
@@ -418,12 +416,7 @@ class CpuTrainLowering(TrainLowering):
         return Value(var, x.channels)
 
     def backward_depthwise(self, node, kind, dy, needs_dx):
-        geo = kind.geo
-        dy = self.layout(dy, geo.ob)
-        (x,) = self.consumed[node]
-        args = self.args(node)
-        names = param_names(self.g, node)
-        hint = kernel_name(node) + "_grad"
+        geo, dy, x, args, names, hint = self.conv_grad_inputs(node, kind, dy)
         dxs = [None]
         if needs_dx[0]:
             self.input_grads[node] = "transposed"
@@ -538,25 +531,6 @@ class CpuTrainLowering(TrainLowering):
 
     def unflat(self, var, like):
         return self.bb.emit(relax.op.reshape(var, like.ty.shape))
-
-    def update(self, sig, optimizer: str, svars: dict, grads: dict, hyper):
-        new_params, new_state = [], {}
-        for p in sig.params:
-            if p not in grads:
-                raise CompileError(f"parameter '{p}' gets no gradient (its layer does not "
-                                   "reach the output)")
-            param = self.pvars[p]
-            if optimizer == "sgd":
-                slots, fn = [f"{p}#momentum"], te_grad.sgd_update
-            else:
-                slots, fn = [f"{p}#exp_avg", f"{p}#exp_avg_sq"], te_grad.adam_update
-            res = self.emit(fn, self.flat(param), self.flat(grads[p]),
-                            *[self.flat(svars[s]) for s in slots], hyper,
-                            name=f"{optimizer}_update")
-            new_params.append(self.unflat(self.item(res, 0), param))
-            for i, s in enumerate(slots):
-                new_state[s] = self.unflat(self.item(res, 1 + i), param)
-        return new_params, [new_state[s] for s in sig.state]
 
     def square_sum(self, tensor):
         flat = self.flat(tensor)

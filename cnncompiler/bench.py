@@ -1,0 +1,155 @@
+"""``cnnc bench``'s measurements: latency, and the memory one inference needs, of a compiled
+model and, side by side, of the same net in ONNX Runtime.
+
+    cnnc bench build/resnet18_cifar --batch 1,64
+    cnnc bench build/resnet18_cifar --batch 1,64 --onnx resnet18_cifar.onnx
+
+Peak memory is measured, not estimated: for each batch size a fresh process loads the model
+and runs it once, and reports how far that raised its peak resident set (Linux: VmHWM after
+resetting it through /proc/self/clear_refs). A fresh process each time, because a warm
+allocator pool would hide what a batch size costs; the same for both engines, on the same
+number of threads. The activation memory cnnc's build planned is shown beside it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CnncError, InputError
+
+
+def random_input(shape, batch: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, *shape)).astype(np.float32)
+
+
+def time_runs(predict, x, warmup: int, repeat: int) -> dict:
+    """Median and best latency (ms) of ``repeat`` timed calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        predict(x)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        predict(x)
+        times.append(time.perf_counter() - start)
+    return {"median_ms": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3}
+
+
+def planned_activation_bytes(manifest: dict, batch: int) -> int | None:
+    """Peak activation memory the compiled function for ``batch`` plans (from the build's
+    memory planning: the specialised ``main_b<N>``, else ``main``'s per-sample figure)."""
+    memory = manifest.get("build", {}).get("memory", {})
+    if f"main_b{batch}" in memory:
+        return memory[f"main_b{batch}"]["total"]
+    if "main" in memory:
+        return memory["main"]["fixed"] + memory["main"]["per_sample"] * batch
+    return None
+
+
+# -- memory --------------------------------------------------------------------------------------
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def first_run_growth(predict, x) -> int:
+    """Bytes by which one call of ``predict`` raises this process's peak resident set above
+    where it stood: the activations, workspaces and allocator pools inference needs."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # free heap pages would hide new allocations
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current resident set
+    base = _status_kib("VmRSS")
+    predict(x)
+    return max(_status_kib("VmHWM") - base, 0) * 1024
+
+
+def peak_in_fresh_process(engine: str, path: str, batch: int, threads: int) -> dict:
+    """``first_run_growth`` of ``engine`` (cnnc or onnxruntime) on ``path`` at ``batch``,
+    measured by a new Python process: {"bytes": N} or {"error": why}."""
+    if not Path("/proc/self/clear_refs").exists():
+        return {"error": "peak memory is measured through Linux's /proc only"}
+    env = dict(os.environ, TVM_NUM_THREADS=str(threads), TVM_USE_RUNTIME_LIB="1")
+    out = subprocess.run([sys.executable, "-m", "cnncompiler.bench", engine, path, str(batch),
+                          str(threads)], capture_output=True, text=True, env=env)
+    lines = out.stdout.strip().splitlines()
+    if out.returncode or not lines:
+        return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(lines[-1])
+
+
+# -- ONNX Runtime ---------------------------------------------------------------------------------
+
+class OnnxModel:
+    """An ONNX model of the same net in ONNX Runtime, on ``threads`` threads."""
+
+    def __init__(self, path: str, threads: int):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise CnncError("--onnx needs ONNX Runtime: pip install onnxruntime") from None
+        if not Path(path).is_file():
+            raise InputError(f"no ONNX model at '{path}'")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(path, options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 (ORT raises its own exception types)
+            raise InputError(f"ONNX Runtime cannot load '{path}': "
+                             f"{str(exc).splitlines()[0][:300]}") from None
+        self.path = path
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise InputError(f"'{path}' has {len(inputs)} inputs; cnnc bench compares models "
+                             "with one input")
+        self.input = inputs[0]
+        self.version = ort.__version__
+
+    def check_shape(self, input_shape: tuple, path: str) -> None:
+        """The ONNX input must take the artifact's (N, *input_shape) batches."""
+        dims = list(self.input.shape)
+        if len(dims) != len(input_shape) + 1 or any(
+                isinstance(d, int) and d != want for d, want in zip(dims[1:], input_shape)):
+            raise InputError(f"'{path}' takes input {dims}, the artifact (N, "
+                             f"{', '.join(map(str, input_shape))}); compare the same net")
+
+    def takes_batch(self, batch: int) -> bool:
+        """False where the model was exported with another fixed batch size."""
+        first = self.input.shape[0]
+        return not isinstance(first, int) or first == batch
+
+    def predict(self, x: np.ndarray):
+        return self.session.run(None, {self.input.name: x})[0]
+
+
+# -- the fresh process that measures one peak ------------------------------------------------------
+
+def _measure(engine: str, path: str, batch: int, threads: int) -> int:
+    if engine == "cnnc":
+        from .runtime.model import load
+
+        model = load(path)
+        model._device_args()  # the weights are resident before the baseline is taken
+        x = random_input(model.input_shape, batch)
+        return first_run_growth(model.predict, x)
+    onnx = OnnxModel(path, threads)
+    shape = [d if isinstance(d, int) else 1 for d in onnx.input.shape[1:]]
+    return first_run_growth(onnx.predict, random_input(shape, batch))
+
+
+if __name__ == "__main__":
+    name, target, size, count = sys.argv[1:5]
+    print(json.dumps({"bytes": _measure(name, target, int(size), int(count))}), flush=True)

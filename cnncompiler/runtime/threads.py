@@ -1,0 +1,49 @@
+"""How many threads compiled kernels run on.
+
+TVM's runtime sizes its thread pool, on first use, from ``TVM_NUM_THREADS``, else to half the
+logical CPUs on x86 (it assumes two hyperthreads a core). On a machine without SMT that is half
+the cores: a 2-CPU machine ran every model on one thread. cnnc counts the physical cores the
+process may run on instead, and sets ``TVM_NUM_THREADS`` to that before TVM starts, unless the
+user set it.
+
+    os.environ["TVM_NUM_THREADS"] = "4"   # before the first model runs: cnnc keeps it
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV = "TVM_NUM_THREADS"
+TOPOLOGY = Path("/sys/devices/system/cpu")
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on (Linux topology files; the CPU
+    count where they cannot be read)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        list(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        topology = TOPOLOGY / f"cpu{cpu}" / "topology"
+        try:
+            cores.add(((topology / "physical_package_id").read_text().strip(),
+                       (topology / "core_id").read_text().strip()))
+        except OSError:
+            return max(1, len(cpus))
+    return max(1, len(cores))
+
+
+def default_threads() -> int:
+    """``TVM_NUM_THREADS`` when set to a positive number, else the physical cores."""
+    value = os.environ.get(ENV, "")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return physical_cores()
+
+
+def ensure_thread_count() -> int:
+    """Set ``TVM_NUM_THREADS`` (when unset or invalid) for TVM's pool, which reads it once."""
+    threads = default_threads()
+    os.environ[ENV] = str(threads)
+    return threads
