@@ -48,7 +48,7 @@ class Cnnc:
                                     tuning_cache=self.tuning_cache)
         self.compile_seconds = time.perf_counter() - start
         self.model.load_params(str(workdir / "weights.npz"))
-        self.model._device_args()  # weights on the device now, not during a measured run
+        self.model.prepare()  # weights on the device now, not during a measured run
         self.info = {"compile_s": self.compile_seconds,
                      "memory": self.model.manifest["build"].get("memory", {}),
                      "kernels": self.model.manifest["build"].get("kernels", {}),

@@ -75,18 +75,30 @@ def first_run_growth(predict, x) -> int:
     return max(_status_kib("VmHWM") - base, 0) * 1024
 
 
-def peak_in_fresh_process(engine: str, path: str, batch: int, threads: int) -> dict:
-    """``first_run_growth`` of ``engine`` (cnnc or onnxruntime) on ``path`` at ``batch``,
-    measured by a new Python process: {"bytes": N} or {"error": why}."""
+PEAK_TIMEOUT_S = 600
+
+
+def peak_in_fresh_process(engine: str, path: str, shape: tuple, threads: int) -> dict:
+    """``first_run_growth`` of ``engine`` (cnnc or onnxruntime) on ``path`` for one input of
+    ``shape`` (batch first), measured by a new Python process: {"bytes": N} or {"error": why}."""
     if not Path("/proc/self/clear_refs").exists():
         return {"error": "peak memory is measured through Linux's /proc only"}
     env = dict(os.environ, TVM_NUM_THREADS=str(threads), TVM_USE_RUNTIME_LIB="1")
-    out = subprocess.run([sys.executable, "-m", "cnncompiler.bench", engine, path, str(batch),
-                          str(threads)], capture_output=True, text=True, env=env)
+    argv = [sys.executable, "-m", "cnncompiler.bench", engine, path,
+            ",".join(map(str, shape)), str(threads)]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, env=env,
+                             timeout=PEAK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"error": f"the measuring process ran past {PEAK_TIMEOUT_S} s"}
     lines = out.stdout.strip().splitlines()
     if out.returncode or not lines:
-        return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1]}
-    return json.loads(lines[-1])
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"the measuring process exited with {out.returncode}: {last}"}
+    try:
+        return {"bytes": int(json.loads(lines[-1])["bytes"])}
+    except (ValueError, KeyError, TypeError):
+        return {"error": f"the measuring process printed {lines[-1][:100]!r}"}
 
 
 # -- ONNX Runtime ---------------------------------------------------------------------------------
@@ -118,13 +130,16 @@ class OnnxModel:
         self.input = inputs[0]
         self.version = ort.__version__
 
-    def check_shape(self, input_shape: tuple, path: str) -> None:
-        """The ONNX input must take the artifact's (N, *input_shape) batches."""
+    def check_input(self, input_shape: tuple) -> None:
+        """The ONNX input must take the artifact's float32 (N, *input_shape) batches."""
         dims = list(self.input.shape)
         if len(dims) != len(input_shape) + 1 or any(
                 isinstance(d, int) and d != want for d, want in zip(dims[1:], input_shape)):
-            raise InputError(f"'{path}' takes input {dims}, the artifact (N, "
+            raise InputError(f"'{self.path}' takes input {dims}, the artifact (N, "
                              f"{', '.join(map(str, input_shape))}); compare the same net")
+        if self.input.type != "tensor(float)":
+            raise InputError(f"'{self.path}' takes {self.input.type}, the artifact float32; "
+                             "export the ONNX model in float32")
 
     def takes_batch(self, batch: int) -> bool:
         """False where the model was exported with another fixed batch size."""
@@ -132,24 +147,56 @@ class OnnxModel:
         return not isinstance(first, int) or first == batch
 
     def predict(self, x: np.ndarray):
-        return self.session.run(None, {self.input.name: x})[0]
+        try:
+            return self.session.run(None, {self.input.name: x})[0]
+        except Exception as exc:  # noqa: BLE001 (ORT raises its own exception types)
+            raise InputError(f"ONNX Runtime failed to run '{self.path}' on a batch of shape "
+                             f"{x.shape}: {str(exc).splitlines()[0][:300]}") from None
+
+
+# -- one batch size, both engines ----------------------------------------------------------------
+
+def bench_model(model, batch: int, warmup: int, repeat: int, seed: int = 0, onnx=None,
+                memory: bool = False) -> dict:
+    """Latency of ``model`` (and of ``onnx``, an OnnxModel of the same net) at ``batch``:
+    median of ``repeat`` timed runs after ``warmup``; with ``memory``, the peak memory one
+    inference needs, each engine measured in a fresh process."""
+    from .runtime.threads import default_threads
+
+    x = random_input(model.input_shape, batch, seed)
+    timed = time_runs(model.predict, x, warmup, repeat)
+    row = {"batch": batch, **timed, "throughput": batch / (timed["median_ms"] / 1e3),
+           "repeat": repeat, "warmup": warmup,
+           "activation_bytes": planned_activation_bytes(model.manifest, batch)}
+    threads = default_threads()
+    if memory and model.target == "cpu":
+        row["peak"] = peak_in_fresh_process("cnnc", str(model.directory), x.shape, threads)
+    if onnx is not None:
+        if not onnx.takes_batch(batch):
+            row["onnxruntime"] = {"error": f"the ONNX model takes batch {onnx.input.shape[0]}"}
+        else:
+            ort = time_runs(onnx.predict, x, warmup, repeat)
+            if memory:
+                ort["peak"] = peak_in_fresh_process("onnxruntime", onnx.path, x.shape, threads)
+            row["onnxruntime"] = ort
+    return row
 
 
 # -- the fresh process that measures one peak ------------------------------------------------------
 
-def _measure(engine: str, path: str, batch: int, threads: int) -> int:
+def _measure(engine: str, path: str, shape: tuple, threads: int) -> int:
+    x = random_input(shape[1:], shape[0])
     if engine == "cnnc":
         from .runtime.model import load
 
         model = load(path)
-        model._device_args()  # the weights are resident before the baseline is taken
-        x = random_input(model.input_shape, batch)
+        model.prepare()  # the weights resident before the baseline is taken
         return first_run_growth(model.predict, x)
     onnx = OnnxModel(path, threads)
-    shape = [d if isinstance(d, int) else 1 for d in onnx.input.shape[1:]]
-    return first_run_growth(onnx.predict, random_input(shape, batch))
+    return first_run_growth(onnx.predict, x)
 
 
 if __name__ == "__main__":
-    name, target, size, count = sys.argv[1:5]
-    print(json.dumps({"bytes": _measure(name, target, int(size), int(count))}), flush=True)
+    name, target, dims, count = sys.argv[1:5]
+    shape = tuple(int(d) for d in dims.split(","))
+    print(json.dumps({"bytes": _measure(name, target, shape, int(count))}), flush=True)

@@ -11,6 +11,7 @@ Deleting any of them only costs the time to rebuild it.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 ENV = "CNNC_CACHE"
@@ -19,5 +20,9 @@ ENV = "CNNC_CACHE"
 def cache_root() -> Path:
     if os.environ.get(ENV):
         return Path(os.environ[ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cnnc"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "cnnc"
+    try:
+        return Path.home() / ".cache" / "cnnc"
+    except RuntimeError:  # no HOME and no passwd entry (some containers): a per-user temp dir
+        return Path(tempfile.gettempdir()) / f"cnnc-cache-{os.getuid()}"

@@ -116,33 +116,6 @@ def cmd_run(args) -> int:
     return 0
 
 
-def bench_model(model, batch: int, warmup: int, repeat: int, seed: int = 0, onnx=None,
-                memory: bool = False) -> dict:
-    """Latency of ``model`` (and of ``onnx``, an OnnxModel of the same net) at ``batch``:
-    median of ``repeat`` timed runs after ``warmup``; with ``memory``, the peak memory one
-    inference needs, each engine measured in a fresh process."""
-    from .bench import peak_in_fresh_process, planned_activation_bytes, random_input, time_runs
-    from .runtime.threads import default_threads
-
-    x = random_input(model.input_shape, batch, seed)
-    timed = time_runs(model.predict, x, warmup, repeat)
-    row = {"batch": batch, **timed, "throughput": batch / (timed["median_ms"] / 1e3),
-           "repeat": repeat, "warmup": warmup,
-           "activation_bytes": planned_activation_bytes(model.manifest, batch)}
-    threads = default_threads()
-    if memory and model.target == "cpu":
-        row["peak"] = peak_in_fresh_process("cnnc", str(model.directory), batch, threads)
-    if onnx is not None:
-        if not onnx.takes_batch(batch):
-            row["onnxruntime"] = {"error": f"the ONNX model takes batch {onnx.input.shape[0]}"}
-        else:
-            ort = time_runs(onnx.predict, x, warmup, repeat)
-            if memory:
-                ort["peak"] = peak_in_fresh_process("onnxruntime", onnx.path, batch, threads)
-            row["onnxruntime"] = ort
-    return row
-
-
 def _mib(measured: dict | None) -> str:
     if not measured or "bytes" not in measured:
         return "-"
@@ -151,7 +124,7 @@ def _mib(measured: dict | None) -> str:
 
 def cmd_bench(args) -> int:
     _runtime_only()
-    from .bench import OnnxModel
+    from .bench import OnnxModel, bench_model
     from .runtime.model import load
     from .runtime.threads import default_threads
 
@@ -164,7 +137,7 @@ def cmd_bench(args) -> int:
     onnx = None
     if args.onnx:
         onnx = OnnxModel(args.onnx, threads)
-        onnx.check_shape(model.input_shape, args.onnx)
+        onnx.check_input(model.input_shape)
     memory = not args.no_memory
     results = [bench_model(model, b, args.warmup, args.repeat, onnx=onnx, memory=memory)
                for b in batches]

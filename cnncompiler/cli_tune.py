@@ -66,11 +66,13 @@ def register(sub) -> None:
     t.add_argument("--cache", help="tuning cache directory (default: $CNNC_CACHE/tuning, "
                                    "else ~/.cache/cnnc/tuning)")
     t.add_argument("--threads", type=int,
-                   help="threads to time kernels with (default: TVM_NUM_THREADS, else all CPUs)")
+                   help="threads to time kernels with (default: what models run on: "
+                        "TVM_NUM_THREADS, else one per physical core); a build uses a record "
+                        "only when it runs on the same count")
     t.add_argument("--search", choices=("both", "tiles", "metaschedule"), default="both",
                    help="what to search: the tiles of cnnc's own schedules, TVM's MetaSchedule "
                         "on the kernel's compute, or both (default: tiles first, then "
-                        "MetaSchedule with the rest of each kernel's share when at least 30 s "
+                        "MetaSchedule with the rest of each kernel's share when at least 90 s "
                         "is left)")
     t.add_argument("--retune", action="store_true",
                    help="search kernels the cache already has results for again")

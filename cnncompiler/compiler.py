@@ -46,7 +46,7 @@ def check_tuning(choice, tune_budget, batch_sizes) -> float | None:
         return None
     from cnncompiler.backends.tuning.budget import parse_budget
 
-    seconds = parse_budget(tune_budget, "tune budget")
+    seconds = parse_budget(tune_budget, "--tune-budget")
     if choice.kind != "cpu":
         raise CnncError(f"tuning runs on the CPU target only; received target "
                         f"'{choice.describe()}'; drop the tune budget or use --target cpu")
@@ -85,6 +85,7 @@ def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str,
 
     choice = parse_target(target, arch)
     budget_s = check_tuning(choice, tune_budget, batch_sizes)
+    _check_output_dir(Path(output_dir))  # before any tuning budget is spent
     graph, optimized, reports, warnings, chosen = _front_end(spec_text, spec_path, opt_level,
                                                              passes)
     hook = tuning_hook(choice, tuning_cache)

@@ -26,3 +26,18 @@ needs_gpu = pytest.mark.skipif(not have_gpu(), reason="no NVIDIA GPU on this mac
 
 def classic_specs() -> list[Path]:
     return sorted(p for p in SPECS.glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_tuning_cache(tmp_path_factory):
+    """Builds read no tuning records that ``cnnc tune`` or a benchmark left on this machine:
+    the default tuning cache is an empty folder of the test session's own (tests that tune
+    pass their own cache)."""
+    try:
+        from cnncompiler.backends.tuning import cache
+    except ImportError:  # no TVM: nothing builds
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cache, "default_cache_dir", lambda: tmp_path_factory.mktemp("tuning"))
+        yield

@@ -12,18 +12,18 @@ import pytest
 from cnncompiler.runtime import threads
 
 
-def fake_topology(root, cores: list[tuple[int, int]]):
-    for cpu, (package, core) in enumerate(cores):
+def fake_topology(root, siblings: list[str]):
+    """CPU i shares its core with the CPUs listed in siblings[i] (as Linux writes them)."""
+    for cpu, listed in enumerate(siblings):
         d = root / f"cpu{cpu}" / "topology"
         d.mkdir(parents=True)
-        (d / "physical_package_id").write_text(f"{package}\n")
-        (d / "core_id").write_text(f"{core}\n")
+        (d / "thread_siblings_list").write_text(f"{listed}\n")
 
 
 @pytest.mark.parametrize("cores, want", [
-    ([(0, 0), (0, 1)], 2),                      # two cores, no SMT (TVM alone would take 1)
-    ([(0, 0), (0, 0), (0, 1), (0, 1)], 2),      # two cores with two hyperthreads each
-    ([(0, 0), (1, 0)], 2),                      # two sockets, core 0 each
+    (["0", "1"], 2),                            # two cores, no SMT (TVM alone would take 1)
+    (["0,2", "1,3", "0,2", "1,3"], 2),          # two cores with two hyperthreads each
+    (["0-1", "0-1", "2", "3"], 3),              # one SMT core and two without
 ])
 def test_physical_cores_from_the_topology(monkeypatch, tmp_path, cores, want):
     fake_topology(tmp_path, cores)

@@ -75,11 +75,16 @@ def check_outputs(model) -> None:
     assert_close(model.predict(x), next(iter(want.values())), what="tuned build")
 
 
-def record(task, target, default_ms, best_ms, best_config, default_config=None) -> Record:
+def record(task, target, default_ms, best_ms, best_config, default_config=None,
+           threads=None) -> Record:
+    """A record as tuning writes it, on the thread count models run on here by default."""
+    from cnncompiler.runtime.threads import default_threads
+
     default_config = default_config or task.rule.default_config(task.func)
     return Record(workload=task.workload, target=target, kernel=task.label, rule=task.rule.name,
                   flops=task.flops, default_config=default_config, default_ms=default_ms,
-                  best_config=best_config, best_ms=best_ms, threads=2, complete=True)
+                  best_config=best_config, best_ms=best_ms, threads=threads or default_threads(),
+                  complete=True)
 
 
 def other_config(task) -> dict:
@@ -166,6 +171,42 @@ def test_record_against_another_default_is_not_applied(spec, tasks, tmp_path):
     model = cc.compile(spec, batch_sizes=(BATCH,), tuning_cache=tmp_path)
     assert report(model)["tuning"]["tuned"] == []
     assert "another default" in report(model)["tuning"]["kept_default"][0]["why"]
+
+
+def test_record_from_another_thread_count_is_not_applied(spec, tasks, tmp_path):
+    from cnncompiler.runtime.threads import default_threads
+
+    by_name, target = tasks
+    conv1 = by_name["conv1"]
+    TuningCache(tmp_path).put(record(conv1, target, 1.0, 0.5, other_config(conv1),
+                                     threads=default_threads() + 1))
+    model = cc.compile(spec, batch_sizes=(BATCH,), tuning_cache=tmp_path)
+    assert report(model)["tuning"]["tuned"] == []
+    assert f"tuned on {default_threads() + 1} threads" in \
+        report(model)["tuning"]["kept_default"][0]["why"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda r: r.update(default_ms=float("inf")), "positive and finite"),
+    (lambda r: r.update(trials=[["ro", 1.0]]), "trial 0 is not a"),
+    (lambda r: r.update(trials=[[{}, "fast"]]), "trial 0 is not a"),
+])
+def test_records_with_bad_contents_are_ignored(tasks, tmp_path, damage, message):
+    conv1, target = tasks[0]["conv1"], tasks[1]
+    data = asdict(record(conv1, target, 1.0, 0.8, other_config(conv1)))
+    damage(data)
+    cache = TuningCache(tmp_path)
+    cache.path(conv1.workload, target).write_text(json.dumps(data))
+    with pytest.warns(TuningCacheWarning, match=message):
+        assert cache.get(conv1.workload, target) is None
+
+
+def test_an_unwritable_cache_is_an_error_before_tuning(spec, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, _, err = cnnc(capsys, "tune", spec, "--budget", "5s", "--batch-sizes", BATCH,
+                        "--cache", blocker / "cache")
+    assert code == 1 and "cannot write the tuning cache" in err
 
 
 def test_corrupt_records_are_ignored_with_a_warning(spec, tasks, tmp_path):
@@ -259,7 +300,7 @@ def metaschedule_result(tasks):
     conv2 = tasks[0]["conv2"]
     found = metaschedule_search(conv2.func, tvm.target.Target(parse_target("cpu").config),
                                 seconds=0.0, threads=2)
-    assert found is not None, "MetaSchedule found no schedule that builds and runs"
+    assert found.config is not None, f"MetaSchedule found no schedule: {found.error}"
     assert 0 < found.trials <= TRIALS_PER_ROUND
     return conv2, found
 

@@ -285,7 +285,7 @@ def choose_weight_grad_tile(geo: ConvGeometry, registers: int = 32,
         ro_choices, ct = [1], 1
     else:
         ro_choices = divisors(geo.group_out_blocks if geo.groups > 1 else geo.out_blocks)
-        block = geo.ib if not geo.in_plain else 16
+        block = geo.ib if not geo.in_plain else geo.ob  # one vector of input channels
         ct = max(d for d in divisors(cg) if d <= block)
     best, best_key = (1, 1, 1), None
     for ro in ro_choices:

@@ -43,7 +43,7 @@ from .train_conv import (column_weight, columns_geometry, columns_pay_off, colum
                          spread_output_grad, weight_grad)
 from .train_dense import (column_sums, dense_weight_grad, pack_rows, schedule_column_sums,
                           schedule_dense_weight_grad)
-from .train_kernels import (batchnorm_apply, batchnorm_grad_apply, batchnorm_grad_sums,
+from .train_kernels import (ACCUMULATORS, batchnorm_apply, batchnorm_grad_apply, batchnorm_grad_sums,
                             batchnorm_stats, bias_grad, global_pool_grad,
                             schedule_lane_reductions,
                             schedule_square_sum, schedule_sums_then_loops, square_sum_rows)
@@ -534,7 +534,8 @@ class CpuTrainLowering(TrainLowering):
 
     def square_sum(self, tensor):
         flat = self.flat(tensor)
-        if len(flat.ty.shape.values) == 2:
+        shape = flat.ty.shape.values
+        if len(shape) == 2 and int(shape[0]) >= ACCUMULATORS:
             return self.emit(square_sum_rows, flat, name="square_sum",
                              schedule=schedule_square_sum)
         return self.emit(te_grad.square_sum, flat, name="square_sum")

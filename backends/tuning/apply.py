@@ -2,7 +2,8 @@
 
 A kernel gets its tuned schedule only when the cache holds a record for its workload and
 target whose best schedule was measured faster than cnnc's default (by the margin tuning
-uses), and that default is still the one cnnc picks today; in every other case, and whenever
+uses), on the thread count the model will run on, and that default is still the one cnnc
+picks today; in every other case, and whenever
 the tuned schedule fails to apply, the kernel keeps the default. So a build with the cache is
 never slower than one without, kernel by kernel, as far as the measurements go.
 
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 import warnings
 
-from .cache import TuningCache, TuningCacheWarning
-from .search import WIN_MARGIN, describe_config
+from .cache import WIN_MARGIN, TuningCache, TuningCacheWarning, describe_config
+from cnncompiler.runtime.threads import default_threads
+
 from .space import apply_config, is_static, rule_for
 from .tasks import target_key, workload_key
 
@@ -25,6 +27,7 @@ class TunedSchedules:
     def __init__(self, cache: TuningCache, choice):
         self.cache = cache
         self.target = target_key(choice)
+        self.threads = default_threads()  # what the model will run on (runtime/threads.py)
         self.applied: dict[tuple[str, int], dict] = {}
         self.kept: dict[tuple[str, int], str] = {}
         self._active: bool | None = None
@@ -38,6 +41,11 @@ class TunedSchedules:
         batch = int(func.params[0].shape[0])
         record = self.cache.get(workload_key(func), self.target)
         if record is None:
+            return schedule(func)
+        if record.threads != self.threads:
+            self.kept[(name, batch)] = (f"tuned on {record.threads} threads, the model runs on "
+                                        f"{self.threads}: tune again with --threads "
+                                        f"{self.threads}")
             return schedule(func)
         if record.default_config != rule.default_config(func):
             self.kept[(name, batch)] = "tuned against another default schedule: tune again"

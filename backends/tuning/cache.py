@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -24,8 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cnncompiler.cache import cache_root
+from cnncompiler.errors import CnncError
 
 FORMAT = 1
+WIN_MARGIN = 0.02   # a tuned schedule must be this much faster than the default to be used
 
 
 class TuningCacheWarning(UserWarning):
@@ -62,10 +65,17 @@ class Record:
     def speedup(self) -> float:
         return self.default_ms / self.best_ms if self.best_ms > 0 else 0.0
 
-    def wins(self, margin: float) -> bool:
+    def wins(self, margin: float = WIN_MARGIN) -> bool:
         """The best schedule measured faster than the default by more than ``margin``."""
         return self.best_config != self.default_config and \
             self.best_ms < self.default_ms * (1.0 - margin)
+
+
+def describe_config(config: dict) -> str:
+    """A tuning result as people read it: the tile's knobs, or that it is a MetaSchedule trace."""
+    if "trace" in config:
+        return "MetaSchedule trace"
+    return " ".join(f"{k}={v}" for k, v in config.items() if v is not None)
 
 
 _FIELD_TYPES = {"workload": str, "target": str, "kernel": str, "rule": str, "flops": int,
@@ -86,8 +96,13 @@ def record_from_json(data) -> Record:
             raise ValueError(f"no '{key}'")
         if not isinstance(data[key], kind) or isinstance(data[key], bool) and kind is not bool:
             raise ValueError(f"'{key}' is a {type(data[key]).__name__}")
-    if not (data["default_ms"] > 0 and data["best_ms"] > 0):
-        raise ValueError("times must be positive")
+    if not all(math.isfinite(data[k]) and data[k] > 0 for k in ("default_ms", "best_ms")):
+        raise ValueError("times must be positive and finite")
+    for i, trial in enumerate(data["trials"]):
+        if not (isinstance(trial, list) and len(trial) == 2 and isinstance(trial[0], dict)
+                and (trial[1] is None or isinstance(trial[1], (int, float))
+                     and not isinstance(trial[1], bool) and math.isfinite(trial[1]))):
+            raise ValueError(f"trial {i} is not a [configuration, milliseconds] pair")
     optional = {k: data[k] for k, kind in _OPTIONAL.items() if k in data}
     for key, value in optional.items():
         if not isinstance(value, _OPTIONAL[key]) or isinstance(value, bool):
@@ -129,11 +144,24 @@ class TuningCache:
         self._seen[str(path)] = record
         return record
 
+    def check_writable(self) -> None:
+        """Raise CnncError, naming the directory, unless records can be written to it."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=self.dir).close()
+        except OSError as exc:
+            raise CnncError(f"cannot write the tuning cache '{self.dir}': {exc.strerror or exc}"
+                            "; give a writable directory with --cache or $CNNC_CACHE") from None
+
     def put(self, record: Record) -> Path:
-        """Write ``record`` atomically (a reader never sees half a file)."""
+        """Write ``record`` atomically (a reader never sees half a file), readable by every
+        user the umask allows, as any other file (mkstemp alone makes it private)."""
         path = self.path(record.workload, record.target)
         self.dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".record-", suffix=".json", dir=self.dir)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(asdict(record), f, indent=1)

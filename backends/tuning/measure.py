@@ -15,18 +15,16 @@ import os
 import numpy as np
 import tvm
 
+from cnncompiler.runtime.threads import default_threads
+
 MIN_REPEAT_MS = 25  # each timed repeat runs the kernel this long at least
 THREADS_ENV = "TVM_NUM_THREADS"
 
 
 def use_threads(threads: int | None = None) -> int:
-    """Ask TVM's runtime for ``threads`` threads (default: TVM_NUM_THREADS, else every CPU)
-    and return how many it has. NOTE: TVM sizes its pool once, on first use, and by default to
-    half the logical CPUs on x86: one thread on a 2-CPU machine, not what models run with."""
-    if threads is not None:
-        os.environ[THREADS_ENV] = str(threads)
-    else:
-        os.environ.setdefault(THREADS_ENV, str(os.cpu_count() or 1))
+    """Ask TVM's runtime for ``threads`` threads (default: what models run on,
+    runtime/threads.py) and return how many it has. TVM sizes its pool once, on first use."""
+    os.environ[THREADS_ENV] = str(threads if threads is not None else default_threads())
     return int(tvm.get_global_func("runtime.NumThreads")())
 
 

@@ -8,7 +8,7 @@ the deadline. The first round always runs; its length is not known before. The b
 its trace, JSON that replays onto the same unscheduled PrimFunc in any later process:
 
     found = metaschedule_search(task.func, target, seconds=120, threads=2)
-    if found: func = apply_trace(task.func, found.config["trace"])
+    if found.config: func = apply_trace(task.func, found.config["trace"])
 
 The tuning database lives in memory for the search alone (TVM-NOTES: its JSON writer is what
 crashes with the newer tvm-ffi); what is kept is the trace, in cnnc's own tuning cache.
@@ -16,8 +16,10 @@ crashes with the newer tvm-ffi); what is kept is the trace, in cnnc's own tuning
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,13 +31,13 @@ from tvm.s_tir.schedule import Schedule, Trace
 
 TRIALS_PER_ROUND = 8
 MAX_TRIALS = 10_000      # the deadline ends a search long before this
-MIN_SECONDS = 30.0       # a share shorter than this buys too few trials to beat cnnc's default
 
 
 @dataclass
 class Found:
-    config: dict          # {"trace": JSON text}: what the tuning cache records
-    trials: int
+    config: dict | None   # {"trace": JSON text}: what the tuning cache records; None: nothing
+    trials: int           # that built and ran, or MetaSchedule failed (``error`` says why)
+    error: str = ""
 
 
 @derived_object
@@ -63,10 +65,9 @@ def cost_model() -> str:
     return "xgb" if importlib.util.find_spec("xgboost") is not None else "random"
 
 
-def metaschedule_search(func, target, seconds: float, threads: int,
-                        seed: int = 0) -> Found | None:
-    """The best schedule MetaSchedule finds for ``func`` in about ``seconds``; None when it
-    found none that builds and runs."""
+def metaschedule_search(func, target, seconds: float, threads: int, seed: int = 0) -> Found:
+    """The best schedule MetaSchedule finds for ``func`` in about ``seconds``. Its failures
+    are results too (``Found.error``): the kernel then keeps what the tiles found."""
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     stop = StopAtDeadline(time.monotonic() + seconds)
     callbacks = [*ms.MeasureCallback.create("default"), stop]
@@ -74,16 +75,21 @@ def metaschedule_search(func, target, seconds: float, threads: int,
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # its per-round tables would drown cnnc's progress lines
     try:
-        with tempfile.TemporaryDirectory(prefix="cnnc-ms-") as work:
+        # its log handler writes to stdout, which `cnnc tune --json` keeps for the summary
+        with tempfile.TemporaryDirectory(prefix="cnnc-ms-") as work, \
+                contextlib.redirect_stdout(sys.stderr):
             database = ms.tune_tir(mod, target, work, max_trials_global=MAX_TRIALS,
                                    num_trials_per_iter=TRIALS_PER_ROUND, database="memory",
                                    cost_model=cost_model(), measure_callbacks=callbacks,
                                    num_tuning_cores=threads, seed=seed)
             sch = ms.tir_integration.compile_tir(database, mod, target)
+    except Exception as exc:  # noqa: BLE001 (TVM raises many kinds; tuning goes on)
+        lines = str(exc).strip().splitlines()
+        return Found(None, stop.trials, f"{type(exc).__name__}: {lines[-1][:200] if lines else ''}")
     finally:
         quiet.setLevel(level)
     if sch is None:
-        return None
+        return Found(None, stop.trials, "no candidate built and ran")
     trace = tvm.ir.save_json(sch.trace.as_json(remove_postproc=False))
     return Found({"trace": trace}, stop.trials)
 

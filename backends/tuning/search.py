@@ -22,26 +22,28 @@ from dataclasses import dataclass, field
 import tvm
 
 from .budget import format_seconds
-from .cache import Record, TuningCache
+from .cache import WIN_MARGIN, Record, TuningCache, describe_config
 from .measure import KernelBench, use_threads
 from .space import apply_config
 from .tasks import KernelTask, extract_tasks, target_key
 
 MIN_FLOPS = 4_000_000    # below this a kernel runs in microseconds: not worth a search
 MIN_SHARE_S = 1.0        # a kernel's search gets at least this long, while the budget lasts
-WIN_MARGIN = 0.02        # a schedule must be this much faster than the default to be used
 CONFIRM_ROUNDS = 3
 STRATEGY_NAMES = {"both": "cnnc's tiles, then MetaSchedule",
                   "tiles": "cnnc's tiles", "metaschedule": "MetaSchedule"}
 STRATEGIES = tuple(STRATEGY_NAMES)
-MIN_METASCHEDULE_S = 30.0  # MetaSchedule runs on a kernel when this much of its share is left
+# MetaSchedule runs on a kernel when this much of its share is left: its first round (search
+# space, cost model and worker pools set up, 8 candidates built and run) took about a minute on
+# a 2-core machine whatever the kernel, and cannot be cut short
+MIN_METASCHEDULE_S = 90.0
 
 
 @dataclass
 class KernelResult:
     label: str
     flops: int
-    status: str            # tuned, cached, out of budget
+    status: str            # tuned, cached, out of budget, failed: why
     record: Record | None = None
     trials: int = 0
     seconds: float = 0.0
@@ -87,18 +89,12 @@ def format_flops(flops: int) -> str:
     return f"{flops / 1e9:.2f} GFLOP" if flops >= 1e9 else f"{flops / 1e6:.1f} MFLOP"
 
 
-def describe_config(config: dict) -> str:
-    if "trace" in config:
-        return "MetaSchedule trace"
-    return " ".join(f"{k}={v}" for k, v in config.items() if v is not None)
-
-
 def search_kernel(task: KernelTask, seconds: float, target, target_id: str, threads: int,
                   previous: Record | None = None,
-                  strategy: str = "both") -> tuple[Record, int]:
+                  strategy: str = "both") -> tuple[Record, int, str]:
     """Search ``task`` for ``seconds``: the tiles of cnnc's rule (``strategy`` tiles or
     both), then MetaSchedule with the time left (metaschedule or both). Returns the record to
-    cache and the trials run now."""
+    cache, the trials run now, and a note on what went wrong ("" when nothing did)."""
     start = time.monotonic()
     deadline = start + seconds
     rule, func = task.rule, task.func
@@ -114,7 +110,7 @@ def search_kernel(task: KernelTask, seconds: float, target, target_id: str, thre
     complete = carried and previous.complete
     if strategy in ("tiles", "both"):
         complete = True
-        for config in rule.candidates(func, tried):
+        for config in rule.candidates(func, tried, baseline=(default_config, default_ms)):
             if _key(config) in done:
                 continue
             if time.monotonic() >= deadline:
@@ -124,14 +120,17 @@ def search_kernel(task: KernelTask, seconds: float, target, target_id: str, thre
             tried.append([config, ms])
             done.add(_key(config))
             fresh[_key(config)] = ms
-    ms_trials = 0
+    tile_trials = len(fresh)
+    ms_trials, note = 0, ""
     left = deadline - time.monotonic()
     if strategy in ("metaschedule", "both") and left >= MIN_METASCHEDULE_S:
         from .metaschedule import metaschedule_search
 
         found = metaschedule_search(func, target, left, threads)
-        if found is not None:
-            ms_trials = found.trials
+        # a failed run counts as one trial, so the next run does not repeat it
+        ms_trials = max(found.trials, 1 if found.error else 0)
+        note = f"MetaSchedule: {found.error}" if found.error else ""
+        if found.config is not None:
             ms = _time_config(bench, rule, func, found.config)
             tried.append([found.config, ms])
             fresh[_key(found.config)] = ms
@@ -155,7 +154,7 @@ def search_kernel(task: KernelTask, seconds: float, target, target_id: str, thre
                     seconds=spent + (previous.seconds if carried else 0.0),
                     metaschedule_trials=ms_trials + (previous.metaschedule_trials
                                                      if carried else 0))
-    return record, len(fresh) - (1 if ms_trials else 0) + ms_trials
+    return record, tile_trials + ms_trials, note
 
 
 def _time_config(bench, rule, func, config: dict) -> float | None:
@@ -196,6 +195,7 @@ def tune_model(g, choice, batch_sizes, budget_s: float, cache: TuningCache, *,
     target = tvm.target.Target(choice.config)
     target_id = target_key(choice)
     summary = TuneSummary(budget_s, threads=threads, cache_dir=str(cache.dir))
+    cache.check_writable()  # before the budget is spent, not after
     tasks = extract_tasks(g, choice, batch_sizes)
     big = [t for t in tasks if t.flops >= min_flops]
     summary.tiny = len(tasks) - len(big)
@@ -215,29 +215,53 @@ def tune_model(g, choice, batch_sizes, budget_s: float, cache: TuningCache, *,
         + f"; budget {format_seconds(budget_s)}, search: {STRATEGY_NAMES[strategy]}")
     for i, task in enumerate(todo):
         left = budget_s - (time.monotonic() - start)
-        if left <= 0:
+        if left < MIN_SHARE_S:
             summary.kernels.append(KernelResult(task.label, task.flops, "out of budget"))
             continue
         share = left * task.work / sum(t.work for t in todo[i:])
         share = min(left, max(share, MIN_SHARE_S))
         head = f"[{i + 1:>{len(str(len(todo)))}}/{len(todo)}] {task.label}"
+        record = previous.get(task.workload)
+        tiles_done = strategy == "metaschedule" or (record is not None and record.complete)
+        if strategy != "tiles" and tiles_done and share < MIN_METASCHEDULE_S:
+            # nothing left to try in so short a share: the time goes to the other kernels
+            status = "cached" if record is not None else "out of budget"
+            summary.kernels.append(KernelResult(task.label, task.flops, status, record))
+            say(f"{head}: {format_seconds(share)} share, under the {MIN_METASCHEDULE_S:.0f} s "
+                "MetaSchedule needs: skipped")
+            continue
         kernel_start = time.monotonic()
-        record, trials = search_kernel(task, share, target, target_id, threads,
-                                       previous.get(task.workload), strategy)
-        cache.put(record)
+        try:
+            record, trials, note = search_kernel(task, share, target, target_id, threads,
+                                                 record, strategy)
+            cache.put(record)
+        except Exception as exc:  # noqa: BLE001 (one kernel TVM cannot build or time)
+            why = _one_line(exc)
+            summary.kernels.append(KernelResult(task.label, task.flops, f"failed: {why}"))
+            say(f"{head}: failed ({why}); it keeps cnnc's default schedule")
+            continue
         result = KernelResult(task.label, task.flops, "tuned", record, trials,
                               time.monotonic() - kernel_start)
         summary.kernels.append(result)
         say(f"{head}: {format_flops(task.flops)}, {format_seconds(result.seconds)}, "
             f"{trials} trial{'s' * (trials != 1)}"
-            f"{'' if record.complete else ' (budget ran out first)'}; {_verdict(record)}")
+            f"{'' if record.complete else ' (budget ran out first)'}; {_verdict(record)}"
+            + (f" [{note}]" if note else ""))
     summary.spent_s = time.monotonic() - start
     left_out = summary.count("out of budget")
+    failed = sum(k.status.startswith("failed") for k in summary.kernels)
     say(f"tuned {summary.count('tuned')} kernels in {format_seconds(summary.spent_s)}: "
         f"{summary.wins()} of {len(summary.kernels)} now faster than cnnc's default schedule"
         + (f"; {left_out} left for a larger budget" if left_out else "")
+        + (f"; {failed} failed (see above)" if failed else "")
         + f"; cache {cache.dir}")
     return summary
+
+
+def _one_line(exc: Exception) -> str:
+    """An exception as one short line (TVM's messages run to pages of stack)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[-1][:200]}" if lines else type(exc).__name__
 
 
 def _verdict(record: Record) -> str:

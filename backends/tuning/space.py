@@ -23,9 +23,9 @@ from tvm import s_tir, tirx
 from ..cpu.conv import ConvTile, choose_tile, divisors, schedule_conv
 from ..cpu.dense import DenseTile, choose_dense_tile, schedule_dense
 
-MIN_ACCUMULATORS = 4
-MAX_ACCUMULATORS = 28      # of AVX-512's 32 vector registers, leaving weights and one input
-CHUNK_BYTES = (16 << 10, 32 << 10, 64 << 10)   # weight chunk sizes tried in the reduction
+TILE_MIN_ACCUMULATORS = 4
+TILE_MAX_ACCUMULATORS = 28      # of AVX-512's 32 vector registers, leaving weights and one input
+CHUNK_SIZES_TRIED = (16 << 10, 32 << 10, 64 << 10)   # weight chunk sizes tried in the reduction
 
 
 class ConvRule:
@@ -58,7 +58,7 @@ class ConvRule:
         blocks = geo.out_blocks if geo.groups == 1 else geo.group_out_blocks
         width = geo.out_spatial[-1]
         pairs = [(ro, rw) for ro in divisors(blocks) for rw in divisors(width) if rw <= 16
-                 and MIN_ACCUMULATORS <= ro * rw <= MAX_ACCUMULATORS
+                 and TILE_MIN_ACCUMULATORS <= ro * rw <= TILE_MAX_ACCUMULATORS
                  and ro * rw + ro + 1 <= self.registers]
         return sorted(pairs, key=lambda p: (-p[0] * p[1], (p[0] + p[1]) / (p[0] * p[1])))
 
@@ -69,15 +69,18 @@ class ConvRule:
         heights = [d for d in divisors(rows) if d <= 8][:4]
         chunk = ro * geo.ob * 4 * geo.ib * math.prod(geo.kernel)
         cis = sorted({max([d for d in divisors(geo.group_in_blocks) if d * chunk <= size]
-                          or [1]) for size in CHUNK_BYTES})
+                          or [1]) for size in CHUNK_SIZES_TRIED})
         cis = [c for c in cis if c < geo.group_in_blocks] + [None]
         return [(rh, ci) for rh in heights for ci in cis if (rh, ci) != (1, None)]
 
-    def candidates(self, func, tried: list):
-        """Register tiles first (unchunked), then chunkings of the best tile so far."""
+    def candidates(self, func, tried: list, baseline: tuple | None = None):
+        """Register tiles first (unchunked), then chunkings of the best tile so far, the
+        default (``baseline``: its config and ms) included. ``tried`` grows as the caller
+        times the candidates, so the second phase sees the first's results."""
         for ro, rw in self.register_tiles():
             yield {"ro": ro, "rw": rw, "rh": 1, "ci": None}
-        timed = [(ms, c) for c, ms in tried if ms is not None and is_tile(c)]
+        timed = [(ms, c) for c, ms in [*([baseline] if baseline else []), *tried]
+                 if ms is not None and is_tile(c)]
         best = min(timed, key=lambda t: t[0])[1] if timed else self.default_config(func)
         for rh, ci in self.chunkings(best["ro"]):
             yield {"ro": best["ro"], "rw": best["rw"], "rh": rh, "ci": ci}
@@ -110,7 +113,7 @@ class DenseRule:
     def apply(self, func, config: dict):
         return self.schedule(func, tile=DenseTile(**config))
 
-    def candidates(self, func, tried: list):
+    def candidates(self, func, tried: list, baseline: tuple | None = None):
         batch, blocks, _, _ = self.extents(func)
         pairs = [(rn, ro) for rn in divisors(batch) if rn <= 8 for ro in divisors(blocks)
                  if ro <= 16 and rn * ro <= self.registers - 8]

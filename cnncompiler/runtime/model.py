@@ -156,6 +156,13 @@ class CompiledModel:
         return args
 
     # -- inference ---------------------------------------------------------------------------
+    def prepare(self) -> "CompiledModel":
+        """Open the library, put the weights on the device and make this thread's VM: what
+        the first ``predict`` would do, done before a latency-sensitive first call."""
+        self._device_args()
+        self._vm()
+        return self
+
     def check_input(self, x) -> np.ndarray:
         """Raise InputError unless ``x`` is a C-contiguous float32 (N, *input_shape) array."""
         want = f"expected {self.signature()}"

@@ -19,16 +19,16 @@ TOPOLOGY = Path("/sys/devices/system/cpu")
 
 
 def physical_cores() -> int:
-    """Physical cores among the CPUs this process may run on (Linux topology files; the CPU
-    count where they cannot be read)."""
+    """Physical cores among the CPUs this process may run on: the distinct sets of hardware
+    threads sharing a core (Linux's thread_siblings_list, which, unlike core_id, is unique
+    across dies and clusters); the CPU count where the topology cannot be read."""
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
         list(range(os.cpu_count() or 1))
     cores = set()
     for cpu in cpus:
         topology = TOPOLOGY / f"cpu{cpu}" / "topology"
         try:
-            cores.add(((topology / "physical_package_id").read_text().strip(),
-                       (topology / "core_id").read_text().strip()))
+            cores.add((topology / "thread_siblings_list").read_text().strip())
         except OSError:
             return max(1, len(cpus))
     return max(1, len(cores))
