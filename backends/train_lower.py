@@ -143,6 +143,16 @@ def _backward(low, g, grads):
     return param_grads
 
 
+
+def masked(name: str):
+    """The compute ``t * mask``, element by element: dropout forward and backward."""
+    return lambda t, m: te.compute(t.shape, lambda *i: t(*i) * m(*i), name=name)
+
+
+def gradient_sum(a, b):
+    """Two gradients of one value added: the value feeds several layers."""
+    return te.compute(a.shape, lambda *i: a(*i) + b(*i), name="grad_acc")
+
 class TrainLowering:
     """The kernels of one training step: te_ops' forwards and te_grad's backwards in the plain
     (N, C, *spatial) layout, each emitted with ``emit`` (here emit_te, unscheduled: right for
@@ -201,8 +211,7 @@ class TrainLowering:
             self.new_buffers[names["running_var"]] = rv
         elif layer.type_name == "dropout":
             out = xs[0] if node not in self.mvars else self.emit(
-                lambda t, m: te.compute(t.shape, lambda *i: t(*i) * m(*i), name="dropout"),
-                xs[0], self.mvars[node], name=hint)
+                masked("dropout"), xs[0], self.mvars[node], name=hint)
         elif layer.type_name == "identity":
             out = xs[0]
         else:
@@ -242,8 +251,7 @@ class TrainLowering:
             dxs = [self.item(res, 0)]
         elif layer.type_name == "dropout":
             dxs = [dy if node not in self.mvars else self.emit(
-                lambda d, m: te.compute(d.shape, lambda *i: d(*i) * m(*i), name="dropout_dx"),
-                dy, self.mvars[node], name=hint)]
+                masked("dropout_dx"), dy, self.mvars[node], name=hint)]
         elif layer.type_name in ("add", "identity"):
             dxs = [dy] * len(xs)
         else:
@@ -267,9 +275,8 @@ class TrainLowering:
         """The gradient of ``src`` so far (None: none yet) plus ``new``."""
         if total is None:
             return new
-        return self.from_plain(self.emit(
-            lambda a, b: te.compute(a.shape, lambda *i: a(*i) + b(*i), name="grad_acc"),
-            self.plain(total), self.plain(new), name="grad_acc"))
+        return self.from_plain(self.emit(gradient_sum, self.plain(total), self.plain(new),
+                                         name="grad_acc"))
 
     # -- the update ----------------------------------------------------------------------------
     def flat(self, var):

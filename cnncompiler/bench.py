@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CnncError, InputError
+from .runtime.threads import default_threads
 
 
 def random_input(shape, batch: int, seed: int = 0) -> np.ndarray:
@@ -161,8 +162,6 @@ def bench_model(model, batch: int, warmup: int, repeat: int, seed: int = 0, onnx
     """Latency of ``model`` (and of ``onnx``, an OnnxModel of the same net) at ``batch``:
     median of ``repeat`` timed runs after ``warmup``; with ``memory``, the peak memory one
     inference needs, each engine measured in a fresh process."""
-    from .runtime.threads import default_threads
-
     x = random_input(model.input_shape, batch, seed)
     timed = time_runs(model.predict, x, warmup, repeat)
     row = {"batch": batch, **timed, "throughput": batch / (timed["median_ms"] / 1e3),

@@ -116,10 +116,8 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _mib(measured: dict | None) -> str:
-    if not measured or "bytes" not in measured:
-        return "-"
-    return f"{measured['bytes'] / 2**20:.2f}"
+def _mib(nbytes: int | None) -> str:
+    return "-" if nbytes is None else f"{nbytes / 2**20:.2f}"
 
 
 def cmd_bench(args) -> int:
@@ -152,13 +150,12 @@ def cmd_bench(args) -> int:
           f"{'planned MiB':>11}  {'peak MiB':>9}"
           + (f"  {'ORT ms':>9}  {'ORT peak MiB':>12}  {'cnnc/ORT':>8}" if onnx else ""))
     for r in results:
-        mem = r["activation_bytes"]
         line = (f"{r['batch']:>6}  {r['median_ms']:>11.3f}  {r['min_ms']:>9.3f}  "
-                f"{r['throughput']:>10.1f}  {'-' if mem is None else f'{mem / 2**20:.2f}':>11}  "
-                f"{_mib(r.get('peak')):>9}")
+                f"{r['throughput']:>10.1f}  {_mib(r['activation_bytes']):>11}  "
+                f"{_mib(r.get('peak', {}).get('bytes')):>9}")
         ort = r.get("onnxruntime")
         if ort and "median_ms" in ort:
-            line += (f"  {ort['median_ms']:>9.3f}  {_mib(ort.get('peak')):>12}  "
+            line += (f"  {ort['median_ms']:>9.3f}  {_mib(ort.get('peak', {}).get('bytes')):>12}  "
                      f"{r['median_ms'] / ort['median_ms']:>8.2f}")
         elif ort:
             line += f"  ({ort['error']})"

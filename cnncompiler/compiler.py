@@ -85,7 +85,8 @@ def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str,
 
     choice = parse_target(target, arch)
     budget_s = check_tuning(choice, tune_budget, batch_sizes)
-    _check_output_dir(Path(output_dir))  # before any tuning budget is spent
+    out = Path(output_dir)
+    _check_output_dir(out)  # before any tuning budget is spent
     graph, optimized, reports, warnings, chosen = _front_end(spec_text, spec_path, opt_level,
                                                              passes)
     hook = tuning_hook(choice, tuning_cache)
@@ -99,8 +100,7 @@ def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str,
                             "tuning cache off when giving a tune budget")
         search = tune_model(optimized, choice, tuple(batch_sizes), budget_s, cache,
                             progress=progress).to_json()
-    out = Path(output_dir)
-    _check_output_dir(out)
+        _check_output_dir(out)  # again: tuning ran for minutes, the directory may have changed
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -41,3 +41,20 @@ def private_tuning_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cache, "default_cache_dir", lambda: tmp_path_factory.mktemp("tuning"))
         yield
+
+
+@pytest.fixture
+def no_nvcc(monkeypatch, tmp_path):
+    """A machine without the CUDA toolkit: nothing on PATH, no CUDA_HOME, and the standard
+    install location empty."""
+    from cnncompiler.backends import cuda
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+
+    class WithoutNvcc(type(Path())):
+        def is_file(self):
+            return self.name != "nvcc" and super().is_file()
+
+    monkeypatch.setattr(cuda, "Path", WithoutNvcc)

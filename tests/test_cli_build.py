@@ -352,18 +352,7 @@ def test_usage_errors_exit_two_without_traceback(capsys, lenet_dir):
     assert code == 2 and "--input" in stderr
 
 
-def test_compile_for_cuda_without_nvcc_is_a_message(capsys, tmp_path, monkeypatch):
-    from cnncompiler.backends import cuda
-
-    monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.delenv("CUDA_HOME", raising=False)
-    monkeypatch.delenv("CUDA_PATH", raising=False)
-
-    class WithoutNvcc(type(Path())):
-        def is_file(self):
-            return self.name != "nvcc" and super().is_file()
-
-    monkeypatch.setattr(cuda, "Path", WithoutNvcc)
+def test_compile_for_cuda_without_nvcc_is_a_message(capsys, tmp_path, no_nvcc):
     code, _, stderr = cnnc(capsys, "compile", SPECS / "lenet5.yaml", "-o", tmp_path / "o",
                            "--target", "cuda")
     assert code == 1

@@ -157,23 +157,6 @@ def test_compile_for_cuda_reports_worker_errors(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.fixture
-def no_nvcc(monkeypatch, tmp_path):
-    """A machine without the CUDA toolkit: nothing on PATH, no CUDA_HOME, and the standard
-    install location empty."""
-    from cnncompiler.backends import cuda
-
-    monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.delenv("CUDA_HOME", raising=False)
-    monkeypatch.delenv("CUDA_PATH", raising=False)
-
-    class WithoutNvcc(type(Path())):
-        def is_file(self):
-            return self.name != "nvcc" and super().is_file()
-
-    monkeypatch.setattr(cuda, "Path", WithoutNvcc)
-
-
 def test_missing_nvcc_is_a_clear_error(no_nvcc, tmp_path):
     from cnncompiler.backends.cuda import find_nvcc
 

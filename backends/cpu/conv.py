@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from tvm import te, tirx
 
 from .blocking import ceil_div
-from .schedules import MIN_PARALLEL_MACS, scheduled, static_extent
+from .schedules import MIN_PARALLEL_MACS, scheduled, static_extent, tile_in_registers
 from .vector_math import activation
 
 FLOAT = "float32"
@@ -270,13 +270,7 @@ def schedule_conv(func, geo: ConvGeometry, tile: ConvTile | None = None, registe
     if batch is None or batch * geo.flops() // 2 >= MIN_PARALLEL_MACS:
         sch.parallel(par)
     sch.reverse_compute_at(epi, epilogue_at)
-    # the accumulators: a stack array (LLVM keeps the tile in registers), not a heap workspace
-    sch.set_scope(conv, 0, "local")
-    sch.unroll(oc_i)
-    sch.unroll(w_i)
-    sch.vectorize(j)
-    # NOTE: vectorize before decompose_reduction; the init loops inherit the annotations
-    sch.decompose_reduction(conv, reduce_at)
+    tile_in_registers(sch, conv, [oc_i, w_i], j, reduce_at)
     sch.vectorize(sch.get_loops(epi)[-1])
     try:
         pad = sch.get_sblock("pad")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from tvm import s_tir, te
 
 from .conv import divisors
-from .schedules import MIN_PARALLEL_MACS, scheduled, static_extent
+from .schedules import MIN_PARALLEL_MACS, scheduled, static_extent, tile_in_registers
 from .vector_math import activation
 
 FLOAT = "float32"
@@ -77,11 +77,7 @@ def schedule_dense(func, tile: DenseTile | None = None, registers: int = 32):
     if batch is None or batch * blocks * lanes * features >= MIN_PARALLEL_MACS:
         sch.parallel(par)
     sch.reverse_compute_at(copy, par)
-    sch.set_scope(dense, 0, "local")
-    sch.unroll(n_i)
-    sch.unroll(c_i)
-    sch.vectorize(j)
-    sch.decompose_reduction(dense, k)
+    tile_in_registers(sch, dense, [n_i, c_i], j, k)
     sch.vectorize(sch.get_loops(copy)[-1])
     _, out_o = sch.get_loops(epi)
     if static_extent(sch, out_o) % lanes == 0:

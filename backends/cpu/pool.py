@@ -16,7 +16,7 @@ from cnncompiler.layers.window import resolve_padding
 
 from ..te_ops import _window_count
 from .conv import ConvGeometry, blocked_epilogue, divisors
-from .schedules import MIN_PARALLEL_WORK, scheduled, work
+from .schedules import MIN_PARALLEL_WORK, scheduled, work, tile_in_registers
 
 FLOAT = "float32"
 MAX_COLUMNS = 8
@@ -123,11 +123,7 @@ def schedule_window(func, out_width: int):
     if work(sch, sch.get_loops(acc)) >= 2 * MIN_PARALLEL_WORK:
         sch.parallel(par)
     sch.reverse_compute_at(epi, w_o)
-    sch.set_scope(acc, 0, "local")  # the accumulators: a stack array kept in registers
-    sch.unroll(w_i)
-    sch.vectorize(j)
-    if reduction:
-        sch.decompose_reduction(acc, reduction[0])
+    tile_in_registers(sch, acc, [w_i], j, reduction[0] if reduction else None)
     sch.vectorize(sch.get_loops(epi)[-1])
     try:
         pad = sch.get_sblock("pad")

@@ -25,6 +25,19 @@ def scheduled(sch: s_tir.Schedule) -> tirx.PrimFunc:
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
+def tile_in_registers(sch: s_tir.Schedule, block, unrolled, lane_loop, reduce_at=None) -> None:
+    """``block``'s accumulators as a register tile: a stack array (LLVM keeps it in
+    registers), not a heap workspace; the tile's loops ``unrolled``, ``lane_loop`` vectorized,
+    and the zeroing split off at ``reduce_at`` (None: a block without reduction loops).
+    Vectorize before decompose_reduction: the zeroing loops inherit the annotations."""
+    sch.set_scope(block, 0, "local")
+    for loop in unrolled:
+        sch.unroll(loop)
+    sch.vectorize(lane_loop)
+    if reduce_at is not None:
+        sch.decompose_reduction(block, reduce_at)
+
+
 def static_extent(sch, loop) -> int | None:
     extent = sch.get(loop).extent
     return int(extent) if isinstance(extent, tirx.IntImm) else None

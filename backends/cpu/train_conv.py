@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from tvm import te, tirx
 
 from .conv import MAX_ACCUMULATORS, ConvGeometry, divisors, padded_input
-from .schedules import MIN_PARALLEL_MACS, scheduled, static_extent
+from .schedules import MIN_PARALLEL_MACS, scheduled, static_extent, tile_in_registers
 
 FLOAT = "float32"
 ZERO = tirx.const(0.0, FLOAT)
@@ -340,12 +340,7 @@ def schedule_weight_grad(func, geo: ConvGeometry, tile: WeightGradTile | None = 
     if batch is None or batch * macs >= MIN_PARALLEL_MACS:
         sch.parallel(par)
     sch.reverse_compute_at(out, par)
-    sch.set_scope(acc, 0, "local")
-    sch.unroll(ob_i)
-    sch.unroll(c_i)
-    sch.unroll(kw_i)
-    sch.vectorize(j)
-    sch.decompose_reduction(acc, n)
+    tile_in_registers(sch, acc, [ob_i, c_i, kw_i], j, n)
     try:
         pad = sch.get_sblock("pad")
     except Exception:  # noqa: BLE001 (no padding: no pad stage)

@@ -13,7 +13,8 @@ from __future__ import annotations
 from tvm import s_tir, te, tirx
 
 from .conv import MAX_ACCUMULATORS, divisors
-from .schedules import MIN_PARALLEL_MACS, MIN_PARALLEL_WORK, scheduled, static_extent
+from .schedules import (MIN_PARALLEL_MACS, MIN_PARALLEL_WORK, scheduled, static_extent,
+                        tile_in_registers)
 
 FLOAT = "float32"
 ZERO = tirx.const(0.0, FLOAT)
@@ -75,11 +76,7 @@ def schedule_dense_weight_grad(func, registers: int = 32):
     if batch is None or batch * outputs * blocks * static_extent(sch, j) >= MIN_PARALLEL_MACS:
         sch.parallel(par)
     sch.reverse_compute_at(out, par)
-    sch.set_scope(acc, 0, "local")
-    sch.unroll(o_i)
-    sch.unroll(kb_i)
-    sch.vectorize(j)
-    sch.decompose_reduction(acc, n)
+    tile_in_registers(sch, acc, [o_i, kb_i], j, n)
     return scheduled(sch)
 
 

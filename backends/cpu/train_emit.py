@@ -29,7 +29,8 @@ from cnncompiler.graph import param_names
 from cnncompiler.runtime.signature import kernel_name
 
 from .. import te_grad
-from ..train_lower import TrainLowering
+from ..te_ops import lower_add
+from ..train_lower import TrainLowering, gradient_sum, masked
 from .blocking import PLAIN, block_for, conversion
 from .conv import conv_blocked, schedule_conv, vector_registers
 from .dense import dense_blocked, schedule_dense
@@ -43,10 +44,10 @@ from .train_conv import (column_weight, columns_geometry, columns_pay_off, colum
                          spread_output_grad, weight_grad)
 from .train_dense import (column_sums, dense_weight_grad, pack_rows, schedule_column_sums,
                           schedule_dense_weight_grad)
-from .train_kernels import (ACCUMULATORS, batchnorm_apply, batchnorm_grad_apply, batchnorm_grad_sums,
-                            batchnorm_stats, bias_grad, global_pool_grad,
-                            schedule_lane_reductions,
-                            schedule_square_sum, schedule_sums_then_loops, square_sum_rows)
+from .train_kernels import (ACCUMULATORS, batchnorm_apply, batchnorm_grad_apply,
+                            batchnorm_grad_sums, batchnorm_stats, bias_grad, global_pool_grad,
+                            schedule_lane_reductions, schedule_square_sum,
+                            schedule_sums_then_loops, square_sum_rows)
 from .vector_math import activation
 
 FLOAT = "float32"
@@ -274,18 +275,10 @@ class CpuTrainLowering(TrainLowering):
         if t == "dropout":
             mask = self.layout(Value(self.mvars[node], first.channels), first.block)
             self.consumed[node] = [xs[0], mask]
-            var = self.emit(lambda a, m: te.compute(a.shape, lambda *i: a(*i) * m(*i),
-                                                    name="dropout"),
-                            xs[0].var, mask.var, name=kernel_name(node))
+            var = self.emit(masked("dropout"), xs[0].var, mask.var, name=kernel_name(node))
         elif t == "add":
-            def add(*ts):
-                def compute(*i):
-                    total = ts[0](*i)
-                    for other in ts[1:]:
-                        total = total + other(*i)
-                    return total
-                return te.compute(ts[0].shape, compute, name="add")
-            var = self.emit(add, *[x.var for x in xs], name=kernel_name(node))
+            var = self.emit(lambda *ts: lower_add(layer, list(ts), {}, None),
+                            *[x.var for x in xs], name=kernel_name(node))
         else:
             alpha = getattr(layer, "alpha", 0.0)
             var = self.emit(lambda a: te.compute(a.shape, lambda *i: activation(t, a(*i), alpha),
@@ -460,9 +453,7 @@ class CpuTrainLowering(TrainLowering):
         if t == "add":
             return [dy] * len(xs), {}
         if t == "dropout":
-            var = self.emit(lambda d, m: te.compute(d.shape, lambda *i: d(*i) * m(*i),
-                                                    name="dropout_dx"),
-                            dy.var, xs[1].var, name=hint)
+            var = self.emit(masked("dropout_dx"), dy.var, xs[1].var, name=hint)
             return [Value(var, dy.channels, dy.block)], {}
         grad = te_grad.GRADS[t]
         y = self.values[node]
@@ -514,9 +505,7 @@ class CpuTrainLowering(TrainLowering):
         new = self.layout(new, self.values[src].block)
         if total is None:
             return new
-        var = self.emit(lambda a, b: te.compute(a.shape, lambda *i: a(*i) + b(*i),
-                                                name="grad_acc"),
-                        total.var, new.var, name="grad_acc")
+        var = self.emit(gradient_sum, total.var, new.var, name="grad_acc")
         return Value(var, new.channels, new.block)
 
     # -- the update, on the parameters as flat vectors -----------------------------------------

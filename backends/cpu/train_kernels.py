@@ -17,7 +17,7 @@ import math
 
 from tvm import s_tir, te, tirx
 
-from .schedules import MIN_PARALLEL_WORK, scheduled, static_extent
+from .schedules import MIN_PARALLEL_WORK, scheduled, static_extent, tile_in_registers
 
 FLOAT = "float32"
 MIN_TASKS = 8         # partial sums per kernel, so both threads get several
@@ -101,10 +101,7 @@ def schedule_channel_sums(sch: s_tir.Schedule, name: str) -> None:
     if symbolic or work >= MIN_PARALLEL_WORK:
         sch.parallel(par)
     sch.reverse_compute_at(part, par)
-    sch.set_scope(acc, 0, "local")
-    sch.unroll(m)
-    sch.vectorize(j)
-    sch.decompose_reduction(acc, reduction[0])
+    tile_in_registers(sch, acc, [m], j, reduction[0])
     sch.vectorize(sch.get_loops(part)[-1])
 
 
@@ -317,8 +314,5 @@ def schedule_square_sum(func):
     if math.prod(static_extent(sch, lp) or 1 for lp in (p, u, j, r)) >= MIN_PARALLEL_WORK:
         sch.parallel(p)
     sch.reverse_compute_at(part, p)
-    sch.set_scope(acc, 0, "local")
-    sch.unroll(u)
-    sch.vectorize(j)
-    sch.decompose_reduction(acc, r)
+    tile_in_registers(sch, acc, [u], j, r)
     return scheduled(sch)
