@@ -22,10 +22,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cnncompiler.cache import cache_root
+from cnncompiler.cache import read_library, write_library
 from cnncompiler.errors import CompileError
+from cnncompiler.runtime.library import load_shared_object
 
 FATBIN_MAGIC = b"\x50\xed\x55\xba"
+STUB_CACHE = "cuda-stub"
 # The driver entry points libtvm_runtime_cuda.so imports (read with nm when available).
 KNOWN_DRIVER_SYMBOLS = ("cuDeviceGetName", "cuFuncSetAttribute", "cuGetErrorName",
                         "cuGetErrorString", "cuLaunchKernelEx", "cuModuleGetFunction",
@@ -70,8 +72,9 @@ def _driver_symbols() -> list[str]:
     return list(KNOWN_DRIVER_SYMBOLS)
 
 
-def stub_driver() -> Path:
-    """Build (once, cached per symbol set) the stand-in libcuda.so.1 for GPU-less machines."""
+def stub_driver() -> bytes:
+    """The stand-in libcuda.so.1 for GPU-less machines: built once per symbol set and cached;
+    its bytes, checked against the cache's record."""
     symbols = _driver_symbols()
     lines = ["/* cnnc: stand-in CUDA driver for compiling without a GPU; every call fails */"]
     for s in symbols:
@@ -82,16 +85,14 @@ def stub_driver() -> Path:
             lines.append(f"int {s}(void) {{ return 100; /* CUDA_ERROR_NO_DEVICE */ }}")
     source = "\n".join(lines) + "\n"
     key = hashlib.sha256(source.encode()).hexdigest()[:16]
-    cache = cache_root() / "cuda-stub" / key
-    lib = cache / "libcuda.so.1"
-    if lib.exists():
-        return lib
+    data = read_library(STUB_CACHE, key)
+    if data is not None:
+        return data
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not cc:
         raise CompileError("cannot compile for CUDA on a machine without a GPU driver: a C "
                            "compiler (cc/gcc) is needed to build the compile-only driver stub")
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+    with tempfile.TemporaryDirectory(prefix="cnnc-stub-") as tmp:
         src = Path(tmp) / "stub.c"
         src.write_text(source)
         out = Path(tmp) / "libcuda.so.1"
@@ -99,8 +100,9 @@ def stub_driver() -> Path:
                                "-o", str(out), str(src)], capture_output=True, text=True)
         if proc.returncode:
             raise CompileError(f"building the CUDA driver stub failed: {proc.stderr.strip()}")
-        os.replace(out, lib)
-    return lib
+        data = out.read_bytes()
+    write_library(STUB_CACHE, key, data, {"symbols": symbols})
+    return data
 
 
 def real_driver_present() -> bool:
@@ -120,7 +122,7 @@ def prepare_process() -> bool:
     if "tvm" in sys.modules:
         return False
     if not real_driver_present():
-        ctypes.CDLL(str(stub_driver()), mode=ctypes.RTLD_GLOBAL)
+        load_shared_object(stub_driver(), "libcuda.so.1", ctypes.RTLD_GLOBAL)
     return True
 
 

@@ -1,13 +1,16 @@
-"""``python -m cnncompiler.backends.cuda_worker REQUEST.json``: build a CUDA artifact in a process
-whose TVM loads its CUDA runtime (see backends/cuda.py)."""
+"""``python -m cnncompiler.backends.cuda_worker REQUEST.json``: build an artifact in a fresh
+process, whose TVM loads its compiler and its CUDA runtime (see backends/cuda.py); used where
+the calling process imported TVM without one of them."""
 
 import json
 import sys
 
+from cnncompiler.backends import compiler_ready
 from cnncompiler.backends.cuda import prepare_process
 
 
 def main(path: str) -> int:
+    compiler_ready()  # drops TVM_USE_RUNTIME_LIB before TVM is imported here
     prepare_process()
     from cnncompiler.compiler import build_artifact
     from cnncompiler.errors import CnncError

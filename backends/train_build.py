@@ -6,26 +6,28 @@ and built with the CPU backend's Relax pipeline; other builds lower the plain co
 
 The cache key covers everything the compiled code depends on (the spec's layers, the loss,
 the optimizer family, the dtype, the target, the cnnc and TVM versions, and the source of the
-lowering itself), so a second training run of the same spec starts at once.
+lowering itself), so a second training run of the same spec starts at once. A cached library
+runs only if its record vouches for its bytes (see ``cnncompiler.cache``); else it is rebuilt.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import tempfile
 from pathlib import Path
 
 from cnncompiler import __version__
-from cnncompiler.cache import cache_root
+from cnncompiler.cache import cache_root, read_library, write_library
 
 from .train_lower import build_train_module, train_signature
 
 HERE = Path(__file__).parent
+CACHE_KIND = "train"
 
 
 def cache_dir() -> Path:
-    return cache_root() / "train"
+    return cache_root() / CACHE_KIND
 
 
 def _lowering_digest() -> str:
@@ -67,22 +69,22 @@ def compile_train_module(g, loss: str, optimizer: str, choice, dtype="float32",
 
 
 def build_train_library(g, spec_key: str, loss: str, optimizer: str, choice, dtype="float32",
-                        label_smoothing: float = 0.0):
-    """Return (path of the compiled library, TrainSignature)."""
+                        label_smoothing: float = 0.0) -> tuple[bytes, object]:
+    """(the compiled library's bytes, checked against the cache's record, TrainSignature)."""
     import tvm
 
-    key_data = json.dumps({"spec": spec_key, "loss": loss, "optimizer": optimizer, "dtype": dtype,
-                           "smoothing": label_smoothing, "target": choice.to_json(),
-                           "cnnc": __version__, "tvm": tvm.__version__,
-                           "lowering": _lowering_digest()}, sort_keys=True)
-    key = hashlib.sha256(key_data.encode()).hexdigest()[:24]
-    path = cache_dir() / f"{key}.so"
+    about = {"spec": spec_key, "loss": loss, "optimizer": optimizer, "dtype": dtype,
+             "smoothing": label_smoothing, "target": choice.to_json(), "cnnc": __version__,
+             "tvm": tvm.__version__, "lowering": _lowering_digest()}
+    key = hashlib.sha256(json.dumps(about, sort_keys=True).encode()).hexdigest()[:24]
     sig = train_signature(g, optimizer)
-    if path.exists():
-        return path, sig
+    data = read_library(CACHE_KIND, key)
+    if data is not None:
+        return data, sig
     executable, sig = compile_train_module(g, loss, optimizer, choice, dtype, label_smoothing)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.so")
-    executable.export_library(str(tmp))
-    os.replace(tmp, path)
-    return path, sig
+    with tempfile.TemporaryDirectory(prefix="cnnc-train-") as tmp:
+        path = Path(tmp) / "train_step.so"
+        executable.export_library(str(path))
+        data = path.read_bytes()
+    write_library(CACHE_KIND, key, data, about)
+    return data, sig

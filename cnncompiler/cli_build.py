@@ -171,40 +171,107 @@ def cmd_bench(args) -> int:
 
 
 def cmd_train(args) -> int:
+    """Train into ``-o DIR``: the run holds DIR while it trains, keeps its checkpoints in
+    DIR/checkpoints, and writes the trained artifact into DIR at the end (replacing an earlier
+    artifact's files there, nothing else). ``--epochs`` is the run's total: a resumed run
+    continues to it, with the schedule and data order the uninterrupted run would have had."""
+    from .runtime import artifact as art
+    from .storage import DirectoryWriter
+
+    out = Path(args.output)
+    checkpoints = Path(args.checkpoint_dir) if args.checkpoint_dir else out / "checkpoints"
+    inside = {checkpoints.name} if checkpoints.parent.resolve() == out.resolve() else set()
+    art.check_output_dir(out, allow=inside)
+    with DirectoryWriter(out, "training run"):
+        art.check_output_dir(out, allow=inside)
+        return _train(args, out, checkpoints, inside)
+
+
+def _train(args, out: Path, checkpoints: Path, inside: set) -> int:
     from .compiler import compile as compile_spec
     from .train.callbacks import BestCheckpoint
+    from .train.checkpoint import find_checkpoint, read_meta
     from .train.data import load_data
 
-    model = compile_spec(args.spec, target=args.target, output_dir=args.output, seed=args.seed)
-    data = load_data(args.data, model.input_shape, args.test_fraction, args.seed)
+    resume = find_checkpoint(args.resume) if args.resume else None
+    run = dict(read_meta(resume).get("run") or {}) if resume else {}
+    if resume is None:
+        _refuse_earlier_run(checkpoints, out)
+    seed = _run_seed(args, resume)
+    model = compile_spec(args.spec, target=args.target, seed=seed)  # a private folder
+    epochs = args.epochs or run.get("epochs") or model.graph.graph["train"].epochs
+    batch_size = args.batch_size or run.get("batch_size") or model.graph.graph["train"].batch_size
+    data = load_data(args.data, model.input_shape, args.test_fraction, seed)
     print(data.describe(), file=sys.stderr)
-    overrides = {k: v for k, v in (("lr", args.lr), ("type", args.optimizer)) if v is not None}
-    if overrides:
-        from .train.optim import describe
-
-        current = describe(model.trainer.optimizer)
-        if "type" in overrides and overrides["type"] != current["type"]:
-            current = {"type": overrides["type"]}
-        model.set_optimizer({**current, **overrides})
-    if args.resume:
-        meta = model.load_checkpoint(args.resume)
-        print(f"resumed from {args.resume} at epoch {meta['epoch']}, step {meta['step']}",
-              file=sys.stderr)
-    checkpoints = Path(args.checkpoint_dir or Path(args.output) / "checkpoints")
-    best = BestCheckpoint(checkpoints, monitor="val_accuracy"
-                          if model.trainer.loss != "euclidean" else "val_loss",
-                          mode="max" if model.trainer.loss != "euclidean" else "min")
-    history = model.fit(data.x_train, data.y_train, epochs=args.epochs, batch_size=args.batch_size,
+    if resume:
+        meta = model.load_checkpoint(resume)
+        print(f"resumed from {resume} at epoch {meta['epoch']} of {epochs}, step "
+              f"{meta['step']}", file=sys.stderr)
+        _warn_if_changed(run, args.data, args.test_fraction)
+    _apply_optimizer_overrides(model, args)
+    model.trainer.run_state.update(epochs=epochs, batch_size=batch_size, data=args.data,
+                                   test_fraction=args.test_fraction)
+    remaining = epochs - model.trainer.epoch
+    if remaining < 0:
+        raise CnncError(f"the checkpoint {resume} is at epoch {model.trainer.epoch}, past "
+                        f"--epochs {epochs} (the run's total); give a larger --epochs")
+    classify = model.trainer.loss != "euclidean"
+    best = BestCheckpoint(checkpoints, monitor="val_accuracy" if classify else "val_loss",
+                          mode="max" if classify else "min")
+    history = model.fit(data.x_train, data.y_train, epochs=remaining, batch_size=batch_size,
                         validation_data=(data.x_test, data.y_test), callbacks=[best],
-                        verbose=0 if args.quiet else 1, seed=args.seed)
+                        verbose=0 if args.quiet else 1, seed=seed)
     if best.best_epoch is not None:
         model.load_checkpoint(checkpoints / "best")
-    model.save(args.output)
+    model.save(out, allow=inside)
     final = model.evaluate(data.x_test, data.y_test)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
-    print(f"trained {model.graph.graph['name']} for {len(history.epochs)} epoch(s); best epoch "
-          f"{(best.best_epoch or 0) + 1}; test {shown}; artifact -> {args.output}")
+    print(f"trained {model.graph.graph['name']} to epoch {epochs} ({len(history.epochs)} in "
+          f"this run); best epoch {(best.best_epoch or 0) + 1}; test {shown}; artifact -> "
+          f"{args.output}")
     return 0
+
+
+def _refuse_earlier_run(checkpoints: Path, out: Path) -> None:
+    """A new run never overwrites the checkpoints of an earlier one."""
+    from .train.checkpoint import META
+
+    if checkpoints.is_dir() and any((c / META).is_file() for c in checkpoints.iterdir()):
+        raise CnncError(f"'{checkpoints}' holds the checkpoints of an earlier run; continue it "
+                        f"with --resume {out}, or train into another -o directory (or "
+                        "--checkpoint-dir); cnnc does not delete them")
+
+
+def _run_seed(args, resume) -> int:
+    """The seed of the run: a resumed run keeps its checkpoint's (data split, shuffling)."""
+    if resume is None:
+        return 0 if args.seed is None else args.seed
+    from .train.checkpoint import read_meta
+
+    seed = read_meta(resume)["seed"]
+    if args.seed is not None and args.seed != seed:
+        raise CnncError(f"--seed {args.seed} differs from the resumed run's seed {seed}: its "
+                        "data split and order would change; drop --seed to continue the run")
+    return seed
+
+
+def _warn_if_changed(run: dict, data: str, test_fraction: float) -> None:
+    if run.get("data") not in (None, data) or run.get("test_fraction") not in (None, test_fraction):
+        print(f"warning: the resumed run trained on --data {run.get('data')} with "
+              f"--test-fraction {run.get('test_fraction')}; this one uses {data} and "
+              f"{test_fraction}", file=sys.stderr)
+
+
+def _apply_optimizer_overrides(model, args) -> None:
+    overrides = {k: v for k, v in (("lr", args.lr), ("type", args.optimizer)) if v is not None}
+    if not overrides:
+        return
+    from .train.optim import describe
+
+    current = describe(model.trainer.optimizer)
+    if "type" in overrides and overrides["type"] != current["type"]:
+        current = {"type": overrides["type"]}
+    model.set_optimizer({**current, **overrides})
 
 
 def register(sub) -> None:
@@ -244,7 +311,9 @@ def register(sub) -> None:
                    help="digits, an .npz file, or a folder of MNIST IDX files, CIFAR-10 python "
                         "batches, or class subfolders of images")
     t.add_argument("-o", "--output", required=True, help="artifact directory to write")
-    t.add_argument("--epochs", type=int, help="default: the spec's train.epochs")
+    t.add_argument("--epochs", type=int, help="the run's total number of epochs (a resumed run "
+                                              "continues to it); default: the spec's "
+                                              "train.epochs")
     t.add_argument("--batch-size", type=int, help="default: the spec's train.batch_size")
     t.add_argument("--target", default="cpu")
     t.add_argument("--optimizer", choices=("sgd", "adam", "adamw"))
@@ -252,8 +321,10 @@ def register(sub) -> None:
     t.add_argument("--test-fraction", type=float, default=0.25,
                    help="held-out fraction when the data has no test split (default 0.25)")
     t.add_argument("--checkpoint-dir", help="default: OUTPUT/checkpoints")
-    t.add_argument("--resume", help="a checkpoint directory to continue from")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", help="continue a run: its output directory, its checkpoints "
+                                     "folder (takes 'last'), or one checkpoint")
+    t.add_argument("--seed", type=int, help="seed of weights, data split and order (default 0; "
+                                            "a resumed run keeps its own)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(run=cmd_train)
 

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import datetime
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
 from . import __version__
-from .errors import CnncError, CompileError, display_path
+from .errors import CnncError, display_path
 from .graph import check_spec
 from .passes import optimize, resolve_passes
 from .reference import init_params
 from .runtime import artifact as art
 from .runtime.signature import kernel_signature
 from .spec import load_spec, parse_spec_text
+from .storage import DirectoryWriter
 
 
 def _front_end(spec_text: str, spec_path: str, opt_level: int, passes):
@@ -73,38 +73,32 @@ def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str,
                    tuning_cache=None, progress=None) -> dict:
     """Compile a spec into an artifact directory; returns the manifest.
 
-    The directory is built beside ``output_dir`` and renamed into place at the end, so a failed
-    compile never leaves a half-written artifact. ``tune_budget`` tunes the kernels of the
+    The files are built inside ``output_dir`` and committed whole at the end, so a failed or
+    killed compile never leaves a half-written artifact, and a second compile into the same
+    directory at the same time is refused; the directory's other contents stay. ``tune_budget`` tunes the kernels of the
     batch-specialised functions first (``progress`` gets a line per kernel); the build then
     uses every cached schedule measured faster than cnnc's default (``tuning_cache``: the
     cache directory, default ``$CNNC_CACHE/tuning`` or ~/.cache/cnnc/tuning; False: none).
     """
-    from cnncompiler.backends import build_library
+    from cnncompiler.backends import build_library, require_compiler
     from cnncompiler.backends.targets import parse_target
+
+    require_compiler("compiling")
     import tvm
 
     choice = parse_target(target, arch)
     budget_s = check_tuning(choice, tune_budget, batch_sizes)
     out = Path(output_dir)
-    _check_output_dir(out)  # before any tuning budget is spent
-    graph, optimized, reports, warnings, chosen = _front_end(spec_text, spec_path, opt_level,
-                                                             passes)
-    hook = tuning_hook(choice, tuning_cache)
-    search = None
-    if budget_s is not None:
-        from cnncompiler.backends.tuning.search import tune_model
-
-        cache = hook.cache if hook else None
-        if cache is None:
-            raise CnncError("tuning needs a cache to keep its results in; do not turn the "
-                            "tuning cache off when giving a tune budget")
-        search = tune_model(optimized, choice, tuple(batch_sizes), budget_s, cache,
-                            progress=progress).to_json()
-        _check_output_dir(out)  # again: tuning ran for minutes, the directory may have changed
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        staging.chmod(0o777 & ~art._umask())  # mkdtemp makes 0700
+    art.check_output_dir(out)  # before any tuning budget is spent
+    with DirectoryWriter(out, "artifact") as writer:
+        graph, optimized, reports, warnings, chosen = _front_end(spec_text, spec_path,
+                                                                 opt_level, passes)
+        hook = tuning_hook(choice, tuning_cache)
+        search = None
+        if budget_s is not None:
+            search = _tune(optimized, choice, batch_sizes, budget_s, hook, progress)
+            art.check_output_dir(out)  # again: tuning ran for minutes, the user may have too
+        staging = writer.staging()
         (staging / art.SPEC).write_text(spec_text)
         params = init_params(graph, seed)
         if weights:
@@ -137,14 +131,22 @@ def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str,
                             for a in kernel_signature(optimized)],
             "params": [{"name": k, "shape": list(v.shape)} for k, v in params.items()],
             "build": build,
-            "files": {name: {} for name in (art.LIBRARY, art.WEIGHTS, art.SPEC, art.REPORT)},
+            "files": {name: {} for name in art.FILES},
         }
         art.write_manifest(staging, manifest)
-        art.swap_in_directory(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        art.commit(writer, staging)
     return manifest
+
+
+def _tune(optimized, choice, batch_sizes, budget_s, hook, progress) -> dict:
+    from cnncompiler.backends.tuning.search import tune_model
+
+    cache = hook.cache if hook else None
+    if cache is None:
+        raise CnncError("tuning needs a cache to keep its results in; do not turn the "
+                        "tuning cache off when giving a tune budget")
+    return tune_model(optimized, choice, tuple(batch_sizes), budget_s, cache,
+                      progress=progress).to_json()
 
 
 def kernel_report(g, tuned=()) -> list[dict]:
@@ -164,16 +166,6 @@ def kernel_report(g, tuned=()) -> list[dict]:
                      "tuned_batches": sorted(t["batch"] for t in tuned
                                              if t["kernel"] == kernel_name(name))})
     return rows
-
-
-def _check_output_dir(out: Path) -> None:
-    """Only a new directory or an earlier artifact may be (over)written."""
-    if out.exists():
-        if not out.is_dir():
-            raise CompileError(f"output '{out}' exists and is a file; choose a directory")
-        if any(out.iterdir()) and not (out / art.MANIFEST).exists():
-            raise CompileError(f"output directory '{out}' is not empty and not a cnnc artifact; "
-                               "refusing to overwrite it")
 
 
 def compile(spec, target: str = "cpu", output_dir=None, *, arch: str | None = None,
@@ -198,27 +190,33 @@ def compile(spec, target: str = "cpu", output_dir=None, *, arch: str | None = No
             raise CnncError(f"batch size {b!r} is not a positive integer")
     keep = None
     if output_dir is None:
+        # a private folder of our own, never named after the spec
         keep = tempfile.TemporaryDirectory(prefix="cnnc-")
-        output_dir = Path(keep.name) / spec_obj.name
+        output_dir = Path(keep.name) / "model"
     request = dict(spec_text=spec_obj.text, spec_path=spec_obj.path, target=target,
                    output_dir=str(output_dir), arch=arch, opt_level=opt_level,
                    passes=list(passes) if passes is not None else None,
                    batch_sizes=list(batch_sizes), seed=seed,
-                   weights=str(weights) if weights is not None else None)
+                   weights=str(weights) if weights is not None else None,
+                   tuning_cache=str(tuning_cache) if tuning_cache else tuning_cache)
+    from cnncompiler.backends import compiler_ready, cuda
+
+    if not compiler_ready():
+        if tune_budget is not None:
+            raise CnncError("tuning needs TVM's compiler in this process, which loaded TVM's "
+                            "runtime alone (TVM_USE_RUNTIME_LIB=1); tune with cnnc tune")
+        cuda.compile_in_worker(request)
+        return load(output_dir, _keep=keep)
     from cnncompiler.backends.targets import parse_target
 
     choice = parse_target(target, arch)
     check_tuning(choice, tune_budget, batch_sizes)
     if choice.kind == "cuda":
-        from cnncompiler.backends import cuda
-
         cuda.find_nvcc()
         if not cuda.prepare_process():
             cuda.compile_in_worker(request)
             return load(output_dir, _keep=keep)
-    build_artifact(**request, tune_budget=tune_budget,
-                   tuning_cache=str(tuning_cache) if tuning_cache else tuning_cache,
-                   progress=progress)
+    build_artifact(**request, tune_budget=tune_budget, progress=progress)
     return load(output_dir, _keep=keep)
 
 

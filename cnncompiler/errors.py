@@ -111,8 +111,17 @@ class ArtifactError(CnncError):
     """A compiled artifact or checkpoint on disk is missing, corrupt, tampered or for another target."""
 
 
+class BusyError(CnncError):
+    """Another cnnc process (or thread) is writing the same directory."""
+
+
 class InputError(CnncError):
     """An array handed to a compiled model does not match its signature."""
+
+
+class NonFiniteError(CnncError):
+    """A compiled model's output holds NaN or infinite values although its input does not;
+    names the first layer whose output does."""
 
 
 class CompileError(CnncError):

@@ -257,12 +257,12 @@ def _flip_byte(path, offset: int) -> None:
 
 CORRUPTIONS = {
     "flipped byte in weights": (lambda d: _flip_byte(d / "weights.safetensors", -5),
-                                "'weights.safetensors' does not match its hash"),
+                                "'weights.safetensors' does not match its sha256"),
     "flipped byte in optimizer state": (lambda d: _flip_byte(d / "optimizer.safetensors", 100),
-                                        "'optimizer.safetensors' does not match its hash"),
+                                        "'optimizer.safetensors' does not match its sha256"),
     "truncated weights": (lambda d: (d / "weights.safetensors").write_bytes(
         (d / "weights.safetensors").read_bytes()[:200]),
-        "'weights.safetensors' does not match its hash"),
+        "'weights.safetensors' is 200 bytes"),
     "bad json": (lambda d: (d / "checkpoint.json").write_text('{"format": "cnnc-checkpoint",'),
                  "corrupt checkpoint metadata"),
     "json of something else": (lambda d: (d / "checkpoint.json").write_text("[1, 2]"),
@@ -380,7 +380,7 @@ def test_cnnc_train_then_run_and_load(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "digits: 1348 training and 449 test samples of (1, 32, 32), 10 classes" in captured.err
-    assert "trained lenet5 for 1 epoch(s); best epoch 1; test loss" in captured.out
+    assert "trained lenet5 to epoch 1 (1 in this run); best epoch 1; test loss" in captured.out
     assert f"artifact -> {out}" in captured.out
     meta, weights, _ = read_checkpoint(out / "checkpoints" / "best")
     assert meta["epoch"] == 1

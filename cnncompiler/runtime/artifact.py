@@ -9,21 +9,23 @@ A directory written by ``cnnc compile SPEC -o DIR``:
     manifest.json         versions, target, input/output signature, kernel arguments, and the
                           sha256 and size of every other file
 
-:func:`verify` reads the manifest and checks every file against it before the library is
-opened: a tampered, truncated, missing, mismatched or wrong-target artifact is refused with an
-:class:`ArtifactError`, and the library is never loaded.
+:func:`open_verified` reads the manifest, checks its fields and every file against it, and
+hands back the checked bytes, which are all that is used afterwards: a tampered, truncated,
+missing, mismatched or wrong-target artifact is refused with an :class:`ArtifactError`, and
+the library is never loaded. Artifacts are written through :mod:`cnncompiler.storage`: one
+writer at a time, committed whole, the directory's other contents (checkpoints) untouched.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from ..errors import ArtifactError
+from ..storage import (DirectoryWriter, file_entry, json_digest, read_verified, reading,
+                       sha256_file, umask, visible_entries, write_atomic)
+from . import record
+from .record import FILE_ENTRY, check_record, map_of, one_of, optional, positive_int
 
 FORMAT = "cnnc-artifact"
 FORMAT_VERSION = 1
@@ -32,85 +34,62 @@ LIBRARY = "model.so"
 WEIGHTS = "weights.safetensors"
 SPEC = "spec.yaml"
 REPORT = "report.json"
+FILES = (LIBRARY, WEIGHTS, SPEC, REPORT)
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+RECOMPILE = "recompile the model"
 
+# The fields the runtime reads, with what each must hold (others are informational).
+MANIFEST_SCHEMA = {
+    "cnnc_version": str,
+    "spec": {"name": str},
+    "target": {"kind": one_of("cpu", "cuda"), "tvm": dict, "host": optional(dict),
+               "cpu_flags": optional([str]), "vector_lanes": optional(int),
+               "arch": optional(str)},
+    "optimization": {"passes": [str]},
+    "input": {"shape": list},
+    "outputs": [dict],
+    "batch_sizes": [positive_int],
+    "kernel_args": [{"name": str, "shape": [record.count], "layout": optional(str)}],
+    "files": map_of(FILE_ENTRY),
+    "build": optional(dict),
+}
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write through a temporary file, fsync, and rename: a crash leaves the old file or the
-    new one, never half of one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def file_entry(path: Path) -> dict:
-    return {"sha256": sha256_file(path), "size": path.stat().st_size}
+manifest_digest = json_digest
+_umask = umask
+__all__ = ["file_entry", "sha256_file", "write_atomic"]
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:
-    """Record every file's hash in the manifest and write it last, atomically."""
+    """Record every artifact file's hash in the manifest and write it last, atomically."""
     directory = Path(directory)
-    files = {}
-    for name in sorted(manifest.get("files", {})) or sorted(
-            p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST):
-        files[name] = file_entry(directory / name)
+    files = {name: file_entry(directory / name) for name in sorted(manifest.get("files") or FILES)}
     manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION, files=files)
     manifest["digest"] = manifest_digest(manifest)
     write_atomic(directory / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
 
 
-def json_digest(document: dict) -> str:
-    """sha256 of a JSON document's own content (its ``digest`` key left out), so an edited
-    manifest or checkpoint record is noticed too."""
-    body = {k: v for k, v in document.items() if k != "digest"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+def commit(writer: DirectoryWriter, staging: Path) -> None:
+    """Put a completely written artifact (``staging``) in place of the writer's directory's
+    artifact files, all at once; the directory's other contents stay."""
+    writer.commit(staging, [*FILES, MANIFEST])
 
 
-manifest_digest = json_digest
-
-
-def swap_in_directory(staging: Path, out: Path) -> None:
-    """Put a completely written directory in place of ``out`` (which may exist): a crash
-    leaves the old directory or the new one."""
+def check_output_dir(out: Path, allow=()) -> None:
+    """Only a new directory or an earlier artifact may be written (or one holding only the
+    entries in ``allow``, such as a training run's checkpoints): an artifact's files are
+    replaced, and nothing else in the directory is touched."""
+    out = Path(out)
     if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, out)
+        if not out.is_dir():
+            raise ArtifactError(f"output '{out}' exists and is a file; choose a directory")
+        others = [e for e in visible_entries(out) if e.name not in allow]
+        if others and not (out / MANIFEST).exists():
+            raise ArtifactError(f"output directory '{out}' is not empty and not a cnnc artifact; "
+                                "refusing to overwrite it")
 
 
 def read_manifest(directory: Path) -> dict:
+    """The manifest, after its format, version, digest and fields are checked."""
     directory = Path(directory)
     if not directory.exists():
         raise ArtifactError(f"no artifact at '{directory}': the directory does not exist")
@@ -122,10 +101,7 @@ def read_manifest(directory: Path) -> dict:
         raise ArtifactError(f"'{directory}' is not a cnnc artifact: {MANIFEST} is missing")
     if path.stat().st_size > MAX_MANIFEST_BYTES:
         raise ArtifactError(f"{path}: manifest is implausibly large; refused")
-    try:
-        manifest = json.loads(path.read_text("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path}: manifest is corrupt ({exc}); recompile the model") from None
+    manifest = record.parse_json(path.read_bytes(), f"{path}: manifest is corrupt", RECOMPILE)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a cnnc artifact manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -135,51 +111,52 @@ def read_manifest(directory: Path) -> dict:
     if manifest.get("digest") != manifest_digest(manifest):
         raise ArtifactError(f"{path}: the manifest does not match its digest: it was edited "
                             "after compilation; recompile the model")
+    _check_files_field(manifest, directory)
+    check_record(manifest, MANIFEST_SCHEMA, str(path), RECOMPILE)
     return manifest
 
 
-def verify(directory: Path, device: str | None = None) -> dict:
-    """Check the manifest and every file's size and hash; returns the manifest.
-
-    ``device`` ('cpu' or 'cuda'), when given, must match the artifact's target.
-    """
-    directory = Path(directory)
-    manifest = read_manifest(directory)
+def _check_files_field(manifest: dict, directory: Path) -> None:
     files = manifest.get("files")
     if not isinstance(files, dict) or LIBRARY not in files or WEIGHTS not in files:
         raise ArtifactError(f"{directory}: manifest lists no library or weights; "
                             "the artifact is incomplete")
     for name, entry in files.items():
-        if "/" in name or "\\" in name or name.startswith("."):
+        if "/" in name or "\\" in name or name.startswith(".") or name not in FILES:
             raise ArtifactError(f"{directory}: manifest names a file outside the artifact: '{name}'")
         if not isinstance(entry, dict):
             raise ArtifactError(f"{directory}: the manifest's entry for '{name}' is not a "
                                 "mapping of sha256 and size; recompile the model")
-        path = directory / name
-        if not path.is_file():
-            raise ArtifactError(f"{directory}: '{name}' is missing; the artifact is incomplete")
-        size = path.stat().st_size
-        if size != entry.get("size"):
-            raise ArtifactError(f"{directory}: '{name}' is {size} bytes, the manifest says "
-                                f"{entry.get('size')}: truncated or replaced; recompile the model")
-        if sha256_file(path) != entry.get("sha256"):
-            raise ArtifactError(f"{directory}: '{name}' does not match its sha256 in the manifest: "
-                                "it was modified after compilation; recompile the model")
-    target = manifest.get("target")
-    kind = target.get("kind") if isinstance(target, dict) else None
-    if kind not in ("cpu", "cuda"):
-        raise ArtifactError(f"{directory}: the manifest names no target (cpu or cuda) the "
-                            "library was compiled for; recompile the model")
-    if device is not None and kind != device:
-        raise ArtifactError(f"{directory}: compiled for target '{kind}', but asked to run on "
-                            f"'{device}'; compile it with --target {device}")
-    return manifest
+
+
+def open_verified(directory: Path, device: str | None = None) -> tuple[dict, dict[str, bytes]]:
+    """(manifest, every listed file's bytes) once all of it is checked: what is parsed and
+    loaded afterwards is these bytes, never the files again.
+
+    ``device`` ('cpu' or 'cuda'), when given, must match the artifact's target.
+    """
+    directory = Path(directory)
+    with reading(directory):
+        manifest = read_manifest(directory)
+        kind = manifest["target"]["kind"]
+        if device is not None and kind != device:
+            raise ArtifactError(f"{directory}: compiled for target '{kind}', but asked to run on "
+                                f"'{device}'; compile it with --target {device}")
+        fix = "the artifact is incomplete or was modified after compilation; recompile the model"
+        data = {name: read_verified(directory / name, entry, str(directory), fix)
+                for name, entry in manifest["files"].items()}
+    return manifest, data
+
+
+def verify(directory: Path, device: str | None = None) -> dict:
+    """Check the manifest and every file's size and hash; returns the manifest."""
+    return open_verified(directory, device)[0]
 
 
 def check_host_cpu(manifest: dict, directory: Path) -> None:
     """Refuse a CPU library that needs instruction sets this processor lacks (it would crash
     with an illegal instruction instead of a message)."""
-    needed = set(manifest.get("target", {}).get("cpu_flags", []))
+    needed = set(manifest["target"].get("cpu_flags") or ())
     if not needed:
         return
     try:

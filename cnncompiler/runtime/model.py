@@ -12,17 +12,23 @@ each thread gets its own virtual machine over the shared library and weights.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import shutil
 import threading
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ArtifactError, CnncError, InputError, SpecError
+from ..storage import DirectoryWriter
 from . import artifact as art
+from .library import open_library
 from .signature import kernel_arguments, kernel_signature
-from .weights import read_weights, validate_weights, write_weights
+from .weights import parse_weights, read_weights, validate_weights, write_weights
+
+# ``predict`` runs a batch larger than this much activation memory in pieces, so memory stays
+# bounded whatever the batch (a 100,000-sample LeNet-5 batch at once took 4.9 GiB).
+CHUNK_BYTES = 256 * 2**20
 
 
 def load_cuda_runtime(tvm) -> None:
@@ -49,7 +55,7 @@ def load_cuda_runtime(tvm) -> None:
         pass  # no CUDA driver or toolkit here: the device check below says so
 
 
-def _graphs(directory: Path, manifest: dict):
+def _graphs(directory: Path, manifest: dict, spec_bytes: bytes):
     """The spec's graph and the optimised graph, rebuilt from the artifact's spec (pure
     Python, deterministic) and checked against the compiled kernel signature."""
     from ..graph import check_spec
@@ -57,8 +63,7 @@ def _graphs(directory: Path, manifest: dict):
     from ..spec import parse_spec_text
 
     try:
-        spec = parse_spec_text((directory / art.SPEC).read_text("utf-8"),
-                               str(directory / art.SPEC))
+        spec = parse_spec_text(spec_bytes.decode("utf-8"), str(directory / art.SPEC))
         graph, _ = check_spec(spec)
         optimized, _ = optimize(graph, passes=manifest["optimization"]["passes"])
     except (SpecError, CnncError, KeyError, UnicodeDecodeError) as exc:
@@ -76,15 +81,19 @@ class CompiledModel:
     """A model compiled for one target: run it, swap its weights, save it."""
 
     def __init__(self, directory: Path, manifest: dict, graph, optimized, params: dict,
-                 keep=None):
+                 files: dict[str, bytes], keep=None):
         self.directory = Path(directory)
         self.manifest = manifest
+        self._files = files           # the verified library, spec and report: what runs and is saved
         self.graph = graph            # the spec's layers: weight names and shapes
         self.optimized = optimized    # what was compiled
         self.target = manifest["target"]["kind"]
         self.input_shape = tuple(graph.graph["input_shape"])
         self.output_names = list(graph.graph["outputs"])
         self.batch_sizes = tuple(manifest.get("batch_sizes", ()))
+        # every layer's output for one sample: what the activation plan holds at most
+        self._sample_bytes = 4 * sum(int(np.prod(optimized.nodes[n]["shape"]))
+                                     for n in optimized.nodes)
         self._params = params
         self._keep = keep             # a TemporaryDirectory that must live as long as the model
         self._lock = threading.Lock()
@@ -120,7 +129,16 @@ class CompiledModel:
                 else:
                     art.check_host_cpu(self.manifest, self.directory)
                     dev = tvm.cpu(0)
-                lib = tvm.runtime.load_module(str(self.directory / art.LIBRARY))
+                from tvm.runtime import vm as tvm_vm
+
+                lib = open_library(tvm, self._files[art.LIBRARY])
+                vm = self._local.vm = tvm_vm.VirtualMachine(lib, dev)
+                missing = [b for b in self.batch_sizes
+                           if not vm.module.implements_function(f"main_b{b}")]
+                if missing:
+                    raise ArtifactError(f"{self.directory}: the manifest's field 'batch_sizes' "
+                                        f"lists {missing[0]}, but the library has no function "
+                                        f"main_b{missing[0]}; recompile the model")
                 self._runtime = (tvm, lib, dev)
             return self._runtime
 
@@ -183,17 +201,51 @@ class CompiledModel:
                              "use np.ascontiguousarray(x)")
         return x
 
-    def predict(self, x):
-        """Run the model: numpy float32 (N, ...) -> numpy array (a dict for several outputs)."""
+    def predict(self, x, check_finite: bool = False):
+        """Run the model: numpy float32 (N, ...) -> numpy array (a dict for several outputs).
+
+        NaN and infinities propagate as in PyTorch; ``check_finite=True`` refuses them instead,
+        naming the first layer whose output is not finite.
+        """
         x = self.check_input(x)
+        if x.shape[0] * self._sample_bytes <= CHUNK_BYTES:
+            outputs = self._run(x)
+        else:
+            outputs = self._run_in_chunks(x, self.chunk_size())
+        if check_finite:
+            from .finite import check_finite as check
+
+            check(self, x, outputs if len(outputs) > 1 else outputs[0])
+        if len(self.output_names) == 1:
+            return outputs[0]
+        return dict(zip(self.output_names, outputs))
+
+    def chunk_size(self) -> int:
+        """The pieces a batch whose activations would exceed CHUNK_BYTES runs in: the largest
+        compiled batch size that fits, else as many samples as fit."""
+        limit = max(1, CHUNK_BYTES // max(self._sample_bytes, 1))
+        fitting = [b for b in self.batch_sizes if b <= limit]
+        return max(fitting) if fitting else limit
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
         tvm, _, dev = self._open()
         args = self._device_args()
         n = x.shape[0]
         fn = f"main_b{n}" if n in self.batch_sizes else "main"
         result = self._vm()[fn](self._input_tensor(tvm, x, dev), *args)
         if len(self.output_names) == 1:
-            return self._to_numpy(result)
-        return {name: self._to_numpy(r) for name, r in zip(self.output_names, result)}
+            return [self._to_numpy(result)]
+        return [self._to_numpy(r) for r in result]
+
+    def _run_in_chunks(self, x: np.ndarray, chunk: int) -> list[np.ndarray]:
+        outputs = None
+        for start in range(0, x.shape[0], chunk):
+            part = self._run(x[start:start + chunk])
+            if outputs is None:
+                outputs = [np.empty((x.shape[0], *p.shape[1:]), p.dtype) for p in part]
+            for out, p in zip(outputs, part):
+                out[start:start + chunk] = p
+        return outputs
 
     def _input_tensor(self, tvm, x: np.ndarray, dev):
         """``x`` on the device. On the CPU it is copied into a tensor this thread keeps for its
@@ -243,9 +295,7 @@ class CompiledModel:
     # -- training (compiles the training step on first use; needs TVM's compiler) ------------
     def spec_key(self) -> str:
         """Identifies the spec's layers: checkpoints and compiled training steps are keyed by it."""
-        import hashlib
-
-        return hashlib.sha256((self.directory / art.SPEC).read_bytes()).hexdigest()
+        return hashlib.sha256(self._files[art.SPEC]).hexdigest()
 
     @property
     def trainer(self):
@@ -297,40 +347,46 @@ class CompiledModel:
         return meta
 
     # -- persistence --------------------------------------------------------------------------
-    def save(self, directory) -> Path:
-        """Write the artifact, with the current weights, to ``directory``."""
+    def save(self, directory, allow=()) -> Path:
+        """Write the artifact, with the current weights, to ``directory``: a new directory or
+        an earlier artifact, whose artifact files are replaced all at once (a kill leaves the
+        old artifact or the new one) while anything else in it, such as a run's checkpoints,
+        stays. ``allow`` names entries that may be there without an artifact yet (a training
+        run's ``checkpoints``)."""
         self._sync_from_training()
         out = Path(directory)
+        art.check_output_dir(out, allow)
+        with DirectoryWriter(out, "artifact") as writer:
+            staging = writer.staging()
+            for name in (art.LIBRARY, art.SPEC, art.REPORT):
+                (staging / name).write_bytes(self._files[name])
+            write_weights(staging / art.WEIGHTS, self._params)
+            manifest = {k: v for k, v in self.manifest.items() if k not in ("files", "digest")}
+            art.write_manifest(staging, manifest)
+            saved = json.loads((staging / art.MANIFEST).read_text())
+            art.commit(writer, staging)
         if out.resolve() == self.directory.resolve():
-            write_weights(out / art.WEIGHTS, self._params)
-            manifest = {k: v for k, v in self.manifest.items()}
-            art.write_manifest(out, manifest)
-            self.manifest = art.read_manifest(out)
-            return out
-        if out.exists() and any(out.iterdir()) and not (out / art.MANIFEST).exists():
-            raise CnncError(f"'{out}' is not empty and not a cnnc artifact; refusing to "
-                            "overwrite it")
-        out.mkdir(parents=True, exist_ok=True)
-        for name in self.manifest["files"]:
-            if name != art.WEIGHTS:
-                shutil.copyfile(self.directory / name, out / name)
-        write_weights(out / art.WEIGHTS, self._params)
-        art.write_manifest(out, dict(self.manifest))
+            self.manifest = saved
         return out
 
 
 def load(directory, device: str | None = None, _keep=None) -> CompiledModel:
-    """Open an artifact after checking its manifest and every file's hash."""
+    """Open an artifact after checking its manifest and every file's hash; everything used
+    afterwards (library, weights, spec) is the bytes that were checked. A CPU library is
+    opened here; a CUDA one at the first run, on a machine with a GPU."""
     directory = Path(directory)
-    manifest = art.verify(directory, device)
-    graph, optimized = _graphs(directory, manifest)
-    weights = read_weights(directory / art.WEIGHTS)
+    manifest, files = art.open_verified(directory, device)
+    graph, optimized = _graphs(directory, manifest, files[art.SPEC])
+    weights = parse_weights(files.pop(art.WEIGHTS), str(directory / art.WEIGHTS))
     try:
         params = validate_weights(graph, weights, {}, strict=True)
     except InputError as exc:  # the artifact's own weights: its fault, not the caller's
         raise ArtifactError(f"{directory / art.WEIGHTS}: the artifact's weights do not fit its "
                             f"spec ({exc}); recompile the model") from None
-    return CompiledModel(directory, manifest, graph, optimized, params, _keep)
+    model = CompiledModel(directory, manifest, graph, optimized, params, files, _keep)
+    if model.target == "cpu":
+        model._open()
+    return model
 
 
 def load_report(directory) -> dict:

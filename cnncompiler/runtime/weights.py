@@ -42,13 +42,22 @@ def read_weights(path) -> dict[str, np.ndarray]:
                 return {k: data[k] for k in data.files}
         except (OSError, ValueError) as exc:
             raise ArtifactError(f"{path}: not a readable .npz weights file ({exc})") from None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read weights file '{path}' ({exc.strerror})") from None
+    return parse_weights(data, str(path))
+
+
+def parse_weights(data: bytes, where: str) -> dict[str, np.ndarray]:
+    """The named arrays of a safetensors file's bytes."""
     from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load
 
     try:
-        return load_file(str(path))
+        return load(data)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ArtifactError(f"{path}: corrupt or not a safetensors file ({exc})") from None
+        raise ArtifactError(f"{where}: corrupt or not a safetensors file ({exc})") from None
 
 
 def write_weights(path, params: dict[str, np.ndarray], metadata: dict | None = None) -> None:
@@ -89,6 +98,10 @@ def validate_weights(g: nx.DiGraph, given: dict, current: dict, strict: bool = T
     out = dict(current)
     problems = []
     for name, value in given.items():
+        if not isinstance(name, str):
+            problems.append(f"weight names must be strings such as 'conv1.weight'; received "
+                            f"{name!r} ({type(name).__name__})")
+            continue
         if name.endswith(IGNORED_SUFFIXES):
             continue
         if name not in expected:

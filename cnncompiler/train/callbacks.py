@@ -107,24 +107,45 @@ class EarlyStopping(Callback):
 
 
 class BestCheckpoint(Callback):
-    """Write a checkpoint whenever ``monitor`` improves (and the last one, with ``keep_last``)."""
+    """Write a checkpoint whenever ``monitor`` improves (and the last one, with ``keep_last``).
+
+    The best value so far travels in the checkpoints, so a run resumed from ``last`` keeps
+    comparing against it. The folder is held for the whole run: a second run writing the same
+    checkpoints is refused instead of overwriting them.
+    """
 
     def __init__(self, directory, monitor: str = "val_accuracy", mode: str = "max",
                  keep_last: bool = True):
         self.directory, self.monitor, self.mode, self.keep_last = directory, monitor, mode, keep_last
         self.best = -math.inf if mode == "max" else math.inf
         self.best_epoch = None
+        self._writer = None
+
+    def on_train_begin(self, logs):
+        from ..storage import DirectoryWriter
+
+        state = self.trainer.run_state.get("best")
+        if isinstance(state, dict) and state.get("monitor") == self.monitor:
+            self.best, self.best_epoch = state["value"], state["epoch"]
+        self._writer = DirectoryWriter(self.directory, "checkpoints").__enter__()
+
+    def on_train_end(self, logs):
+        if self._writer is not None:
+            self._writer.__exit__(None, None, None)
+            self._writer = None
 
     def on_epoch_end(self, epoch, logs):
         from pathlib import Path
 
         value = logs.get(self.monitor, logs.get("loss") if self.monitor.endswith("loss") else None)
         model = self.trainer.model
+        if value is not None and ((value > self.best) if self.mode == "max" else (value < self.best)):
+            self.best, self.best_epoch = value, epoch
+            self.trainer.run_state["best"] = {"monitor": self.monitor, "value": value,
+                                              "epoch": epoch}
+            model.save_checkpoint(Path(self.directory) / "best")
+        # after 'best': a kill between the two resumes from the older 'last', which
+        # repeats this epoch and its comparison exactly
         if self.keep_last:
             model.save_checkpoint(Path(self.directory) / "last")
-        if value is None:
-            return None
-        if (value > self.best) if self.mode == "max" else (value < self.best):
-            self.best, self.best_epoch = value, epoch
-            model.save_checkpoint(Path(self.directory) / "best")
         return None

@@ -2,43 +2,53 @@
 
     ckpt/weights.safetensors     parameters and batch-norm statistics (PyTorch names)
     ckpt/optimizer.safetensors   optimizer state ('<param>#momentum', '#exp_avg', ...)
-    ckpt/checkpoint.json         counters, optimizer and schedule, seed, every file's sha256,
-                                 and a digest of itself
+    ckpt/checkpoint.json         counters, optimizer and schedule, seed, the run's own state
+                                 (best metric so far), every file's sha256, a digest of itself
 
-Each file is written to a temporary name, fsynced and renamed, and the directory replaces the
-old checkpoint only when complete, so an interrupted save leaves the previous checkpoint. A
-checkpoint whose files do not match their hashes is refused.
+A save stages the three files inside the checkpoint folder and commits them together
+(:mod:`cnncompiler.storage`), so a kill at any point leaves the previous checkpoint or the new
+one, loadable at the same path. A checkpoint whose files or fields do not check is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
-from ..errors import ArtifactError
-from ..runtime.artifact import file_entry, json_digest, sha256_file, swap_in_directory, write_atomic
-from ..runtime.weights import read_weights, write_weights
+from ..errors import ArtifactError, CnncError
+from ..runtime.record import (FILE_ENTRY, check_record, count, number, optional, parse_json,
+                              sha256)
+from ..runtime.weights import parse_weights, write_weights
+from ..storage import DirectoryWriter, file_entry, json_digest, read_verified, reading, \
+    visible_entries, write_atomic
 
 FORMAT = "cnnc-checkpoint"
 VERSION = 1
 META = "checkpoint.json"
 WEIGHTS = "weights.safetensors"
 OPTIMIZER = "optimizer.safetensors"
+MAX_META_BYTES = 1 << 20
+USE_EARLIER = "use an earlier checkpoint"
+
+META_SCHEMA = {
+    "spec": sha256, "spec_name": str, "step": count, "epoch": count, "seed": count,
+    "state_start": optional(count), "loss": str, "optimizer": dict, "base_lr": number, "schedule": dict,
+    "run": optional(dict), "files": {WEIGHTS: FILE_ENTRY, OPTIMIZER: FILE_ENTRY},
+}
 
 
 def save_checkpoint(trainer, directory) -> Path:
     from . import optim
 
     out = Path(directory)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        params = trainer.pull_params() if trainer.dirty else dict(trainer.model._params)
-        trainer.model._params = params
-        write_weights(staging / WEIGHTS, params)
+    if out.is_dir() and visible_entries(out) and not (out / META).exists():
+        raise ArtifactError(f"'{out}' is not empty and not a cnnc checkpoint; refusing to "
+                            "overwrite it")
+    with DirectoryWriter(out, "checkpoint") as writer:
+        staging = writer.staging()
+        trainer.model._sync_from_training()  # the device holds the newest weights
+        write_weights(staging / WEIGHTS, trainer.model._params)
         write_weights(staging / OPTIMIZER, trainer.optimizer_state())
         meta = {
             "format": FORMAT, "version": VERSION,
@@ -52,27 +62,38 @@ def save_checkpoint(trainer, directory) -> Path:
             # shuffling and masks are drawn from generators seeded by (seed, epoch, step):
             # these counters and the seed are the whole random state
             "random_state": {"seed": trainer.seed, "epoch": trainer.epoch, "step": trainer.step},
+            "run": trainer.run_state,
             "files": {name: file_entry(staging / name) for name in (WEIGHTS, OPTIMIZER)},
         }
         meta["digest"] = json_digest(meta)
         write_atomic(staging / META, (json.dumps(meta, indent=2) + "\n").encode())
-        swap_in_directory(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        writer.commit(staging, [WEIGHTS, OPTIMIZER, META])
     return out
 
 
-def read_checkpoint(directory) -> tuple[dict, dict, dict]:
-    """(meta, weights, optimizer state) after checking every file against its hash."""
+def find_checkpoint(path) -> Path:
+    """The checkpoint ``path`` means: a checkpoint itself, a folder of them (its ``last``), or
+    a training run's output folder (its ``checkpoints/last``)."""
+    p = Path(path)
+    for candidate in (p, p / "last", p / "checkpoints" / "last"):
+        if (candidate / META).is_file():
+            return candidate
+    if not p.exists():
+        raise ArtifactError(f"no checkpoint at '{p}': it does not exist")
+    raise ArtifactError(f"'{p}' is not a cnnc checkpoint: {META} is missing (looked in "
+                        f"'{p}', '{p / 'last'}' and '{p / 'checkpoints' / 'last'}')")
+
+
+def read_meta(directory) -> dict:
+    """A checkpoint's metadata, checked (format, version, digest, fields), files not read."""
     d = Path(directory)
     meta_path = d / META
     if not meta_path.is_file():
         raise ArtifactError(f"'{d}' is not a cnnc checkpoint: {META} is missing")
-    try:
-        meta = json.loads(meta_path.read_text("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{meta_path}: corrupt checkpoint metadata ({exc})") from None
+    if meta_path.stat().st_size > MAX_META_BYTES:
+        raise ArtifactError(f"{meta_path}: implausibly large checkpoint metadata; {USE_EARLIER}")
+    meta = parse_json(meta_path.read_bytes(), f"{meta_path}: corrupt checkpoint metadata",
+                      USE_EARLIER)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ArtifactError(f"{meta_path}: not a cnnc checkpoint")
     if meta.get("version") != VERSION:
@@ -81,35 +102,68 @@ def read_checkpoint(directory) -> tuple[dict, dict, dict]:
     if meta.get("digest") != json_digest(meta):
         raise ArtifactError(f"{meta_path}: checkpoint metadata does not match its digest: it was "
                             "modified or is corrupt; use an earlier checkpoint")
+    files = meta.get("files")
     for name in (WEIGHTS, OPTIMIZER):
-        entry = meta.get("files", {}).get(name)
-        path = d / name
-        if entry is None or not path.is_file():
-            raise ArtifactError(f"{d}: checkpoint file '{name}' is missing")
-        if path.stat().st_size != entry.get("size") or sha256_file(path) != entry.get("sha256"):
-            raise ArtifactError(f"{d}: checkpoint file '{name}' does not match its hash: the "
-                                "checkpoint is corrupt or was modified; use an earlier one")
-    return meta, read_weights(d / WEIGHTS), read_weights(d / OPTIMIZER)
+        if not isinstance(files, dict) or name not in files:
+            raise ArtifactError(f"{d}: checkpoint file '{name}' is missing from its record")
+    check_record(meta, META_SCHEMA, str(meta_path), USE_EARLIER)
+    return meta
+
+
+def read_checkpoint(directory) -> tuple[dict, dict, dict]:
+    """(meta, weights, optimizer state) after checking every file against its hash."""
+    d = Path(directory)
+    with reading(d):
+        meta = read_meta(d)
+        data = {}
+        for name in (WEIGHTS, OPTIMIZER):
+            if not (d / name).is_file():
+                raise ArtifactError(f"{d}: checkpoint file '{name}' is missing")
+            data[name] = read_verified(d / name, meta["files"][name], str(d),
+                                       "the checkpoint is corrupt; use an earlier one")
+    return (meta, parse_weights(data[WEIGHTS], str(d / WEIGHTS)),
+            parse_weights(data[OPTIMIZER], str(d / OPTIMIZER)))
+
+
+def _restore(what: str, meta: dict, where: Path, build):
+    try:
+        return build(meta[what])
+    except (CnncError, TypeError, ValueError, KeyError) as exc:
+        raise ArtifactError(f"{where / META}: field '{what}' does not describe a valid "
+                            f"{what} ({exc}); {USE_EARLIER}") from None
 
 
 def load_checkpoint(trainer, directory) -> dict:
-    """Restore weights, optimizer state, counters and schedule into ``trainer``."""
+    """Restore weights, optimizer state, counters and schedule into ``trainer``; nothing
+    changes unless all of it checks."""
     from . import optim
     from ..runtime.weights import validate_weights
+    from ..spec.train_config import LOSSES
 
+    directory = Path(directory)
     meta, weights, state = read_checkpoint(directory)
     if meta["spec"] != trainer.model.spec_key():
         raise ArtifactError(f"{directory}: checkpoint of spec '{meta.get('spec_name')}' does not "
                             f"match this model ('{trainer.model.graph.graph['name']}': its layers "
                             "differ)")
-    trainer.model._params = validate_weights(trainer.model.graph, weights, trainer.model._params)
+    if meta["loss"] not in LOSSES:
+        raise ArtifactError(f"{directory / META}: field 'loss' is '{meta['loss']}'; expected one "
+                            f"of {', '.join(LOSSES)}; {USE_EARLIER}")
+    optimizer = _restore("optimizer", meta, directory, optim.optimizer_from)
+    schedule = _restore("schedule", meta, directory, optim.schedule_from)
+    try:
+        params = validate_weights(trainer.model.graph, weights, trainer.model._params)
+    except CnncError as exc:
+        raise ArtifactError(f"{directory / WEIGHTS}: {exc}; {USE_EARLIER}") from None
+    trainer.model._params = params
     trainer.model._args = None
-    trainer.optimizer = optim.optimizer_from(meta["optimizer"])
+    trainer.optimizer = optimizer
     trainer.base_lr = meta["base_lr"]
-    trainer.schedule = optim.schedule_from(meta["schedule"])
+    trainer.schedule = schedule
     trainer.loss = meta["loss"]
     trainer.step, trainer.epoch, trainer.seed = meta["step"], meta["epoch"], meta["seed"]
-    trainer.state_start = meta.get("state_start", 0)
+    trainer.state_start = meta.get("state_start") or 0
+    trainer.run_state = dict(meta.get("run") or {})
     trainer._compiled.clear()
     trainer._device = None
     trainer._pending_state = state

@@ -61,6 +61,7 @@ class Trainer:
         self.spec_epochs = cfg.epochs  # the length outside fit (bare train_step calls)
         self.steps_per_epoch = None
         self.dirty = False            # device weights newer than model._params
+        self.run_state = {}           # what a run keeps in its checkpoints (best metric, ...)
         self.graph, _ = optimize(model.graph, passes=["eliminate-dead"])
         self._compiled = {}           # optimizer family -> (vm, signature)
         self._device = None           # name -> device tensor (params, buffers, state)
@@ -70,16 +71,20 @@ class Trainer:
     def _step_function(self):
         kind = optim.family(self.optimizer)
         if kind not in self._compiled:
+            from cnncompiler.backends import require_compiler
             from cnncompiler.backends.targets import TargetChoice
+            from ..runtime.library import open_library
+
+            require_compiler("training")
             from cnncompiler.backends.train_build import build_train_library
             import tvm
             from tvm.runtime import vm as tvm_vm
 
             choice = TargetChoice.from_json(self.model.manifest["target"])
-            path, sig = build_train_library(self.graph, self.model.spec_key(), self.loss, kind,
-                                            choice, "float32", self.label_smoothing)
+            library, sig = build_train_library(self.graph, self.model.spec_key(), self.loss,
+                                               kind, choice, "float32", self.label_smoothing)
             dev = tvm.cuda(0) if choice.kind == "cuda" else tvm.cpu(0)
-            vm = tvm_vm.VirtualMachine(tvm.runtime.load_module(str(path)), dev)
+            vm = tvm_vm.VirtualMachine(open_library(tvm, library, "train_step.so"), dev)
             self._compiled[kind] = (vm, sig, dev)
             self._upload(sig, dev)
         return self._compiled[kind]
@@ -228,7 +233,8 @@ def batches(n: int, batch_size: int, shuffle: bool, seed: int, epoch: int):
 
 def fit(trainer: Trainer, x, y, epochs=None, batch_size=None, validation_data=None,
         shuffle: bool = True, callbacks=(), verbose: int = 0) -> History:
-    """Train for ``epochs`` more epochs; see CompiledModel.fit."""
+    """Train for ``epochs`` more epochs (after a checkpoint is loaded: more than it holds);
+    see CompiledModel.fit."""
     from .callbacks import CallbackList, ProgressBar
 
     cfg = trainer.model.graph.graph["train"]
@@ -249,6 +255,16 @@ def fit(trainer: Trainer, x, y, epochs=None, batch_size=None, validation_data=No
     cbs = CallbackList(list(callbacks) + ([ProgressBar()] if verbose else []), trainer)
     history = History()
     cbs.on_train_begin({})
+    try:
+        _train_epochs(trainer, x, y, n, epochs, batch_size, validation_data, shuffle, cbs,
+                      history)
+    finally:
+        cbs.on_train_end({})  # also after an error: callbacks release what they hold
+    return history
+
+
+def _train_epochs(trainer, x, y, n, epochs, batch_size, validation_data, shuffle, cbs,
+                  history) -> None:
     for _ in range(epochs):
         epoch = trainer.epoch
         lr = trainer.current_lr()
@@ -275,8 +291,6 @@ def fit(trainer: Trainer, x, y, epochs=None, batch_size=None, validation_data=No
         history.record(epoch, logs)
         if cbs.on_epoch_end(epoch, logs) is False:
             break
-    cbs.on_train_end({})
-    return history
 
 
 def _softmax_ce(logits: np.ndarray, y: np.ndarray, smoothing: float) -> np.ndarray:
