@@ -56,7 +56,8 @@ def read_library(kind: str, key: str) -> bytes | None:
 
     folder = private_folder(kind)
     try:
-        record = parse_json((folder / f"{key}.json").read_bytes(), "cache record", "rebuild")
+        record = parse_json((folder / f"{key}.json").read_bytes(), str(folder), "cache record",
+                            "rebuild")
         check_record(record, FILE_ENTRY, "cache record", "rebuild")
         return read_verified(folder / f"{key}.so", record, "cache", "rebuild")
     except (OSError, ArtifactError):

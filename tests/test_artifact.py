@@ -248,3 +248,36 @@ def test_recompiling_replaces_an_artifact_whole(tmp_path):
         np.testing.assert_array_equal(reloaded.params[k], v)
     assert any(not np.array_equal(reloaded.params[k], first[k]) for k in first)
     assert [p.name for p in tmp_path.iterdir()] == ["lenet5"], "staging directories were left"
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda m: m["target"].update(cpu_flags=5), "field 'target.cpu_flags' is 5; expected a list"),
+    (lambda m: m["target"].update(kind="tpu"), "field 'target.kind' is \"tpu\"; expected one of"),
+    (lambda m: m.update(batch_sizes=["2"]), "field 'batch_sizes[0]' is \"2\"; expected a "
+                                            "positive integer"),
+    (lambda m: m.update(batch_sizes=[True]), "field 'batch_sizes[0]' is true"),
+    (lambda m: m["kernel_args"][0].update(shape="big"), "field 'kernel_args[0].shape' is "
+                                                         "\"big\"; expected a list"),
+    (lambda m: m["files"][art.WEIGHTS].update(size="many"), "field 'files.weights.safetensors."
+                                                            "size' is \"many\""),
+    (lambda m: m["optimization"].update(passes=5), "field 'optimization.passes' is 5"),
+    (lambda m: m["spec"].pop("name"), "field 'spec.name' is missing"),
+])
+def test_manifest_fields_of_the_wrong_type_are_refused_by_name(artifact, never_loaded, edit,
+                                                               field):
+    rewrite_manifest(artifact, edit)
+    message = refused(artifact, "manifest.json")
+    assert field in message and "recompile" in message
+
+
+def test_a_batch_size_the_library_lacks_is_refused_by_name(artifact):
+    rewrite_manifest(artifact, lambda m: m.update(batch_sizes=[2]))
+    with pytest.raises(ArtifactError, match="field 'batch_sizes' lists 2, but the library has "
+                                            "no function main_b2"):
+        cc.load(artifact)
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, '{"a":' * 100_000])
+def test_absurdly_nested_manifest_is_refused(artifact, never_loaded, text):
+    (artifact / art.MANIFEST).write_text(text)
+    refused(artifact, "manifest is corrupt \\(nested too deeply\\)")

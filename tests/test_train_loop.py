@@ -264,7 +264,7 @@ CORRUPTIONS = {
         (d / "weights.safetensors").read_bytes()[:200]),
         "'weights.safetensors' is 200 bytes"),
     "bad json": (lambda d: (d / "checkpoint.json").write_text('{"format": "cnnc-checkpoint",'),
-                 "corrupt checkpoint metadata"),
+                 "checkpoint metadata is corrupt"),
     "json of something else": (lambda d: (d / "checkpoint.json").write_text("[1, 2]"),
                                "not a cnnc checkpoint"),
     "missing weights": (lambda d: (d / "weights.safetensors").unlink(),

@@ -101,7 +101,7 @@ def read_manifest(directory: Path) -> dict:
         raise ArtifactError(f"'{directory}' is not a cnnc artifact: {MANIFEST} is missing")
     if path.stat().st_size > MAX_MANIFEST_BYTES:
         raise ArtifactError(f"{path}: manifest is implausibly large; refused")
-    manifest = record.parse_json(path.read_bytes(), f"{path}: manifest is corrupt", RECOMPILE)
+    manifest = record.parse_json(path.read_bytes(), str(path), "manifest", RECOMPILE)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a cnnc artifact manifest")
     if manifest.get("format_version") != FORMAT_VERSION:

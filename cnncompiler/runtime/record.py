@@ -124,19 +124,12 @@ def check_record(document, schema, where: str, fix: str) -> None:
         raise ArtifactError(f"{where}: {field} is {got}; expected {expected}; {fix}")
 
 
-def parse_json(data: bytes, where: str, fix: str) -> Any:
+def parse_json(data: bytes, where: str, what: str, fix: str) -> Any:
     """JSON from bytes; damaged text and absurd nesting are refused, not raised through."""
     try:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{where}: corrupt JSON ({exc}); {fix}") from None
+        detail = str(exc)
     except RecursionError:
-        raise ArtifactError(f"{where}: corrupt JSON (nested too deeply); {fix}") from None
-
-
-def read_json(path: Path, limit: int, where: str, fix: str) -> Any:
-    path = Path(path)
-    size = path.stat().st_size
-    if size > limit:
-        raise ArtifactError(f"{where}: {size} bytes, implausibly large for this record; {fix}")
-    return parse_json(path.read_bytes(), where, fix)
+        detail = "nested too deeply"
+    raise ArtifactError(f"{where}: {what} is corrupt ({detail}); {fix}")

@@ -92,7 +92,7 @@ def read_meta(directory) -> dict:
         raise ArtifactError(f"'{d}' is not a cnnc checkpoint: {META} is missing")
     if meta_path.stat().st_size > MAX_META_BYTES:
         raise ArtifactError(f"{meta_path}: implausibly large checkpoint metadata; {USE_EARLIER}")
-    meta = parse_json(meta_path.read_bytes(), f"{meta_path}: corrupt checkpoint metadata",
+    meta = parse_json(meta_path.read_bytes(), str(meta_path), "checkpoint metadata",
                       USE_EARLIER)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ArtifactError(f"{meta_path}: not a cnnc checkpoint")
