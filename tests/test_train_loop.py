@@ -298,6 +298,61 @@ def test_corrupt_checkpoint_is_refused(small, saved, tmp_path, corruption):
     assert model.trainer.step == 0
 
 
+def _forge_meta(directory, edit) -> None:
+    """Edit checkpoint.json as a forger who also recomputes its digest."""
+    from cnncompiler.storage import json_digest
+
+    meta = json.loads((directory / "checkpoint.json").read_text())
+    edit(meta)
+    meta["digest"] = json_digest(meta)
+    (directory / "checkpoint.json").write_text(json.dumps(meta))
+
+
+def _forge_state(directory, edit) -> None:
+    from cnncompiler.runtime.weights import read_weights, write_weights
+    from cnncompiler.storage import file_entry
+
+    state = read_weights(directory / "optimizer.safetensors")
+    edit(state)
+    write_weights(directory / "optimizer.safetensors", state)
+    _forge_meta(directory, lambda m: m["files"].update(
+        {"optimizer.safetensors": file_entry(directory / "optimizer.safetensors")}))
+
+
+FORGED = {
+    "step as text": (lambda d: _forge_meta(d, lambda m: m.update(step="7")),
+                     "field 'step' is \"7\"; expected a non-negative integer"),
+    "negative epoch": (lambda d: _forge_meta(d, lambda m: m.update(epoch=-1)), "field 'epoch'"),
+    "files as a list": (lambda d: _forge_meta(d, lambda m: m.update(files=[])),
+                        "'weights.safetensors' is missing from its record"),
+    "learning rate infinite": (lambda d: _forge_meta(d, lambda m: m.update(base_lr=1e999)),
+                               "field 'base_lr'"),
+    "unknown optimizer": (lambda d: _forge_meta(d, lambda m: m.update(optimizer={"type": "lion"})),
+                          "field 'optimizer' does not describe a valid optimizer"),
+    "schedule of nonsense": (lambda d: _forge_meta(d, lambda m: m.update(schedule={"gamma": "x"})),
+                             "field 'schedule' does not describe a valid schedule"),
+    "unknown loss": (lambda d: _forge_meta(d, lambda m: m.update(loss="hinge")), "field 'loss'"),
+    "state of another shape": (lambda d: _forge_state(d, lambda s: s.update(
+        {k: np.zeros(3, np.float32) for k in list(s)[:1]})), "has shape (3,); its parameter has"),
+    "state of no parameter": (lambda d: _forge_state(d, lambda s: s.update(
+        {"ghost.weight#exp_avg": np.zeros(3, np.float32)})), "'ghost.weight#exp_avg' belongs to no"),
+}
+
+
+@pytest.mark.parametrize("forgery", sorted(FORGED))
+def test_checkpoint_fields_that_do_not_fit_are_refused_by_name(small, saved, tmp_path, forgery):
+    damage, message = FORGED[forgery]
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(saved[0], ckpt)
+    damage(ckpt)
+    model = cc.load(small)
+    before = model.params
+    with pytest.raises(ArtifactError) as info:
+        model.load_checkpoint(ckpt)
+    assert message in str(info.value)
+    assert_identical(model.params, before)
+
+
 def test_checkpoint_of_another_spec_is_refused(small, plain, tmp_path):
     other = cc.load(plain)
     other.save_checkpoint(tmp_path / "plain-ckpt")

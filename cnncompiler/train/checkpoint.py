@@ -133,6 +133,25 @@ def _restore(what: str, meta: dict, where: Path, build):
                             f"{what} ({exc}); {USE_EARLIER}") from None
 
 
+STATE_SLOTS = ("momentum", "exp_avg", "exp_avg_sq")
+
+
+def _check_state(state: dict, graph, directory: Path) -> None:
+    """Optimizer state is '<param>#<slot>' arrays shaped as their parameter."""
+    from ..runtime.weights import expected_params
+
+    expected = expected_params(graph)
+    for name, value in state.items():
+        param, _, slot = name.partition("#")
+        if slot not in STATE_SLOTS or param not in expected:
+            raise ArtifactError(f"{directory / OPTIMIZER}: optimizer state '{name}' belongs to no "
+                                f"parameter of this model; {USE_EARLIER}")
+        if tuple(value.shape) != expected[param]:
+            raise ArtifactError(f"{directory / OPTIMIZER}: optimizer state '{name}' has shape "
+                                f"{tuple(value.shape)}; its parameter has {expected[param]}; "
+                                f"{USE_EARLIER}")
+
+
 def load_checkpoint(trainer, directory) -> dict:
     """Restore weights, optimizer state, counters and schedule into ``trainer``; nothing
     changes unless all of it checks."""
@@ -155,6 +174,7 @@ def load_checkpoint(trainer, directory) -> dict:
         params = validate_weights(trainer.model.graph, weights, trainer.model._params)
     except CnncError as exc:
         raise ArtifactError(f"{directory / WEIGHTS}: {exc}; {USE_EARLIER}") from None
+    _check_state(state, trainer.model.graph, directory)
     trainer.model._params = params
     trainer.model._args = None
     trainer.optimizer = optimizer
