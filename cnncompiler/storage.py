@@ -161,9 +161,11 @@ class DirectoryWriter:
         d = self.directory
         if d.exists() and not d.is_dir():
             raise ArtifactError(f"'{d}' exists and is a file; give a directory")
-        if not d.exists():
+        try:
             d.mkdir(parents=True)
             self.created = True
+        except FileExistsError:
+            pass
         st = d.stat()
         self._key = (st.st_dev, st.st_ino)
         held = _held()
