@@ -12,6 +12,7 @@ traceback. Internal invariants may still use ``assert``; user input never does.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,16 +54,28 @@ class Diagnostic:
         if expected and "expect" not in expected.lower():
             expected = "expected " + expected
         text = head + "; ".join(p for p in (self.message, expected, self.fix) if p)
-        lines = [text]
-        lines += [f"    note: {n}" for n in self.notes]
+        lines = [_visible(text)]
+        lines += [_visible(f"    note: {n}") for n in self.notes]
         if source_lines and self.loc and 0 < self.loc.line <= len(source_lines):
             src, col = _excerpt(source_lines[self.loc.line - 1].rstrip("\n"), self.loc.col)
-            lines.append(f"    | {src}")
+            lines.append(f"    | {_UNSAFE.sub('?', src)}")  # one column each, under the caret
             lines.append("    | " + " " * max(col - 1, 0) + "^")
         return "\n".join(lines)
 
     def with_layer(self, name: str, layer_type: str) -> "Diagnostic":
         return dataclasses.replace(self, layer=name, layer_type=layer_type)
+
+
+# Characters that make a terminal show a line other than it is: controls (ESC starts escape
+# sequences, CR returns to the start of the line) and the bidirectional controls that
+# reorder text (U+202E). A spec quotes them back in names, keys and values.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e"
+                     "\u2066-\u2069]")
+
+
+def _visible(text: str) -> str:
+    """``text`` with each unsafe character written as its escape (``\\u202e``)."""
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _excerpt(line: str, col: int, width: int = 100) -> tuple[str, int]:

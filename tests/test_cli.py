@@ -166,10 +166,17 @@ def test_graph_dot(spec, tmp_path, capsys):
     assert 'label="(2, 6, 6)"' in dot and "conv\\nconv2d\\nfilters=2, kernel=3" in dot
 
 
-def test_graph_dot_quotes_odd_names(tmp_path, capsys):
-    path = write(tmp_path, 'name: "my \\"net\\" \\\\ v2"\ninput: [3]\nlayers: [{type: relu}]\n')
+def test_graph_dot_quotes_names(tmp_path, capsys):
+    path = write(tmp_path, 'name: my-net.v2\ninput: [3]\nlayers: [{type: relu}]\n')
     cnnc(capsys, "graph", path, "-o", tmp_path / "g.dot")
-    assert (tmp_path / "g.dot").read_text().startswith('digraph "my \\"net\\" \\\\ v2" {')
+    assert (tmp_path / "g.dot").read_text().startswith('digraph "my-net.v2" {')
+
+
+def test_graph_of_a_name_with_quotes_is_refused_before_drawing(tmp_path, capsys):
+    path = write(tmp_path, 'name: "my \\"net\\" v2"\ninput: [3]\nlayers: [{type: relu}]\n')
+    code, _, err = cnnc(capsys, "graph", path, "-o", tmp_path / "g.dot")
+    assert code == 1 and "the model name" in err
+    assert not (tmp_path / "g.dot").exists()
 
 
 def test_graph_svg_without_graphviz_is_drawn_by_the_built_in_layout(spec, tmp_path, capsys,

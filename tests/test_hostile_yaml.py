@@ -20,10 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cnncompiler.cli import EXIT_INTERNAL, main
+from cnncompiler.errors import SpecError
 from cnncompiler.layers import LAYER_TYPES
 from cnncompiler.spec import parse_spec_text, yaml_source
 from cnncompiler.spec.parse import MAX_LAYERS
-from cnncompiler.spec.yaml_source import MAX_DEPTH, MAX_FILE_BYTES, MAX_VALUES
+from cnncompiler.spec.yaml_source import MAX_ALIASES, MAX_DEPTH, MAX_FILE_BYTES, MAX_VALUES
 
 PARSERS = ["libyaml", "python"] if yaml_source._FastLoader is not None else ["python"]
 
@@ -175,6 +176,197 @@ layers: [{{type: b}}]
         refused(tmp_path, text, message)
 
 
+# -- the reader's bounds at their edges, and its marks ------------------------------------------
+
+def nested(depth: int) -> str:
+    """A value ``depth`` levels deep, counting the document's mapping as the first."""
+    return "[" * (depth - 2) + "1" + "]" * (depth - 2)
+
+
+@pytest.mark.parametrize("style", ["flow", "block"])
+def test_nesting_up_to_the_bound_is_read_and_one_more_is_refused(style, tmp_path, parser):
+    def text(depth):
+        if style == "flow":
+            return f"input: [3, 8]\nlayers: [{{type: relu}}]\ndescription: {nested(depth)}\n"
+        items = "".join("  " * (k + 1) + "-\n" for k in range(depth - 3))
+        return ("input: [3, 8]\nlayers: [{type: relu}]\ndescription:\n" + items
+                + "  " * (depth - 2) + "- 1\n")
+    assert check_text(tmp_path, text(MAX_DEPTH))[0] == 0
+    refused(tmp_path, text(MAX_DEPTH + 1), f"nesting deeper than {MAX_DEPTH} levels; refused")
+
+
+def test_nesting_beyond_libyaml_s_own_bound_is_our_refusal(tmp_path, parser):
+    refused(tmp_path, "a: " + "[" * 3000 + "]" * 3000, f"nesting deeper than {MAX_DEPTH} levels")
+
+
+def test_the_alias_bound_is_refused_at_the_first_alias_beyond_it(tmp_path, parser):
+    lines = ["input: [3, 8]", "layers: [{type: relu}]", "description:", "  - &x 1"]
+    lines += ["  - *x"] * (MAX_ALIASES + 5)
+    code, output = check_text(tmp_path, "\n".join(lines[:4 + MAX_ALIASES]) + "\n")
+    assert code == 0, output
+    output = refused(tmp_path, "\n".join(lines) + "\n",
+                     f"more than {MAX_ALIASES} aliases (*name); refused")
+    assert f"spec.yaml:{4 + MAX_ALIASES + 1}:5: more than" in output, output
+
+
+@pytest.mark.parametrize("item", ["1", "[]"], ids=["scalars", "empty-lists"])
+def test_many_values_without_aliases_are_refused_as_many(item, tmp_path, parser):
+    items = ", ".join([item] * (MAX_VALUES + 10))
+    output = refused(tmp_path, f"input: [3, 8]\nlayers: [{{type: relu}}]\nd: [{items}]\n",
+                     f"more than {MAX_VALUES:,} values; refused")
+    assert "through its aliases" not in output
+
+
+def test_an_asterisk_that_is_no_alias_costs_nothing(tmp_path, parser):
+    code, output = check_text(tmp_path, "input: [3, 8]  # 3 * 8\nlayers: [{type: relu}]\n"
+                                        "description: '**bold** * 2'\n")
+    assert code == 0, output
+
+
+def test_marks_of_values_keys_items_aliases_and_merges(parser):
+    spec_text = """\
+input: [3, 8]
+description: &base {a: 1,
+  b: [x, y]}
+layers:
+  - {<<: *base, name: n, type: relu}
+  - name: m
+    type:   relu
+"""
+    doc = yaml_source.parse_yaml(spec_text, "f.yaml")
+    where = lambda loc: (loc.line, loc.col)  # noqa: E731
+    assert where(doc.loc) == (1, 1)
+    assert where(doc.loc_of("input")) == (1, 8) and where(doc.key_loc("layers")) == (4, 1)
+    assert where(doc["input"].loc_of(1)) == (1, 12)
+    base = doc["description"]
+    assert where(base.loc_of("b")) == (3, 6) and where(base["b"].loc_of(1)) == (3, 10)
+    first, second = doc["layers"]
+    assert where(doc["layers"].loc_of(1)) == (6, 5)
+    assert where(first.loc_of("a")) == (2, 24)   # merged: where the base wrote it
+    assert where(first.loc_of("type")) == (5, 32) and where(first.key_loc("name")) == (5, 17)
+    assert where(second.loc_of("type")) == (7, 13) and where(second.key_loc("type")) == (7, 5)
+    assert list(first) == ["a", "b", "name", "type"]
+
+
+def test_the_collector_is_left_as_it_was(parser):
+    import gc
+    parse_spec_text("input: [3, 8]\nlayers: [{type: relu}]\n")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        parse_spec_text("input: [3, 8]\nlayers: [{type: relu}]\n")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_a_control_character_after_wide_characters_is_placed_right(tmp_path, parser):
+    refused(tmp_path, "input: [3, 8]\nlayers: [{type: relu}]\ndescription: \u00e9\u00e9\x07\n",
+            "spec.yaml:3:16: the spec contains the control character U+0007")
+
+
+# -- numbers out of any range ----------------------------------------------------------------
+
+HUGE = "1" + "0" * 400
+OUT_OF_RANGE = [HUGE, "-" + HUGE, "1e400", "-1e400", ".inf", ".nan", "0x" + "f" * 300,
+                "0b" + "1" * 900]
+LAYER_KEYS = [(t, f.name) for t, c in sorted(LAYER_TYPES.items()) if not c.internal
+              for f in dataclasses.fields(c) if "parser" in f.metadata]
+REQUIRED = {"conv2d": "filters: 2, kernel: 1", "conv1d": "filters: 2, kernel: 1",
+            "locally_connected2d": "filters: 2, kernel: 1", "dense": "units: 2",
+            "maxpool2d": "kernel: 1", "avgpool2d": "kernel: 1", "lppool2d": "kernel: 1",
+            "maxpool1d": "kernel: 1", "avgpool1d": "kernel: 1", "lppool1d": "kernel: 1"}
+
+
+@pytest.mark.parametrize("ltype,key", LAYER_KEYS, ids=[f"{t}.{k}" for t, k in LAYER_KEYS])
+def test_every_layer_key_refuses_numbers_out_of_range_where_they_are(ltype, key):
+    """No int(), float() or math function meets a number it cannot hold: each is refused
+    at its place, saying the key."""
+    for value in OUT_OF_RANGE:
+        settings = ", ".join(p for p in (REQUIRED.get(ltype, ""), f"{key}: {value}") if p)
+        settings = settings.replace(f"{key}: 1, ", "").replace(f"{key}: 2, ", "")
+        text = f"input: [3, 8, 8]\nlayers:\n  - {{name: x, type: {ltype}, {settings}}}\n"
+        with pytest.raises(SpecError) as info:
+            parse_spec_text(text, "net.yaml")
+        first = info.value.format().splitlines()[0]
+        assert first.startswith(f"net.yaml:3:") and f"layer 'x' ({ltype}): key '{key}': " \
+            in first, (value, first)
+
+
+@pytest.mark.parametrize("value,message", [
+    (HUGE, "received a number of 401 digits, beyond the float32 range (±3.4e38); expected a "
+           "probability in [0, 1)"),
+    ("1e400", "received infinity (.inf, or a number beyond 1.8e308 such as 1e400); expected "
+              "a finite probability in [0, 1)"),
+    (".nan", "received nan (not a number); expected a finite probability in [0, 1)"),
+    ("-" + HUGE, "received a negative number of 401 digits, beyond the float32 range "
+                 "(±3.4e38); expected a probability in [0, 1)"),
+    ("1e39", "received 1e+39, beyond the float32 range (±3.4e38); expected a probability in "
+             "[0, 1)"),
+])
+def test_a_dropout_rate_out_of_range_says_the_range(value, message, tmp_path, parser):
+    refused(tmp_path, f"input: [3, 8]\nlayers: [{{type: dropout, rate: {value}}}]\n",
+            f"spec.yaml:2:32: layer '0' (dropout): key 'rate': {message}")
+
+
+@pytest.mark.parametrize("value,message", [
+    (HUGE, "key 'filters': a number of 401 digits is larger than cnnc accepts; expected at "
+           "most 2,147,483,647; this looks like a typo"),
+    ("1e400", "key 'filters': received infinity"),
+    ("-" + HUGE, "key 'filters': received a negative number of 401 digits; expected an "
+                 "integer >= 1"),
+])
+def test_filters_out_of_range_say_the_range(value, message, tmp_path, parser):
+    refused(tmp_path, f"input: [3, 8]\nlayers: [{{type: conv1d, kernel: 1, filters: {value}}}]",
+            message)
+
+
+@pytest.mark.parametrize("section", [
+    "train: {{epochs: {v}}}", "train: {{batch_size: {v}}}", "train: {{label_smoothing: {v}}}",
+    "train: {{optimizer: {{type: sgd, lr: {v}}}}}",
+    "train: {{optimizer: {{type: adam, betas: [{v}, 0.9]}}}}",
+    "train: {{optimizer: {{type: adamw, eps: {v}}}}}",
+    "train: {{schedule: {{type: multistep, milestones: [{v}]}}}}",
+    "train: {{schedule: {{type: step, gamma: {v}, step_size: {v}, warmup: {v}}}}}",
+    "train: {{schedule: {{type: cosine, t_max: {v}, eta_min: {v}}}}}",
+])
+def test_training_settings_refuse_numbers_out_of_range(section, tmp_path):
+    for value in OUT_OF_RANGE:
+        refused(tmp_path, "input: [3, 8]\nlayers: [{type: relu}]\n"
+                + section.format(v=value) + "\n", "spec.yaml:3:")
+
+
+@pytest.mark.parametrize("value", OUT_OF_RANGE)
+def test_input_sizes_and_repeats_refuse_numbers_out_of_range(value, tmp_path):
+    refused(tmp_path, f"input: [3, {value}]\nlayers: [{{type: relu}}]\n", "'input': ")
+    refused(tmp_path, "input: [3, 8]\nblocks: {b: {layers: [{type: relu}]}}\n"
+                      f"layers: [{{type: b, repeat: {value}}}]\n", "key 'repeat': ")
+
+
+@pytest.mark.parametrize("default", OUT_OF_RANGE)
+def test_block_arithmetic_on_numbers_out_of_range(default, tmp_path):
+    for expr in ("$x * 4", "$x + 1", "$x // 2", "$x ** 2", "-$x", "$x"):
+        refused(tmp_path, f"""
+input: [3, 8]
+blocks:
+  b:
+    params: {{x: {default}}}
+    layers: [{{type: conv1d, filters: "{expr}", kernel: 1}}]
+layers: [{{type: b}}]
+""", "spec.yaml:")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("!!int ''", "cannot read '' as int"),
+    ("!!float ''", "cannot read '' as float"),
+    ("1" + ":0" * 3000, "cannot read '1:0:0:0"),          # base 60, converted in square time
+    ("9" * 2000, "as int: a number of 2,000 characters"),
+    ("0." + "1" * 2000, "as float: a number of 2,002 characters"),
+])
+def test_numbers_yaml_cannot_read_are_refused(text, message, tmp_path, parser):
+    refused(tmp_path, f"input: [3, 8]\nlayers: [{{type: dropout, rate: {text}}}]\n", message)
+
+
 # -- nothing is ever run ----------------------------------------------------------------------
 
 def _tagged_specs(target: Path) -> list[str]:
@@ -236,6 +428,10 @@ def test_duplicate_keys_name_both_lines(text, key, first, again, tmp_path, parse
 def test_keys_that_read_as_one_value_are_duplicates(tmp_path, parser):
     refused(tmp_path, "input: [1]\nlayers: [{type: relu}]\n1: a\ntrue: b\n",
             "key 'true' is the same key as '1' (first at line 3, again at line 4)")
+    refused(tmp_path, "input: [1]\nlayers: [{type: relu}]\nd: {.nan: 1,\n  .nan: 2}\n",
+            "duplicate key '.nan' (first at line 3, again at line 4)")
+    refused(tmp_path, "&k input: [1]\nlayers: [{type: relu}]\n*k : [2]\n",
+            "spec.yaml:1:1: duplicate key 'input': an alias repeats the key at line 1")
 
 
 @pytest.mark.parametrize("text", [

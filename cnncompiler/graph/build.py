@@ -49,6 +49,10 @@ def param_names(g: nx.DiGraph, name: str) -> dict[str, str]:
 def topo_layers(g: nx.DiGraph) -> list[str]:
     """Layer names in a stable topological order (spec order where the graph allows)."""
     order = {n: i for i, n in enumerate(g.nodes)}
+    # a spec lists a layer after its inputs almost always: then spec order is the answer, and
+    # checking that is linear (the general sort took 0.28 s for 20,000 layers)
+    if all(order[u] < order[v] for u, v in g.edges):
+        return list(g.nodes)
     return list(nx.lexicographical_topological_sort(g, key=lambda n: order[n]))
 
 

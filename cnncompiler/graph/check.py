@@ -52,7 +52,8 @@ def infer_shapes(g: nx.DiGraph, strict: bool = False) -> list[Diagnostic]:
     """Annotate every node with its shape, parameters and cost; return the diagnostics."""
     diags: list[Diagnostic] = []
     total_param_bytes = 0
-    for name in topo_layers(g):
+    order = topo_layers(g)
+    for name in order:
         node = g.nodes[name]
         layer = node["layer"]
         in_shapes = [g.nodes[src].get("shape") for src in node["inputs"]]
@@ -94,15 +95,18 @@ def infer_shapes(g: nx.DiGraph, strict: bool = False) -> list[Diagnostic]:
         node["param_specs"] = specs
         node["flops"] = layer.flops(in_shapes, shape)
     diags += _dead_layer_warnings(g)
-    _receptive_fields(g)
     return diags
 
 
 def _dead_layer_warnings(g: nx.DiGraph) -> list[Diagnostic]:
-    live = set()
-    for out in g.graph["outputs"]:
-        if out in g:
-            live |= nx.ancestors(g, out) | {out}
+    # one reverse walk from every output at once: linear in the graph, however many outputs
+    live = {out for out in g.graph["outputs"] if out in g}
+    stack = list(live)
+    while stack:
+        for src in g.predecessors(stack.pop()):
+            if src not in live:
+                live.add(src)
+                stack.append(src)
     return [Diagnostic("its output reaches no model output", g.nodes[n]["loc"], n,
                        g.nodes[n]["layer"].type_name,
                        fix="use it as an input, list it in 'outputs', or remove it "
@@ -110,8 +114,9 @@ def _dead_layer_warnings(g: nx.DiGraph) -> list[Diagnostic]:
             for n in g.nodes if n not in live and n != "input"]
 
 
-def _receptive_fields(g: nx.DiGraph) -> None:
-    """Receptive field size and stride (jump) per spatial axis, in input positions."""
+def receptive_fields(g: nx.DiGraph) -> None:
+    """Annotate each checked layer with its receptive field size and stride (jump) per
+    spatial axis, in input positions (for the cost sheet; checking does not need them)."""
     for name in topo_layers(g):
         node = g.nodes[name]
         if node.get("shape") is None:
@@ -144,8 +149,11 @@ def check_graph(g: nx.DiGraph, strict: bool = False, source_lines=None) -> list[
 
 def check_spec(spec: Spec, strict: bool = False) -> tuple[nx.DiGraph, list[Diagnostic]]:
     """Build and check the graph of a parsed spec; returns it with the warnings."""
-    g = build_graph(spec)
-    warnings = check_graph(g, strict, spec.source_lines)
+    from ..spec.yaml_source import gc_paused
+
+    with gc_paused():  # tens of thousands of node dicts, no cycles worth collecting
+        g = build_graph(spec)
+        warnings = check_graph(g, strict, spec.source_lines)
     return g, list(spec.warnings) + warnings
 
 

@@ -8,7 +8,7 @@ import networkx as nx
 
 from ..layers import fmt_shape
 from .build import topo_layers
-from .check import BYTES_PER_VALUE, human_bytes
+from .check import BYTES_PER_VALUE, human_bytes, receptive_fields
 
 
 def _axes(values) -> str:
@@ -17,6 +17,7 @@ def _axes(values) -> str:
 
 def summarize(g: nx.DiGraph) -> dict:
     """Per-layer rows and totals as plain data (what ``cnnc summary --json`` prints)."""
+    receptive_fields(g)
     rows = []
     for name in topo_layers(g):
         node = g.nodes[name]

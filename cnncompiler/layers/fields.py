@@ -13,6 +13,7 @@ are never accepted as numbers, though Python would treat them as 1 and 0.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -35,6 +36,13 @@ def option(parser: Parser, default: Any = REQUIRED, doc: str = "") -> Any:
     return dataclasses.field(default=parser(default), metadata=meta)
 
 
+# Every size, count, index and setting a spec writes as an integer is below this: TVM indexes
+# with int32, and a larger number in a spec is a typo.
+MAX_INT = 2**31 - 1
+# Real-valued settings become float32 constants of the compiled model.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def describe(value: Any) -> str:
     """How a received value reads in an error message."""
     if isinstance(value, bool):
@@ -42,22 +50,51 @@ def describe(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, str):
-        return f"'{value}' (a string)"
+        return f"'{value if len(value) <= 100 else value[:100] + '...'}' (a string)"
     if isinstance(value, (list, tuple)):
         return f"{list(value)} (a list)"
     if isinstance(value, dict):
         return "a mapping"
+    if isinstance(value, (int, float)):
+        return show_number(value)
+    return repr(value)
+
+
+def show_int(value: int) -> str:
+    """A whole number for a message; a typo of 400 digits is shown by its length."""
+    if abs(value) < 10**15:
+        return f"{value:,}"
+    # str() refuses integers of more than 4,300 digits; the bit length gives the count too
+    digits = len(str(abs(value))) if value.bit_length() < 14_000 else \
+        int(value.bit_length() * math.log10(2)) + 1
+    return f"{'a negative' if value < 0 else 'a'} number of {digits:,} digits"
+
+
+def show_number(value: float | int) -> str:
+    """A number for a message, saying what an infinity or a NaN is."""
+    if isinstance(value, int):
+        return show_int(value)
+    if math.isnan(value):
+        return "nan (not a number)"
+    if math.isinf(value):
+        return (f"{'-' if value < 0 else ''}infinity (.inf, or a number beyond 1.8e308 such "
+                "as 1e400)")
     return repr(value)
 
 
 def integer(value: Any, minimum: int | None = None, what: str = "an integer") -> int:
+    """An integer from ``minimum`` (or -MAX_INT) to MAX_INT."""
     if isinstance(value, bool) or not isinstance(value, int):
         fix = None
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_INT:
             fix = f"write {int(value)} without the decimal point"
         raise FieldError(f"received {describe(value)}", f"expected {what}", fix)
     if minimum is not None and value < minimum:
-        raise FieldError(f"received {value}", f"expected {what}")
+        raise FieldError(f"received {show_int(value)}", f"expected {what}")
+    if abs(value) > MAX_INT:
+        bound = f"at most {MAX_INT:,}" if value > 0 else f"at least {-MAX_INT:,}"
+        raise FieldError(f"{show_int(value)} is {'larger' if value > 0 else 'smaller'} than "
+                         "cnnc accepts", bound, "this looks like a typo")
     return value
 
 
@@ -70,31 +107,36 @@ def non_negative_int(value: Any) -> int:
 
 
 def number(value: Any, what: str = "a number") -> float:
+    """A number a float32 holds, as a float; ``what`` names the range the caller checks next."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise FieldError(f"received {describe(value)}", f"expected {what}")
-    if not math.isfinite(value):
-        raise FieldError(f"received {value}", f"expected a finite {what.removeprefix('a ')}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise FieldError(f"received {show_number(value)}",
+                         f"expected a finite {what.removeprefix('a ')}")
+    if abs(value) > FLOAT32_MAX:  # exact for an int of any size, where float() would overflow
+        raise FieldError(f"received {show_number(value)}, beyond the float32 range "
+                         "(±3.4e38)", f"expected {what}")
     return float(value)
 
 
 def positive_number(value: Any) -> float:
     v = number(value, "a number > 0")
     if v <= 0:
-        raise FieldError(f"received {value}", "expected a number > 0")
+        raise FieldError(f"received {show_number(value)}", "expected a number > 0")
     return v
 
 
 def non_negative_number(value: Any) -> float:
     v = number(value, "a number >= 0")
     if v < 0:
-        raise FieldError(f"received {value}", "expected a number >= 0")
+        raise FieldError(f"received {show_number(value)}", "expected a number >= 0")
     return v
 
 
 def probability(value: Any) -> float:
     v = number(value, "a probability in [0, 1)")
     if not 0.0 <= v < 1.0:
-        raise FieldError(f"received {value}", "expected a rate in [0, 1)",
+        raise FieldError(f"received {show_number(value)}", "expected a rate in [0, 1)",
                          "a dropout rate of 0.5 drops half the activations")
     return v
 
@@ -164,21 +206,29 @@ def choice(*options: str) -> Parser:
     return parse
 
 
+@functools.cache
+def _keys_of(cls) -> tuple[dict, list[str]]:
+    """``cls``'s fields by name, and the names of those a spec may set (asked once per layer
+    of a spec that may have twenty thousand)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    return fields, [n for n, f in fields.items() if "parser" in f.metadata]
+
+
 def parse_fields(cls, mapping: dict, reserved=()) -> tuple[dict, list[tuple[str, FieldError]]]:
     """Parse ``mapping``'s keys into ``cls``'s fields; returns kwargs and (key, error) pairs.
 
     Unknown keys come back as errors keyed by the unknown key; missing required ones keyed by
     None (the caller reports them at the mapping itself).
     """
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    known = [n for n, fl in fields.items() if "parser" in fl.metadata]
+    fields, known = _keys_of(cls)
     kwargs, problems, misspelt = {}, [], set()
     for key, value in mapping.items():
         if key in reserved:
             continue
         f = fields.get(key)
         if f is None or "parser" not in f.metadata:
-            close = closest(key, known)
+            # a key of hundreds of characters is close to no name (and slow to compare)
+            close = closest(key, known) if len(str(key)) <= 100 else None
             misspelt.add(close)
             problems.append((key, FieldError(
                 f"unknown key '{key}'", f"one of: {one_of(known + list(reserved))}",

@@ -23,31 +23,39 @@ from __future__ import annotations
 
 import ast
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import Diagnostic, DiagnosticSink, FieldError, SourceLoc, SpecError, display_path
 from ..layers import LAYER_TYPES, Layer
-from ..layers.fields import describe, parse_fields, positive_int
+from ..layers.fields import MAX_INT, describe, parse_fields, positive_int, show_int
 from ..suggest import did_you_mean, one_of
 from .train_config import OPTIMIZERS, Schedule, TrainConfig
-from .yaml_source import MAX_FILE_BYTES, YamlList, YamlMap, parse_yaml
+from .yaml_source import MAX_FILE_BYTES, YamlList, YamlMap, gc_paused, parse_yaml
 
 TOP_KEYS = ("name", "input", "blocks", "layers", "outputs", "train", "description")
 LAYER_RESERVED = ("type", "name", "inputs")
 INSTANCE_RESERVED = ("type", "name", "inputs", "repeat")
 BLOCK_KEYS = ("params", "layers", "output", "description")
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+# Names of the model, blocks and layers. They become parts of file names, parameter names
+# ('layer1.0.conv1.weight') and printed messages, so: no path separators, no leading '.' or
+# '-' ('..', hidden files, options), nothing a terminal would act on.
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+NAME_EXPECTED = "a name of ASCII letters, digits, '_', '-' and '.', not starting with '.' or '-'"
+MAX_NAME = 200
 PARAM_RE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
+PARAM_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # Bounds that keep hostile or mistyped specs cheap to refuse. The largest classic networks
 # expand to about a thousand layers; no size of a real layer is near 2**31 (TVM indexes with
 # int32); an expression of block parameters is a few characters.
 MAX_LAYERS = 20_000
-MAX_SIZE = 2**31 - 1
+MAX_SIZE = MAX_INT
 MAX_EXPRESSION = 200
 MAX_ERRORS = 100
 MAX_SUGGEST_OPTIONS = 1_000
+MAX_SUGGEST_WORK = 5_000
 
 
 @dataclass
@@ -88,7 +96,7 @@ class Spec:
 class Block:
     name: str
     params: dict          # name -> default (None = required)
-    param_locs: dict
+    param_source: YamlMap
     layers: YamlList
     output: str | None
     loc: SourceLoc
@@ -116,20 +124,34 @@ class SpecParser:
         self.produced: dict[str, SourceLoc] = {"input": SourceLoc(path, 1, 1)}
         self.aliases: dict[str, str] = {}  # every name a later layer may use -> its output
         self.expanded = 0  # layer entries expanded so far, blocks and repeats included
+        self.suggest_work = MAX_SUGGEST_WORK  # names 'did you mean' may still compare
 
     # -- diagnostics ------------------------------------------------------------------------
     def error(self, message, loc, layer=None, ltype=None, expected=None, fix=None, notes=()):
-        self.sink.add(Diagnostic(message, loc, layer, ltype, expected, fix, notes=tuple(notes)))
+        # a message may quote a value of a mebibyte (aliased a hundred times)
+        self.sink.add(Diagnostic(_clip(message), loc, _clip(layer, 100), _clip(ltype, 60),
+                                 _clip(expected), _clip(fix), notes=tuple(notes)))
         if len(self.sink.errors) >= MAX_ERRORS:
             self.sink.add(Diagnostic(f"stopped after {MAX_ERRORS} errors", None,
                                      fix="fix these and run cnnc check again"))
             raise SpecError(self.sink.items, self.sink.source_lines)
 
     def field_error(self, exc: FieldError, loc, layer=None, ltype=None, notes=()):
-        message = exc.message
-        if len(message) > 300:  # a field parser quoting a very long received value
-            message = message[:200] + " ... " + message[-60:]
-        self.error(message, loc, layer, ltype, exc.expected, exc.fix, notes)
+        self.error(exc.message, loc, layer, ltype, exc.expected, exc.fix, notes)
+
+    def did_you_mean(self, word, options) -> str | None:
+        """did_you_mean over at most MAX_SUGGEST_OPTIONS names of about the word's length, and
+        over MAX_SUGGEST_WORK names in all, so a spec of thousands of layers with a hundred
+        misspelt inputs is not slow to report (nor one with a word of a mebibyte, which no
+        name is close to)."""
+        if len(str(word)) > MAX_NAME or self.suggest_work <= 0:
+            return None
+        options = [str(o) for o in options]
+        if len(options) > MAX_SUGGEST_OPTIONS:
+            n = len(str(word))
+            options = [o for o in options if abs(len(o) - n) <= 2][:MAX_SUGGEST_OPTIONS]
+        self.suggest_work -= len(options)
+        return did_you_mean(word, options)
 
     # -- top level --------------------------------------------------------------------------
     def parse(self) -> Spec:
@@ -145,7 +167,7 @@ class SpecParser:
             if key not in TOP_KEYS:
                 self.error(f"unknown top-level key '{key}'", doc.key_loc(key),
                            expected="one of: " + ", ".join(TOP_KEYS),
-                           fix=did_you_mean(key, TOP_KEYS) or f"remove '{key}'")
+                           fix=self.did_you_mean(key, TOP_KEYS) or f"remove '{key}'")
         name = self.parse_name(doc)
         input_shape = self.parse_input(doc)
         self.parse_blocks(doc.get("blocks"), doc)
@@ -166,12 +188,20 @@ class SpecParser:
                     train, self.text, self.sink.warnings)
 
     def parse_name(self, doc: YamlMap) -> str:
-        name = doc.get("name", Path(self.path).stem)
-        if not isinstance(name, str) or not name:
+        default = safe_name(Path(self.path).stem, "model")
+        if "name" not in doc:
+            return default
+        name = doc["name"]
+        if isinstance(name, bool) or not isinstance(name, (str, int)):
             self.error(f"'name' must be a string, received {_brief(name)}", doc.loc_of("name"),
                        fix="write e.g. name: resnet18")
-            return Path(self.path).stem
-        return name
+            return default
+        problem = name_problem(str(name), "model")
+        if problem is not None:
+            self.error(f"the model name '{_shorten(str(name))}' {problem.message}",
+                       doc.loc_of("name"), expected=problem.expected, fix=problem.fix)
+            return default
+        return str(name)
 
     def parse_input(self, doc: YamlMap) -> tuple[int, ...]:
         if "input" not in doc:
@@ -183,12 +213,11 @@ class SpecParser:
         try:
             if not isinstance(value, list) or not 1 <= len(value) <= 3:
                 raise FieldError(f"received {_brief(value)}")
-            shape = tuple(positive_int(v) for v in value)
-            for v in shape:
-                if v > MAX_SIZE:
-                    raise FieldError(f"{_show_int(v)} is larger than any input cnnc accepts "
+            for v in value:
+                if isinstance(v, int) and v > MAX_SIZE:
+                    raise FieldError(f"{show_int(v)} is larger than any input cnnc accepts "
                                      f"(at most {MAX_SIZE:,} per axis)")
-            return shape
+            return tuple(positive_int(v) for v in value)
         except FieldError as exc:
             self.error(f"'input': {exc.message}", doc.loc_of("input"),
                        expected="a list of 1 to 3 positive integers: [C, H, W], [C, T] or [F]",
@@ -205,25 +234,34 @@ class SpecParser:
             self.error(f"'outputs' must be a list of layer names, received {_brief(raw)}",
                        doc.loc_of("outputs"))
             return [last] if last else []
-        outs = []
+        outs: dict[str, None] = {}  # ordered, and a set: a model may return every layer
         for i, item in enumerate(raw):
-            loc = raw.loc_of(i) if isinstance(raw, YamlList) else doc.loc_of("outputs")
-            resolved = self.aliases.get(str(item))
-            if str(item) == "input" or resolved == "input":
-                self.error(f"output '{item}' is the model's input, not a layer", loc,
+            where = raw.loc_of(i) if isinstance(raw, YamlList) else doc.loc_of("outputs")
+            if isinstance(item, bool) or not isinstance(item, (str, int)):
+                self.error(f"'outputs' lists {_brief(item)}, not a layer name", where,
+                           expected="names of layers whose values the model returns")
+                continue
+            name = str(item)
+            resolved = self.aliases.get(name)
+            problem = None if resolved is not None else name_problem(name)
+            if problem is not None:
+                self.error(f"output name '{_shorten(name)}' {problem.message}", where,
+                           expected=problem.expected, fix="list the name of a layer")
+            elif name == "input" or resolved == "input":
+                self.error(f"output '{name}' is the model's input, not a layer", where,
                            expected="names of layers whose values the model returns",
                            fix="list a layer, or add {type: identity} and list that")
             elif resolved is None:
                 options = [n for n in self.aliases if n != "input"]
-                self.error(f"output '{item}' is not a layer of this spec", loc,
+                self.error(f"output '{_shorten(name)}' is not a layer of this spec", where,
                            expected="names of layers whose values the model returns",
-                           fix=_did_you_mean(item, options) or "check the spelling")
+                           fix=self.did_you_mean(name, options) or "check the spelling")
             elif resolved in outs:
-                self.error(f"output '{item}' is listed twice", loc,
+                self.error(f"output '{name}' is listed twice", where,
                            fix="list each output once")
             else:
-                outs.append(resolved)
-        return outs
+                outs[resolved] = None
+        return list(outs)
 
     # -- blocks -----------------------------------------------------------------------------
     def parse_blocks(self, raw, doc: YamlMap) -> None:
@@ -233,11 +271,19 @@ class SpecParser:
             self.error(f"'blocks' must be a mapping of block names to blocks, "
                        f"received {_brief(raw)}", doc.loc_of("blocks"))
             return
-        for name, body in raw.items():
-            loc = raw.loc_of(name)
-            name = str(name)
+        for written, body in raw.items():
+            loc, name_loc, name = raw.loc_of(written), raw.key_loc(written), str(written)
+            if isinstance(written, bool) or not isinstance(written, (str, int)):
+                self.error(f"a block name must be a string, received {_brief(written)}",
+                           name_loc, fix="write e.g. 'basic:' under 'blocks:'")
+                continue
+            problem = name_problem(name, "block1")
+            if problem is not None:
+                self.error(f"block '{_shorten(name)}': the block name {problem.message}",
+                           name_loc, expected=problem.expected, fix=problem.fix)
+                continue
             if name in LAYER_TYPES:
-                self.error(f"block '{name}' has the name of a built-in layer type", raw.key_loc(name),
+                self.error(f"block '{name}' has the name of a built-in layer type", name_loc,
                            fix="rename the block")
                 continue
             if not isinstance(body, YamlMap):
@@ -247,7 +293,7 @@ class SpecParser:
                 if key not in BLOCK_KEYS:
                     self.error(f"block '{name}': unknown key '{key}'", body.key_loc(key),
                                expected="one of: " + ", ".join(BLOCK_KEYS),
-                               fix=did_you_mean(key, BLOCK_KEYS) or f"remove '{key}'")
+                               fix=self.did_you_mean(key, BLOCK_KEYS) or f"remove '{key}'")
             params = body.get("params", YamlMap())
             if params is None:
                 params = YamlMap()
@@ -255,6 +301,15 @@ class SpecParser:
                 self.error(f"block '{name}': 'params' must be a mapping of names to defaults "
                            "(null for required)", body.loc_of("params"))
                 continue
+            defaults = {}
+            for param, default in params.items():
+                if isinstance(param, str) and PARAM_NAME_RE.fullmatch(param):
+                    defaults[param] = default
+                else:
+                    self.error(f"block '{name}': parameter {_brief(param)} is not a name "
+                               "that '$' can refer to", params.key_loc(param),
+                               expected="letters, digits and '_', not starting with a digit",
+                               fix="rename it, e.g. filters")
             layers = body.get("layers")
             if not isinstance(layers, YamlList) or not layers:
                 self.error(f"block '{name}' needs a non-empty 'layers' list",
@@ -265,9 +320,9 @@ class SpecParser:
                 names = self.block_names(layers)
                 self.error(f"block output '{output}' is not a layer of the block",
                            body.loc_of("output"), expected="the name of one of its layers",
-                           fix=_did_you_mean(output, names) or f"use one of: {one_of(names)}")
+                           fix=self.did_you_mean(output, names) or f"use one of: {one_of(names)}")
                 output = None  # still expand the block, so its instances are checked
-            self.blocks[name] = Block(name, dict(params), getattr(params, "locs", {}), layers,
+            self.blocks[name] = Block(name, defaults, params, layers,
                                       None if output is None else str(output), body.loc,
                                       body.loc_of("output"))
 
@@ -287,7 +342,7 @@ class SpecParser:
         declared = {}
         for i, entry in enumerate(entries):
             if isinstance(entry, dict) and "name" in entry:
-                declared.setdefault(str(entry["name"]), entries.loc_of(i))
+                declared.setdefault(str(entry["name"]), entry)
         local: dict[str, str] = {}
         local_locs: dict[str, SourceLoc] = {}
         prev = scope.input_name
@@ -334,7 +389,7 @@ class SpecParser:
             if output not in local:
                 self.error(f"block output '{output}' is not a layer of the block",
                            output_loc or entries.loc, expected="the name of one of its layers",
-                           fix=_did_you_mean(output, local) or "name one of its layers",
+                           fix=self.did_you_mean(output, local) or "name one of its layers",
                            notes=scope.notes)
                 return prev
             return local[output]
@@ -360,10 +415,12 @@ class SpecParser:
             return None
         name = str(raw)
         ltype = entry.get("type", "?")
-        if not NAME_RE.match(name):
-            self.error(f"layer name '{name}' has characters that are not allowed",
-                       entry.loc_of("name"), expected="letters, digits, '_', '.', '-'",
-                       notes=scope.notes)
+        problem = name_problem(name)
+        if problem is not None:
+            self.error(f"the layer name {problem.message}", entry.loc_of("name"),
+                       _shorten(scope.prefix + name),
+                       _shorten(ltype, 40) if isinstance(ltype, str) else "?", problem.expected,
+                       problem.fix, notes=scope.notes + self.subst_notes(entry, "name"))
             return None
         if name == "input":
             self.error("'input' is reserved for the model's (or block's) input",
@@ -404,7 +461,7 @@ class SpecParser:
             elif scope.prefix == "" and ref in self.aliases:
                 out.append(self.aliases[ref])
             elif ref in declared:
-                self.error(f"input '{ref}' is defined later (line {declared[ref].line})",
+                self.error(f"input '{ref}' is defined later (line {declared[ref].loc.line})",
                            item_loc, scope.prefix + name, ltype,
                            expected="inputs that name earlier layers",
                            fix=f"move '{ref}' before '{scope.prefix + name}'",
@@ -413,7 +470,7 @@ class SpecParser:
                 options = list(local) + ["input"] + (list(self.aliases) if not scope.prefix else [])
                 self.error(f"unknown input '{ref}'", item_loc, scope.prefix + name, ltype,
                            expected="the name of an earlier layer, or 'input'",
-                           fix=_did_you_mean(ref, options) or "check the spelling",
+                           fix=self.did_you_mean(ref, options) or "check the spelling",
                            notes=scope.notes)
         return tuple(out), len(out) == len(items)
 
@@ -423,7 +480,7 @@ class SpecParser:
             options = [t for t, c in LAYER_TYPES.items() if not c.internal] + list(self.blocks)
             self.error(f"unknown layer type '{ltype}'", entry.loc_of("type"), full, ltype,
                        expected="a layer type or a block name",
-                       fix=_did_you_mean(ltype, options) or f"known types: {one_of(options)}",
+                       fix=self.did_you_mean(ltype, options) or f"known types: {one_of(options)}",
                        notes=scope.notes)
             return None
         kwargs, problems = parse_fields(cls, entry, LAYER_RESERVED)
@@ -437,13 +494,6 @@ class SpecParser:
             self.field_error(exc, where, full, ltype, notes)
         if problems or not inputs_ok:
             return None
-        for key, value in kwargs.items():
-            big = _too_large(value)
-            if big is not None:
-                self.error(f"key '{key}': {_show_int(big)} is larger than cnnc accepts",
-                           entry.loc_of(key), full, ltype, f"at most {MAX_SIZE:,}",
-                           "this looks like a typo", scope.notes + self.subst_notes(entry, key))
-                return None
         n = len(inputs)
         if n < cls.min_inputs or (cls.max_inputs is not None and n > cls.max_inputs):
             want = (f"{cls.min_inputs}" if cls.max_inputs == cls.min_inputs else
@@ -484,7 +534,7 @@ class SpecParser:
                 self.error(f"unknown key '{key}' for block '{block.name}'", entry.key_loc(key),
                            full, block.name,
                            expected="block parameters: " + (one_of(block.params) or "none"),
-                           fix=_did_you_mean(key, block.params) or f"remove '{key}'",
+                           fix=self.did_you_mean(key, block.params) or f"remove '{key}'",
                            notes=scope.notes)
                 ok = False
             else:
@@ -496,14 +546,15 @@ class SpecParser:
                                fix=f"add '{key}: <value>'", notes=scope.notes)
                     ok = False
                 else:
-                    params[key] = (default, block.param_locs.get(key, block.loc))
+                    params[key] = (default, block.param_source.loc_of(key) or block.loc)
         repeat = None
         if "repeat" in entry:
             try:
-                repeat = positive_int(entry["repeat"])
-                if repeat > MAX_LAYERS:
-                    raise FieldError(f"received {_show_int(repeat)}",
+                repeat = entry["repeat"]
+                if isinstance(repeat, int) and repeat > MAX_LAYERS:
+                    raise FieldError(f"received {show_int(repeat)}",
                                      f"expected at most {MAX_LAYERS:,} repeats")
+                repeat = positive_int(repeat)
             except FieldError as exc:
                 self.field_error(FieldError(f"key 'repeat': {exc.message}", exc.expected),
                                  entry.loc_of("repeat"), full, block.name, scope.notes)
@@ -521,15 +572,21 @@ class SpecParser:
 
     # -- block parameter substitution -------------------------------------------------------
     def substitute_entry(self, entry: YamlMap, scope: Scope) -> YamlMap | None:
-        out = YamlMap()
-        out.loc, out.locs, out.key_locs = entry.loc, dict(entry.locs), dict(entry.key_locs)
+        """The entry with its block parameters replaced (the entry itself when it has none),
+        or None when one cannot be."""
+        if not any(map(_has_param, entry.values())):
+            return entry
+        out = YamlMap().placed_like(entry)
         out.from_params = {}
         ok = True
         for key, value in entry.items():
             try:
                 out[key], used = self.substitute(value, scope)
             except FieldError as exc:
-                self.error(exc.message, entry.loc_of(key), entry.get("name"), entry.get("type", "?"),
+                name, ltype = entry.get("name"), entry.get("type")
+                self.error(exc.message, entry.loc_of(key),
+                           _shorten(str(name)) if isinstance(name, (str, int)) else None,
+                           _shorten(ltype, 40) if isinstance(ltype, str) else "?",
                            exc.expected, exc.fix, scope.notes)
                 ok = False
                 continue
@@ -545,9 +602,7 @@ class SpecParser:
                 new, u = self.substitute(v, scope)
                 items.append(new)
                 used += u
-            out = YamlList(items)
-            out.loc, out.locs = getattr(value, "loc", None), getattr(value, "locs", [])
-            return out, used
+            return YamlList(items).placed_like(value), used
         if not isinstance(value, str) or "$" not in value:
             return value, []
         names = PARAM_RE.findall(value)
@@ -562,7 +617,7 @@ class SpecParser:
                                      fix=f"add 'params: {{{n}: <default>}}' to the block")
                 raise FieldError(f"unknown block parameter '${n}'",
                                  "one of: " + ", ".join("$" + p for p in params),
-                                 _did_you_mean("$" + n, ["$" + p for p in params])
+                                 self.did_you_mean("$" + n, ["$" + p for p in params])
                                  or f"add '{n}' to the block's params")
         used = [(n, params[n][1]) for n in names]
         whole = PARAM_RE.fullmatch(value.strip())
@@ -607,7 +662,7 @@ class SpecParser:
         if cls is None:
             self.error(f"unknown optimizer '{kind}'", getattr(raw, "loc_of", lambda k: loc)("type"),
                        expected="one of: " + ", ".join(OPTIMIZERS),
-                       fix=_did_you_mean(kind, OPTIMIZERS) or "use sgd, adam or adamw")
+                       fix=self.did_you_mean(kind, OPTIMIZERS) or "use sgd, adam or adamw")
             return OPTIMIZERS["sgd"]()
         kwargs, problems = parse_fields(cls, raw, ("type",))
         for key, exc in problems:
@@ -635,41 +690,68 @@ class SpecParser:
         return Schedule(**kwargs)
 
 
-def _did_you_mean(word, options) -> str | None:
-    """did_you_mean over at most MAX_SUGGEST_OPTIONS names of about the word's length, so a
-    spec of thousands of layers with many misspelt inputs is not slow to report."""
-    options = [str(o) for o in options]
-    if len(options) > MAX_SUGGEST_OPTIONS:
-        n = len(str(word))
-        options = [o for o in options if abs(len(o) - n) <= 2][:MAX_SUGGEST_OPTIONS]
-    return did_you_mean(word, options)
+def name_problem(name: str, example: str = "layer1") -> FieldError | None:
+    """What is wrong with ``name`` as the name of a model, block or layer, or None.
+
+    The message completes "the layer name ...": ``contains '/'``, ``starts with '.'``.
+    """
+    if len(name) <= MAX_NAME and NAME_RE.fullmatch(name):
+        return None
+    fix = f"rename it, e.g. '{safe_name(name, example, 40)}'"
+    if not name:
+        return FieldError("is empty", NAME_EXPECTED, "write a name such as 'conv1'")
+    if len(name) > MAX_NAME:
+        return FieldError(f"is {len(name):,} characters long",
+                          f"{NAME_EXPECTED}, of at most {MAX_NAME} characters", fix)
+    bad = next((c for c in name if not NAME_RE.fullmatch("a" + c)), None)
+    if bad is not None:
+        return FieldError(f"contains {_show_char(bad)}", NAME_EXPECTED, fix)
+    return FieldError(f"starts with '{name[0]}'", NAME_EXPECTED, fix)
+
+
+def safe_name(text: str, fallback: str, limit: int = MAX_NAME) -> str:
+    """``text`` made into a name: other characters become '_', and what leads up to the first
+    letter or digit goes (``../../x`` becomes ``x``)."""
+    name = re.sub(r"[^A-Za-z0-9_.\-]+", "_", text).strip("._-")[:limit]
+    return name or fallback
+
+
+def _show_char(c: str) -> str:
+    """A character as a message names it: '/', a space, U+202E (RIGHT-TO-LEFT OVERRIDE)."""
+    if c == " ":
+        return "a space"
+    if c.isascii() and c.isprintable():
+        return f"'{c}'"
+    return f"U+{ord(c):04X} ({unicodedata.name(c, 'a control character')})"
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _clip(text: str | None, limit: int = 300) -> str | None:
+    """``text`` with its middle left out when it is longer than ``limit``, keeping the end,
+    where a message says what was expected."""
+    if text is None:
+        return None
+    text = str(text)  # a layer's 'type' may be any YAML value
+    if len(text) <= limit:
+        return text
+    tail = (limit - 5) // 3
+    return text[:limit - 5 - tail] + " ... " + text[-tail:]
+
+
+def _has_param(value) -> bool:
+    """Whether a value names a block parameter ($filters), or holds one that does."""
+    if isinstance(value, str):
+        return "$" in value
+    return isinstance(value, list) and any(map(_has_param, value))
 
 
 def _brief(value, limit: int = 80) -> str:
     """describe() cut to ``limit`` characters: the value may be a whole mistyped spec."""
     text = describe(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _too_large(value):
-    """The first integer in a parsed layer setting (int, tuple, tuple of pairs) above MAX_SIZE."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if abs(value) > MAX_SIZE else None
-    if isinstance(value, tuple):
-        for v in value:
-            big = _too_large(v)
-            if big is not None:
-                return big
-    return None
-
-
-def _show_int(value: int) -> str:
-    """A whole number for a message; a typo of 400 digits is shown by its length."""
-    if abs(value) < 10**15:
-        return f"{value:,}"
-    return f"a number of {len(str(abs(value)))} digits"
 
 
 _ALLOWED_OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow)
@@ -735,7 +817,8 @@ def evaluate(text: str, values: dict):
 def parse_spec_text(text: str, path: str = "<spec>") -> Spec:
     """Parse spec text; raises SpecError listing every problem with its place."""
     try:
-        return SpecParser(text, path).parse()
+        with gc_paused():
+            return SpecParser(text, path).parse()
     except SpecError as exc:
         exc.source_lines = exc.source_lines or text.splitlines()
         raise

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from ..errors import FieldError
 from ..layers.fields import (boolean, choice, describe, non_negative_int, non_negative_number,
-                             number, option, positive_int, positive_number)
+                             number, option, positive_int, positive_number, show_number)
 
 LOSSES = ("softmax_cross_entropy", "sigmoid_cross_entropy", "euclidean")
 
@@ -29,7 +29,7 @@ def fraction(value):
     """A number in [0, 1): momentum, dampening, Adam's betas, label smoothing."""
     v = number(value, "a number in [0, 1)")
     if not 0.0 <= v < 1.0:
-        raise FieldError(f"received {value}", "expected a number in [0, 1)",
+        raise FieldError(f"received {show_number(value)}", "expected a number in [0, 1)",
                          "e.g. momentum: 0.9, betas: [0.9, 0.999], label_smoothing: 0.1")
     return v
 
