@@ -19,7 +19,7 @@ from tvm import te, tirx
 from cnncompiler.layers.pool import blur_filter
 from cnncompiler.layers.window import resolve_padding
 
-from .te_ops import const, pad
+from .te_ops import const, max_keeping_nan, pad
 
 
 def _zero(t):
@@ -201,6 +201,12 @@ def _flat(coords, sizes):
     return idx
 
 
+def is_max(v, peak):
+    """Is ``v`` where a max reduction's result ``peak`` came from? A NaN is the max of any
+    window holding one (the forward keeps NaN), so the gradient goes to it, as PyTorch's."""
+    return tirx.Or(v == peak, tirx.isnan(v))
+
+
 def _first_argmax(layer, x, y):
     """For each window, the flat input index of its first maximum (row-major window scan),
     as PyTorch's max pooling routes its gradient."""
@@ -216,7 +222,7 @@ def _first_argmax(layer, x, y):
         src = [jj * s + r for jj, s, r in zip(j, layer.stride, axes)]
         real = [p - b for p, (b, _) in zip(src, full)]
         flat = _flat(real, sizes).astype("int32")
-        hit = xp[(n, c, *src, *tail)] == y[(n, c, *j, *tail)]
+        hit = is_max(xp[(n, c, *src, *tail)], y[(n, c, *j, *tail)])
         return te.min(tirx.if_then_else(hit, flat, tirx.const(big, "int32")), axis=axes)
 
     return te.compute(y.shape, value, name="pool_argmax")
@@ -288,7 +294,7 @@ def grad_global_maxpool(layer, xs, y, dy, args, out_shape):
     ones = (0,) * len(sizes)
     big = math.prod(sizes) + 1
     first = te.compute(y.shape, lambda n, c, *_: te.min(tirx.if_then_else(
-        x[(n, c, *axes)] == y[(n, c, *ones)], _flat(axes, sizes).astype("int32"),
+        is_max(x[(n, c, *axes)], y[(n, c, *ones)]), _flat(axes, sizes).astype("int32"),
         tirx.const(big, "int32")), axis=axes), name="global_argmax")
     return [te.compute(x.shape, lambda n, c, *i: tirx.if_then_else(
         first[(n, c, *ones)] == _flat(list(i), sizes).astype("int32"), dy[(n, c, *ones)],
@@ -358,8 +364,10 @@ def _pointwise_grad(fn, name):
     return grad
 
 
+# PyTorch's rule (threshold_backward): no gradient where x <= 0; a NaN passes it on, as the
+# forward passes the NaN
 GRAD_RELU = _pointwise_grad(
-    lambda L, x, y, g, dt: tirx.Select(x > const(0.0, dt), g, const(0.0, dt)), "relu_dx")
+    lambda L, x, y, g, dt: tirx.Select(x <= const(0.0, dt), const(0.0, dt), g), "relu_dx")
 GRAD_LEAKY = _pointwise_grad(
     lambda L, x, y, g, dt: tirx.Select(x > const(0.0, dt), g, g * const(L.alpha, dt)),
     "leaky_relu_dx")
@@ -513,7 +521,7 @@ def softmax_cross_entropy(logits, labels, smoothing: float = 0.0):
     n, k = logits.shape[0], int(logits.shape[1])
     dt = logits.dtype
     rk = te.reduce_axis((0, k), name="rk")
-    peak = te.compute((n,), lambda i: te.max(logits[i, rk], axis=rk), name="ce_max")
+    peak = te.compute((n,), lambda i: max_keeping_nan(logits[i, rk], axis=rk), name="ce_max")
     rk2 = te.reduce_axis((0, k), name="rk2")
     total = te.compute((n,), lambda i: te.sum(tirx.exp(logits[i, rk2] - peak[i]), axis=rk2),
                        name="ce_sum")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import tvm_ffi
 from tvm import te, tirx
 
 from cnncompiler.layers.pool import blur_filter
@@ -26,6 +27,51 @@ def const(value, dtype=FLOAT):
 
 def batch(x: te.Tensor):
     return x.shape[0]
+
+
+# -- NaN-propagating forms ------------------------------------------------------------------------
+# NOTE: tirx.max becomes a compare-and-select (x86's maxps), which returns its second operand
+# when either is NaN: a relu, a clamp or a max reduction written with it turns a NaN into an
+# ordinary number, and a compiled model hides bad data. PyTorch propagates NaN; so do these.
+# The relu compiles to the same one instruction (maxps with its operands swapped); a step of
+# the max reduction to four instead of one, which a pooling kernel's loads mostly hide.
+
+def relu(v, dtype: str = FLOAT):
+    """max(v, 0), NaN in NaN out (a NaN compares false: it is kept)."""
+    zero = const(0.0, dtype)
+    return tirx.Select(v < zero, zero, v)
+
+
+def _larger_or_nan(a, b):
+    return tirx.Select(tirx.Or(a > b, tirx.isnan(a)), a, b)
+
+
+# The max reduction as PyTorch's: NaN if any element is NaN, and -inf over nothing but -inf
+# (te.max starts from the lowest finite float instead).
+max_keeping_nan = te.comm_reducer(_larger_or_nan, lambda dtype: const(-math.inf, dtype),
+                                  name="max_keeping_nan")
+
+
+def _register_reducer() -> None:
+    """Schedules that split a reduction over threads (dlight's GPU rules, rfactor) take only
+    the reducers TVM's registry knows: a max pool or softmax would not build for CUDA.
+
+    NOTE: that registry is a static object, destroyed at exit after Python is: a Python
+    function only it holds would be released into a finalized interpreter (an abort at
+    exit). TVM's table of global functions is never destroyed, so the functions go there
+    first and the registry shares them."""
+    register = tvm_ffi.get_global_func("s_tir.schedule.RegisterReducer", allow_missing=True)
+    if register is None:
+        return
+    tvm_ffi.register_global_func("cnnc.max_keeping_nan.combiner",
+                                 lambda a, b: [_larger_or_nan(a[0], b[0])], override=True)
+    tvm_ffi.register_global_func("cnnc.max_keeping_nan.identity",
+                                 lambda values: [const(-math.inf, values[0].ty)], override=True)
+    register(1, tvm_ffi.get_global_func("cnnc.max_keeping_nan.combiner"),
+             tvm_ffi.get_global_func("cnnc.max_keeping_nan.identity"))
+
+
+_register_reducer()
 
 
 # -- padding -----------------------------------------------------------------------------------
@@ -152,7 +198,7 @@ def lower_maxpool(layer, xs, args, out_shape):
     x = xs[0]
     _, full, _, axes = _pool_windows(layer, x)
     xp = pad(x, full, float("-inf"))
-    return te.compute((batch(x), *out_shape), lambda n, c, *o: te.max(
+    return te.compute((batch(x), *out_shape), lambda n, c, *o: max_keeping_nan(
         xp[(n, c, *[i * s + r for i, s, r in zip(o, layer.stride, axes)])], axis=axes),
         name="maxpool")
 
@@ -201,7 +247,7 @@ def lower_global_avgpool(layer, xs, args, out_shape):
 
 
 def lower_global_maxpool(layer, xs, args, out_shape):
-    return _global(xs[0], te.max, "global_maxpool")[0]
+    return _global(xs[0], max_keeping_nan, "global_maxpool")[0]
 
 
 def lower_blurpool2d(layer, xs, args, out_shape):
@@ -230,7 +276,7 @@ def activation(kind: str, v, alpha: float = 0.0, dtype: str = FLOAT):
     """One activation applied to a scalar expression of ``dtype``."""
     zero = const(0.0, dtype)
     if kind == "relu":
-        return tirx.max(v, zero)
+        return relu(v, dtype)
     if kind == "leaky_relu":
         return tirx.Select(v > zero, v, v * const(alpha, dtype))
     if kind == "sigmoid":
@@ -257,7 +303,8 @@ def lower_softmax(layer, xs, args, out_shape):
     def at(idx, v):
         return tuple(v if a == axis else i for a, i in enumerate(idx))
 
-    peak = te.compute(x.shape, lambda *i: te.max(x(*at(i, k)), axis=k), name="softmax_max")
+    peak = te.compute(x.shape, lambda *i: max_keeping_nan(x(*at(i, k)), axis=k),
+                      name="softmax_max")
     exp = te.compute(x.shape, lambda *i: tirx.exp(x(*i) - peak(*i)), name="softmax_exp")
     k2 = te.reduce_axis((0, int(x.shape[axis])), name="k2")
     total = te.compute(x.shape, lambda *i: te.sum(exp(*at(i, k2)), axis=k2), name="softmax_sum")

@@ -17,10 +17,10 @@ from .runtime.threads import ensure_thread_count  # noqa: E402
 ensure_thread_count()  # before TVM's thread pool starts: it reads the count once
 
 from .compiler import compile  # noqa: E402
-from .errors import (ArtifactError, CnncError, CompileError, InputError,  # noqa: E402
-                     SpecError)
+from .errors import (ArtifactError, BusyError, CnncError, CompileError,  # noqa: E402
+                     InputError, NonFiniteError, SpecError)
 from .graph import load_checked as check  # noqa: E402
 from .runtime.model import CompiledModel, load  # noqa: E402
 
-__all__ = ["ArtifactError", "CnncError", "CompileError", "CompiledModel", "InputError",
-           "SpecError", "check", "compile", "load", "__version__"]
+__all__ = ["ArtifactError", "BusyError", "CnncError", "CompileError", "CompiledModel",
+           "InputError", "NonFiniteError", "SpecError", "check", "compile", "load", "__version__"]

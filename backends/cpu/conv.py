@@ -144,13 +144,21 @@ def conv_blocked(x, weight, bias, geo: ConvGeometry, steps=(), epilogue_args=Non
 
     out_shape = (x.shape[0], geo.out_blocks, *geo.out_spatial, geo.ob)
     conv = te.compute(out_shape, compute, name="conv")
-    return blocked_epilogue(conv, bias, steps, epilogue_args, residual)
+    return blocked_epilogue(conv, bias, steps, epilogue_args, residual, channels=geo.cout)
 
 
-def blocked_epilogue(y, bias, steps, epilogue_args, residual, name="epilogue"):
+def blocked_epilogue(y, bias, steps, epilogue_args, residual, name="epilogue",
+                     channels: int | None = None):
     """Bias, scale-shift, residual add and activations on a blocked (N, B, *S, b) value; always
-    a stage of its own, so a schedule can run it on a register tile."""
+    a stage of its own, so a schedule can run it on a register tile.
+
+    With ``channels``, the padding channels of a last, partial block are written as zeros.
+    NOTE: a conv computes them as 0 * input, which is NaN where an input is infinite, and the
+    next conv's zero weights would carry that NaN into every real channel (where PyTorch has
+    the infinity)."""
     epilogue_args = epilogue_args or {}
+    block = int(y.shape[-1])
+    partial = channels is not None and channels % block != 0
 
     def compute(n, c, *rest):
         j = rest[-1]
@@ -165,6 +173,8 @@ def blocked_epilogue(y, bias, steps, epilogue_args, residual, name="epilogue"):
                 v = v + residual[(n, c, *rest)]
             else:
                 v = activation(step[0], v, step[1] if len(step) > 1 else 0.0)
+        if partial:
+            v = tirx.Select(c * block + j < channels, v, tirx.const(0.0, FLOAT))
         return v
 
     return te.compute(y.shape, compute, name=name)

@@ -14,7 +14,7 @@ from tvm import te, tirx
 
 from cnncompiler.layers.window import resolve_padding
 
-from ..te_ops import _window_count
+from ..te_ops import _window_count, max_keeping_nan
 from .conv import ConvGeometry, blocked_epilogue, divisors
 from .schedules import MIN_PARALLEL_WORK, scheduled, work, tile_in_registers
 
@@ -54,7 +54,7 @@ def pool_blocked(layer, x, out_spatial):
     is_max = layer.type_name.startswith("max")
     xp = pad_blocked(x, full, float("-inf") if is_max else 0.0)
     rk = [te.reduce_axis((0, k), name=f"rk{i}") for i, k in enumerate(layer.kernel)]
-    reduce = te.max if is_max else te.sum
+    reduce = max_keeping_nan if is_max else te.sum
 
     def window(n, c, *rest):
         osp, j = rest[:nd], rest[nd]
@@ -79,7 +79,7 @@ def global_pool_blocked(layer, x):
     sizes = [int(s) for s in x.shape[2:2 + nd]]
     rk = [te.reduce_axis((0, s), name=f"rk{i}") for i, s in enumerate(sizes)]
     is_max = layer.type_name == "global_maxpool"
-    reduce = te.max if is_max else te.sum
+    reduce = max_keeping_nan if is_max else te.sum
     shape = (x.shape[0], x.shape[1], *[1] * nd, x.shape[-1])
     acc = te.compute(shape, lambda n, c, *rest: reduce(x[(n, c, *rk, rest[-1])], axis=rk),
                      name="window")

@@ -17,6 +17,7 @@ import math
 
 from tvm import s_tir, te, tirx
 
+from ..te_grad import is_max
 from .schedules import MIN_PARALLEL_WORK, scheduled, static_extent, tile_in_registers
 
 FLOAT = "float32"
@@ -268,7 +269,7 @@ def global_pool_grad(layer, x, y, dy):
         return total.astype("int32")
 
     first = te.compute(y.shape, lambda n, c, *rest: te.min(tirx.if_then_else(
-        x[(n, c, *axes, rest[-1])] == y[(n, c, *ones, rest[-1])], flat(axes),
+        is_max(x[(n, c, *axes, rest[-1])], y[(n, c, *ones, rest[-1])]), flat(axes),
         tirx.const(big, "int32")), axis=axes), name="global_argmax")
     return te.compute(x.shape, lambda n, c, *rest: tirx.if_then_else(
         first[(n, c, *ones, rest[-1])] == flat(rest[:-1]), dy[(n, c, *ones, rest[-1])],

@@ -4,12 +4,16 @@
 which made a tanh epilogue cost more than its convolution. These are the polynomial forms
 TVM's ``topi.fast_exp`` and ``topi.fast_tanh`` use (Cephes' exp, Eigen's rational tanh),
 written on scalar expressions so they can sit inside any kernel's epilogue. Their error is a
-few float32 ulps (tests/test_cpu_schedules.py checks them against numpy).
+few float32 ulps (tests/test_cpu_schedules.py checks them against numpy). Like PyTorch's, they
+give NaN for NaN: their clamps are written so that a NaN passes (see te_ops' NaN-propagating
+forms).
 """
 
 from __future__ import annotations
 
 from tvm import tirx
+
+from ..te_ops import activation as plain_activation
 
 FLOAT = "float32"
 
@@ -33,15 +37,22 @@ def _horner(x, coefficients):
     return acc
 
 
+def _clamp(x, low: float, high: float):
+    """x within [low, high]; NaN stays NaN (it compares false both ways)."""
+    return tirx.Select(x < _c(low), _c(low), tirx.Select(x > _c(high), _c(high), x))
+
+
 def fast_tanh(x):
-    x = tirx.max(tirx.min(x, _c(9.0)), _c(-9.0))
+    x = _clamp(x, -9.0, 9.0)
     x2 = x * x
     return x * _horner(x2, _TANH_P) / _horner(x2, _TANH_Q)
 
 
 def fast_exp(x):
-    x = tirx.max(tirx.min(x, _c(88.3762626647949)), _c(-88.3762626647949))
-    n = tirx.floor(x * _c(1.44269504088896341) + _c(0.5))
+    x = _clamp(x, -88.3762626647949, 88.3762626647949)
+    # the exponent becomes an integer, and converting a NaN to one is undefined: replace it
+    # there (the polynomial below still sees the NaN, so the product is NaN)
+    n = tirx.floor(tirx.Select(tirx.isnan(x), _c(0.0), x) * _c(1.44269504088896341) + _c(0.5))
     r = x - n * _c(0.693147180559945)
     p = _horner(r, _EXP_P) * r * r + r + _c(1.0)
     two_n = tirx.reinterpret(FLOAT, tirx.shift_left(n.astype("int32") + 127, 23))
@@ -54,11 +65,8 @@ def fast_sigmoid(x):
 
 def activation(kind: str, v, alpha: float = 0.0):
     """One activation of a float32 expression, vectorizable."""
-    zero = _c(0.0)
-    if kind == "relu":
-        return tirx.max(v, zero)
-    if kind == "leaky_relu":
-        return tirx.Select(v > zero, v, v * _c(alpha))
+    if kind in ("relu", "leaky_relu"):
+        return plain_activation(kind, v, alpha, FLOAT)
     if kind == "sigmoid":
         return fast_sigmoid(v)
     if kind == "tanh":
