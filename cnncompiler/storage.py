@@ -84,18 +84,11 @@ def write_atomic(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    fsync_directory(path.parent)
+    fsync_path(path.parent)
 
 
-def fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's data, or a directory's entries, to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -223,8 +216,8 @@ class DirectoryWriter:
         """Replace ``names`` in the directory by the staged files of the same names, all or
         none; the last name is renamed last (make it the manifest)."""
         for name in names:
-            fsync_file(staging / name)
-        fsync_directory(staging)
+            fsync_path(staging / name)
+        fsync_path(staging)
         with _commit_lock(self.directory, fcntl.LOCK_EX):
             write_atomic(self.directory / JOURNAL,
                          json.dumps({"staging": staging.name, "files": list(names)}).encode())
@@ -274,9 +267,9 @@ def _roll_forward(directory: Path) -> None:
                                 f"directory: '{name}'")
         if (staging / name).exists():
             os.replace(staging / name, directory / name)
-    fsync_directory(directory)
+    fsync_path(directory)
     journal.unlink()
-    fsync_directory(directory)
+    fsync_path(directory)
     shutil.rmtree(staging, ignore_errors=True)
 
 

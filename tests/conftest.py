@@ -29,6 +29,16 @@ def classic_specs() -> list[Path]:
 
 
 @pytest.fixture(autouse=True, scope="session")
+def private_cache_root(tmp_path_factory):
+    """Every cache (compiled training steps, the CUDA driver stub) goes to a root of the test
+    session's own, shared by its tests and never the user's (tests that need a cold cache set
+    their own)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CNNC_CACHE", str(tmp_path_factory.getbasetemp() / "cnnc-cache"))
+        yield
+
+
+@pytest.fixture(autouse=True, scope="session")
 def private_tuning_cache(tmp_path_factory):
     """Builds read no tuning records that ``cnnc tune`` or a benchmark left on this machine:
     the default tuning cache is an empty folder of the test session's own (tests that tune

@@ -48,13 +48,6 @@ def setup(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module", autouse=True)
-def train_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CNNC_CACHE", str(tmp_path_factory.getbasetemp() / "cnnc-train-cache"))
-        yield
-
-
 def train(setup, out, *extra):
     return main(["train", str(setup / "net.yaml"), "--data", str(setup / "data.npz"),
                  "-o", str(out), "--quiet", *extra])

@@ -104,17 +104,8 @@ CONFIGS = {
 
 # -- fixtures --------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", autouse=True)
-def train_cache(tmp_path_factory):
-    """Compiled training steps go to a cache shared by this session's training tests."""
-    path = tmp_path_factory.getbasetemp() / "cnnc-train-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CNNC_CACHE", str(path))
-        yield path
-
-
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory, train_cache):
+def artifact(tmp_path_factory):
     """(spec path, artifact directory, the compiled model)."""
     root = tmp_path_factory.mktemp("torch_twin")
     spec = root / "torch_twin.yaml"
