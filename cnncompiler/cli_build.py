@@ -194,13 +194,15 @@ def _train(args, out: Path, checkpoints: Path, inside: set) -> int:
     from .train.data import load_data
 
     resume = find_checkpoint(args.resume) if args.resume else None
-    run = dict(read_meta(resume).get("run") or {}) if resume else {}
+    meta = read_meta(resume) if resume else None
+    run = dict(meta.get("run") or {}) if meta else {}
     if resume is None:
         _refuse_earlier_run(checkpoints, out)
-    seed = _run_seed(args, resume)
+    seed = _run_seed(args, meta)
     model = compile_spec(args.spec, target=args.target, seed=seed)  # a private folder
-    epochs = args.epochs or run.get("epochs") or model.graph.graph["train"].epochs
-    batch_size = args.batch_size or run.get("batch_size") or model.graph.graph["train"].batch_size
+    cfg = model.graph.graph["train"]
+    epochs = _first_given(args.epochs, run.get("epochs"), cfg.epochs)
+    batch_size = _first_given(args.batch_size, run.get("batch_size"), cfg.batch_size)
     data = load_data(args.data, model.input_shape, args.test_fraction, seed)
     print(data.describe(), file=sys.stderr)
     if resume:
@@ -242,17 +244,18 @@ def _refuse_earlier_run(checkpoints: Path, out: Path) -> None:
                         "--checkpoint-dir); cnnc does not delete them")
 
 
-def _run_seed(args, resume) -> int:
+def _run_seed(args, meta) -> int:
     """The seed of the run: a resumed run keeps its checkpoint's (data split, shuffling)."""
-    if resume is None:
-        return 0 if args.seed is None else args.seed
-    from .train.checkpoint import read_meta
+    if meta is None:
+        return _first_given(args.seed, 0)
+    if args.seed is not None and args.seed != meta["seed"]:
+        raise CnncError(f"--seed {args.seed} differs from the resumed run's seed {meta['seed']}: "
+                        "its data split and order would change; drop --seed to continue the run")
+    return meta["seed"]
 
-    seed = read_meta(resume)["seed"]
-    if args.seed is not None and args.seed != seed:
-        raise CnncError(f"--seed {args.seed} differs from the resumed run's seed {seed}: its "
-                        "data split and order would change; drop --seed to continue the run")
-    return seed
+
+def _first_given(*values):
+    return next(v for v in values if v is not None)
 
 
 def _warn_if_changed(run: dict, data: str, test_fraction: float) -> None:

@@ -8,32 +8,35 @@ this process (mode 0700, a new random name), loaded, and the copy is removed at 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
 
 
-def open_library(tvm, data: bytes, name: str = "model.so"):
-    """``tvm.runtime.load_module`` of ``data``."""
+@contextlib.contextmanager
+def private_copy(data: bytes, name: str):
+    """A path holding ``data`` in a fresh folder only this process knows, removed afterwards
+    (a loaded library stays mapped)."""
     folder = Path(tempfile.mkdtemp(prefix="cnnc-lib-"))
     try:
         path = folder / name
         with open(path, "wb") as f:
             f.write(data)
-        return tvm.runtime.load_module(str(path))
+        yield str(path)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def open_library(tvm, data: bytes, name: str = "model.so"):
+    """``tvm.runtime.load_module`` of ``data``."""
+    with private_copy(data, name) as path:
+        return tvm.runtime.load_module(path)
 
 
 def load_shared_object(data: bytes, name: str, mode: int):
     """``ctypes.CDLL`` of ``data`` (a helper library cnnc built and checked)."""
     import ctypes
 
-    folder = Path(tempfile.mkdtemp(prefix="cnnc-lib-"))
-    try:
-        path = folder / name
-        with open(path, "wb") as f:
-            f.write(data)
-        return ctypes.CDLL(str(path), mode=mode)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    with private_copy(data, name) as path:
+        return ctypes.CDLL(path, mode=mode)
