@@ -18,6 +18,7 @@ from tvm import te, tirx
 
 from cnncompiler.layers.pool import blur_filter
 from cnncompiler.layers.window import resolve_padding
+from cnncompiler.spec.train_config import Hyper
 
 from .te_ops import const, max_keeping_nan, pad
 
@@ -614,9 +615,6 @@ LOSSES = {"softmax_cross_entropy": softmax_cross_entropy,
 # -- optimizers -----------------------------------------------------------------------------------------
 # Every hyperparameter is read from the runtime vector ``hyper`` (see cnncompiler.train.optim),
 # so changing the learning rate, its schedule, momentum or weight decay needs no recompilation.
-H_LR, H_MOMENTUM, H_DAMPENING, H_NESTEROV, H_WD, H_WD_DECOUPLED, H_BETA1, H_BETA2, H_EPS, \
-    H_BC1, H_BC2, H_FIRST = range(12)
-HYPER_SIZE = 12
 
 
 def sgd_update(p, g, buf, hyper):
@@ -626,31 +624,31 @@ def sgd_update(p, g, buf, hyper):
     one = const(1.0, dt)
 
     def both(*i):
-        first = hyper[H_FIRST]
-        grad = g(*i) + hyper[H_WD] * p(*i)
-        nb = hyper[H_MOMENTUM] * buf(*i) * (one - first) + \
-            (one - hyper[H_DAMPENING] * (one - first)) * grad
-        step = nb + hyper[H_NESTEROV] * (grad + hyper[H_MOMENTUM] * nb - nb)
-        return [p(*i) - hyper[H_LR] * step, nb]
+        first = hyper[Hyper.FIRST_STEP]
+        grad = g(*i) + hyper[Hyper.WEIGHT_DECAY] * p(*i)
+        nb = hyper[Hyper.MOMENTUM] * buf(*i) * (one - first) + \
+            (one - hyper[Hyper.DAMPENING] * (one - first)) * grad
+        step = nb + hyper[Hyper.NESTEROV] * (grad + hyper[Hyper.MOMENTUM] * nb - nb)
+        return [p(*i) - hyper[Hyper.LR] * step, nb]
 
     new_p, new_buf = te.compute(p.shape, both, name="sgd")
     return new_p, new_buf
 
 
 def adam_update(p, g, m, v, hyper):
-    """Adam / AdamW as torch.optim: L2 decay (H_WD) or decoupled decay (H_WD_DECOUPLED), with
-    bias corrections H_BC1 = 1 - beta1^t and H_BC2 = 1 - beta2^t. Returns (p, m, v), all
-    from one loop."""
+    """Adam / AdamW as torch.optim: L2 decay or AdamW's decoupled decay, with the bias
+    corrections 1 - beta1^t and 1 - beta2^t from the hyperparameter vector. Returns
+    (p, m, v), all from one loop."""
     dt = p.dtype
     one = const(1.0, dt)
 
     def all_three(*i):
-        grad = g(*i) + hyper[H_WD] * p(*i)
-        nm = hyper[H_BETA1] * m(*i) + (one - hyper[H_BETA1]) * grad
-        nv = hyper[H_BETA2] * v(*i) + (one - hyper[H_BETA2]) * grad * grad
-        decayed = p(*i) * (one - hyper[H_LR] * hyper[H_WD_DECOUPLED])
-        denom = tirx.sqrt(nv) / tirx.sqrt(hyper[H_BC2]) + hyper[H_EPS]
-        return [decayed - hyper[H_LR] / hyper[H_BC1] * nm / denom, nm, nv]
+        grad = g(*i) + hyper[Hyper.WEIGHT_DECAY] * p(*i)
+        nm = hyper[Hyper.BETA1] * m(*i) + (one - hyper[Hyper.BETA1]) * grad
+        nv = hyper[Hyper.BETA2] * v(*i) + (one - hyper[Hyper.BETA2]) * grad * grad
+        decayed = p(*i) * (one - hyper[Hyper.LR] * hyper[Hyper.DECOUPLED_DECAY])
+        denom = tirx.sqrt(nv) / tirx.sqrt(hyper[Hyper.BIAS_CORRECTION2]) + hyper[Hyper.EPS]
+        return [decayed - hyper[Hyper.LR] / hyper[Hyper.BIAS_CORRECTION1] * nm / denom, nm, nv]
 
     new_p, new_m, new_v = te.compute(p.shape, all_three, name="adam")
     return new_p, new_m, new_v

@@ -21,6 +21,7 @@ from tvm import relax, te, tirx
 from cnncompiler.errors import CompileError
 from cnncompiler.graph import param_names, topo_layers
 from cnncompiler.runtime.signature import kernel_name
+from cnncompiler.spec.train_config import HYPER_SIZE
 
 from . import te_grad
 from .te_ops import LOWERINGS
@@ -90,7 +91,7 @@ def emit_train_step(bb: relax.BlockBuilder, g: nx.DiGraph, loss: str, optimizer:
         y = relax.Var("y", relax.TensorType([n], "int32"))
     else:
         y = relax.Var("y", relax.TensorType([n, *out_shape], dtype))
-    hyper = relax.Var("hyper", relax.TensorType([te_grad.HYPER_SIZE], dtype))
+    hyper = relax.Var("hyper", relax.TensorType([HYPER_SIZE], dtype))
 
     def var(key, shape):
         return relax.Var(kernel_name(key), relax.TensorType(list(shape), dtype))

@@ -17,6 +17,7 @@ warm-up from ``warmup_factor * lr`` to ``lr`` over the first N units; the schedu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 
 from ..errors import FieldError
 from ..layers.fields import (boolean, choice, describe, non_negative_int, non_negative_number,
@@ -81,6 +82,28 @@ class AdamW(Adam):
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 
+class Hyper(IntEnum):
+    """Positions in the runtime hyperparameter vector the compiled training step reads
+    (``cnncompiler.train.optim.hyper_vector`` fills it, ``backends/te_grad.py`` reads it), so
+    a learning rate or schedule change needs no recompilation."""
+
+    LR = 0
+    MOMENTUM = 1
+    DAMPENING = 2
+    NESTEROV = 3           # 1.0 or 0.0
+    WEIGHT_DECAY = 4       # L2, added to the gradient (SGD, Adam)
+    DECOUPLED_DECAY = 5    # AdamW's, applied to the weights
+    BETA1 = 6
+    BETA2 = 7
+    EPS = 8
+    BIAS_CORRECTION1 = 9   # 1 - beta1^t
+    BIAS_CORRECTION2 = 10  # 1 - beta2^t
+    FIRST_STEP = 11        # 1.0 where SGD's momentum buffer starts as the gradient
+
+
+HYPER_SIZE = len(Hyper)
+
+
 @dataclass(frozen=True)
 class Schedule:
     """A learning-rate schedule; which keys matter depends on ``type``."""
@@ -113,5 +136,5 @@ class TrainConfig:
 TRAIN_KEYS = ("loss", "optimizer", "schedule", "epochs", "batch_size", "label_smoothing")
 
 
-__all__ = ["LOSSES", "OPTIMIZERS", "SGD", "Adam", "AdamW", "Schedule", "TrainConfig",
-           "TRAIN_KEYS"]
+__all__ = ["HYPER_SIZE", "LOSSES", "OPTIMIZERS", "SGD", "Adam", "AdamW", "Hyper", "Schedule",
+           "TrainConfig", "TRAIN_KEYS"]

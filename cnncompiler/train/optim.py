@@ -1,7 +1,7 @@
 """Optimizers and learning-rate schedules on the host side of the compiled training step.
 
-The compiled step reads every hyperparameter from a small runtime vector (see
-``backends/te_grad.py``), so the learning rate, its schedule, momentum and weight decay can
+The compiled step reads every hyperparameter from a small runtime vector laid out by
+``Hyper`` (``cnncompiler/spec/train_config.py``), so the learning rate, its schedule, momentum and weight decay can
 change between steps without recompiling; only the optimizer family (SGD's one state slot,
 Adam's two) is part of the compiled code.
 
@@ -19,10 +19,9 @@ import numpy as np
 
 from ..errors import TrainingError
 from ..layers.fields import parse_fields
-from ..spec.train_config import OPTIMIZERS, SGD, Adam, AdamW, Schedule
+from ..spec.train_config import HYPER_SIZE, OPTIMIZERS, SGD, Adam, AdamW, Hyper, Schedule
 from ..suggest import did_you_mean
 
-HYPER_SIZE = 12  # must match backends/te_grad.py
 
 
 def family(optimizer) -> str:
@@ -100,27 +99,27 @@ def learning_rate(base: float, schedule: Schedule, position: int, total: int | N
 
 
 def hyper_vector(optimizer, lr: float, step: int, dtype=np.float32) -> np.ndarray:
-    """The runtime hyperparameters of update number ``step`` (0-based)."""
+    """The runtime hyperparameters of update number ``step`` (0-based), laid out by Hyper."""
     h = np.zeros(HYPER_SIZE, np.float64)
-    h[0] = lr
+    h[Hyper.LR] = lr
     if isinstance(optimizer, SGD):
-        h[1] = optimizer.momentum
-        h[2] = optimizer.dampening
-        h[3] = 1.0 if optimizer.nesterov else 0.0
-        h[4] = optimizer.weight_decay
+        h[Hyper.MOMENTUM] = optimizer.momentum
+        h[Hyper.DAMPENING] = optimizer.dampening
+        h[Hyper.NESTEROV] = 1.0 if optimizer.nesterov else 0.0
+        h[Hyper.WEIGHT_DECAY] = optimizer.weight_decay
         # PyTorch: the momentum buffer starts as the first gradient; with no momentum there is
         # no buffer at all, which "first" on every step reproduces.
-        h[11] = 1.0 if step == 0 or optimizer.momentum == 0 else 0.0
-        h[6:11] = (0.9, 0.999, 1e-8, 1.0, 1.0)
+        h[Hyper.FIRST_STEP] = 1.0 if step == 0 or optimizer.momentum == 0 else 0.0
+        # Adam's slots are unused by SGD's update; harmless values keep the vector finite
+        h[Hyper.BETA1], h[Hyper.BETA2], h[Hyper.EPS] = 0.9, 0.999, 1e-8
+        h[Hyper.BIAS_CORRECTION1] = h[Hyper.BIAS_CORRECTION2] = 1.0
         return h.astype(dtype)
     b1, b2 = optimizer.betas
     t = step + 1
-    if isinstance(optimizer, AdamW):
-        h[5] = optimizer.weight_decay
-    else:
-        h[4] = optimizer.weight_decay
-    h[6], h[7], h[8] = b1, b2, optimizer.eps
-    h[9], h[10] = 1 - b1 ** t, 1 - b2 ** t
+    decay = Hyper.DECOUPLED_DECAY if isinstance(optimizer, AdamW) else Hyper.WEIGHT_DECAY
+    h[decay] = optimizer.weight_decay
+    h[Hyper.BETA1], h[Hyper.BETA2], h[Hyper.EPS] = b1, b2, optimizer.eps
+    h[Hyper.BIAS_CORRECTION1], h[Hyper.BIAS_CORRECTION2] = 1 - b1 ** t, 1 - b2 ** t
     return h.astype(dtype)
 
 
