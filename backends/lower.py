@@ -14,17 +14,16 @@ from tvm import relax, tirx
 
 from cnncompiler.errors import CompileError
 from cnncompiler.graph import topo_layers
-from cnncompiler.runtime.layouts import layout_shape
-from cnncompiler.runtime.signature import kernel_name, kernel_signature, prepared_shapes
+from cnncompiler.graph.layouts import layout_shape
+from cnncompiler.graph.signature import kernel_name, kernel_signature, prepared_shapes
 
-from .te_ops import LOWERINGS
+from .rules import rules_for
 
 FLOAT = "float32"
-PASSTHROUGH = ("dropout", "identity")  # no kernel: the value is the input's
 
 
 def emit_function(bb: relax.BlockBuilder, g: nx.DiGraph, name: str, batch: int | None,
-                  lowerings=LOWERINGS, layouts: dict | None = None) -> None:
+                  layouts: dict | None = None) -> None:
     """Add ``name(x, *kernel_args)`` computing the graph's outputs to the module being built.
 
     ``layouts`` (argument name -> layout string) gives arguments a backend-chosen layout; the
@@ -41,19 +40,16 @@ def emit_function(bb: relax.BlockBuilder, g: nx.DiGraph, name: str, batch: int |
             for node in topo_layers(g):
                 if node == "input":
                     continue
-                values[node] = emit_layer(bb, g, node, values, arg_vars, lowerings)
+                values[node] = emit_layer(bb, g, node, values, arg_vars)
             outs = [values[o] for o in g.graph["outputs"]]
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         bb.emit_func_output(result)
 
 
-def emit_layer(bb, g, node, values, arg_vars, lowerings):
+def emit_layer(bb, g, node, values, arg_vars):
     data = g.nodes[node]
     layer = data["layer"]
-    lower = lowerings.get(layer.type_name)
-    if lower is None:
-        raise CompileError(f"layer '{node}' ({layer.type_name}): no lowering to TVM for this "
-                           "layer type")
+    lower = rules_for(layer, node).compute
     xs = [values[src] for src in data["inputs"]]
     args = {key: arg_vars[f"{node}:{key}"] for key in prepared_shapes(g, node)}
     out_shape = data["shape"]
@@ -62,7 +58,7 @@ def emit_layer(bb, g, node, values, arg_vars, lowerings):
         y = lower(layer, xs_te, args_te, out_shape)
         return xs_te[0] if y is None else y
 
-    if layer.type_name in PASSTHROUGH:
+    if layer.passthrough:
         return xs[0]
     try:
         return bb.emit_te(compute, xs, args, primfunc_name_hint=kernel_name(node))
@@ -71,12 +67,11 @@ def emit_layer(bb, g, node, values, arg_vars, lowerings):
                            f"{exc}") from exc
 
 
-def build_module(g: nx.DiGraph, batch_sizes=(), lowerings=LOWERINGS,
-                 layouts: dict | None = None) -> tvm.IRModule:
+def build_module(g: nx.DiGraph, batch_sizes=(), layouts: dict | None = None) -> tvm.IRModule:
     """The Relax module: ``main`` for any batch size, plus ``main_b<N>`` for each batch size
     the model is specialised for."""
     bb = relax.BlockBuilder()
-    emit_function(bb, g, "main", None, lowerings, layouts)
+    emit_function(bb, g, "main", None, layouts)
     for b in batch_sizes:
-        emit_function(bb, g, f"main_b{b}", b, lowerings, layouts)
+        emit_function(bb, g, f"main_b{b}", b, layouts)
     return bb.finalize()

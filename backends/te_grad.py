@@ -2,7 +2,8 @@
 inference (batch norm on batch statistics, dropout with a mask), the losses and the optimizer
 updates. Together with te_ops they make the compiled training step.
 
-``GRADS[type](layer, xs, y, dy, args, out_shape)`` returns ``(dxs, dparams)``: the gradient of
+``grad_<family>(layer, xs, y, dy, args, out_shape)`` (which layer types use which: ``rules``)
+returns ``(dxs, dparams)``: the gradient of
 the loss with respect to each input (None where an input needs none) and to each parameter,
 as TE tensors. ``xs`` are the layer's inputs, ``y`` its output (both saved by the forward pass),
 ``dy`` the gradient arriving at its output, ``args`` its parameters (raw, PyTorch layout).
@@ -20,7 +21,7 @@ from cnncompiler.layers.pool import blur_filter
 from cnncompiler.layers.window import resolve_padding
 from cnncompiler.spec.train_config import Hyper
 
-from .te_ops import const, max_keeping_nan, pad
+from .te_ops import TE_MATH, channel_arg, const, max_keeping_nan, pad
 
 
 def _zero(t):
@@ -357,24 +358,30 @@ def grad_blurpool2d(layer, xs, y, dy, args, out_shape):
 
 # -- element-wise, normalisation, shape --------------------------------------------------------------
 
-def _pointwise_grad(fn, name):
-    def grad(layer, xs, y, dy, args, out_shape):
-        x = xs[0]
-        return [te.compute(x.shape, lambda *i: fn(layer, x(*i), y(*i), dy(*i), x.dtype),
-                           name=name)], {}
-    return grad
+def grad_pointwise(layer, xs, y, dy, args, out_shape):
+    """Any point-wise layer's input gradient, from its ``backward``."""
+    x = xs[0]
+    return [te.compute(x.shape, lambda *i: layer.backward(
+        x(*i), y(*i), dy(*i), TE_MATH, channel_arg(args, i[1])),
+        name=f"{layer.type_name}_dx")], {}
 
 
-# PyTorch's rule (threshold_backward): no gradient where x <= 0; a NaN passes it on, as the
-# forward passes the NaN
-GRAD_RELU = _pointwise_grad(
-    lambda L, x, y, g, dt: tirx.Select(x <= const(0.0, dt), const(0.0, dt), g), "relu_dx")
-GRAD_LEAKY = _pointwise_grad(
-    lambda L, x, y, g, dt: tirx.Select(x > const(0.0, dt), g, g * const(L.alpha, dt)),
-    "leaky_relu_dx")
-GRAD_SIGMOID = _pointwise_grad(
-    lambda L, x, y, g, dt: g * y * (const(1.0, dt) - y), "sigmoid_dx")
-GRAD_TANH = _pointwise_grad(lambda L, x, y, g, dt: g * (const(1.0, dt) - y * y), "tanh_dx")
+def grad_prelu(layer, xs, y, dy, args, out_shape):
+    """PReLU: the input's gradient from ``backward``, the slope's summed over the batch and
+    the positions (and the channels, for one slope)."""
+    dxs, _ = grad_pointwise(layer, xs, y, dy, args, out_shape)
+    x = xs[0]
+    shared = layer.num_parameters == 1
+    axes = [te.reduce_axis((0, x.shape[0]), name="rn")]
+    if shared:
+        axes.append(te.reduce_axis((0, x.shape[1]), name="rc"))
+    axes += [te.reduce_axis((0, s), name=f"rs{a}") for a, s in enumerate(x.shape[2:])]
+
+    def slope(c):
+        index = (axes[0], axes[1] if shared else c, *axes[2 if shared else 1:])
+        return te.sum(layer.weight_gradient_term(x[index], dy[index], TE_MATH), axis=axes)
+
+    return dxs, {"weight": te.compute((layer.num_parameters,), slope, name="prelu_dw")}
 
 
 def grad_softmax(layer, xs, y, dy, args, out_shape):
@@ -498,20 +505,6 @@ def grad_concat(layer, xs, y, dy, args, out_shape):
 
 def grad_passthrough(layer, xs, y, dy, args, out_shape):
     return [dy], {}
-
-
-GRADS = {
-    "conv2d": grad_conv, "conv1d": grad_conv, "dense": grad_dense,
-    "locally_connected2d": grad_locally_connected2d,
-    "maxpool2d": grad_maxpool, "maxpool1d": grad_maxpool,
-    "avgpool2d": grad_avgpool, "avgpool1d": grad_avgpool,
-    "lppool2d": grad_lppool, "lppool1d": grad_lppool,
-    "global_avgpool": grad_global_avgpool, "global_maxpool": grad_global_maxpool,
-    "blurpool2d": grad_blurpool2d,
-    "relu": GRAD_RELU, "leaky_relu": GRAD_LEAKY, "sigmoid": GRAD_SIGMOID, "tanh": GRAD_TANH,
-    "softmax": grad_softmax, "lrn": grad_lrn, "flatten": grad_flatten, "add": grad_add,
-    "concat": grad_concat, "identity": grad_passthrough,
-}
 
 
 # -- losses -------------------------------------------------------------------------------------------

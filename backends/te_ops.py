@@ -1,6 +1,6 @@
 """Tensor-expression (TE) computes for every layer type, in NCHW (NCT for 1-D) layout.
 
-Each ``lower_<type>(layer, xs, args, out_shape)`` returns the layer's output as a ``te.Tensor``
+Each ``lower_<family>(layer, xs, args, out_shape)`` (which layer types use which: ``rules``) returns the layer's output as a ``te.Tensor``
 from its inputs ``xs`` (batched TE tensors, the batch size possibly symbolic) and its kernel
 arguments ``args`` (the prepared weights, see ``Layer.prepare``). ``out_shape`` is the checked
 per-sample output shape. The lowering emits each layer as one TIR PrimFunc, so a fused layer,
@@ -15,6 +15,7 @@ import numpy as np
 import tvm_ffi
 from tvm import te, tirx
 
+from cnncompiler.layers.fused import apply_epilogue
 from cnncompiler.layers.pool import blur_filter
 from cnncompiler.layers.window import resolve_padding
 
@@ -32,15 +33,10 @@ def batch(x: te.Tensor):
 # -- NaN-propagating forms ------------------------------------------------------------------------
 # NOTE: tirx.max becomes a compare-and-select (x86's maxps), which returns its second operand
 # when either is NaN: a relu, a clamp or a max reduction written with it turns a NaN into an
-# ordinary number, and a compiled model hides bad data. PyTorch propagates NaN; so do these.
-# The relu compiles to the same one instruction (maxps with its operands swapped); a step of
-# the max reduction to four instead of one, which a pooling kernel's loads mostly hide.
-
-def relu(v, dtype: str = FLOAT):
-    """max(v, 0), NaN in NaN out (a NaN compares false: it is kept)."""
-    zero = const(0.0, dtype)
-    return tirx.Select(v < zero, zero, v)
-
+# ordinary number, and a compiled model hides bad data. PyTorch propagates NaN; so do these
+# (and the point-wise layers, written as selects on a comparison NaN fails). The relu compiles
+# to the same one instruction (maxps with its operands swapped); a step of the max reduction
+# to four instead of one, which a pooling kernel's loads mostly hide.
 
 def _larger_or_nan(a, b):
     return tirx.Select(tirx.Or(a > b, tirx.isnan(a)), a, b)
@@ -272,26 +268,41 @@ def lower_blurpool2d(layer, xs, args, out_shape):
 
 # -- element-wise, normalisation, shape ---------------------------------------------------------
 
-def activation(kind: str, v, alpha: float = 0.0, dtype: str = FLOAT):
-    """One activation applied to a scalar expression of ``dtype``."""
-    zero = const(0.0, dtype)
-    if kind == "relu":
-        return relu(v, dtype)
-    if kind == "leaky_relu":
-        return tirx.Select(v > zero, v, v * const(alpha, dtype))
-    if kind == "sigmoid":
-        return tirx.sigmoid(v)
-    if kind == "tanh":
-        return tirx.tanh(v)
-    raise ValueError(kind)
+class TEMath:
+    """The operations point-wise layers are written in (``layers.pointwise``), on TVM scalar
+    expressions. A target may give faster forms of exp, tanh and sigmoid (the CPU's are
+    vectorizable polynomials, ``cpu.vector_math``)."""
+
+    def __init__(self, exp=tirx.exp, tanh=tirx.tanh, sigmoid=tirx.sigmoid):
+        self.exp, self.tanh, self.sigmoid = exp, tanh, sigmoid
+
+    @staticmethod
+    def where(cond, a, b):
+        """Select; a Python number takes the other branch's type."""
+        a, b = (v.asobject() if isinstance(v, te.TensorSlice) else v for v in (a, b))
+        like = a if isinstance(b, (int, float)) else b
+        a, b = (const(v, like.ty) if isinstance(v, (int, float)) else v for v in (a, b))
+        return tirx.Select(cond, a, b)
+
+    @staticmethod
+    def erf(x):
+        return tirx.erf(x)
 
 
-def _elementwise(kind):
-    def lower(layer, xs, args, out_shape):
-        x = xs[0]
-        alpha = getattr(layer, "alpha", 0.0)
-        return te.compute(x.shape, lambda *i: activation(kind, x(*i), alpha, x.dtype), name=kind)
-    return lower
+TE_MATH = TEMath()
+
+
+def channel_arg(args: dict, c):
+    """``arg`` of a point-wise layer (see ``layers.pointwise``): a prepared per-channel
+    parameter at channel ``c``; a parameter of one element applies to every channel."""
+    return lambda key: args[key][c if int(args[key].shape[0]) > 1 else 0]
+
+
+def lower_pointwise(layer, xs, args, out_shape, math=TE_MATH):
+    """Any point-wise layer, from its ``forward``."""
+    x = xs[0]
+    return te.compute(x.shape, lambda *i: layer.forward(x(*i), math, channel_arg(args, i[1])),
+                      name=layer.type_name)
 
 
 def lower_softmax(layer, xs, args, out_shape):
@@ -382,38 +393,16 @@ def lower_passthrough(layer, xs, args, out_shape):
 # -- the fused kernel --------------------------------------------------------------------------------
 
 def lower_fused(layer, xs, args, out_shape):
+    from .rules import rules_for
+
     base_args = {k: args[k] for k in ("weight", "bias") if k in args}
-    y = LOWERINGS[layer.base.type_name](layer.base, xs[:1], base_args, out_shape)
-    steps = layer.steps[layer.folded:]
+    y = rules_for(layer.base).compute(layer.base, xs[:1], base_args, out_shape)
+    if not layer.epilogue_steps():
+        return y
 
     def epilogue(n, o, *sp):
-        v = y[(n, o, *sp)]
-        for i, step in enumerate(steps, layer.folded):
-            if step[0] == "batchnorm":
-                v = v * args[f"{i}.scale"][o] + args[f"{i}.shift"][o]
-            elif step[0] == "add":
-                v = v + xs[1][(n, o, *sp)]
-            else:
-                v = activation(step[0], v, step[1] if len(step) > 1 else 0.0, y.dtype)
-        return v
+        residual = xs[1][(n, o, *sp)] if layer.has_residual else None
+        return apply_epilogue(layer, y[(n, o, *sp)], TE_MATH, lambda name: args[name][o],
+                              residual)
 
-    if not steps:
-        return y
     return te.compute(y.shape, epilogue, name="epilogue")
-
-
-LOWERINGS = {
-    "conv2d": lower_conv, "conv1d": lower_conv, "dense": lower_dense,
-    "locally_connected2d": lower_locally_connected2d,
-    "maxpool2d": lower_maxpool, "maxpool1d": lower_maxpool,
-    "avgpool2d": lower_avgpool, "avgpool1d": lower_avgpool,
-    "lppool2d": lower_lppool, "lppool1d": lower_lppool,
-    "global_avgpool": lower_global_avgpool, "global_maxpool": lower_global_maxpool,
-    "blurpool2d": lower_blurpool2d,
-    "relu": _elementwise("relu"), "leaky_relu": _elementwise("leaky_relu"),
-    "sigmoid": _elementwise("sigmoid"), "tanh": _elementwise("tanh"),
-    "softmax": lower_softmax, "batchnorm": lower_batchnorm, "lrn": lower_lrn,
-    "flatten": lower_flatten, "add": lower_add, "concat": lower_concat,
-    "dropout": lower_passthrough, "identity": lower_passthrough,
-    "fused": lower_fused,
-}

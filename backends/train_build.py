@@ -17,7 +17,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from cnncompiler import __version__
+from cnncompiler import __version__, layers
 from cnncompiler.cache import cache_root, read_library, write_library
 
 from .train_lower import build_train_module, train_signature
@@ -33,10 +33,12 @@ def cache_dir() -> Path:
 def _lowering_digest() -> str:
     """The source of the code that writes the training step: a changed lowering (even within
     one cnnc version) must not reuse a library built by the old one. The CPU kernels and
-    their schedules count too."""
+    their schedules count too, and the layers (point-wise ones are computed from their own
+    forward and backward)."""
     h = hashlib.sha256()
-    for path in [*(HERE / n for n in ("te_ops.py", "te_grad.py", "train_lower.py")),
-                 *sorted((HERE / "cpu").glob("*.py"))]:
+    for path in [*(HERE / n for n in ("te_ops.py", "te_grad.py", "train_lower.py", "rules.py")),
+                 *sorted((HERE / "cpu").glob("*.py")),
+                 *sorted(Path(layers.__file__).parent.glob("*.py"))]:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]

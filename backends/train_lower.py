@@ -20,11 +20,15 @@ from tvm import relax, te, tirx
 
 from cnncompiler.errors import CompileError
 from cnncompiler.graph import param_names, topo_layers
-from cnncompiler.runtime.signature import kernel_name
+from cnncompiler.graph.signature import kernel_name
 from cnncompiler.spec.train_config import HYPER_SIZE
 
+from cnncompiler.layers.activation import Dropout
+from cnncompiler.layers.merge import Add
+from cnncompiler.layers.norm import BatchNorm
+
 from . import te_grad
-from .te_ops import LOWERINGS
+from .rules import gradient_of, rules_for
 
 
 @dataclass
@@ -55,7 +59,7 @@ def train_signature(g: nx.DiGraph, optimizer: str) -> TrainSignature:
             (sig.params if spec.trainable else sig.buffers).append(names[local])
             sig.shapes[names[local]] = tuple(spec.shape)
         layer = data["layer"]
-        if layer.type_name == "dropout" and layer.rate > 0:
+        if isinstance(layer, Dropout) and layer.rate > 0:
             sig.masks.append((node, tuple(data["shape"])))
     sig.state = [f"{p}#{slot}" for slot in STATE_SLOTS[optimizer] for p in sig.params]
     for s in sig.state:
@@ -201,7 +205,7 @@ class TrainLowering:
         xs = self.inputs(node)
         args = self.args(node)
         hint = kernel_name(node)
-        if layer.type_name == "batchnorm":
+        if isinstance(layer, BatchNorm):
             res = self.emit(lambda t, a: list(te_grad.batchnorm_train(
                 layer, t, a["weight"], a["bias"], a["running_mean"], a["running_var"])),
                 xs[0], args, name=hint)
@@ -210,16 +214,14 @@ class TrainLowering:
             names = param_names(self.g, node)
             self.new_buffers[names["running_mean"]] = rm
             self.new_buffers[names["running_var"]] = rv
-        elif layer.type_name == "dropout":
+        elif isinstance(layer, Dropout):
             out = xs[0] if node not in self.mvars else self.emit(
                 masked("dropout"), xs[0], self.mvars[node], name=hint)
-        elif layer.type_name == "identity":
+        elif layer.passthrough:
             out = xs[0]
         else:
-            lower = LOWERINGS.get(layer.type_name)
-            if lower is None or layer.type_name not in te_grad.GRADS:
-                raise CompileError(f"layer '{node}' ({layer.type_name}) cannot be trained: no "
-                                   "gradient for this layer type")
+            gradient_of(layer, node)  # refuses a layer that cannot be trained, before its kernel
+            lower = rules_for(layer, node).compute
             shape = data["shape"]
             out = self.emit(lambda ts, a: lower(layer, ts, a, shape), xs, args, name=hint)
         return self.from_plain(out)
@@ -243,20 +245,20 @@ class TrainLowering:
         names = param_names(self.g, node)
         hint = kernel_name(node) + "_grad"
         grads = {}
-        if layer.type_name == "batchnorm":
+        if isinstance(layer, BatchNorm):
             mean, var = self.saved[node]
             res = self.emit(lambda t, d, w, m, v: list(te_grad.grad_batchnorm(layer, t, d, w, m,
                                                                                 v)),
                             xs[0], dy, args["weight"], mean, var, name=hint)
             grads[names["weight"]], grads[names["bias"]] = self.item(res, 1), self.item(res, 2)
             dxs = [self.item(res, 0)]
-        elif layer.type_name == "dropout":
+        elif isinstance(layer, Dropout):
             dxs = [dy if node not in self.mvars else self.emit(
                 masked("dropout_dx"), dy, self.mvars[node], name=hint)]
-        elif layer.type_name in ("add", "identity"):
-            dxs = [dy] * len(xs)
+        elif isinstance(layer, Add) or layer.passthrough:
+            dxs = [dy] * len(xs)  # no kernel: each input's gradient is the output's
         else:
-            grad = te_grad.GRADS[layer.type_name]
+            grad = gradient_of(layer, node)
             shape = data["shape"]
             y = self.plain(self.values[node])
             dxs = [self.emit(lambda ts, yy, d, a, i=i: grad(layer, ts, yy, d, a, shape)[0][i],

@@ -172,7 +172,7 @@ def time_batch(workers: dict, batch: int, rounds: int) -> dict:
 def kernel_flops(optimized) -> dict:
     """kernel name -> (layer, FLOPs per sample, is a conv)."""
     from cnncompiler.graph import topo_layers
-    from cnncompiler.runtime.signature import kernel_name
+    from cnncompiler.graph.signature import kernel_name
 
     out = {}
     for node in topo_layers(optimized):

@@ -19,7 +19,7 @@ from .graph import check_spec
 from .passes import optimize, resolve_passes
 from .reference import init_params
 from .runtime import artifact as art
-from .runtime.signature import kernel_signature
+from .graph.signature import kernel_signature
 from .spec import load_spec, parse_spec_text
 from .storage import DirectoryWriter
 
@@ -153,7 +153,7 @@ def kernel_report(g, tuned=()) -> list[dict]:
     """One row per kernel of the optimised graph: which spec layers it computes, and the batch
     sizes at which it runs a tuned schedule (``tuned``: the tuning hook's report rows)."""
     from .graph import topo_layers
-    from .runtime.signature import kernel_name
+    from .graph.signature import kernel_name
 
     rows = []
     for name in topo_layers(g):

@@ -85,5 +85,8 @@ def lively_params(g, x: np.ndarray, seed: int = 0) -> tuple[dict, dict]:
             params[names["running_var"]] = var.astype(np.float32)
             params[names["weight"]] = rng.uniform(0.5, 1.5, c).astype(np.float32)
             params[names["bias"]] = rng.uniform(-0.5, 0.5, c).astype(np.float32)
+        if layer.type_name == "prelu":  # a slope per channel that differs, not 0.25 everywhere
+            weight = param_names(g, name)["weight"]
+            params[weight] = rng.uniform(-0.5, 1.0, params[weight].shape).astype(np.float32)
         values[name] = node["layer"].reference(xs, layer_params(g, name, params, np.float32))
     return params, {o: values[o] for o in g.graph["outputs"]}

@@ -163,6 +163,15 @@ FAMILIES = {
         "leaky_relu_default": [{"name": "leaky_relu_default", "type": "leaky_relu"}],
         "sigmoid": [{"name": "sigmoid", "type": "sigmoid"}],
         "tanh": [{"name": "tanh", "type": "tanh"}],
+        "relu6": [{"name": "relu6", "type": "relu6"}],
+        "hardsigmoid": [{"name": "hardsigmoid", "type": "hardsigmoid"}],
+        "hardswish": [{"name": "hardswish", "type": "hardswish"}],
+        "silu": [{"name": "silu", "type": "silu"}],
+        "gelu": [{"name": "gelu", "type": "gelu"}],
+        "gelu_tanh": [{"name": "gelu_tanh", "type": "gelu", "approximate": "tanh"}],
+        "prelu": [{"name": "prelu", "type": "prelu"}],
+        "prelu_channels": [{"name": "prelu_channels", "type": "prelu", "num_parameters": 6,
+                            "init": -0.5}],
         "softmax": [{"name": "softmax", "type": "softmax"}],
         "softmax_last": [{"name": "softmax_last", "type": "softmax", "axis": -1}],
         "softmax_rows": [{"name": "softmax_rows", "type": "softmax", "axis": 2}],
@@ -389,6 +398,14 @@ def torch_layer(layer, xs, p):
         return simple[t](x)
     if t == "leaky_relu":
         return F.leaky_relu(x, layer.alpha)
+    newer = {"relu6": F.relu6, "hardsigmoid": F.hardsigmoid, "hardswish": F.hardswish,
+             "silu": F.silu}
+    if t in newer:
+        return newer[t](x)
+    if t == "gelu":
+        return F.gelu(x, approximate=layer.approximate)
+    if t == "prelu":
+        return F.prelu(x, p["weight"])
     if t == "softmax":
         return torch.softmax(x, dim=layer.axis)
     if t == "batchnorm":

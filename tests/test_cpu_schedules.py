@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from cnncompiler.runtime.layouts import apply_layout, layout_shape
+from cnncompiler.graph.layouts import apply_layout, layout_shape
 
 from compile_helpers import assert_close
 
@@ -318,7 +318,7 @@ SCHEDULED_KINDS = ("conv", "depthwise", "pool", "global_pool", "dense", "element
 def test_kernels_are_scheduled(compiled, family):
     """Every kernel of a scheduled kind is marked scheduled and has vector loops; the big ones
     (a static batch of 2 here is small: the convs) have parallel loops too."""
-    from cnncompiler.runtime.signature import kernel_name
+    from cnncompiler.graph.signature import kernel_name
 
     model = compiled(family)
     assert not model.unscheduled
@@ -372,7 +372,7 @@ def _conv_kernel_case(geo, tile, batch=2, seed=0):
     wb = np.ascontiguousarray(apply_layout(f"blocked_oihw:{geo.ib}:{geo.ob}", w))
     xt = te.placeholder(xb.shape, name="x")
     wt = te.placeholder(wb.shape, name="w")
-    y = conv_blocked(xt, wt, None, geo, steps=())
+    y = conv_blocked(xt, wt, None, geo)
     func = schedule_conv(te.create_prim_func([xt, wt, y]), geo, tile)
     lib = tvm.tirx.build(tvm.IRModule({"main": func}), target="llvm")
     out = tvm.runtime.empty([int(d) for d in y.shape], "float32", tvm.cpu())

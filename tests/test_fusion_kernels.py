@@ -18,14 +18,14 @@ import pytest
 
 import cnncompiler as cc
 from cnncompiler.graph import load_checked, topo_layers
+from cnncompiler.layers.fused import Fused
 from cnncompiler.passes import optimize
-from cnncompiler.runtime.signature import kernel_name, kernel_signature
+from cnncompiler.graph.signature import kernel_name, kernel_signature
 
 from compile_helpers import as_dict, assert_close, lively_params, spec_path, write_spec
 
 pytestmark = pytest.mark.tvm
 
-PASSTHROUGH = ("dropout", "identity")
 
 
 def conv(name, inputs, **keys):
@@ -63,6 +63,14 @@ ZOO_2D = [
     [dense("j_fc1", ["i_flat"]), dense("j_fc2", ["j_fc1"]),
      {"name": "j_add", "type": "add", "inputs": ["j_fc2", "j_fc1"]},     # j_fc1 has 2 readers
      {"name": "j", "type": "relu"}],
+    [conv("k_conv", ["input"], filters=20, bias=False), {"name": "k_bn", "type": "batchnorm"},
+     {"name": "k_prelu", "type": "prelu", "num_parameters": 20},
+     {"name": "k_bn2", "type": "batchnorm"},
+     {"name": "k", "type": "silu"}],                       # per-channel slope, partial block
+    [conv("l_conv", ["input"]), {"name": "l_prelu", "type": "prelu"},
+     {"name": "l_gelu", "type": "gelu"}, {"name": "l", "type": "hardswish"}],  # one slope
+    [dense("m_fc", ["i_flat"]), {"name": "m_gelu", "type": "gelu", "approximate": "tanh"},
+     {"name": "m_relu6", "type": "relu6"}, {"name": "m", "type": "hardsigmoid"}],
 ]
 ZOO_1D = [
     [{"name": "a_conv", "type": "conv1d", "filters": 5, "kernel": 3, "padding": 1,
@@ -106,6 +114,10 @@ def test_zoo_fuses_every_pattern(zoo):
         assert fused["d_conv"] == "conv2d + batchnorm(folded) + batchnorm(folded) + tanh"
         assert fused["f_conv"] == "conv2d + add + batchnorm(scale-shift) + relu"
         assert "j_fc1" not in fused, "j_fc1 has two readers: nothing may be fused into it"
+        assert fused["k_conv"] == ("conv2d + batchnorm(folded) + prelu + "
+                                   "batchnorm(scale-shift) + silu")
+        assert fused["l_conv"] == "conv2d + prelu + gelu + hardswish"
+        assert fused["m_fc"] == "dense + gelu + relu6 + hardsigmoid"
 
 
 @pytest.mark.parametrize("level", [0, 2])
@@ -185,12 +197,12 @@ def test_generic_lowering_calls_one_kernel_per_layer(graphs, name):
     mod = build_module(g)
     func = mod["main"]
     kernels = [n for n in topo_layers(g)
-               if n != "input" and g.nodes[n]["layer"].type_name not in PASSTHROUGH]
+               if n != "input" and not g.nodes[n]["layer"].passthrough]
     calls = call_tirs(func)
     assert len(calls) == len(kernels), "one call_tir per layer of the optimised graph"
     for node, (callee, _) in zip(kernels, calls):
         layer = g.nodes[node]["layer"]
-        if layer.type_name == "fused" and layer.steps[layer.folded:]:
+        if isinstance(layer, Fused) and layer.epilogue_steps():
             blocks = block_names(mod[callee])
             assert "epilogue" in blocks, f"'{node}': {callee} has no epilogue: {blocks}"
     check_one_call_per_fused_layer(g, func)

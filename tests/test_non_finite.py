@@ -392,8 +392,7 @@ def compiled_input_gradient(kind: str, x: np.ndarray, dy: np.ndarray) -> np.ndar
     import tvm
     from tvm import te
 
-    from cnncompiler.backends.te_grad import GRADS
-    from cnncompiler.backends.te_ops import LOWERINGS
+    from cnncompiler.backends.rules import rules_for
     from cnncompiler.graph import check_spec
     from cnncompiler.spec import parse_spec_text
 
@@ -401,9 +400,10 @@ def compiled_input_gradient(kind: str, x: np.ndarray, dy: np.ndarray) -> np.ndar
     g, _ = check_spec(parse_spec_text(text, "<grad>"))
     layer, out_shape = g.nodes["l"]["layer"], g.nodes["l"]["shape"]
     xt = te.placeholder(x.shape, "float32", name="x")
-    y = LOWERINGS[kind](layer, [xt], {}, out_shape)
+    rules = rules_for(layer)
+    y = rules.compute(layer, [xt], {}, out_shape)
     dyt = te.placeholder(dy.shape, "float32", name="dy")
-    (dx,), _ = GRADS[kind](layer, [xt], y, dyt, {}, out_shape)
+    (dx,), _ = rules.gradient(layer, [xt], y, dyt, {}, out_shape)
     func = tvm.tirx.build(te.create_prim_func([xt, dyt, dx]),
                           target=tvm.target.Target({"kind": "llvm"}))
     out = tvm.runtime.empty(x.shape, "float32")

@@ -15,7 +15,9 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from cnncompiler.errors import ShapeError
 from cnncompiler.layers import LAYER_TYPES, ShapeNotes
 from cnncompiler.layers.fields import parse_fields
+from cnncompiler.layers.activation import ReLU
 from cnncompiler.layers.fused import Fused
+from cnncompiler.layers.norm import BatchNorm
 from cnncompiler.layers.window import out_size
 
 from conftest import HAVE_TORCH, needs_torch
@@ -314,7 +316,7 @@ def test_fused_conv_params_need_no_warning_sink(case):
     """A fused layer sizes its batch norms with the conv's shape rule, whose warnings (a 1x1
     stride-2 shortcut's unread row) were already reported: they must not need a sink."""
     layer, shape, _ = case
-    fused = Fused(base=layer, steps=(("batchnorm", 1e-5), ("relu",)))
+    fused = Fused(base=layer, steps=(BatchNorm(eps=1e-5), ReLU()))
     specs = fused.params([shape])
     assert {k: s.shape for k, s in layer.params([shape]).items()} == \
         {k: specs[k].shape for k in ("weight", "bias") if k in specs}

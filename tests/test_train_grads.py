@@ -102,6 +102,23 @@ layers:
   - {name: sm, type: softmax}
   - {name: fc2, type: dense, units: 3}
 """, "softmax_cross_entropy", 0.0),
+    "activations": ("""
+name: fd_activations
+input: [3, 7, 7]
+layers:
+  - {name: c, type: conv2d, filters: 4, kernel: 3, padding: 1}
+  - {name: p1, type: prelu}
+  - {name: c2, type: conv2d, filters: 4, kernel: 1}
+  - {name: p2, type: prelu, num_parameters: 4, init: -0.3}
+  - {name: s, type: silu}
+  - {name: g, type: gelu}
+  - {name: gt, type: gelu, approximate: tanh}
+  - {name: hs, type: hardswish}
+  - {name: hsig, type: hardsigmoid}
+  - {name: r6, type: relu6}
+  - {name: flat, type: flatten}
+  - {name: fc, type: dense, units: 3}
+""", "softmax_cross_entropy", 0.0),
     "local_blur": ("""
 name: fd_local_blur
 input: [2, 9, 9]

@@ -20,7 +20,7 @@ import yaml
 
 from cnncompiler.graph import check_spec
 from cnncompiler.reference import init_params
-from cnncompiler.runtime.signature import kernel_name
+from cnncompiler.graph.signature import kernel_name
 from cnncompiler.spec import parse_spec_text
 
 from conftest import SPECS
@@ -284,7 +284,7 @@ def test_lowering_picks_the_kernels(family):
     low = fast.lowering
     for node, want in expected_kinds(family).items():
         kind, _, dx = want.partition("/")
-        assert low.kinds[node].name == kind, (node, low.kinds[node])
+        assert low.kinds[node].kind == kind, (node, low.kinds[node])
         if dx:
             assert low.input_grads[node] == dx, (node, low.input_grads.get(node))
 
@@ -297,9 +297,9 @@ def test_kernels_are_scheduled(family):
     of the blocked families, vector loops."""
     fast, _ = steps(family)
     low = fast.lowering
-    kinds = {kernel_name(n): k.name for n, k in low.kinds.items()}
+    kinds = {kernel_name(n): k.kind for n, k in low.kinds.items()}
     transposed = {kernel_name(n) for n, how in low.input_grads.items() if how == "transposed"
-                  and low.kinds[n].name == "conv"}
+                  and low.kinds[n].kind == "conv"}
     parallel = vector = 0
     for gv, func in fast.module.functions_items():
         if not isinstance(func, tvm.tirx.PrimFunc):

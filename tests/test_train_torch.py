@@ -431,3 +431,64 @@ def test_changing_lr_or_schedule_needs_no_recompilation(artifact, tmp_path, monk
     model.train_step(x, y)
     assert calls == {"module": 2, "library": 2}
     assert all(math.isfinite(float(np.abs(v).max())) for v in model.params.values())
+
+
+# -- the point-wise layers with their PyTorch twins ------------------------------------------------
+
+ACTIVATION_SPEC = """\
+name: activation_twin
+input: [3, 8, 8]
+layers:
+  - {name: conv1, type: conv2d, filters: 6, kernel: 3, padding: 1}
+  - {name: act1, type: prelu, num_parameters: 6}
+  - {name: conv2, type: conv2d, filters: 6, kernel: 3, padding: 1}
+  - {name: act2, type: silu}
+  - {name: act3, type: prelu}
+  - {name: pool, type: maxpool2d, kernel: 2}
+  - {name: act4, type: hardswish}
+  - {name: conv3, type: conv2d, filters: 5, kernel: 3}
+  - {name: act5, type: gelu}
+  - {name: act6, type: gelu, approximate: tanh}
+  - {name: flatten, type: flatten}
+  - {name: fc1, type: dense, units: 16}
+  - {name: act7, type: hardsigmoid}
+  - {name: act8, type: relu6}
+  - {name: fc, type: dense, units: 4}
+"""
+
+
+class ActivationTwin(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.act1 = nn.Conv2d(3, 6, 3, padding=1), nn.PReLU(6)
+        self.conv2, self.act3 = nn.Conv2d(6, 6, 3, padding=1), nn.PReLU()
+        self.conv3 = nn.Conv2d(6, 5, 3)
+        self.fc1, self.fc = nn.Linear(5 * 2 * 2, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.act3(F.silu(self.conv2(self.act1(self.conv1(x)))))
+        x = self.conv3(F.hardswish(F.max_pool2d(x, 2)))
+        x = F.gelu(F.gelu(x), approximate="tanh")
+        return self.fc(F.relu6(F.hardsigmoid(self.fc1(torch.flatten(x, 1)))))
+
+
+def test_new_activations_train_step_for_step_like_pytorch(tmp_path):
+    spec = tmp_path / "activation_twin.yaml"
+    spec.write_text(ACTIVATION_SPEC)
+    model = cc.compile(spec)
+    torch.manual_seed(0)
+    net = ActivationTwin()
+    with torch.no_grad():  # slopes that differ per channel and from the default
+        net.act1.weight.uniform_(-0.3, 0.6)
+        net.act3.weight.fill_(0.1)
+    model.load_params(net.state_dict())
+    cfg = {"type": "sgd", "lr": 0.1, "momentum": 0.9}
+    model.set_optimizer(cfg)
+    opt = TORCH_OPTIMIZERS["sgd"](net.parameters(), cfg)
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        x = (2 * rng.standard_normal((8, 3, 8, 8))).astype(np.float32)
+        y = rng.integers(0, 4, 8)
+        loss = model.train_step(x, y)
+        assert loss == pytest.approx(torch_step(net, opt, x, y), rel=RTOL)
+    assert_same_state(model.params, net)

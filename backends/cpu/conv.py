@@ -18,9 +18,11 @@ from dataclasses import dataclass
 
 from tvm import te, tirx
 
+from cnncompiler.layers.fused import apply_epilogue
+
 from .blocking import ceil_div
 from .schedules import MIN_PARALLEL_MACS, scheduled, static_extent, tile_in_registers
-from .vector_math import activation
+from .vector_math import CPU_MATH
 
 FLOAT = "float32"
 MAX_ACCUMULATORS = 16  # vector registers a tile may use for accumulators (of 32 with AVX-512)
@@ -118,13 +120,13 @@ def padded_input(x, geo: ConvGeometry):
     return lambda n, c, sp, i: xp[(n, c, *sp, i)]
 
 
-def conv_blocked(x, weight, bias, geo: ConvGeometry, steps=(), epilogue_args=None,
+def conv_blocked(x, weight, bias, geo: ConvGeometry, fused=None, epilogue_args=None,
                  residual=None):
-    """(N, C/ib, *S, ib) or plain (N, C, *S) -> (N, O/ob, *OS, ob), then ``steps``.
+    """(N, C/ib, *S, ib) or plain (N, C, *S) -> (N, O/ob, *OS, ob), then the epilogue of
+    ``fused`` (the Fused layer, or None).
 
-    ``steps`` are the fused layer's unfolded epilogue steps ``(index, step)``: batch norms
-    read ``epilogue_args[f"{index}.scale"]`` and ``.shift`` as (O/ob, ob); ``add`` reads
-    ``residual``, blocked like the output.
+    Epilogue steps read their per-channel arguments (``epilogue_args['2.scale']``) as
+    (O/ob, ob); an add reads ``residual``, blocked like the output.
     """
     nd = len(geo.kernel)
     read = padded_input(x, geo)
@@ -144,13 +146,14 @@ def conv_blocked(x, weight, bias, geo: ConvGeometry, steps=(), epilogue_args=Non
 
     out_shape = (x.shape[0], geo.out_blocks, *geo.out_spatial, geo.ob)
     conv = te.compute(out_shape, compute, name="conv")
-    return blocked_epilogue(conv, bias, steps, epilogue_args, residual, channels=geo.cout)
+    return blocked_epilogue(conv, bias, fused, epilogue_args, residual, channels=geo.cout)
 
 
-def blocked_epilogue(y, bias, steps, epilogue_args, residual, name="epilogue",
+def blocked_epilogue(y, bias, fused, epilogue_args, residual, name="epilogue",
                      channels: int | None = None):
-    """Bias, scale-shift, residual add and activations on a blocked (N, B, *S, b) value; always
-    a stage of its own, so a schedule can run it on a register tile.
+    """Bias, then ``fused``'s epilogue (scale-shift, residual add, activations) on a blocked
+    (N, B, *S, b) value; always a stage of its own, so a schedule can run it on a register
+    tile.
 
     With ``channels``, the padding channels of a last, partial block are written as zeros.
     NOTE: a conv computes them as 0 * input, which is NaN where an input is infinite, and the
@@ -165,14 +168,9 @@ def blocked_epilogue(y, bias, steps, epilogue_args, residual, name="epilogue",
         v = y[(n, c, *rest)]
         if bias is not None:
             v = v + bias[c, j]
-        for index, step in steps:
-            if step[0] == "batchnorm":
-                scale, shift = epilogue_args[f"{index}.scale"], epilogue_args[f"{index}.shift"]
-                v = v * scale[c, j] + shift[c, j]
-            elif step[0] == "add":
-                v = v + residual[(n, c, *rest)]
-            else:
-                v = activation(step[0], v, step[1] if len(step) > 1 else 0.0)
+        if fused is not None:
+            v = apply_epilogue(fused, v, CPU_MATH, lambda arg: epilogue_args[arg][c, j],
+                               residual[(n, c, *rest)] if fused.has_residual else None)
         if partial:
             v = tirx.Select(c * block + j < channels, v, tirx.const(0.0, FLOAT))
         return v

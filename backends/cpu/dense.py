@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 from tvm import s_tir, te
 
+from cnncompiler.layers.fused import apply_epilogue
+
 from .conv import divisors
 from .schedules import MIN_PARALLEL_MACS, scheduled, static_extent, tile_in_registers
-from .vector_math import activation
+from .vector_math import CPU_MATH
 
 FLOAT = "float32"
 
@@ -28,9 +30,9 @@ class DenseTile:
     ro: int   # output vectors per register tile
 
 
-def dense_blocked(x, weight, bias, out_features: int, steps=(), epilogue_args=None,
+def dense_blocked(x, weight, bias, out_features: int, fused=None, epilogue_args=None,
                   residual=None):
-    """x (N, K) by weights packed (O/ob, K, ob) -> (N, O), then the fused ``steps``."""
+    """x (N, K) by weights packed (O/ob, K, ob) -> (N, O), then ``fused``'s epilogue."""
     blocks, features, ob = (int(d) for d in weight.shape)
     k = te.reduce_axis((0, features), name="k")
     acc = te.compute((x.shape[0], blocks, ob), lambda n, c, j: te.sum(
@@ -42,13 +44,9 @@ def dense_blocked(x, weight, bias, out_features: int, steps=(), epilogue_args=No
         v = tile[n, o // ob, o % ob]
         if bias is not None:
             v = v + bias[o]
-        for index, step in steps:
-            if step[0] == "batchnorm":
-                v = v * epilogue_args[f"{index}.scale"][o] + epilogue_args[f"{index}.shift"][o]
-            elif step[0] == "add":
-                v = v + residual[n, o]
-            else:
-                v = activation(step[0], v, step[1] if len(step) > 1 else 0.0)
+        if fused is not None:
+            v = apply_epilogue(fused, v, CPU_MATH, lambda arg: epilogue_args[arg][o],
+                               residual[n, o] if fused.has_residual else None)
         return v
 
     return te.compute((x.shape[0], out_features), compute, name="epilogue")

@@ -20,17 +20,20 @@ from tvm import relax, te, tirx
 
 from cnncompiler.errors import CompileError
 from cnncompiler.graph import topo_layers
-from cnncompiler.runtime.layouts import layout_shape
-from cnncompiler.runtime.signature import kernel_name, kernel_signature, prepared_shapes
+from cnncompiler.graph.layouts import layout_shape
+from cnncompiler.graph.signature import kernel_name, kernel_signature, prepared_shapes
 
-from ..te_ops import LOWERINGS
+from cnncompiler.layers.fused import Fused
+from cnncompiler.layers.merge import Add
+
+from ..rules import rules_for
 from .blocking import PLAIN, conversion, plain_view
 from .conv import conv_blocked, schedule_conv, vector_registers
 from .dense import dense_blocked, schedule_dense
 from .plan import KernelChoice, plan_kernels
 from .pool import depthwise_blocked, global_pool_blocked, pool_blocked, schedule_window
 from .schedules import schedule_loops
-from .vector_math import activation
+from .vector_math import CPU_MATH
 
 FLOAT = "float32"
 OPAQUE = 8  # TVM's kOpaque op pattern: FuseOps leaves the kernel alone
@@ -167,14 +170,13 @@ class CpuEmitter:
         self.emitted.add(node)
 
     @staticmethod
-    def _epilogue(data) -> tuple[tuple, bool]:
-        """The fused layer's unfolded epilogue steps (index, step), and whether one is a
-        residual add."""
+    def _epilogue(data) -> tuple[Fused | None, bool]:
+        """The fused layer whose epilogue the kernel applies (None: none), and whether it adds
+        a residual."""
         layer = data["layer"]
-        if layer.type_name != "fused":
-            return (), False
-        steps = tuple((i, s) for i, s in enumerate(layer.steps[layer.folded:], layer.folded))
-        return steps, layer.has_residual
+        if not isinstance(layer, Fused):
+            return None, False
+        return layer, layer.has_residual
 
     def emit_conv(self, node, data, choice, xs):
         registers = vector_registers(self.lanes)
@@ -190,14 +192,14 @@ class CpuEmitter:
 
     def _emit_conv_like(self, node, data, choice, xs, kernel, schedule):
         keys, args = self.args(node)
-        steps, residual = self._epilogue(data)
+        fused, residual = self._epilogue(data)
         geo = choice.geometry
         inputs = [xs[0].var, *args] + ([xs[1].var] if residual else [])
 
         def compute(x, *rest):
             named = dict(zip(keys, rest[:len(keys)]))
             res = rest[len(keys)] if residual else None
-            return kernel(x, named["weight"], named.get("bias"), geo, steps, named, res)
+            return kernel(x, named["weight"], named.get("bias"), geo, fused, named, res)
 
         return self.kernel(kernel_name(node), inputs, compute, schedule,
                            self._inplace(node, xs, residual, inputs))
@@ -210,14 +212,14 @@ class CpuEmitter:
 
     def emit_dense(self, node, data, choice, xs):
         keys, args = self.args(node)
-        steps, residual = self._epilogue(data)
+        fused, residual = self._epilogue(data)
         features = data["shape"][0]
         inputs = [xs[0].var, *args] + ([xs[1].var] if residual else [])
 
         def compute(x, *rest):
             named = dict(zip(keys, rest[:len(keys)]))
             res = rest[len(keys)] if residual else None
-            return dense_blocked(x, named["weight"], named.get("bias"), features, steps, named,
+            return dense_blocked(x, named["weight"], named.get("bias"), features, fused, named,
                                  res)
 
         registers = vector_registers(self.lanes)
@@ -238,26 +240,25 @@ class CpuEmitter:
                            lambda f: schedule_window(f, 1))
 
     def emit_elementwise(self, node, data, choice, xs):
+        """A point-wise layer, a batch norm's scale and shift, or an add, in the layout its
+        input arrives in."""
         layer = data["layer"]
         keys, args = self.args(node)
-        t = layer.type_name
         count = len(xs)
         blocked = choice.out_block != PLAIN
 
-        def per_channel(v, c, rest):
-            return v[c, rest[-1]] if blocked else v[c]
-
         def compute(*ins):
             tensors, named = ins[:count], dict(zip(keys, ins[count:]))
-            if t == "add":
-                return LOWERINGS["add"](layer, list(tensors), {}, None)
+            if isinstance(layer, Add):
+                return rules_for(layer, node).compute(layer, list(tensors), {}, None)
             x = tensors[0]
-            if t == "batchnorm":
-                scale, shift = named["scale"], named["shift"]
-                return te.compute(x.shape, lambda n, c, *r: x[(n, c, *r)] * per_channel(
-                    scale, c, r) + per_channel(shift, c, r), name="batchnorm")
-            alpha = getattr(layer, "alpha", 0.0)
-            return te.compute(x.shape, lambda *i: activation(t, x(*i), alpha), name=t)
+
+            def value(n, c, *rest):
+                def arg(key):
+                    return named[key][c, rest[-1]] if blocked else named[key][c]
+                return layer.epilogue(x[(n, c, *rest)], CPU_MATH, arg, None)
+
+            return te.compute(x.shape, value, name=layer.type_name)
 
         return self.kernel(kernel_name(node), [x.var for x in xs] + args, compute,
                            lambda f: schedule_loops(f, self.lanes))
@@ -289,10 +290,7 @@ class CpuEmitter:
         """te_ops' NCHW lowering, blocked inputs read through plain views, plain output."""
         layer, out_shape = data["layer"], data["shape"]
         keys, args = self.args(node)
-        lower = LOWERINGS.get(layer.type_name)
-        if lower is None:
-            raise CompileError(f"layer '{node}' ({layer.type_name}): no lowering to TVM for "
-                               "this layer type")
+        lower = rules_for(layer, node).compute
         count = len(xs)
 
         def compute(*ins):

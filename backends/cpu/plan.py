@@ -17,17 +17,14 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from cnncompiler.graph import topo_layers
+from cnncompiler.graph.signature import prepared_shapes
+from cnncompiler.layers.fused import Fused
 from cnncompiler.layers.window import resolve_padding
-from cnncompiler.runtime.signature import prepared_shapes
+
+from ..rules import rules_for
 
 from .blocking import PLAIN, block_for
 from .conv import ConvGeometry
-
-POOLS = ("maxpool2d", "maxpool1d", "avgpool2d", "avgpool1d")
-GLOBAL_POOLS = ("global_avgpool", "global_maxpool")
-ELEMENTWISE = ("relu", "leaky_relu", "sigmoid", "tanh", "batchnorm", "add")
-PASSTHROUGH = ("dropout", "identity")
-
 
 @dataclass(frozen=True)
 class KernelChoice:
@@ -44,7 +41,11 @@ class KernelChoice:
 
 
 def _base(layer):
-    return layer.base if layer.type_name == "fused" else layer
+    return layer.base if isinstance(layer, Fused) else layer
+
+
+def _residual(layer) -> bool:
+    return isinstance(layer, Fused) and layer.has_residual
 
 
 def conv_geometry(g: nx.DiGraph, node: str, in_block: int, ob: int) -> ConvGeometry:
@@ -70,7 +71,7 @@ def choose_conv(g, node, keys, blocks, lanes) -> KernelChoice:
     base = _base(layer)
     in_block = blocks[data["inputs"][0]]
     cin = g.nodes[data["inputs"][0]]["shape"][0]
-    residual = layer.type_name == "fused" and layer.has_residual
+    residual = _residual(layer)
     if base.groups == cin and base.filters == cin and cin > 1:
         b = in_block or block_for(cin, lanes)
         geo = conv_geometry(g, node, b, b)
@@ -90,28 +91,83 @@ def choose_conv(g, node, keys, blocks, lanes) -> KernelChoice:
     return KernelChoice("generic", note=f"no blocked conv kernel: {why}")
 
 
-def choose_kernel(g: nx.DiGraph, node: str, blocks: dict, lanes: int, keys) -> KernelChoice:
-    data = g.nodes[node]
-    layer = data["layer"]
-    t = layer.type_name
-    first = blocks[data["inputs"][0]] if data["inputs"] else PLAIN
-    if t in PASSTHROUGH:
-        return KernelChoice("passthrough", first)
-    if _base(layer).type_name == "dense":
-        residual = t == "fused" and layer.has_residual
-        return KernelChoice("dense", PLAIN, (PLAIN,) * (2 if residual else 1),
-                            {"weight": f"blocked_rows:{lanes}"})
-    if t in ("conv2d", "conv1d", "fused"):
-        return choose_conv(g, node, keys, blocks, lanes)
-    if first != PLAIN and (t in POOLS or t in GLOBAL_POOLS):
-        return KernelChoice("pool" if t in POOLS else "global_pool", first, (first,))
-    if t in ELEMENTWISE:
-        layouts = _vector_layouts(keys, first) if first != PLAIN else {}
-        return KernelChoice("elementwise", first, (first,) * len(data["inputs"]), layouts)
-    if t == "concat" and first != PLAIN and _concat_keeps_blocks(g, node, blocks, first):
-        return KernelChoice("concat", first, (first,) * len(data["inputs"]))
+def choose_kernel(g: nx.DiGraph, node: str, blocks: dict, lanes: int, keys,
+                  training: bool = False) -> KernelChoice:
+    """The kernel for ``node``, its inputs in the layouts ``blocks`` (node -> block), from the
+    CPU family its layer type declares (``rules``). Training computes batch norms on batch
+    statistics and dropout with masks, so those families choose differently there."""
+    layer = g.nodes[node]["layer"]
+    family = rules_for(layer, node).cpu
+    if family == "fused":
+        family = rules_for(layer.base, node).cpu
+    return FAMILIES[family](g, node, blocks, lanes, keys, training)
+
+
+def _first_block(g, node, blocks) -> int:
+    inputs = g.nodes[node]["inputs"]
+    return blocks[inputs[0]] if inputs else PLAIN
+
+
+def _generic(g, node, blocks, lanes, keys, training) -> KernelChoice:
+    first = _first_block(g, node, blocks)
     return KernelChoice("generic", note="" if first == PLAIN else "reads the blocked input "
                         "through a plain view")
+
+
+def _passthrough(g, node, blocks, lanes, keys, training) -> KernelChoice:
+    if training:  # dropout draws its mask there
+        return _elementwise(g, node, blocks, lanes, keys, training)
+    return KernelChoice("passthrough", _first_block(g, node, blocks))
+
+
+def _dense(g, node, blocks, lanes, keys, training) -> KernelChoice:
+    residual = _residual(g.nodes[node]["layer"])
+    return KernelChoice("dense", PLAIN, (PLAIN,) * (2 if residual else 1),
+                        {"weight": f"blocked_rows:{lanes}"})
+
+
+def _conv(g, node, blocks, lanes, keys, training) -> KernelChoice:
+    return choose_conv(g, node, keys, blocks, lanes)
+
+
+def _window_pool(kind: str):
+    def choose(g, node, blocks, lanes, keys, training) -> KernelChoice:
+        first = _first_block(g, node, blocks)
+        if first == PLAIN:
+            return _generic(g, node, blocks, lanes, keys, training)
+        return KernelChoice(kind, first, (first,))
+    return choose
+
+
+def _elementwise(g, node, blocks, lanes, keys, training) -> KernelChoice:
+    first = _first_block(g, node, blocks)
+    layouts = _vector_layouts(keys, first) if first != PLAIN else {}
+    return KernelChoice("elementwise", first, (first,) * len(g.nodes[node]["inputs"]), layouts)
+
+
+def _batchnorm(g, node, blocks, lanes, keys, training) -> KernelChoice:
+    if not training:  # a per-channel scale and shift
+        return _elementwise(g, node, blocks, lanes, keys, training)
+    first = _first_block(g, node, blocks)
+    if first == PLAIN or len(g.nodes[node]["shape"]) < 2:
+        return _generic(g, node, blocks, lanes, keys, training)
+    return KernelChoice("batchnorm", first, (first,))
+
+
+def _concat(g, node, blocks, lanes, keys, training) -> KernelChoice:
+    first = _first_block(g, node, blocks)
+    if training or first == PLAIN or not _concat_keeps_blocks(g, node, blocks, first):
+        return _generic(g, node, blocks, lanes, keys, training)
+    return KernelChoice("concat", first, (first,) * len(g.nodes[node]["inputs"]))
+
+
+# the chooser of each CPU family that rules.py names
+FAMILIES = {
+    "conv": _conv, "dense": _dense, "pool": _window_pool("pool"),
+    "global_pool": _window_pool("global_pool"), "pointwise": _elementwise,
+    "add": _elementwise, "batchnorm": _batchnorm, "concat": _concat,
+    "passthrough": _passthrough, "generic": _generic,
+}
 
 
 def _concat_keeps_blocks(g, node, blocks, block: int) -> bool:

@@ -87,7 +87,7 @@ def global_pool_blocked(layer, x):
     return te.compute(shape, lambda *i: acc(*i) if is_max else acc(*i) * scale, name="epilogue")
 
 
-def depthwise_blocked(x, weight, bias, geo: ConvGeometry, steps=(), epilogue_args=None,
+def depthwise_blocked(x, weight, bias, geo: ConvGeometry, fused=None, epilogue_args=None,
                       residual=None):
     """Depthwise conv of (N, B, *S, b) by weights packed (B, 1, *K, 1, b)."""
     nd = len(geo.kernel)
@@ -101,7 +101,7 @@ def depthwise_blocked(x, weight, bias, geo: ConvGeometry, steps=(), epilogue_arg
 
     shape = (x.shape[0], x.shape[1], *geo.out_spatial, x.shape[-1])
     acc = te.compute(shape, compute, name="window")
-    return blocked_epilogue(acc, bias, steps, epilogue_args, residual)
+    return blocked_epilogue(acc, bias, fused, epilogue_args, residual)
 
 
 def schedule_window(func, out_width: int):

@@ -26,16 +26,19 @@ from tvm import relax, te
 from tvm.relax.utils import gen_call_tir_inputs
 
 from cnncompiler.graph import param_names
-from cnncompiler.runtime.signature import kernel_name
+from cnncompiler.graph.signature import kernel_name
+
+from cnncompiler.layers.activation import Dropout
+from cnncompiler.layers.merge import Add
 
 from .. import te_grad
-from ..te_ops import lower_add
+from ..rules import gradient_of, rules_for
 from ..train_lower import TrainLowering, gradient_sum, masked
 from .blocking import PLAIN, block_for, conversion
 from .conv import conv_blocked, schedule_conv, vector_registers
 from .dense import dense_blocked, schedule_dense
 from .emit import OPAQUE
-from .plan import conv_geometry
+from .plan import KernelChoice, choose_kernel
 from .pool import depthwise_blocked, global_pool_blocked, pool_blocked, schedule_window
 from .schedules import schedule_loops
 from .train_conv import (column_weight, columns_geometry, columns_pay_off, columns_to_input,
@@ -48,12 +51,9 @@ from .train_kernels import (ACCUMULATORS, batchnorm_apply, batchnorm_grad_apply,
                             batchnorm_grad_sums, batchnorm_stats, bias_grad, global_pool_grad,
                             schedule_lane_reductions, schedule_square_sum,
                             schedule_sums_then_loops, square_sum_rows)
-from .vector_math import activation
+from .vector_math import CPU_MATH
 
 FLOAT = "float32"
-ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh")
-WINDOW_POOLS = ("maxpool2d", "maxpool1d", "avgpool2d", "avgpool1d")
-GLOBAL_POOLS = ("global_avgpool", "global_maxpool")
 
 
 def emit_scheduled(bb: relax.BlockBuilder, name: str, fn: Callable, args, schedule: Callable,
@@ -84,14 +84,6 @@ class Value:
     views: dict = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Kind:
-    """How a layer is computed: ``name`` the kernel family, ``geo`` a conv's geometry."""
-
-    name: str
-    geo: object = None
-
-
 def cpu_lowering(lanes: int, unscheduled: list | None = None):
     """The ``lowering`` argument of ``build_train_module`` for the CPU: a CpuTrainLowering
     for a target with ``lanes`` float32 vector lanes."""
@@ -104,7 +96,7 @@ class CpuTrainLowering(TrainLowering):
         self.lanes = lanes
         self.registers = vector_registers(lanes)
         self.unscheduled = unscheduled if unscheduled is not None else []
-        self.kinds: dict[str, Kind] = {}
+        self.kinds: dict[str, KernelChoice] = {}
         self.consumed: dict[str, list] = {}   # each layer's inputs in the layouts it read
         self.input_grads: dict[str, str] = {}  # conv -> how its input gradient is computed
 
@@ -137,57 +129,22 @@ class CpuTrainLowering(TrainLowering):
     def value_in(self, src: str, block: int) -> Value:
         return self.layout(self.values[src], block)
 
-    # -- which kernel ---------------------------------------------------------------------------
-    def choose(self, node: str) -> Kind:
-        data = self.g.nodes[node]
-        layer = data["layer"]
-        t = layer.type_name
-        first = self.values[data["inputs"][0]].block if data["inputs"] else PLAIN
-        spatial = len(data["shape"]) > 1
-        if t in ("conv2d", "conv1d"):
-            return self.choose_conv(node)
-        if t in ACTIVATIONS or t in ("add", "dropout", "identity"):
-            return Kind("elementwise")
-        if t == "dense":
-            return Kind("dense")
-        if not spatial or first == PLAIN:
-            return Kind("generic")
-        if t == "batchnorm":
-            return Kind("batchnorm")
-        if t in WINDOW_POOLS:
-            return Kind("pool")
-        if t in GLOBAL_POOLS:
-            return Kind("global_pool")
-        return Kind("generic")
-
-    def choose_conv(self, node: str) -> Kind:
-        data = self.g.nodes[node]
-        layer = data["layer"]
-        src = data["inputs"][0]
-        in_block = self.values[src].block
-        cin = self.g.nodes[src]["shape"][0]
-        if layer.groups == cin and layer.filters == cin and cin > 1:
-            b = in_block or block_for(cin, self.lanes)
-            return Kind("depthwise", conv_geometry(self.g, node, b, b))
-        for source in dict.fromkeys((in_block, PLAIN)):
-            for ob in dict.fromkeys((block_for(layer.filters, self.lanes), self.lanes // 2,
-                                     self.lanes // 4)):
-                geo = conv_geometry(self.g, node, source, ob)
-                if geo.supported() is None:
-                    return Kind("conv", geo)
-        return Kind("generic")
+    # -- which kernel: the CPU planner's choice, as at inference ---------------------------------
+    def choose(self, node: str) -> KernelChoice:
+        blocks = {src: self.values[src].block for src in self.g.nodes[node]["inputs"]}
+        return choose_kernel(self.g, node, blocks, self.lanes, (), training=True)
 
     # -- forward --------------------------------------------------------------------------------
     def forward(self, node: str):
         kind = self.choose(node)
         self.kinds[node] = kind
-        if kind.name == "generic":
+        if kind.kind == "generic":
             self.consumed[node] = [self.values[s] for s in self.g.nodes[node]["inputs"]]
             return super().forward(node)
-        return getattr(self, f"forward_{kind.name}")(node, kind)
+        return getattr(self, f"forward_{kind.kind}")(node, kind)
 
     def forward_conv(self, node, kind):
-        geo = kind.geo
+        geo = kind.geometry
         x = self.value_in(self.g.nodes[node]["inputs"][0], geo.ib if not geo.in_plain else PLAIN)
         self.consumed[node] = [x]
         args = self.args(node)
@@ -204,7 +161,7 @@ class CpuTrainLowering(TrainLowering):
         return Value(out, geo.cout, geo.ob)
 
     def forward_depthwise(self, node, kind):
-        geo = kind.geo
+        geo = kind.geometry
         x = self.value_in(self.g.nodes[node]["inputs"][0], geo.ob)
         self.consumed[node] = [x]
         args = self.args(node)
@@ -264,25 +221,26 @@ class CpuTrainLowering(TrainLowering):
         return dxs, grads
 
     def forward_elementwise(self, node, kind):
+        """A point-wise layer, an add, dropout or identity, in the layout of its first input."""
         data = self.g.nodes[node]
         layer = data["layer"]
-        t = layer.type_name
         first = self.values[data["inputs"][0]]
         xs = [self.layout(self.values[s], first.block) for s in data["inputs"]]
         self.consumed[node] = xs
-        if t == "identity" or (t == "dropout" and node not in self.mvars):
+        dropout = isinstance(layer, Dropout) and node in self.mvars
+        if layer.passthrough and not dropout:
             return xs[0]
-        if t == "dropout":
+        if dropout:
             mask = self.layout(Value(self.mvars[node], first.channels), first.block)
             self.consumed[node] = [xs[0], mask]
             var = self.emit(masked("dropout"), xs[0].var, mask.var, name=kernel_name(node))
-        elif t == "add":
-            var = self.emit(lambda *ts: lower_add(layer, list(ts), {}, None),
+        elif isinstance(layer, Add):
+            compute = rules_for(layer, node).compute
+            var = self.emit(lambda *ts: compute(layer, list(ts), {}, None),
                             *[x.var for x in xs], name=kernel_name(node))
         else:
-            alpha = getattr(layer, "alpha", 0.0)
-            var = self.emit(lambda a: te.compute(a.shape, lambda *i: activation(t, a(*i), alpha),
-                                                 name=t), xs[0].var, name=kernel_name(node))
+            var = self.emit(lambda a: te.compute(a.shape, lambda *i: layer.forward(
+                a(*i), CPU_MATH, None), name=layer.type_name), xs[0].var, name=kernel_name(node))
         return Value(var, first.channels, first.block)
 
     def forward_batchnorm(self, node, kind):
@@ -328,14 +286,14 @@ class CpuTrainLowering(TrainLowering):
     # -- backward -------------------------------------------------------------------------------
     def backward(self, node: str, dy_value, needs_dx: list):
         kind = self.kinds[node]
-        if kind.name == "generic":
+        if kind.kind == "generic":
             return super().backward(node, dy_value, needs_dx)
-        return getattr(self, f"backward_{kind.name}")(node, kind, dy_value, needs_dx)
+        return getattr(self, f"backward_{kind.kind}")(node, kind, dy_value, needs_dx)
 
     def conv_grad_inputs(self, node, kind, dy):
         """What a conv's backward kernels read: (geometry, dy in its output block, the input
         as the forward read it, the parameter arguments, their names, the kernel name stem)."""
-        geo = kind.geo
+        geo = kind.geometry
         (x,) = self.consumed[node]
         return (geo, self.layout(dy, geo.ob), x, self.args(node), param_names(self.g, node),
                 kernel_name(node) + "_grad")
@@ -444,18 +402,16 @@ class CpuTrainLowering(TrainLowering):
     def backward_elementwise(self, node, kind, dy, needs_dx):
         data = self.g.nodes[node]
         layer = data["layer"]
-        t = layer.type_name
         xs = self.consumed[node]
         dy = self.layout(dy, xs[0].block)
         hint = kernel_name(node) + "_grad"
-        if t == "identity" or (t == "dropout" and node not in self.mvars):
-            return [dy], {}
-        if t == "add":
+        dropout = isinstance(layer, Dropout) and node in self.mvars
+        if isinstance(layer, Add) or (layer.passthrough and not dropout):
             return [dy] * len(xs), {}
-        if t == "dropout":
+        if dropout:
             var = self.emit(masked("dropout_dx"), dy.var, xs[1].var, name=hint)
             return [Value(var, dy.channels, dy.block)], {}
-        grad = te_grad.GRADS[t]
+        grad = gradient_of(layer, node)
         y = self.values[node]
         var = self.emit(lambda a, b, d: grad(layer, [a], b, d, {}, None)[0][0],
                         xs[0].var, y.var, dy.var, name=hint)
@@ -483,7 +439,7 @@ class CpuTrainLowering(TrainLowering):
         (x,) = self.consumed[node]
         dy = self.layout(dy, x.block)
         y = self.values[node]
-        grad = te_grad.GRADS[layer.type_name]
+        grad = gradient_of(layer, node)
         lanes = self.lanes
         var = self.emit(lambda a, b, d: grad(layer, [a], b, d, {}, shape)[0][0],
                         x.var, y.var, dy.var, name=kernel_name(node) + "_grad",

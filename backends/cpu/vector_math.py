@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from tvm import tirx
 
-from ..te_ops import activation as plain_activation
+from ..te_ops import TEMath
 
 FLOAT = "float32"
 
@@ -63,12 +63,5 @@ def fast_sigmoid(x):
     return _c(1.0) / (_c(1.0) + fast_exp(-x))
 
 
-def activation(kind: str, v, alpha: float = 0.0):
-    """One activation of a float32 expression, vectorizable."""
-    if kind in ("relu", "leaky_relu"):
-        return plain_activation(kind, v, alpha, FLOAT)
-    if kind == "sigmoid":
-        return fast_sigmoid(v)
-    if kind == "tanh":
-        return fast_tanh(v)
-    raise ValueError(f"unknown activation '{kind}'")
+# the operations point-wise layers are written in (layers.pointwise), with these forms
+CPU_MATH = TEMath(exp=fast_exp, tanh=fast_tanh, sigmoid=fast_sigmoid)

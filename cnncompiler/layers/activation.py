@@ -1,4 +1,5 @@
-"""Element-wise layers: activations, softmax, dropout and identity. Each keeps its input shape."""
+"""Element-wise layers: activations (point-wise, see ``pointwise``), softmax, dropout and
+identity. Each keeps its input shape."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import math
 import numpy as np
 
 from ..errors import ShapeError
-from .base import Layer, register
-from .fields import integer, non_negative_number, option, probability
+from .base import Layer, ParamSpec, register
+from .fields import choice, integer, non_negative_number, number, option, positive_int, probability
+from .pointwise import NUMPY, Pointwise
 
 
 class Elementwise(Layer):
@@ -24,45 +26,181 @@ class Elementwise(Layer):
 
 
 @register("relu")
-class ReLU(Elementwise):
+class ReLU(Pointwise):
     """max(x, 0). YAML: ``{type: relu}``."""
 
-    def reference(self, xs, params):
-        return np.maximum(xs[0], 0).astype(xs[0].dtype, copy=False)
+    def forward(self, x, m, arg):
+        return m.where(x < 0, 0.0, x)
+
+    def backward(self, x, y, dy, m, arg):
+        # PyTorch's threshold_backward: no gradient where x <= 0; a NaN passes it on
+        return m.where(x <= 0, 0.0, dy)
 
 
 @register("leaky_relu")
-class LeakyReLU(Elementwise):
+class LeakyReLU(Pointwise):
     """x for x > 0, alpha * x otherwise. YAML: ``{type: leaky_relu, alpha: 0.01}``."""
 
     alpha: float = option(non_negative_number, default=0.01)
 
-    def reference(self, xs, params):
-        x = xs[0]
-        return np.where(x > 0, x, x * x.dtype.type(self.alpha))
+    def forward(self, x, m, arg):
+        return m.where(x > 0, x, x * self.alpha)
+
+    def backward(self, x, y, dy, m, arg):
+        return m.where(x > 0, dy, dy * self.alpha)
+
+
+@register("prelu")
+class PReLU(Pointwise):
+    """Leaky ReLU with a learned slope, PyTorch's PReLU: x for x > 0, weight * x otherwise.
+
+    YAML: ``{type: prelu, num_parameters: 1}`` (one slope) or the channel count (one per
+    channel); parameter ``weight`` (num_parameters,), initialised to ``init`` (0.25)."""
+
+    num_parameters: int = option(positive_int, default=1)
+    init: float = option(number, default=0.25)
+
+    def infer_shape(self, in_shapes, notes):
+        shape = in_shapes[0]
+        channels = shape[0]
+        if self.num_parameters not in (1, channels):
+            raise ShapeError(f"num_parameters is {self.num_parameters} but the input has "
+                             f"{channels} channels",
+                             f"num_parameters 1 or {channels} (the channels, axis 1)",
+                             f"use num_parameters: 1 (one slope) or {channels}")
+        return shape
+
+    def params(self, in_shapes):
+        return {"weight": ParamSpec((self.num_parameters,), "constant", value=self.init)}
+
+    def forward(self, x, m, arg):
+        return m.where(x > 0, x, x * arg("weight"))
+
+    def backward(self, x, y, dy, m, arg):
+        return m.where(x > 0, dy, dy * arg("weight"))
+
+    def weight_gradient_term(self, x, dy, m):
+        """What each element adds to the weight's gradient (summed over the batch, positions,
+        and over the channels when there is one slope)."""
+        return m.where(x > 0, 0.0, x * dy)
+
+    def reference_weight_gradient(self, x, dy):
+        term = self.weight_gradient_term(x, dy, NUMPY)
+        axes = tuple(a for a in range(x.ndim) if a != 1 or self.num_parameters == 1)
+        return term.sum(axis=axes).reshape(self.num_parameters).astype(x.dtype)
+
+    def epilogue_args(self, params, channels):
+        """In a fused epilogue the slope is read per channel: one slope is repeated."""
+        return {"weight": np.broadcast_to(np.asarray(params["weight"]), (channels,)).copy()}
+
+    def epilogue_arg_shapes(self, in_shapes):
+        return {"weight": (in_shapes[0][0],)}
+
+
+@register("relu6")
+class ReLU6(Pointwise):
+    """min(max(x, 0), 6), PyTorch's ReLU6. YAML: ``{type: relu6}``."""
+
+    def forward(self, x, m, arg):
+        return m.where(x < 0, 0.0, m.where(x > 6, 6.0, x))
+
+    def backward(self, x, y, dy, m, arg):
+        # PyTorch's hardtanh_backward: no gradient at or beyond either edge
+        return m.where(x <= 0, 0.0, m.where(x >= 6, 0.0, dy))
+
+
+@register("hardsigmoid")
+class Hardsigmoid(Pointwise):
+    """relu6(x + 3) / 6, PyTorch's Hardsigmoid. YAML: ``{type: hardsigmoid}``."""
+
+    def forward(self, x, m, arg):
+        return m.where(x < -3, 0.0, m.where(x > 3, 1.0, x * (1 / 6) + 0.5))
+
+    def backward(self, x, y, dy, m, arg):
+        return m.where(x > -3, m.where(x < 3, dy * (1 / 6), 0.0), 0.0)
+
+
+@register("hardswish")
+class Hardswish(Pointwise):
+    """x * relu6(x + 3) / 6, PyTorch's Hardswish. YAML: ``{type: hardswish}``."""
+
+    cost_per_element = 3
+
+    def forward(self, x, m, arg):
+        # as PyTorch's x * relu6(x + 3) / 6, so -inf * 0 is NaN there too
+        return x * m.where(x < -3, 0.0, m.where(x > 3, 6.0, x + 3)) * (1 / 6)
+
+    def backward(self, x, y, dy, m, arg):
+        # at the two kinks PyTorch takes the outer piece's slope: 0 at -3, 1 at 3
+        return m.where(x <= -3, 0.0, m.where(x < 3, dy * (x * (1 / 3) + 0.5), dy))
 
 
 @register("sigmoid")
-class Sigmoid(Elementwise):
+class Sigmoid(Pointwise):
     """1 / (1 + exp(-x)). YAML: ``{type: sigmoid}``."""
 
     cost_per_element = 4
 
-    def reference(self, xs, params):
-        x = xs[0]
-        # exp of a large positive number overflows; split by sign to stay finite.
-        e = np.exp(-np.abs(x))
-        return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+    def forward(self, x, m, arg):
+        return m.sigmoid(x)
+
+    def backward(self, x, y, dy, m, arg):
+        return dy * y * (1 - y)
 
 
 @register("tanh")
-class Tanh(Elementwise):
+class Tanh(Pointwise):
     """Hyperbolic tangent. YAML: ``{type: tanh}``."""
 
     cost_per_element = 4
 
-    def reference(self, xs, params):
-        return np.tanh(xs[0])
+    def forward(self, x, m, arg):
+        return m.tanh(x)
+
+    def backward(self, x, y, dy, m, arg):
+        return dy * (1 - y * y)
+
+
+@register("silu")
+class SiLU(Pointwise):
+    """x * sigmoid(x) (swish), PyTorch's SiLU. YAML: ``{type: silu}``."""
+
+    cost_per_element = 5
+
+    def forward(self, x, m, arg):
+        return x * m.sigmoid(x)
+
+    def backward(self, x, y, dy, m, arg):
+        s = m.sigmoid(x)
+        return dy * s * (1 + x * (1 - s))
+
+
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+_GELU_CUBIC = 0.044715
+
+
+@register("gelu")
+class GELU(Pointwise):
+    """x * Phi(x), PyTorch's GELU: ``approximate: none`` uses the error function,
+    ``approximate: tanh`` the tanh approximation. YAML: ``{type: gelu, approximate: none}``."""
+
+    approximate: str = option(choice("none", "tanh"), default="none")
+    cost_per_element = 8
+
+    def forward(self, x, m, arg):
+        if self.approximate == "tanh":
+            inner = _SQRT_2_OVER_PI * (x + _GELU_CUBIC * x * x * x)
+            return 0.5 * x * (1 + m.tanh(inner))
+        return 0.5 * x * (1 + m.erf(x * (1 / math.sqrt(2))))
+
+    def backward(self, x, y, dy, m, arg):
+        if self.approximate == "tanh":
+            t = m.tanh(_SQRT_2_OVER_PI * (x + _GELU_CUBIC * x * x * x))
+            slope = _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * x * x)
+            return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * slope)
+        cdf = 0.5 * (1 + m.erf(x * (1 / math.sqrt(2))))
+        pdf = m.exp(x * x * -0.5) * (1 / math.sqrt(2 * math.pi))
+        return dy * (cdf + x * pdf)
 
 
 def _axis(value):
@@ -103,6 +241,7 @@ class Dropout(Elementwise):
 
     rate: float = option(probability, default=0.5)
     cost_per_element = 0
+    passthrough = True
 
     def reference(self, xs, params):
         return xs[0]
@@ -125,6 +264,7 @@ class Identity(Elementwise):
     """Passes its input through unchanged. YAML: ``{type: identity}``."""
 
     cost_per_element = 0
+    passthrough = True
 
     def reference(self, xs, params):
         return xs[0]

@@ -33,9 +33,10 @@ class ParamSpec:
     training updates it (batch-norm running statistics are buffers, not parameters)."""
 
     shape: Shape
-    init: str = "fan_in_uniform"  # fan_in_uniform | zeros | ones
+    init: str = "fan_in_uniform"  # fan_in_uniform | zeros | ones | constant (``value``)
     fan_in: int = 1
     trainable: bool = True
+    value: float = 0.0
 
     @property
     def size(self) -> int:
@@ -48,6 +49,8 @@ class ParamSpec:
             return np.zeros(self.shape, np.float32)
         if self.init == "ones":
             return np.ones(self.shape, np.float32)
+        if self.init == "constant":
+            return np.full(self.shape, self.value, np.float32)
         bound = 1.0 / math.sqrt(max(self.fan_in, 1))
         return rng.uniform(-bound, bound, self.shape).astype(np.float32)
 
@@ -81,6 +84,8 @@ class Layer:
     min_inputs: ClassVar[int] = 1
     max_inputs: ClassVar[int | None] = 1
     internal: ClassVar[bool] = False  # made by optimisation passes, not written in specs
+    # its value is its input's at inference (dropout, identity): no kernel is made for it
+    passthrough: ClassVar[bool] = False
 
     # -- shape rule ---------------------------------------------------------------------
     def infer_shape(self, in_shapes: list[Shape], notes: ShapeNotes) -> Shape:
@@ -111,6 +116,26 @@ class Layer:
         """The compiled kernel's arguments from the layer's parameters, computed once when
         weights are loaded (a fused layer folds batch norm here). Default: the same."""
         return params
+
+    def kernel_arg_shapes(self, in_shapes: list[Shape]) -> dict[str, Shape]:
+        """The shapes of what :meth:`prepare` returns, by arithmetic (a layer that overrides
+        ``prepare`` overrides this too; a test checks the two agree for every layer type)."""
+        return {key: spec.shape for key, spec in self.params(in_shapes).items()}
+
+    # -- as a step of a fused conv/dense epilogue (point-wise layers, batch norm, add) --------
+    def epilogue(self, v, m, arg, residual):
+        """This layer applied to one element ``v`` of the kernel's output, written in the
+        operations of ``m`` (see ``layers.pointwise``); ``arg(key)`` reads a prepared
+        argument at the element's channel, ``residual`` is the add's other input there."""
+        raise NotImplementedError(f"{self.type_name} is not an epilogue step")
+
+    def epilogue_args(self, params: dict[str, np.ndarray], channels: int) -> dict:
+        """The prepared arguments of this layer as an epilogue step of ``channels``."""
+        return self.prepare(params)
+
+    def epilogue_arg_shapes(self, in_shapes: list[Shape]) -> dict[str, Shape]:
+        """The shapes of what :meth:`epilogue_args` returns."""
+        return self.kernel_arg_shapes(in_shapes)
 
     # -- introspection ----------------------------------------------------------------------
     @classmethod

@@ -14,36 +14,26 @@ becomes a per-channel scale and shift.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
-from .base import Layer, ParamSpec, ShapeNotes, register
-
-ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh")
-_ACTIVATION_LAYERS = {"relu": ReLU(), "sigmoid": Sigmoid(), "tanh": Tanh()}
-
-
-def activation_step(layer: Layer) -> tuple:
-    """The epilogue step for an activation layer: ('relu',) or ('leaky_relu', alpha)."""
-    if layer.type_name == "leaky_relu":
-        return ("leaky_relu", layer.alpha)
-    return (layer.type_name,)
+from .base import Layer, ShapeNotes, register
+from .merge import Add
+from .norm import BatchNorm
+from .pointwise import NUMPY, per_channel
 
 
-def apply_activation(step: tuple, y: np.ndarray) -> np.ndarray:
-    if step[0] == "leaky_relu":
-        return LeakyReLU(alpha=step[1]).reference([y], {})
-    return _ACTIVATION_LAYERS[step[0]].reference([y], {})
-
-
-def _per_channel(v: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return v.reshape((1, -1) + (1,) * (y.ndim - 2)).astype(y.dtype, copy=False)
+def step_arg(index: int, key: str) -> str:
+    """The kernel argument name of epilogue step ``index``'s prepared ``key``: '2.scale'."""
+    return f"{index}.{key}"
 
 
 @register("fused", internal=True)
 class Fused(Layer):
-    """``base`` (conv1d, conv2d or dense) then ``steps`` in order, each one of
-    ``('batchnorm', eps)``, ``('add',)`` (the second input, a residual), or an activation."""
+    """``base`` (conv1d, conv2d or dense) then ``steps`` in order: layers that act on each
+    element of its output (``Layer.epilogue``): batch norms, point-wise activations and one
+    add (whose other input is the kernel's second input, a residual)."""
 
     base: Layer = None
     steps: tuple = ()
@@ -55,35 +45,49 @@ class Fused(Layer):
     def folded(self) -> int:
         """How many leading batch-norm steps fold into the base's weights."""
         n = 0
-        while n < len(self.steps) and self.steps[n][0] == "batchnorm":
+        while n < len(self.steps) and isinstance(self.steps[n], BatchNorm):
             n += 1
         return n
 
     @property
     def has_residual(self) -> bool:
-        return any(s[0] == "add" for s in self.steps)
+        return any(isinstance(s, Add) for s in self.steps)
+
+    def epilogue_steps(self) -> list[tuple[int, Layer]]:
+        """(index, step) of the steps the kernel applies after the base (the unfolded ones)."""
+        return list(enumerate(self.steps))[self.folded:]
 
     def describe(self) -> str:
         parts = [self.base.type_name]
         for i, step in enumerate(self.steps):
             parts.append(f"batchnorm({'folded' if i < self.folded else 'scale-shift'})"
-                         if step[0] == "batchnorm" else step[0])
+                         if isinstance(step, BatchNorm) else step.type_name)
         return " + ".join(parts)
 
     def infer_shape(self, in_shapes, notes):
         return self.base.infer_shape(in_shapes[:1], notes)
 
-    def params(self, in_shapes):
-        out = dict(self.base.params(in_shapes[:1]))
+    def _out_shape(self, in_shapes):
         # a fresh sink: the base's warnings (a 1x1 stride-2 shortcut's unread row) were
         # already reported when the spec was checked
-        shape = self.infer_shape(in_shapes, ShapeNotes())
+        return self.infer_shape(in_shapes, ShapeNotes())
+
+    def params(self, in_shapes):
+        out = dict(self.base.params(in_shapes[:1]))
+        shape = self._out_shape(in_shapes)
         for i, step in enumerate(self.steps):
-            if step[0] == "batchnorm":
-                c = shape[0]
-                out |= {f"{i}.weight": ParamSpec((c,), "ones"), f"{i}.bias": ParamSpec((c,), "zeros"),
-                        f"{i}.running_mean": ParamSpec((c,), "zeros", trainable=False),
-                        f"{i}.running_var": ParamSpec((c,), "ones", trainable=False)}
+            out |= {step_arg(i, k): spec for k, spec in step.params([shape]).items()}
+        return out
+
+    def kernel_arg_shapes(self, in_shapes):
+        base = self.base.kernel_arg_shapes(in_shapes[:1])
+        out = {"weight": base["weight"]}
+        channels = self._out_shape(in_shapes)[0]
+        if "bias" in base or self.folded:
+            out["bias"] = (channels,)
+        shape = self._out_shape(in_shapes)
+        for i, step in self.epilogue_steps():
+            out |= {step_arg(i, k): s for k, s in step.epilogue_arg_shapes([shape]).items()}
         return out
 
     def flops(self, in_shapes, out_shape):
@@ -99,39 +103,47 @@ class Fused(Layer):
         w = np.asarray(params["weight"], np.float64)
         b = np.asarray(params["bias"], np.float64) if "bias" in params else None
         for i in range(self.folded):
-            scale, shift = self._scale_shift(i, params)
+            prepared = self.steps[i].prepare(self._step_params(i, params))
+            scale, shift = prepared["scale"], prepared["shift"]
             w = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
             b = shift if b is None else b * scale + shift
         dtype = np.asarray(params["weight"]).dtype
         out = {"weight": w.astype(dtype)}
         if b is not None:
             out["bias"] = b.astype(dtype)
-        for i in range(self.folded, len(self.steps)):
-            if self.steps[i][0] == "batchnorm":
-                scale, shift = self._scale_shift(i, params)
-                out[f"{i}.scale"], out[f"{i}.shift"] = scale.astype(dtype), shift.astype(dtype)
+        channels = w.shape[0]
+        for i, step in self.epilogue_steps():
+            local = self._step_params(i, params)
+            if local:
+                out |= {step_arg(i, k): np.asarray(v).astype(dtype) for k, v in
+                        step.epilogue_args(local, channels).items()}
         return out
 
-    def _scale_shift(self, i: int, params: dict):
-        eps = self.steps[i][1]
-        scale = np.asarray(params[f"{i}.weight"], np.float64) / np.sqrt(
-            np.asarray(params[f"{i}.running_var"], np.float64) + eps)
-        shift = np.asarray(params[f"{i}.bias"], np.float64) - \
-            np.asarray(params[f"{i}.running_mean"], np.float64) * scale
-        return scale, shift
+    @staticmethod
+    def _step_params(i: int, params: dict) -> dict:
+        prefix = f"{i}."
+        return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
 
     def kernel_reference(self, xs: list[np.ndarray], args: dict) -> np.ndarray:
         """What the fused kernel computes from the prepared arguments."""
         base_args = {k: args[k] for k in ("weight", "bias") if k in args}
         y = self.base.reference(xs[:1], base_args)
-        for i, step in enumerate(self.steps[self.folded:], self.folded):
-            if step[0] == "batchnorm":
-                y = y * _per_channel(args[f"{i}.scale"], y) + _per_channel(args[f"{i}.shift"], y)
-            elif step[0] == "add":
-                y = y + xs[1]
-            else:
-                y = apply_activation(step, y)
+        residual = xs[1] if len(xs) > 1 else None
+        y = apply_epilogue(self, y, NUMPY, lambda name: per_channel(args[name], y), residual)
         return y.astype(xs[0].dtype, copy=False)
 
     def reference(self, xs, params):
         return self.kernel_reference(xs, self.prepare(params))
+
+
+def apply_epilogue(fused: Fused, v, m, arg, residual):
+    """``v`` through the fused layer's epilogue: the one interpreter of epilogue steps, for
+    the numpy reference and every backend's kernels. ``arg(name)`` reads the kernel argument
+    ``name`` (see :func:`step_arg`) at ``v``'s channel; ``m`` gives the operations."""
+    for i, step in fused.epilogue_steps():
+        v = step.epilogue(v, m, functools.partial(_step_lookup, arg, i), residual)
+    return v
+
+
+def _step_lookup(arg, index: int, key: str):
+    return arg(step_arg(index, key))

@@ -42,6 +42,9 @@ class Add(Layer):
             out = out + x
         return out
 
+    def epilogue(self, v, m, arg, residual):
+        return v + residual
+
 
 def _concat_axis(value):
     if value == "channels":

@@ -72,6 +72,13 @@ class BatchNorm(Layer):
         scale = weight / np.sqrt(var + self.eps)
         return {"scale": scale, "shift": bias - mean * scale}
 
+    def kernel_arg_shapes(self, in_shapes):
+        c = in_shapes[0][0]
+        return {"scale": (c,), "shift": (c,)}
+
+    def epilogue(self, v, m, arg, residual):
+        return v * arg("scale") + arg("shift")
+
     def reference_train(self, xs, params, state):
         x = xs[0]
         axes = _channel_axes(x)

@@ -4,32 +4,34 @@ from __future__ import annotations
 
 import networkx as nx
 
+from ..layers.activation import Dropout, Identity
+from ..layers.dense import Flatten
+from ..layers.merge import Concat
+from ..layers.pool import AvgPoolBase, MaxPoolBase
 from .rewrite import PassReport, bypass, copy_graph
 
 
 def drop_dropout(g: nx.DiGraph) -> tuple[nx.DiGraph, PassReport]:
     """Dropout is the identity at inference: remove it."""
     g, report = copy_graph(g), PassReport("drop-dropout")
-    for name in [n for n in g if g.nodes[n]["layer"].type_name == "dropout"]:
+    for name in [n for n in g if isinstance(g.nodes[n]["layer"], Dropout)]:
         bypass(g, name)
         report.applied.append(f"removed dropout '{name}'")
     return g, report
 
 
-_PLAIN_POOLS = ("maxpool2d", "avgpool2d", "maxpool1d", "avgpool1d")
-
-
 def _is_identity(layer, in_shapes) -> str | None:
     """Why a layer computes its input unchanged, or None."""
-    t = layer.type_name
-    if t == "identity":
+    if isinstance(layer, Identity):
         return "identity layer"
-    if t in _PLAIN_POOLS and set(layer.kernel) == {1} and set(layer.stride) == {1} and \
+    # a max or average of one element (an Lp pool of one is |x|, not x)
+    if isinstance(layer, (MaxPoolBase, AvgPoolBase)) and set(layer.kernel) == {1} and \
+            set(layer.stride) == {1} and \
             (layer.padding in ("valid", "same") or all(p == (0, 0) for p in layer.padding)):
         return "1-wide pooling with stride 1"
-    if t == "concat" and len(in_shapes) == 1:
+    if isinstance(layer, Concat) and len(in_shapes) == 1:
         return "concat of one input"
-    if t == "flatten" and len(in_shapes[0]) == 1:
+    if isinstance(layer, Flatten) and len(in_shapes[0]) == 1:
         return "flatten of a flat input"
     return None
 

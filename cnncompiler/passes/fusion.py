@@ -12,18 +12,24 @@ from __future__ import annotations
 import networkx as nx
 
 from ..graph.build import param_names, topo_layers
-from ..layers.fused import ACTIVATIONS, Fused, activation_step
+from ..layers.conv import ConvBase
+from ..layers.dense import Dense
+from ..layers.fused import Fused, step_arg
+from ..layers.merge import Add
+from ..layers.norm import BatchNorm
+from ..layers.pointwise import Pointwise
 from .rewrite import PassReport, absorb, consumers, copy_graph
 
-BASES = ("conv2d", "conv1d", "dense")
+# the layers a kernel with an epilogue computes first: a sum of products per output element
+BASES = (ConvBase, Dense)
 
 
 def _fusable(layer) -> bool:
-    return layer.type_name in BASES or layer.type_name == "fused"
+    return isinstance(layer, (*BASES, Fused))
 
 
 def _as_fused(layer) -> Fused:
-    return layer if layer.type_name == "fused" else Fused(base=layer, steps=())
+    return layer if isinstance(layer, Fused) else Fused(base=layer, steps=())
 
 
 def _sole_reader(g: nx.DiGraph, name: str) -> tuple[str | None, str]:
@@ -34,8 +40,8 @@ def _sole_reader(g: nx.DiGraph, name: str) -> tuple[str | None, str]:
     return None, f"'{name}' has {len(readers)} readers ({shown})"
 
 
-def _bn_params(g: nx.DiGraph, bn: str, index: int) -> dict[str, str]:
-    return {f"{index}.{local}": glob for local, glob in param_names(g, bn).items()}
+def _step_params(g: nx.DiGraph, layer: str, index: int) -> dict[str, str]:
+    return {step_arg(index, local): glob for local, glob in param_names(g, layer).items()}
 
 
 def fold_batchnorm(g: nx.DiGraph) -> tuple[nx.DiGraph, PassReport]:
@@ -46,7 +52,7 @@ def fold_batchnorm(g: nx.DiGraph) -> tuple[nx.DiGraph, PassReport]:
             continue
         while True:
             fused = _as_fused(g.nodes[name]["layer"])
-            bns = [r for r in g.successors(name) if g.nodes[r]["layer"].type_name == "batchnorm"]
+            bns = [r for r in g.successors(name) if isinstance(g.nodes[r]["layer"], BatchNorm)]
             if not bns:
                 break
             reader, why = _sole_reader(g, name)
@@ -56,13 +62,12 @@ def fold_batchnorm(g: nx.DiGraph) -> tuple[nx.DiGraph, PassReport]:
             if fused.folded != len(fused.steps):
                 report.declined.append(
                     f"batchnorm '{reader}' not folded into '{name}': it follows "
-                    f"{fused.steps[-1][0]}, so it cannot change the weights (fuse-epilogue "
+                    f"{fused.steps[-1].type_name}, so it cannot change the weights (fuse-epilogue "
                     "applies it as a per-channel scale and shift)")
                 break
-            step = ("batchnorm", g.nodes[reader]["layer"].eps)
-            new = Fused(base=fused.base, steps=fused.steps + (step,))
+            new = Fused(base=fused.base, steps=fused.steps + (g.nodes[reader]["layer"],))
             absorb(g, name, reader, new, g.nodes[name]["inputs"],
-                   _bn_params(g, reader, len(fused.steps)))
+                   _step_params(g, reader, len(fused.steps)))
             report.applied.append(f"folded batchnorm '{reader}' into {fused.base.type_name} "
                                   f"'{name}' weights")
     return g, report
@@ -71,13 +76,10 @@ def fold_batchnorm(g: nx.DiGraph) -> tuple[nx.DiGraph, PassReport]:
 def _epilogue_step(g, name, reader, fused: Fused):
     """(step, inputs, extra params) to absorb ``reader`` after ``name``, or (None, reason)."""
     layer = g.nodes[reader]["layer"]
-    t = layer.type_name
     inputs = g.nodes[name]["inputs"]
-    if t in ACTIVATIONS:
-        return (activation_step(layer), inputs, {}), None
-    if t == "batchnorm":
-        return (("batchnorm", layer.eps), inputs, _bn_params(g, reader, len(fused.steps))), None
-    if t == "add":
+    if isinstance(layer, (Pointwise, BatchNorm)):
+        return (layer, inputs, _step_params(g, reader, len(fused.steps))), None
+    if isinstance(layer, Add):
         add_inputs = g.nodes[reader]["inputs"]
         if len(add_inputs) != 2:
             return None, f"add '{reader}' has {len(add_inputs)} inputs; a kernel fuses one residual"
@@ -86,7 +88,7 @@ def _epilogue_step(g, name, reader, fused: Fused):
         if fused.has_residual:
             return None, f"'{name}' already fuses a residual add"
         other = add_inputs[1] if add_inputs[0] == name else add_inputs[0]
-        return (("add",), (inputs[0], other), {}), None
+        return (layer, (inputs[0], other), {}), None
     return None, ""
 
 
@@ -113,6 +115,6 @@ def fuse_epilogue(g: nx.DiGraph) -> tuple[nx.DiGraph, PassReport]:
             step, inputs, extra = found
             new = Fused(base=fused.base, steps=fused.steps + (step,))
             absorb(g, name, reader, new, inputs, extra)
-            report.applied.append(f"fused {step[0]} "
+            report.applied.append(f"fused {step.type_name} "
                                   f"'{reader}' into '{name}' ({new.describe()})")
     return g, report

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import InputError, NonFiniteError
 from ..graph import topo_layers
 from ..reference import layer_params, run_reference
-from .signature import kernel_signature
+from ..graph.signature import kernel_signature
 
 CONVERSION = re.compile(r"_layout\d+$")  # the emitters' layout conversion kernels
 SKIP_RUN = 1                             # tvm.runtime.vm.VMInstrumentReturnKind.SKIP_RUN

@@ -23,7 +23,8 @@ from ..errors import ArtifactError, CnncError, InputError, SpecError
 from ..storage import DirectoryWriter
 from . import artifact as art
 from .library import open_library
-from .signature import kernel_arguments, kernel_signature
+from ..graph.signature import kernel_signature
+from .signature import kernel_arguments
 from .weights import parse_weights, read_weights, validate_weights, write_weights
 
 # ``predict`` runs a batch larger than this much activation memory in pieces, so memory stays

@@ -1,0 +1,127 @@
+"""What the backends know about each layer type, in one table keyed by the layer's class.
+
+A layer type's front-end facts (keys, shape rule, parameters, numpy reference) live on its
+class in ``cnncompiler.layers``; its backend facts live here, one entry per class:
+
+- ``compute``: its tensor expression (``te_ops``), in the plain (N, C, *spatial) layout;
+- ``gradient``: its backward (``te_grad``), or :data:`TRAINING_FORM` where the training step
+  computes the layer its own way (batch statistics, dropout masks), or :data:`NOT_TRAINED`;
+- ``cpu``: the CPU kernel family that schedules it (``cpu.plan``), ``generic`` for te_ops'
+  compute under the fallback schedule;
+- ``cuda``: the CUDA schedule family; ``dlight`` is TVM's generic GPU rules for all of them.
+
+A layer is looked up by its class and then its bases, so one entry covers a family: every
+point-wise layer (``layers.pointwise``) is computed and differentiated from its own
+``forward`` and ``backward`` and needs no entry. A layer type without an entry cannot be
+compiled (the error says so, never a quiet fallback), and tests/test_layer_rules.py fails for
+any registered type that lacks one. A layer type defined outside the package declares its
+entry with :func:`declare`::
+
+    from cnncompiler.backends.rules import declare
+    declare(ChannelShuffle, compute=shuffle_compute, gradient=shuffle_gradient)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from cnncompiler.errors import CompileError
+from cnncompiler.layers.activation import Dropout, Identity, PReLU, Softmax
+from cnncompiler.layers.conv import ConvBase, LocallyConnected2d
+from cnncompiler.layers.dense import Dense, Flatten
+from cnncompiler.layers.fused import Fused
+from cnncompiler.layers.merge import Add, Concat
+from cnncompiler.layers.norm import LRN, BatchNorm
+from cnncompiler.layers.pointwise import Pointwise
+from cnncompiler.layers.pool import (AvgPoolBase, BlurPool2d, GlobalAvgPool, GlobalMaxPool,
+                                     LpPoolBase, MaxPoolBase)
+
+from . import te_grad as g
+from . import te_ops as t
+
+TRAINING_FORM = "the training step's own form"   # batch statistics, dropout masks
+NOT_TRAINED = "not trained"                        # exists only in optimised inference graphs
+
+# CPU kernel families (cpu.plan picks the kernel and layout for each)
+CPU_FAMILIES = ("conv", "dense", "pool", "global_pool", "pointwise", "batchnorm", "add",
+                "concat", "passthrough", "fused", "generic")
+CUDA_FAMILIES = ("dlight",)
+
+
+@dataclass(frozen=True)
+class Rules:
+    compute: Callable
+    gradient: Callable | str
+    cpu: str = "generic"
+    cuda: str = "dlight"
+
+    def __post_init__(self):
+        if self.cpu not in CPU_FAMILIES:
+            raise ValueError(f"unknown CPU kernel family '{self.cpu}'; one of "
+                             f"{', '.join(CPU_FAMILIES)}")
+        if self.cuda not in CUDA_FAMILIES:
+            raise ValueError(f"unknown CUDA schedule family '{self.cuda}'")
+
+
+RULES: dict[type, Rules] = {
+    ConvBase: Rules(t.lower_conv, g.grad_conv, cpu="conv"),
+    Dense: Rules(t.lower_dense, g.grad_dense, cpu="dense"),
+    LocallyConnected2d: Rules(t.lower_locally_connected2d, g.grad_locally_connected2d),
+    MaxPoolBase: Rules(t.lower_maxpool, g.grad_maxpool, cpu="pool"),
+    AvgPoolBase: Rules(t.lower_avgpool, g.grad_avgpool, cpu="pool"),
+    LpPoolBase: Rules(t.lower_lppool, g.grad_lppool),
+    GlobalAvgPool: Rules(t.lower_global_avgpool, g.grad_global_avgpool, cpu="global_pool"),
+    GlobalMaxPool: Rules(t.lower_global_maxpool, g.grad_global_maxpool, cpu="global_pool"),
+    BlurPool2d: Rules(t.lower_blurpool2d, g.grad_blurpool2d),
+    Pointwise: Rules(t.lower_pointwise, g.grad_pointwise, cpu="pointwise"),
+    # its slope is a parameter, read per channel from a plain vector: te_ops' compute
+    PReLU: Rules(t.lower_pointwise, g.grad_prelu),
+    Softmax: Rules(t.lower_softmax, g.grad_softmax),
+    BatchNorm: Rules(t.lower_batchnorm, TRAINING_FORM, cpu="batchnorm"),
+    LRN: Rules(t.lower_lrn, g.grad_lrn),
+    Flatten: Rules(t.lower_flatten, g.grad_flatten),
+    Add: Rules(t.lower_add, g.grad_add, cpu="add"),
+    Concat: Rules(t.lower_concat, g.grad_concat, cpu="concat"),
+    Dropout: Rules(t.lower_passthrough, TRAINING_FORM, cpu="passthrough"),
+    Identity: Rules(t.lower_passthrough, g.grad_passthrough, cpu="passthrough"),
+    Fused: Rules(t.lower_fused, NOT_TRAINED, cpu="fused"),
+}
+
+
+def declare(cls: type, *, compute: Callable, gradient: Callable | str = NOT_TRAINED,
+            cpu: str = "generic", cuda: str = "dlight") -> Rules:
+    """Declare the backend facts of a layer type (one defined outside the package, say):
+    ``compute(layer, xs, args, out_shape)`` its TE compute, ``gradient(layer, xs, y, dy, args,
+    out_shape) -> (dxs, dparams)`` its backward (see te_grad)."""
+    rules = Rules(compute, gradient, cpu, cuda)
+    RULES[cls] = rules
+    return rules
+
+
+def find_rules(cls: type) -> Rules | None:
+    """The entry for ``cls`` or its nearest base that has one."""
+    for klass in cls.__mro__:
+        if klass in RULES:
+            return RULES[klass]
+    return None
+
+
+def rules_for(layer, node: str | None = None) -> Rules:
+    """The backend facts of ``layer``; a clear error when its type has none."""
+    rules = find_rules(type(layer))
+    if rules is None:
+        where = f"layer '{node}' " if node else ""
+        raise CompileError(f"{where}({layer.type_name}): no lowering to TVM for this layer "
+                           "type; declare one with cnncompiler.backends.rules.declare "
+                           "(see 'Custom layer types' in the README)")
+    return rules
+
+
+def gradient_of(layer, node: str) -> Callable:
+    """The backward of ``layer``, or a clear error that it cannot be trained."""
+    gradient = rules_for(layer, node).gradient
+    if not callable(gradient):
+        raise CompileError(f"layer '{node}' ({layer.type_name}) cannot be trained: "
+                           f"{gradient}")
+    return gradient
