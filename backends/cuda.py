@@ -126,6 +126,66 @@ def prepare_process() -> bool:
     return True
 
 
+def gpu_rules():
+    """dlight's GPU rules, in the order TVM's default CUDA pipeline tries them."""
+    from tvm.s_tir import dlight as dl
+
+    return (dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+            dl.gpu.Fallback())
+
+
+def schedule_checked(mod, target):
+    """Each PrimFunc scheduled by dlight's rules, then checked by lowering its cross-thread
+    reductions; where that fails, scheduled by the Fallback rule alone (one thread per output
+    element: correct, slower).
+
+    NOTE: dlight's Reduction rules accept a grouped convolution (groups > 1, more than one
+    channel per group) and give a schedule whose cross-thread reduction TVM cannot lower
+    ("reduction-related loops ... are not the deepest"): the whole build failed."""
+    import tvm
+    from tvm import s_tir, tirx
+    from tvm.s_tir import dlight as dl
+
+    # the first two passes of the s_tir lowering (s_tir.pipeline), where that check is made
+    check = tvm.transform.Sequential([s_tir.transform.CanonicalizeLoop(),
+                                      s_tir.transform.LowerCrossThreadReduction()])
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False):
+            continue
+        # a module of its own each time: dlight may rewrite the one it is given in place
+        scheduled = dl.ApplyDefaultSchedule(*gpu_rules())(tvm.IRModule({gv: func}))
+        try:
+            check(scheduled)
+        except Exception:  # noqa: BLE001 (tvm raises several kinds; Fallback is always right)
+            scheduled = dl.ApplyDefaultSchedule(dl.gpu.Fallback())(tvm.IRModule({gv: func}))
+        mod[gv] = scheduled[gv]
+    return mod
+
+
+def relax_pipeline(target):
+    """TVM's default CUDA pipeline, with dlight's schedules checked kernel by kernel
+    (``schedule_checked``)."""
+    import tvm
+    from tvm.relax.backend.cuda import pipeline as cuda
+
+    @tvm.transform.module_pass(opt_level=0, name="cnnc.CheckedGpuSchedule")
+    def checked(mod, _ctx):
+        return schedule_checked(mod, target)
+
+    # the default legalization ends with dlight's ApplyDefaultSchedule: ours replaces it
+    *legalize, _ = cuda.legalize_passes(target)
+
+    @tvm.transform.module_pass(opt_level=0, name="cnnc.CudaPipeline")
+    def pipeline(mod, _ctx):
+        with target:
+            seq = tvm.transform.Sequential(
+                cuda.library_dispatch_passes(target) + legalize + [checked]
+                + cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target))
+            return seq(mod)
+
+    return pipeline
+
+
 def build_cuda(mod, choice, lib_path: Path) -> dict:
     """Compile a Relax module for CUDA (dlight GPU schedules) and export it with device code."""
     nvcc = find_nvcc()
@@ -136,7 +196,7 @@ def build_cuda(mod, choice, lib_path: Path) -> dict:
 
     target = tvm.target.Target(choice.config, host=choice.host)
     with target:
-        executable = tvm.compile(mod, target=target)
+        executable = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target))
     executable.export_library(str(lib_path))
     data = Path(lib_path).read_bytes()
     if FATBIN_MAGIC not in data:
@@ -147,6 +207,10 @@ def build_cuda(mod, choice, lib_path: Path) -> dict:
 def compile_in_worker(request: dict) -> None:
     """Run ``cnncompiler.compiler.build_artifact(**request)`` in a fresh process that loads
     TVM with its CUDA runtime; raises CompileError with the worker's message on failure."""
+    from cnncompiler.layers.custom import custom_layer_files
+
+    # the worker imports the files of layer types declared outside the package, as we did
+    request = {**request, "layer_files": custom_layer_files()}
     with tempfile.TemporaryDirectory(prefix="cnnc-cuda-") as tmp:
         req = Path(tmp) / "request.json"
         req.write_text(json.dumps(request))

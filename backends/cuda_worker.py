@@ -14,9 +14,13 @@ def main(path: str) -> int:
     prepare_process()
     from cnncompiler.compiler import build_artifact
     from cnncompiler.errors import CnncError
+    from cnncompiler.layers.custom import load_layer_file
 
+    request = json.loads(open(path).read())
     try:
-        build_artifact(**json.loads(open(path).read()))
+        for layer_file in request.pop("layer_files", ()):
+            load_layer_file(layer_file)
+        build_artifact(**request)
     except CnncError as exc:
         print(f"cnnc: error: {exc}", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cnncompiler import __version__, layers
 from cnncompiler.cache import cache_root, read_library, write_library
+from cnncompiler.layers.custom import custom_layer_files
 
 from .train_lower import build_train_module, train_signature
 
@@ -38,7 +39,8 @@ def _lowering_digest() -> str:
     h = hashlib.sha256()
     for path in [*(HERE / n for n in ("te_ops.py", "te_grad.py", "train_lower.py", "rules.py")),
                  *sorted((HERE / "cpu").glob("*.py")),
-                 *sorted(Path(layers.__file__).parent.glob("*.py"))]:
+                 *sorted(Path(layers.__file__).parent.glob("*.py")),
+                 *map(Path, custom_layer_files())]:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]

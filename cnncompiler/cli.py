@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cnnc", description="A compiler for convolutional neural "
                                 "networks written as YAML specs.")
     p.add_argument("--version", action="version", version=f"cnnc {__version__}")
+    p.add_argument("--layers", action="append", default=[], metavar="FILE",
+                   help="a Python file that declares layer types (see 'Custom layer types' in "
+                   "the README); may be given more than once, before the command")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     c = sub.add_parser("check", help="check a spec's shapes; print every problem with its line")
@@ -128,6 +131,10 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
+        for layer_file in args.layers:
+            from .layers.custom import load_layer_file
+
+            load_layer_file(layer_file)
         return args.run(args)
     except SpecError as exc:
         print(exc.format(), file=sys.stderr)

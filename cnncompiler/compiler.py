@@ -159,7 +159,7 @@ def kernel_report(g, tuned=()) -> list[dict]:
     for name in topo_layers(g):
         node = g.nodes[name]
         layer = node["layer"]
-        if name == "input" or layer.type_name in ("dropout", "identity"):
+        if name == "input" or layer.passthrough:
             continue
         rows.append({"kernel": name, "computes": list(node.get("merged", (name,))),
                      "what": layer.describe() if hasattr(layer, "describe") else layer.type_name,

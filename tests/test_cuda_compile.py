@@ -28,12 +28,16 @@ from cnncompiler.passes import optimize
 from cnncompiler.runtime import artifact as art
 
 from compile_helpers import assert_close, lively_params, sample_input, spec_path
+from test_compile_layers import FAMILIES, family_spec
 from conftest import HAVE_NVCC, ROOT, classic_specs, needs_gpu
 
 pytestmark = [pytest.mark.tvm,
               pytest.mark.skipif(not HAVE_NVCC, reason="nvcc (the CUDA toolkit) is not installed")]
 
 STEMS = [p.stem for p in classic_specs()]
+# every layer type, one spec per family of tests/test_compile_layers.py (at -O2, so point-wise
+# layers are compiled both fused into an epilogue and on their own)
+FAMILY_STEMS = [f"family_{family}" for family in FAMILIES]
 FATBIN_MAGIC = bytes.fromhex("50ed55ba")
 
 WORKER = textwrap.dedent("""
@@ -61,10 +65,15 @@ def built(tmp_path_factory):
     """Every spec compiled for CUDA: stem -> (artifact directory, error or None). Two workers
     share the specs: nvcc and TVM's codegen each keep one core busy."""
     root = tmp_path_factory.mktemp("cuda")
+    paths = {stem: spec_path(stem) for stem in STEMS}
+    for family in FAMILIES:
+        paths[f"family_{family}"] = root / f"family_{family}.yaml"
+        paths[f"family_{family}"].write_text(family_spec(family))
+    stems = list(paths)
     workers = max(1, min(2, os.cpu_count() or 1))
     procs = []
     for i in range(workers):
-        jobs = {stem: (str(spec_path(stem)), str(root / stem)) for stem in STEMS[i::workers]}
+        jobs = {stem: (str(paths[stem]), str(root / stem)) for stem in stems[i::workers]}
         procs.append(subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(jobs)],
                                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
@@ -73,7 +82,7 @@ def built(tmp_path_factory):
         out, err = proc.communicate(timeout=1500)
         assert proc.returncode == 0, err[-4000:]
         results |= json.loads(out.strip().splitlines()[-1])
-    return {stem: (root / stem, results[stem]) for stem in STEMS}
+    return {stem: (root / stem, results[stem]) for stem in stems}
 
 
 @pytest.fixture
@@ -86,7 +95,7 @@ def never_loaded(monkeypatch):
     monkeypatch.setattr(tvm.runtime, "load_module", refuse)
 
 
-@pytest.mark.parametrize("stem", STEMS)
+@pytest.mark.parametrize("stem", STEMS + FAMILY_STEMS)
 def test_spec_compiles_to_device_code(built, stem):
     directory, error = built[stem]
     assert error is None, error

@@ -17,6 +17,8 @@ import math
 
 from tvm import s_tir, te, tirx
 
+from cnncompiler.layers.pool import GlobalAvgPool
+
 from ..te_grad import is_max
 from .schedules import MIN_PARALLEL_WORK, scheduled, static_extent, tile_in_registers
 
@@ -255,7 +257,7 @@ def global_pool_grad(layer, x, y, dy):
     nd = len(x.shape) - 3
     sizes = [int(s) for s in x.shape[2:2 + nd]]
     ones = (0,) * nd
-    if layer.type_name == "global_avgpool":
+    if isinstance(layer, GlobalAvgPool):
         scale = _c(1.0 / math.prod(sizes))
         return te.compute(x.shape, lambda n, c, *rest: dy[(n, c, *ones, rest[-1])] * scale,
                           name="global_avgpool_dx")

@@ -106,6 +106,14 @@ class Layer:
     def reference(self, xs: list[np.ndarray], params: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
 
+    # -- its TVM compute and gradient, for a layer type declared outside the package ----------
+    # (cnnc's own layer types have theirs in backends/rules.py). Both import TVM inside:
+    #   def te_compute(self, xs, args, out_shape) -> te.Tensor
+    #       xs: the batched inputs as te tensors (N, C, *spatial), args: the prepared weights,
+    #       out_shape: the checked per-sample output shape
+    #   def te_gradient(self, xs, y, dy, args, out_shape) -> (dxs, {param: gradient})
+    #       dxs: each input's gradient (None where an input needs none)
+
     def reference_train(self, xs: list[np.ndarray], params: dict[str, np.ndarray],
                         state: dict) -> np.ndarray:
         """Training-mode forward; defaults to inference. ``state`` carries what a layer
@@ -151,9 +159,16 @@ LAYER_TYPES: dict[str, type[Layer]] = {}
 
 
 def register(name: str, *, internal: bool = False):
-    """Declare a layer type under the name specs use for it."""
+    """Declare a layer type under the name specs use for it (a Python identifier)."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"layer type name {name!r} is not an identifier (e.g. 'channel_shuffle')")
 
     def wrap(cls):
+        old = LAYER_TYPES.get(name)
+        if old is not None and (old.__module__, old.__qualname__) != \
+                (cls.__module__, cls.__qualname__):
+            raise ValueError(f"layer type '{name}' is already declared by "
+                             f"{old.__module__}.{old.__qualname__}; choose another name")
         cls = dataclass(frozen=True)(cls)
         cls.type_name = name
         cls.internal = internal

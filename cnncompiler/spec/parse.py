@@ -480,7 +480,9 @@ class SpecParser:
             options = [t for t, c in LAYER_TYPES.items() if not c.internal] + list(self.blocks)
             self.error(f"unknown layer type '{ltype}'", entry.loc_of("type"), full, ltype,
                        expected="a layer type or a block name",
-                       fix=self.did_you_mean(ltype, options) or f"known types: {one_of(options)}",
+                       fix=self.did_you_mean(ltype, options) or
+                       f"known types: {one_of(options)}; a layer type declared in a Python file "
+                       "is known once that file is loaded (cnnc --layers FILE)",
                        notes=scope.notes)
             return None
         kwargs, problems = parse_fields(cls, entry, LAYER_RESERVED)
