@@ -6,7 +6,7 @@ an NVIDIA driver the real one is used. Without one, cnnc builds a stub ``libcuda
 driver functions all return CUDA_ERROR_NO_DEVICE, loads it before TVM, and compiles with nvcc;
 the stub is only ever loaded into compiling processes, never into one that runs a model.
 Because the sidecar is chosen when TVM is imported, a process that imported TVM without it
-compiles CUDA in a fresh worker process instead (see ``compile_in_worker``).
+compiles CUDA in a fresh worker process instead (``cnncompiler.compile_worker``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -203,20 +202,3 @@ def build_cuda(mod, choice, lib_path: Path) -> dict:
         raise CompileError("CUDA compilation produced no device code (no fatbin in the library)")
     return {"device_code": "fatbin", "nvcc": nvcc}
 
-
-def compile_in_worker(request: dict) -> None:
-    """Run ``cnncompiler.compiler.build_artifact(**request)`` in a fresh process that loads
-    TVM with its CUDA runtime; raises CompileError with the worker's message on failure."""
-    from cnncompiler.layers.custom import custom_layer_files
-
-    # the worker imports the files of layer types declared outside the package, as we did
-    request = {**request, "layer_files": custom_layer_files()}
-    with tempfile.TemporaryDirectory(prefix="cnnc-cuda-") as tmp:
-        req = Path(tmp) / "request.json"
-        req.write_text(json.dumps(request))
-        proc = subprocess.run([sys.executable, "-m", "cnncompiler.backends.cuda_worker", str(req)],
-                              capture_output=True, text=True)
-        if proc.returncode:
-            lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
-            message = lines[-1] if lines else f"exit code {proc.returncode}"
-            raise CompileError(message.removeprefix("cnnc: error: "))

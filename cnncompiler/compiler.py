@@ -201,11 +201,13 @@ def compile(spec, target: str = "cpu", output_dir=None, *, arch: str | None = No
                    tuning_cache=str(tuning_cache) if tuning_cache else tuning_cache)
     from cnncompiler.backends import compiler_ready, cuda
 
+    from .compile_worker import compile_in_worker
+
     if not compiler_ready():
         if tune_budget is not None:
             raise CnncError("tuning needs TVM's compiler in this process, which loaded TVM's "
                             "runtime alone (TVM_USE_RUNTIME_LIB=1); tune with cnnc tune")
-        cuda.compile_in_worker(request)
+        compile_in_worker(request)
         return load(output_dir, _keep=keep)
     from cnncompiler.backends.targets import parse_target
 
@@ -214,7 +216,7 @@ def compile(spec, target: str = "cpu", output_dir=None, *, arch: str | None = No
     if choice.kind == "cuda":
         cuda.find_nvcc()
         if not cuda.prepare_process():
-            cuda.compile_in_worker(request)
+            compile_in_worker(request)
             return load(output_dir, _keep=keep)
     build_artifact(**request, tune_budget=tune_budget, progress=progress)
     return load(output_dir, _keep=keep)
