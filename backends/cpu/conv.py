@@ -21,7 +21,8 @@ from tvm import te, tirx
 from cnncompiler.layers.fused import apply_epilogue
 
 from .blocking import ceil_div
-from .schedules import MIN_PARALLEL_MACS, scheduled, static_extent, tile_in_registers
+from .schedules import (MIN_PARALLEL_MACS, best_register_tile, scheduled, static_extent,
+                        tile_in_registers)
 from .vector_math import CPU_MATH
 
 FLOAT = "float32"
@@ -225,15 +226,11 @@ def choose_tile(geo: ConvGeometry, registers: int = 32) -> ConvTile:
     blocks = geo.out_blocks if geo.groups == 1 else geo.group_out_blocks
     max_acc = min(MAX_ACCUMULATORS, registers - 4)
     widest = 16 if max(d for d in divisors(width) if d <= 8) < 4 else 8
-    best, best_key = (1, 1), None
-    for rw in (d for d in divisors(width) if d <= widest):
-        for ro in divisors(blocks):
-            if ro * rw + ro + 1 > registers or (ro * rw > max_acc and ro > 1):
-                continue
-            key = (ro * rw, -(ro + rw) / (ro * rw))
-            if best_key is None or key > best_key:
-                best, best_key = (ro, rw), key
-    ro, rw = best
+    ro, rw = best_register_tile((((ro, rw), ro * rw, ro + rw)
+                                 for rw in divisors(width) if rw <= widest
+                                 for ro in divisors(blocks)
+                                 if ro * rw + ro + 1 <= registers
+                                 and (ro * rw <= max_acc or ro == 1)), default=(1, 1))
     kernel = math.prod(geo.kernel)
     vector_bytes = geo.ob * 4
     task_weights = ro * vector_bytes * geo.group_in_blocks * geo.ib * kernel

@@ -21,6 +21,22 @@ MIN_PARALLEL_WORK = 1 << 16
 MIN_PARALLEL_MACS = 1 << 19
 
 
+def best_register_tile(candidates, default):
+    """The register tile with the most accumulators, then the fewest vector loads per FMA;
+    the first of equals. ``candidates`` yields (tile, accumulators, vectors loaded per step)
+    for the tiles that fit the registers; ``default`` when none does.
+
+    The rule of the conv, conv weight-gradient and dense weight-gradient kernels: an FMA
+    needs its accumulator in a register, and each loaded vector feeds ``accumulators / loads``
+    of them."""
+    best, best_key = default, None
+    for tile, accumulators, loads in candidates:
+        key = (accumulators, -loads / accumulators)
+        if best_key is None or key > best_key:
+            best, best_key = tile, key
+    return best
+
+
 def scheduled(sch: s_tir.Schedule) -> tirx.PrimFunc:
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from tvm import te, tirx
 
 from .conv import MAX_ACCUMULATORS, ConvGeometry, divisors, padded_input
-from .schedules import MIN_PARALLEL_MACS, scheduled, static_extent, tile_in_registers
+from .schedules import (MIN_PARALLEL_MACS, best_register_tile, scheduled, static_extent,
+                        tile_in_registers)
 
 FLOAT = "float32"
 ZERO = tirx.const(0.0, FLOAT)
@@ -287,17 +288,13 @@ def choose_weight_grad_tile(geo: ConvGeometry, registers: int = 32,
         ro_choices = divisors(geo.group_out_blocks if geo.groups > 1 else geo.out_blocks)
         block = geo.ib if not geo.in_plain else geo.ob  # one vector of input channels
         ct = max(d for d in divisors(cg) if d <= block)
-    best, best_key = (1, 1, 1), None
-    for ro in ro_choices:
-        for rc in (divisors(ct) if not depthwise else [1]):
-            for rkw in divisors(kw):
-                acc = ro * rc * rkw
-                if acc > MAX_ACCUMULATORS or acc + ro + 1 > registers:
-                    continue
-                key = (acc, -(ro + rc * rkw) / acc)
-                if best_key is None or key > best_key:
-                    best, best_key = (ro, rc, rkw), key
-    ro, rc, rkw = best
+    ro, rc, rkw = best_register_tile((((ro, rc, rkw), ro * rc * rkw, ro + rc * rkw)
+                                      for ro in ro_choices
+                                      for rc in (divisors(ct) if not depthwise else [1])
+                                      for rkw in divisors(kw)
+                                      if ro * rc * rkw <= MAX_ACCUMULATORS
+                                      and ro * rc * rkw + ro + 1 <= registers),
+                                     default=(1, 1, 1))
     width = geo.out_spatial[-1]
     rows = geo.out_spatial[0] if len(geo.out_spatial) > 1 else 1
     rh = min((d for d in divisors(rows) if d * width >= MIN_INNER_STEPS), default=rows)

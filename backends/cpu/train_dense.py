@@ -13,8 +13,8 @@ from __future__ import annotations
 from tvm import s_tir, te, tirx
 
 from .conv import MAX_ACCUMULATORS, divisors
-from .schedules import (MIN_PARALLEL_MACS, MIN_PARALLEL_WORK, scheduled, static_extent,
-                        tile_in_registers)
+from .schedules import (MIN_PARALLEL_MACS, MIN_PARALLEL_WORK, best_register_tile, scheduled,
+                        static_extent, tile_in_registers)
 
 FLOAT = "float32"
 ZERO = tirx.const(0.0, FLOAT)
@@ -58,16 +58,11 @@ def schedule_dense_weight_grad(func, registers: int = 32):
     acc, out = sch.get_sblock("dw"), sch.get_sblock("dw_out")
     o, kb, j, n = sch.get_loops(acc)
     outputs, blocks = static_extent(sch, o), static_extent(sch, kb)
-    best, best_key = (1, 1), None
-    for ro in (d for d in divisors(outputs) if d <= 8):
-        for rk in divisors(blocks):
-            tile = ro * rk
-            if tile > MAX_ACCUMULATORS or tile + rk + 1 > registers:
-                continue
-            key = (tile, -(ro + rk) / tile)
-            if best_key is None or key > best_key:
-                best, best_key = (ro, rk), key
-    ro, rk = best
+    ro, rk = best_register_tile((((ro, rk), ro * rk, ro + rk)
+                                 for ro in divisors(outputs) if ro <= 8
+                                 for rk in divisors(blocks)
+                                 if ro * rk <= MAX_ACCUMULATORS and ro * rk + rk + 1 <= registers),
+                                default=(1, 1))
     o_o, o_i = sch.split(o, [None, ro])
     kb_o, kb_i = sch.split(kb, [None, rk])
     sch.reorder(o_o, kb_o, n, o_i, kb_i, j)
