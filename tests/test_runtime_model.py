@@ -293,6 +293,22 @@ def test_params_loaded_from_a_reading_are_not_aliased(fresh_tiny):
     np.testing.assert_array_equal(fresh_tiny.predict(x), y)
 
 
+def test_loaded_weights_are_those_of_the_artifact_file(lenet):
+    from safetensors.numpy import load_file
+
+    from cnncompiler.runtime import artifact as art
+
+    loaded = cc.load(lenet.directory)
+    want = load_file(str(lenet.directory / art.WEIGHTS))
+    got = loaded.params
+    assert got.keys() == want.keys()
+    for name, array in want.items():
+        assert got[name].dtype == np.float32
+        np.testing.assert_array_equal(got[name], array)
+    got["output.bias"][:] = 7.0  # a copy, though the model's weights are read in place
+    np.testing.assert_array_equal(loaded.params["output.bias"], want["output.bias"])
+
+
 # -- saving --------------------------------------------------------------------------------------
 
 def test_save_and_load_keep_the_new_weights(fresh_tiny, tmp_path):

@@ -284,9 +284,10 @@ class CompiledModel:
     def load_params(self, source, strict: bool = True) -> None:
         """Load weights from a dict of arrays (a PyTorch state_dict works) or a .safetensors
         path; every weight must be given unless ``strict=False``."""
-        given = read_weights(source) if isinstance(source, (str, Path)) else source
+        from_file = isinstance(source, (str, Path))
+        given = read_weights(source) if from_file else source
         self._sync_from_training()
-        params = validate_weights(self.graph, given, self._params, strict)
+        params = validate_weights(self.graph, given, self._params, strict, copy=not from_file)
         with self._lock:
             self._params = params
             self._args = None
@@ -380,7 +381,7 @@ def load(directory, device: str | None = None, _keep=None) -> CompiledModel:
     graph, optimized = _graphs(directory, manifest, files[art.SPEC])
     weights = parse_weights(files.pop(art.WEIGHTS), str(directory / art.WEIGHTS))
     try:
-        params = validate_weights(graph, weights, {}, strict=True)
+        params = validate_weights(graph, weights, {}, strict=True, copy=False)
     except InputError as exc:  # the artifact's own weights: its fault, not the caller's
         raise ArtifactError(f"{directory / art.WEIGHTS}: the artifact's weights do not fit its "
                             f"spec ({exc}); recompile the model") from None

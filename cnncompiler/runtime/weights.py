@@ -7,6 +7,7 @@ Names and layouts are PyTorch's (``conv1.weight``, ``layer1.0.bn1.running_var``)
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import networkx as nx
@@ -14,6 +15,7 @@ import numpy as np
 
 from ..errors import ArtifactError, InputError
 from ..suggest import did_you_mean
+from . import tensorfile
 from .artifact import write_atomic
 
 IGNORED_SUFFIXES = ("num_batches_tracked",)
@@ -43,33 +45,29 @@ def read_weights(path) -> dict[str, np.ndarray]:
         except (OSError, ValueError) as exc:
             raise ArtifactError(f"{path}: not a readable .npz weights file ({exc})") from None
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = bytearray(os.fstat(f.fileno()).st_size)  # the arrays are views of it
+            del data[f.readinto(data):]
     except OSError as exc:
         raise InputError(f"cannot read weights file '{path}' ({exc.strerror})") from None
     return parse_weights(data, str(path))
 
 
-def parse_weights(data: bytes, where: str) -> dict[str, np.ndarray]:
-    """The named arrays of a safetensors file's bytes."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load
-
+def parse_weights(data: bytes | bytearray, where: str) -> dict[str, np.ndarray]:
+    """The named arrays of a safetensors file's bytes (views of a bytearray, not copies)."""
     try:
-        return load(data)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        return tensorfile.parse(data)[0]
+    except tensorfile.FormatError as exc:
         raise ArtifactError(f"{where}: corrupt or not a safetensors file ({exc})") from None
 
 
 def write_weights(path, params: dict[str, np.ndarray], metadata: dict | None = None) -> None:
-    """Write weights as safetensors, atomically."""
-    from safetensors.numpy import save
-
-    data = save({k: np.ascontiguousarray(v, np.float32) for k, v in params.items()},
-                metadata=metadata)
-    write_atomic(Path(path), data)
+    """Write weights as safetensors (float32), atomically."""
+    arrays = {k: np.ascontiguousarray(v, "<f4") for k, v in params.items()}
+    write_atomic(Path(path), tensorfile.pieces(arrays, metadata))
 
 
-def _as_array(name: str, value) -> np.ndarray:
+def _as_array(name: str, value, copy: bool) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor
         value = value.detach().cpu().numpy()
     try:
@@ -78,18 +76,34 @@ def _as_array(name: str, value) -> np.ndarray:
         raise InputError(f"weight '{name}' is not an array ({type(value).__name__}): {exc}") from None
     if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
         raise InputError(f"weight '{name}' has dtype {arr.dtype}; expected floating-point numbers")
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
+    arr = arr.astype(np.float32, copy=copy)
+    if not all_finite(arr):
         raise InputError(f"weight '{name}' contains NaN or infinite values")
     return arr
 
 
-def validate_weights(g: nx.DiGraph, given: dict, current: dict, strict: bool = True
-                     ) -> dict[str, np.ndarray]:
+def all_finite(arr: np.ndarray) -> bool:
+    """No NaN and no infinity in ``arr``.
+
+    A NaN or an infinity makes any sum it enters NaN or infinite, so a finite sum proves every
+    element finite, in one pass without a temporary: 23 ms for 103 M floats, where
+    ``np.isfinite(arr).all()`` took 51 ms with its memory already mapped and 0.26 s over
+    VGG-16-BN's weights at load. Only a sum that overflows needs the element-wise test.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(arr.sum()):
+            return True
+    return bool(np.isfinite(arr).all())
+
+
+def validate_weights(g: nx.DiGraph, given: dict, current: dict, strict: bool = True,
+                     copy: bool = True) -> dict[str, np.ndarray]:
     """Check names and shapes of ``given`` against the spec; returns the full new weight set.
 
     Every spec weight must be given when ``strict``; otherwise missing ones keep their
-    ``current`` value. Unknown names and wrong shapes are errors naming the weight.
+    ``current`` value. Unknown names and wrong shapes are errors naming the weight. Given
+    arrays are copied, so that the caller's later changes to them change nothing here, unless
+    ``copy`` is False (arrays nobody else holds, just parsed from a file) and they are float32.
     """
     if not isinstance(given, dict):
         raise InputError(f"weights must be a dict of name -> array or a .safetensors path; "
@@ -108,7 +122,7 @@ def validate_weights(g: nx.DiGraph, given: dict, current: dict, strict: bool = T
             hint = did_you_mean(name, expected)
             problems.append(f"unknown weight '{name}'" + (f" ({hint})" if hint else ""))
             continue
-        arr = _as_array(name, value)
+        arr = _as_array(name, value, copy)
         if tuple(arr.shape) != expected[name]:
             problems.append(f"weight '{name}' has shape {tuple(arr.shape)}; the spec needs "
                             f"{expected[name]}")
