@@ -100,10 +100,11 @@ def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str,
             art.check_output_dir(out)  # again: tuning ran for minutes, the user may have too
         staging = writer.staging()
         (staging / art.SPEC).write_text(spec_text)
-        params = init_params(graph, seed)
-        if weights:
+        if weights:  # every weight given (strict): none is drawn
             from .runtime.weights import read_weights, validate_weights
-            params = validate_weights(graph, read_weights(weights), params, strict=True)
+            params = validate_weights(graph, read_weights(weights), {}, strict=True, copy=False)
+        else:
+            params = init_params(graph, seed)
         from .runtime.weights import write_weights
         write_weights(staging / art.WEIGHTS, params)
         start = time.perf_counter()
