@@ -28,6 +28,7 @@ from typing import Callable
 
 from cnncompiler.errors import CompileError
 from cnncompiler.layers.activation import Dropout, Identity, PReLU, Softmax
+from cnncompiler.layers.adaptive import AdaptiveAvgPool2d, AdaptiveMaxPool2d, StatsPool
 from cnncompiler.layers.conv import ConvBase, LocallyConnected2d
 from cnncompiler.layers.dense import Dense, Flatten
 from cnncompiler.layers.fused import Fused
@@ -37,6 +38,7 @@ from cnncompiler.layers.pointwise import Pointwise
 from cnncompiler.layers.pool import (AvgPoolBase, BlurPool2d, GlobalAvgPool, GlobalMaxPool,
                                      LpPoolBase, MaxPoolBase)
 
+from . import te_adaptive as a
 from . import te_grad as g
 from . import te_ops as t
 
@@ -74,6 +76,9 @@ RULES: dict[type, Rules] = {
     GlobalAvgPool: Rules(t.lower_global_avgpool, g.grad_global_avgpool, cpu="global_pool"),
     GlobalMaxPool: Rules(t.lower_global_maxpool, g.grad_global_maxpool, cpu="global_pool"),
     BlurPool2d: Rules(t.lower_blurpool2d, g.grad_blurpool2d),
+    AdaptiveAvgPool2d: Rules(a.lower_adaptive_avgpool, a.grad_adaptive_avgpool),
+    AdaptiveMaxPool2d: Rules(a.lower_adaptive_maxpool, a.grad_adaptive_maxpool),
+    StatsPool: Rules(a.lower_stats_pool, a.grad_stats_pool),
     Pointwise: Rules(t.lower_pointwise, g.grad_pointwise, cpu="pointwise"),
     # its slope is a parameter, read per channel from a plain vector: te_ops' compute
     PReLU: Rules(t.lower_pointwise, g.grad_prelu),

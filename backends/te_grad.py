@@ -265,18 +265,25 @@ def grad_avgpool(layer, xs, y, dy, args, out_shape):
     return [_scatter_windows(layer, x, dy, weight, "avgpool_dx")], {}
 
 
+def _sign(v):
+    """-1, 0 or 1, as torch.sign (and the gradient of |v|, 0 at 0, as PyTorch's abs)."""
+    one, zero = const(1.0, v.dtype), const(0.0, v.dtype)
+    return tirx.Select(v > zero, one, tirx.Select(v < zero, -one, zero))
+
+
 def grad_lppool(layer, xs, y, dy, args, out_shape):
-    # y = (K * S / cnt)^(1/p), S = sum x^p  =>  dy/dx_i = y^(1-p) * K / cnt * x_i^(p-1)
+    # y = (K * S / cnt)^(1/p), S = sum |x|^p  =>
+    # dy/dx_i = y^(1-p) * K / cnt * |x_i|^(p-1) * sign(x_i)
     x = xs[0]
     sizes, explicit = _pool_geometry(layer, x)
     p = layer.p
     kernel = math.prod(layer.kernel)
 
     def weight(n, c, js, i, tail):
-        yv = y[(n, c, *js, *tail)]
+        yv, xv = y[(n, c, *js, *tail)], x[(n, c, *i, *tail)]
         scale = const(kernel, x.dtype) / _avg_count(layer, sizes, explicit, js, True, x.dtype)
         return tirx.power(yv, const(1.0 - p, x.dtype)) * scale * \
-            tirx.power(x[(n, c, *i, *tail)], const(p - 1.0, x.dtype))
+            tirx.power(tirx.abs(xv), const(p - 1.0, x.dtype)) * _sign(xv)
 
     return [_scatter_windows(layer, x, dy, weight, "lppool_dx")], {}
 

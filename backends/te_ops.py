@@ -217,7 +217,8 @@ def lower_lppool(layer, xs, args, out_shape):
     x = xs[0]
     sizes, full, explicit, _ = _pool_windows(layer, x)
     p = layer.p
-    powered = te.compute(x.shape, lambda *i: tirx.power(x(*i), const(p, x.dtype)), name="lp_pow")
+    powered = te.compute(x.shape, lambda *i: tirx.power(tirx.abs(x(*i)), const(p, x.dtype)),
+                         name="lp_pow")
     total = _window_sum(layer, pad(powered, full), x, out_shape, "lppool_sum")
     kernel = math.prod(layer.kernel)
 

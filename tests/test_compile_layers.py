@@ -130,8 +130,28 @@ FAMILIES = {
         "lp3_positive": [{"name": "lp3_pos_in", "type": "sigmoid"},
                          {"name": "lp3_positive", "type": "lppool2d", "p": 3, "kernel": 3,
                           "stride": 2}],
+        # padding past half the kernel (as ONNX): windows that see one input, or two
+        "max_k3_p2": [{"name": "max_k3_p2", "type": "maxpool2d", "kernel": 3, "stride": 2,
+                       "padding": 2}],
+        "avg_k4_p3_ceil": [{"name": "avg_k4_p3_ceil", "type": "avgpool2d", "kernel": 4,
+                            "stride": 3, "padding": [[3, 1], [2, 3]], "ceil_mode": True}],
+        "avg_k3_p2_excl": [{"name": "avg_k3_p2_excl", "type": "avgpool2d", "kernel": 3,
+                            "stride": 1, "padding": [2, 1], "count_include_pad": False}],
+        # odd p of signed values: the norm, |x|
+        "lp1_p2": [{"name": "lp1_p2", "type": "lppool2d", "p": 1, "kernel": 3, "padding": 2}],
+        "lp3_signed": [{"name": "lp3_signed", "type": "lppool2d", "p": 3, "kernel": 2}],
         "global_avg": [{"name": "global_avg", "type": "global_avgpool"}],
         "global_max": [{"name": "global_max", "type": "global_maxpool"}],
+        "adaptive_avg_4x3": [{"name": "adaptive_avg_4x3", "type": "adaptive_avgpool2d",
+                              "output_size": [4, 3]}],
+        "adaptive_avg_up": [{"name": "adaptive_avg_up", "type": "adaptive_avgpool2d",
+                             "output_size": [12, 10]}],
+        "adaptive_avg_same": [{"name": "adaptive_avg_same", "type": "adaptive_avgpool2d",
+                               "output_size": [9, 8]}],
+        "adaptive_max_5": [{"name": "adaptive_max_5", "type": "adaptive_maxpool2d",
+                            "output_size": 5}],
+        "adaptive_max_up": [{"name": "adaptive_max_up", "type": "adaptive_maxpool2d",
+                             "output_size": [11, 3]}],
         "blur_k3_reflect": [{"name": "blur_k3_reflect", "type": "blurpool2d"}],
         "blur_k5_zero": [{"name": "blur_k5_zero", "type": "blurpool2d", "kernel": 5,
                           "pad_mode": "zero"}],
@@ -153,8 +173,16 @@ FAMILIES = {
         "lp2": [{"name": "lp2", "type": "lppool1d", "p": 2, "kernel": 3}],
         "lp2_ceil": [{"name": "lp2_ceil", "type": "lppool1d", "p": 2, "kernel": 4, "stride": 3,
                       "ceil_mode": True}],
+        "max_k4_p3": [{"name": "max_k4_p3", "type": "maxpool1d", "kernel": 4, "stride": 3,
+                       "padding": [[3, 2]], "ceil_mode": True}],
+        "avg_k3_p2": [{"name": "avg_k3_p2", "type": "avgpool1d", "kernel": 3, "stride": 2,
+                       "padding": 2}],
+        "lp3_p2_signed": [{"name": "lp3_p2_signed", "type": "lppool1d", "p": 3, "kernel": 3,
+                           "stride": 2, "padding": 2}],
         "global_avg": [{"name": "global_avg", "type": "global_avgpool"}],
         "global_max": [{"name": "global_max", "type": "global_maxpool"}],
+        "stats": [{"name": "stats", "type": "stats_pool"}],
+        "stats_eps": [{"name": "stats_eps", "type": "stats_pool", "eps": 0.5}],
         "lrn": [{"name": "lrn", "type": "lrn", "size": 3, "alpha": 0.5}],
     }),
     "elementwise": ([6, 5, 4], {
@@ -370,8 +398,8 @@ def torch_layer(layer, xs, p):
         return y + p["bias"][None] if "bias" in p else y
     if t in ("maxpool2d", "maxpool1d", "avgpool2d", "avgpool1d"):
         pads = _explicit_pads(layer, x)
-        if not _symmetric(pads):
-            return None
+        if not _symmetric(pads) or any(2 * b > k for (b, _), k in zip(pads, layer.kernel)):
+            return None  # PyTorch's padding is symmetric, at most half the kernel
         nd = 2 if t.endswith("2d") else 1
         padding = tuple(b for b, _ in pads)
         if t.startswith("max"):
@@ -386,7 +414,14 @@ def torch_layer(layer, xs, p):
         fn = F.lp_pool2d if t == "lppool2d" else F.lp_pool1d
         kernel = layer.kernel if t == "lppool2d" else layer.kernel[0]
         stride = layer.stride if t == "lppool2d" else layer.stride[0]
-        return fn(x, layer.p, kernel, stride, ceil_mode=layer.ceil_mode)
+        # the norm: PyTorch's LPPool of |x| (its own leaves the sign, for odd p)
+        return fn(x.abs(), layer.p, kernel, stride, ceil_mode=layer.ceil_mode)
+    if t == "adaptive_avgpool2d":
+        return F.adaptive_avg_pool2d(x, layer.output_size)
+    if t == "adaptive_maxpool2d":
+        return F.adaptive_max_pool2d(x, layer.output_size)
+    if t == "stats_pool":
+        return torch.cat([x.mean(2), torch.sqrt(x.var(2, unbiased=False) + layer.eps)], 1)
     if t == "global_avgpool":
         return x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
     if t == "global_maxpool":

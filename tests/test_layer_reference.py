@@ -8,6 +8,7 @@ fails for a new type until it has them.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from itertools import product
 
@@ -272,6 +273,14 @@ def test_lppool1d_by_hand():
     # ceil_mode: the partial window [5] is averaged, then scaled by the full kernel: sqrt(2*25)
     np.testing.assert_allclose(run(make("lppool1d", kernel=2, ceil_mode=True), x)[0, 0],
                                [5, 10, math.sqrt(50)])
+    # the norm of signed values: |x| (PyTorch's LPPool would give -3 + 4 and NaN)
+    x = np.array([[[-3.0, 4.0, -1.0, -2.0]]])
+    np.testing.assert_allclose(run(make("lppool1d", kernel=2, p=1), x)[0, 0], [7, 3])
+    np.testing.assert_allclose(run(make("lppool1d", kernel=2, p=3), x)[0, 0],
+                               [91 ** (1 / 3), 9 ** (1 / 3)])
+    # padding past half the kernel (as ONNX): [0 0 -3], [0 -3 4], ..., [-2 0 0]
+    np.testing.assert_allclose(run(make("lppool1d", kernel=3, stride=1, padding=2, p=1), x)
+                               [0, 0], [3, 7, 8, 7, 3, 2])
 
 
 @hand("global_avgpool", "global_maxpool")
@@ -281,6 +290,46 @@ def test_global_pools_by_hand():
     x = np.array([[[1.0, -2.0, 4.0], [-1.0, -3.0, -2.0]]])
     np.testing.assert_array_equal(run(make("global_avgpool"), x), [[[1], [-2]]])
     np.testing.assert_array_equal(run(make("global_maxpool"), x), [[[4], [-1]]])
+
+
+@hand("maxpool2d", "avgpool2d")
+def test_pools_with_padding_past_half_the_kernel_by_hand():
+    # kernel 3, padding 2: the corner window sees one input; a count that includes the padding
+    # divides by the whole window, one that excludes it by the inputs seen
+    y = run(make("maxpool2d", kernel=3, stride=2, padding=2), -X33)
+    np.testing.assert_array_equal(y[0, 0], [[-1, -1, -3], [-1, -1, -3], [-7, -7, -9]])
+    y = run(make("avgpool2d", kernel=3, stride=3, padding=2), X33)
+    np.testing.assert_array_equal(y[0, 0], [[1 / 9, 5 / 9], [11 / 9, 28 / 9]])
+    y = run(make("avgpool2d", kernel=3, stride=3, padding=2, count_include_pad=False), X33)
+    np.testing.assert_array_equal(y[0, 0], [[1, 2.5], [5.5, 7]])
+
+
+@hand("adaptive_avgpool2d", "adaptive_maxpool2d")
+def test_adaptive_pools_by_hand():
+    # 3 -> 2: the bins [0, 2) and [1, 3) share the middle row and column
+    np.testing.assert_array_equal(run(make("adaptive_avgpool2d", output_size=2), X33)[0, 0],
+                                  [[3, 4], [6, 7]])
+    np.testing.assert_array_equal(run(make("adaptive_maxpool2d", output_size=2), X33)[0, 0],
+                                  [[5, 6], [8, 9]])
+    np.testing.assert_array_equal(run(make("adaptive_avgpool2d", output_size=[3, 1]), X33)
+                                  [0, 0], [[2], [5], [8]])
+    np.testing.assert_array_equal(run(make("adaptive_maxpool2d", output_size=1), X33), [[[[9]]]])
+    np.testing.assert_array_equal(run(make("adaptive_avgpool2d", output_size=3), X33), X33)
+    # 2 -> 3: bins [0, 1), [0, 2), [1, 2)
+    x = np.array([[[[1.0, 2.0]]]])
+    np.testing.assert_array_equal(run(make("adaptive_avgpool2d", output_size=[1, 3]), x)
+                                  [0, 0], [[1, 1.5, 2]])
+    np.testing.assert_array_equal(run(make("adaptive_maxpool2d", output_size=[2, 3]), x)
+                                  [0, 0], [[1, 2, 2], [1, 2, 2]])
+
+
+@hand("stats_pool")
+def test_stats_pool_by_hand():
+    x = np.array([[[1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 2.0, 2.0]]])
+    np.testing.assert_allclose(run(make("stats_pool"), x),
+                               [[2.5, 2, math.sqrt(1.25 + 1e-5), math.sqrt(1e-5)]])
+    np.testing.assert_allclose(run(make("stats_pool", eps=0.75), x), [[2.5, 2, 1.4142135623730951,
+                                                                       math.sqrt(0.75)]])
 
 
 @hand("relu", "leaky_relu", "sigmoid", "tanh", "identity")
@@ -644,15 +693,150 @@ def test_asymmetric_and_same_pool2d_match_padded_torch(padding, dtype):
 @pytest.mark.parametrize("nd", [1, 2])
 @pytest.mark.parametrize("p", [1, 2, 3])
 def test_lppool_matches_torch(p, nd, dtype):
+    """The norm of signed values is PyTorch's LPPool of their absolute values (PyTorch's own
+    leaves the sign: the same for even p, NaN or a signed sum for odd p)."""
     shape, kernels, strides, _ = POOL_GRID[nd]
-    # odd powers of negative inputs can sum below zero, where the p-th root is undefined
     x = rand(shape, dtype)
-    x = np.abs(x) if p == 3 else x
     module = {1: torch.nn.LPPool1d, 2: torch.nn.LPPool2d}[nd]
     for kernel, stride, padding, ceil_mode in pool_settings(nd, kernels, strides, [0]):
         keys = as_keys(kernel, stride, padding, ceil_mode)
-        expected = module(p, kernel, stride, ceil_mode)(t(x)).numpy()
-        assert_close(run(make(f"lppool{nd}d", p=p, **keys), x), expected, dtype, f"{keys}")
+        pool = module(p, kernel, stride, ceil_mode)
+        y = run(make(f"lppool{nd}d", p=p, **keys), x)
+        assert_close(y, pool(t(np.abs(x))).numpy(), dtype, f"{keys}")
+        if p % 2 == 0:
+            assert_close(y, pool(t(x)).numpy(), dtype, f"{keys} signed")
+
+
+def onnx_pool_loop(x, kind, kernel, stride, pads, ceil_mode, include_pad):
+    """ONNX's MaxPool, AveragePool and LpPool (p = 3) written as a loop over windows: window o
+    covers [o*s - before, o*s - before + k); an average that includes the padding divides by
+    the part of that inside [-before, size + after), the ceil_mode overhang left out."""
+    nd = len(kernel)
+    sizes = x.shape[2:]
+    counts = []
+    for w, k, s, (b, a) in zip(sizes, kernel, stride, pads):
+        span = w + b + a - k
+        n = (-(-span // s) if ceil_mode else span // s) + 1
+        counts.append(n - 1 if ceil_mode and (n - 1) * s >= w + b else n)
+    y = np.zeros(x.shape[:2] + tuple(counts), np.float64)
+    for o in product(*(range(n) for n in counts)):
+        lo = [i * s - b for i, s, (b, _) in zip(o, stride, pads)]
+        hi = [start + k for start, k in zip(lo, kernel)]
+        inside = tuple(slice(max(start, 0), min(end, w)) for start, end, w in zip(lo, hi, sizes))
+        win = x[(..., *inside)].astype(np.float64).reshape(x.shape[:2] + (-1,))
+        if kind == "max":
+            y[(..., *o)] = win.max(axis=-1)
+        elif kind == "lp":
+            y[(..., *o)] = (np.abs(win) ** 3).sum(axis=-1) ** (1 / 3)
+        elif include_pad:
+            y[(..., *o)] = win.sum(axis=-1) / math.prod(
+                min(end, w + a) - start for start, end, w, (_, a) in zip(lo, hi, sizes, pads))
+        else:
+            y[(..., *o)] = win.mean(axis=-1)
+    return y
+
+
+def onnx_pool(x, kind, kernel, stride, pads, ceil_mode, include_pad):
+    """The same pool run by ONNX Runtime (float32, as its CPU pools are)."""
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    op = {"max": "MaxPool", "avg": "AveragePool", "lp": "LpPool"}[kind]
+    attrs = {"kernel_shape": list(kernel), "strides": list(stride), "ceil_mode": int(ceil_mode),
+             "pads": [b for b, _ in pads] + [a for _, a in pads]}
+    if kind == "avg":
+        attrs["count_include_pad"] = int(include_pad)
+    if kind == "lp":
+        attrs["p"] = 3
+    node = helper.make_node(op, ["x"], ["y"], **attrs)
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph([node], "pool", [value("x", TensorProto.FLOAT, list(x.shape))],
+                              [value("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)], ir_version=10)
+    session = onnxruntime.InferenceSession(model.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x.astype(np.float32)})[0]
+
+
+WIDE_PADDING = [  # (kernel, stride, [(before, after)] per axis, ceil_mode): past kernel / 2
+    (3, 1, (2, 2), False), (3, 2, (2, 0), True), (3, 3, (1, 2), True), (4, 3, (3, 3), False),
+    (4, 3, (3, 1), True), (2, 1, (1, 1), True), (5, 2, (4, 3), False), (3, 2, (0, 2), True),
+]
+HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None
+
+
+@grid("maxpool2d", "maxpool1d", "avgpool2d", "avgpool1d", "lppool2d", "lppool1d")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nd", [1, 2])
+@pytest.mark.parametrize("kind", ["max", "avg_with_pad", "avg_without_pad", "lp"])
+def test_pools_with_padding_past_half_the_kernel_match_onnx(kind, nd, dtype):
+    """PyTorch refuses padding past half the kernel; ONNX takes it up to kernel - 1. Checked
+    against a loop of ONNX's rules and, where it is installed, ONNX Runtime itself. (Lp pools
+    only without ceil_mode: there cnnc scales the overhanging window as PyTorch does.)"""
+    x = rand((2, 3, 7) if nd == 1 else (2, 3, 7, 6), dtype)
+    pool, include = kind[:3], kind == "avg_with_pad"
+    extra = {"avg": {"count_include_pad": include}, "lp": {"p": 3}}.get(pool, {})
+    for kernel, stride, pad, ceil_mode in WIDE_PADDING:
+        if pool == "lp" and ceil_mode:
+            continue
+        kernel, stride, pads = (kernel,) * nd, (stride,) * nd, (pad,) * nd
+        keys = as_keys(kernel, stride, [list(pad)] * nd, ceil_mode)
+        y = run(make(f"{pool}pool{nd}d", **keys, **extra), x)
+        expected = onnx_pool_loop(x, pool, kernel, stride, pads, ceil_mode, include)
+        assert_close(y, expected.astype(dtype), dtype, f"{kind} {keys} vs loop")
+        if HAVE_ORT:
+            got = onnx_pool(x, pool, kernel, stride, pads, ceil_mode, include)
+            np.testing.assert_allclose(y, got, rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{kind} {keys} vs onnxruntime")
+
+
+@pytest.mark.parametrize("nd", [1, 2])
+def test_pool_padding_that_leaves_a_window_empty_is_refused(nd):
+    from cnncompiler.errors import ShapeError
+
+    shape = (3, 6) if nd == 1 else (3, 6, 6)
+    for keys, where in [({"kernel": 3, "padding": 3}, "first"),
+                        ({"kernel": 2, "stride": 2, "padding": [[0, 3]] * nd}, "last"),
+                        ({"kernel": 2, "stride": 1, "padding": [[1, 2]] * nd}, "last")]:
+        for kind in ("max", "avg", "lp"):
+            layer = make(f"{kind}pool{nd}d", **keys)
+            with pytest.raises(ShapeError, match=f"leaves the {where} window with no input"):
+                layer.infer_shape([shape], ShapeNotes())
+    # padding of kernel or more where every window still reaches an input is taken
+    layer = make(f"maxpool{nd}d", kernel=2, stride=4, padding=[[0, 2]] * nd)
+    assert layer.infer_shape([shape], ShapeNotes()) == (3,) + (2,) * nd
+
+
+ADAPTIVE_SIZES = [((7, 5), (3, 4)), ((6, 6), (6, 6)), ((3, 2), (5, 7)), ((9, 8), (1, 1)),
+                  ((5, 5), (2, 3)), ((4, 10), (4, 3)), ((1, 1), (2, 2))]
+
+
+@grid("adaptive_avgpool2d", "adaptive_maxpool2d")
+@needs_torch
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adaptive_pools_match_torch(dtype):
+    for size, out in ADAPTIVE_SIZES:
+        x = rand((2, 3, *size), dtype)
+        keys = {"output_size": list(out) if out[0] != out[1] else out[0]}
+        assert_close(run(make("adaptive_avgpool2d", **keys), x),
+                     F.adaptive_avg_pool2d(t(x), out).numpy(), dtype, f"avg {size} -> {out}")
+        assert_close(run(make("adaptive_maxpool2d", **keys), x),
+                     F.adaptive_max_pool2d(t(x), out).numpy(), dtype, f"max {size} -> {out}")
+
+
+def stats_pool_torch(x, eps):
+    return torch.cat([x.mean(2), torch.sqrt(x.var(2, unbiased=False) + eps)], 1)
+
+
+@grid("stats_pool")
+@needs_torch
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 7), (3, 5, 1), (1, 2, 40)], ids=str)
+def test_stats_pool_matches_torch(shape, dtype):
+    x = rand(shape, dtype) * 3 + 1
+    for eps in (1e-5, 1e-3, 1.0):
+        assert_close(run(make("stats_pool", eps=eps), x), stats_pool_torch(t(x), eps).numpy(),
+                     dtype, f"eps {eps}")
 
 
 @grid("lrn")

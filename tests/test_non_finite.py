@@ -47,6 +47,10 @@ WINDOWS = {"max": ("maxpool2d", {"kernel": 3, "stride": 2, "padding": 1}),
                                       "count_include_pad": False}),
            "gmax": ("global_maxpool", {}), "gavg": ("global_avgpool", {}),
            "lp": ("lppool2d", {"p": 2, "kernel": 2}), "blur": ("blurpool2d", {}),
+           "lp3": ("lppool2d", {"p": 3, "kernel": 2}),
+           "max_wide": ("maxpool2d", {"kernel": 3, "stride": 2, "padding": 2}),
+           "amax": ("adaptive_maxpool2d", {"output_size": [4, 3]}),
+           "aavg": ("adaptive_avgpool2d", {"output_size": [4, 5]}),
            "lrn": ("lrn", {"size": 3, "alpha": 0.5}), "softmax": ("softmax", {})}
 
 

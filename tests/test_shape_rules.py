@@ -141,9 +141,12 @@ def expected_shape(layer, shape):
     ceil_mode = getattr(layer, "ceil_mode", False)
     lengths = []
     for w, k, s, pad, d in axes(layer, shape):
-        if layer.type_name in POOLS and 2 * max(pad) > k:
-            return None  # a window could see only padding
-        lengths.append(expected_length(w, k, s, pad, d, ceil_mode))
+        n = expected_length(w, k, s, pad, d, ceil_mode)
+        # a pool's window that sees only padding: the first, or the last one starting past
+        # the input (ONNX takes padding up to kernel - 1, which never leaves one)
+        if layer.type_name in POOLS and n >= 1 and (pad[0] >= k or (n - 1) * s >= w + pad[0]):
+            return None
+        lengths.append(n)
     if min(lengths) < 1:
         return None
     channels = getattr(layer, "filters", shape[0])
@@ -200,6 +203,9 @@ def torch_module(layer, shape):
     if name not in POOLS or pad == "same":
         return None
     pad = 0 if pad == "valid" else pad
+    if any(2 * p > k for p, k in zip(pad if isinstance(pad, tuple) else (pad,) * nd,
+                                     layer.kernel)):
+        return None  # PyTorch stops at half the kernel; cnnc takes up to kernel - 1, as ONNX
     if name.startswith("max"):
         cls = {1: torch.nn.MaxPool1d, 2: torch.nn.MaxPool2d}[nd]
         return cls(layer.kernel, layer.stride, pad, ceil_mode=layer.ceil_mode)
@@ -392,3 +398,26 @@ def test_batchnorm_params_match_torch(shape):
     for name, tensor in {**params, **buffers}.items():
         assert specs[name].shape == tuple(tensor.shape)
         np.testing.assert_array_equal(specs[name].initial(rng), tensor.detach().numpy())
+
+
+@FEW
+@given(size_in=st.integers(1, 40), size_out=st.integers(1, 40))
+def test_adaptive_bins_follow_torch_and_cover_the_input(size_in, size_out):
+    """PyTorch's bins, floor(i * In / Out) to ceil((i + 1) * In / Out), written in floats here;
+    none empty, together covering the input; the outputs that hold an input, their inverse."""
+    from cnncompiler.layers.adaptive import bin_bounds, bins_containing
+
+    bins = [bin_bounds(i, size_in, size_out) for i in range(size_out)]
+    assert bins == [(math.floor(i * size_in / size_out), math.ceil((i + 1) * size_in / size_out))
+                    for i in range(size_out)]
+    assert all(start < end for start, end in bins)
+    assert sorted({j for start, end in bins for j in range(start, end)}) == list(range(size_in))
+    for j in range(size_in):
+        first, last = bins_containing(j, size_in, size_out)
+        assert [i for i, (s, e) in enumerate(bins) if s <= j < e] == list(range(first, last + 1))
+    layer = make("adaptive_maxpool2d", output_size=[size_out, 1])
+    window = layer.window([(2, size_in, 3)])
+    assert layer.infer_shape([(2, size_in, 3)], ShapeNotes()) == (2, size_out, 1)
+    assert window.kernel == (max(e - s for s, e in bins), 3)
+    if size_in % size_out == 0:  # a plain pool with kernel = stride = In / Out
+        assert window.kernel[0] == window.stride[0] == size_in // size_out

@@ -139,3 +139,31 @@ def test_cli_summary_json_matches_torch(twin):
     summary = json.loads(proc.stdout)
     assert summary["total_params"] == sum(p.numel() for p in twin.model.parameters())
     assert summary["total_flops"] > 0
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.parametrize("name,size", [("alexnet", 195), ("vgg11_bn", 96)])
+def test_classifier_nets_take_other_input_sizes_as_torchvision(name, size):
+    """An adaptive average pool before the classifier (torchvision's avgpool) keeps its input
+    size, so the same weights run on another image size, as in the PyTorch twin."""
+    import torch
+    from torch_models import BUILDERS
+
+    from cnncompiler.graph import check_spec
+    from cnncompiler.spec import parse_spec_text
+
+    path = SPECS / f"{name}.yaml"
+    original, _ = load_checked(path)
+    text = path.read_text().replace(f"input: {list(original.graph['input_shape'])}",
+                                    f"input: [3, {size}, {size}]")
+    g, warnings = check_spec(parse_spec_text(text, str(path)))
+    assert g.graph["input_shape"] == (3, size, size) and not warnings
+    torch.manual_seed(0)
+    model = BUILDERS[name]().double().eval()
+    params = {k: v.numpy() for k, v in model.state_dict().items()}
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size))
+    (ours,) = run_reference(g, x, params).values()
+    with torch.no_grad():
+        theirs = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6 * np.abs(theirs).max())

@@ -132,6 +132,48 @@ layers:
   - {name: bp3, type: blurpool2d, kernel: 2, stride: 1, inputs: [lc2]}
   - {name: sm, type: softmax, axis: 2, inputs: [bp3]}
 """, "euclidean", 0.0),
+    # adaptive pools with overlapping bins and with bins that repeat inputs (output larger than
+    # input); pools with padding past half the kernel; Lp norms of signed values with p = 3
+    # (|x| has its kink at 0, where some of the values sit: p = 1 reads positive ones)
+    "adaptive2d": ("""
+name: fd_adaptive2d
+input: [2, 9, 10]
+layers:
+  - {name: c, type: conv2d, filters: 3, kernel: 3}
+  - {name: t, type: tanh}
+  - {name: aa, type: adaptive_avgpool2d, output_size: [3, 5]}
+  - {name: up, type: adaptive_avgpool2d, output_size: [5, 7]}
+  - {name: am, type: adaptive_maxpool2d, output_size: [4, 3], inputs: [t]}
+  - {name: amu, type: adaptive_maxpool2d, output_size: [5, 6], inputs: [aa]}
+  - {name: wm, type: maxpool2d, kernel: 3, stride: 2, padding: 2, inputs: [t]}
+  - {name: wa, type: avgpool2d, kernel: 3, stride: 1, padding: [[2, 0], [1, 2]], inputs: [am]}
+  - {name: lp3, type: lppool2d, p: 3, kernel: 2, stride: 2, padding: 1, inputs: [c]}
+  - {name: s, type: sigmoid, inputs: [c]}
+  - {name: lp1, type: lppool2d, p: 1, kernel: 3, stride: 2, padding: 2, ceil_mode: true}
+  - {name: f1, type: flatten, inputs: [up]}
+  - {name: f2, type: flatten, inputs: [amu]}
+  - {name: f3, type: flatten, inputs: [wm]}
+  - {name: f4, type: flatten, inputs: [wa]}
+  - {name: f5, type: flatten, inputs: [lp3]}
+  - {name: f6, type: flatten, inputs: [lp1]}
+  - {name: cat, type: concat, inputs: [f1, f2, f3, f4, f5, f6]}
+  - {name: fc, type: dense, units: 4}
+""", "softmax_cross_entropy", 0.0),
+    "stats1d": ("""
+name: fd_stats1d
+input: [3, 12]
+layers:
+  - {name: c, type: conv1d, filters: 4, kernel: 3}
+  - {name: sp, type: stats_pool}
+  - {name: lp, type: lppool1d, p: 3, kernel: 3, stride: 2, padding: 2, inputs: [c]}
+  - {name: sp2, type: stats_pool, eps: 0.01}
+  - {name: wm, type: maxpool1d, kernel: 4, stride: 3, padding: [[3, 1]], ceil_mode: true, inputs: [c]}
+  - {name: wa, type: avgpool1d, kernel: 3, stride: 2, padding: 2, count_include_pad: false, inputs: [c]}
+  - {name: f1, type: flatten, inputs: [wm]}
+  - {name: f2, type: flatten, inputs: [wa]}
+  - {name: cat, type: concat, inputs: [sp, sp2, f1, f2]}
+  - {name: fc, type: dense, units: 3}
+""", "euclidean", 0.0),
 }
 
 

@@ -105,7 +105,13 @@ FAMILIES = {
                      layer("mp", "maxpool1d", kernel=3, stride=2, padding=1)],
                     {"bn": "batchnorm", "mp": "pool"}),
         "avg": ([layer("avg", "avgpool1d", kernel=2)], {"avg": "pool"}),
+        # padding past half the kernel, up to kernel - 1 (ONNX's rule)
+        "wide": ([layer("wide_mp", "maxpool1d", kernel=3, stride=2, padding=2),
+                  layer("wide_ap", "avgpool1d", kernel=4, stride=3, padding=[[3, 1]],
+                        ceil_mode=True, count_include_pad=False)],
+                 {"wide_mp": "pool", "wide_ap": "pool"}),
         "gap": ([layer("gap", "global_avgpool")], {"gap": "global_pool"}),
+        "stats": ([layer("stats", "stats_pool")], {"stats": "generic"}),
     }),
     # a residual block, pools, dropout and the layers without blocked kernels
     "blocks": ([3, 12, 12], [conv("stem", 16, padding=1, bias=False),
@@ -126,6 +132,10 @@ FAMILIES = {
                    layer("lp", "lppool2d", p=2, kernel=2),
                    layer("blur", "blurpool2d", kernel=3, stride=2)],
                   {"lrn": "generic", "lp": "generic", "blur": "generic"}),
+        "adaptive": ([layer("a_sig", "sigmoid"),
+                      layer("a_max", "adaptive_maxpool2d", output_size=[5, 4]),
+                      layer("a_avg", "adaptive_avgpool2d", output_size=3)],
+                     {"a_max": "generic", "a_avg": "generic"}),
     }),
 }
 

@@ -37,7 +37,8 @@ class LeNet5(nn.Module):
 # -- AlexNet (two towers) -------------------------------------------------------------------------
 
 class AlexNet(nn.Module):
-    """Caffe's bvlc_alexnet: grouped conv2/4/5, LRN after relu1 and relu2, 227x227 input."""
+    """Caffe's bvlc_alexnet: grouped conv2/4/5, LRN after relu1 and relu2, 227x227 input;
+    torchvision's AdaptiveAvgPool2d((6, 6)) before the classifier (the identity at 227x227)."""
 
     def __init__(self, num_classes: int = 1000):
         super().__init__()
@@ -48,6 +49,7 @@ class AlexNet(nn.Module):
         self.conv5 = nn.Conv2d(384, 256, 3, padding=1, groups=2)
         self.norm = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
         self.pool = nn.MaxPool2d(3, stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.fc6 = nn.Linear(256 * 6 * 6, 4096)
         self.fc7 = nn.Linear(4096, 4096)
         self.fc8 = nn.Linear(4096, num_classes)
@@ -59,7 +61,7 @@ class AlexNet(nn.Module):
         x = self.pool(self.norm(relu(self.conv2(x))))
         x = relu(self.conv3(x))
         x = relu(self.conv4(x))
-        x = self.pool(relu(self.conv5(x)))
+        x = self.avgpool(self.pool(relu(self.conv5(x))))
         x = torch.flatten(x, 1)
         x = self.drop(relu(self.fc6(x)))
         x = self.drop(relu(self.fc7(x)))

@@ -1,4 +1,4 @@
-"""Pooling: max, average and power-average (Lp) over 1-D or 2-D windows, global pooling, and
+"""Pooling: max, average and p-norm (Lp) over 1-D or 2-D windows, global pooling, and
 blurpool2d (anti-aliased downsampling)."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from .window import out_size, pad_spatial, resolve_padding, span, windows
 
 
 class PoolBase(Layer):
-    """Shared rule of the windowed pools; ``stride`` defaults to ``kernel`` as in PyTorch."""
+    """Shared rule of the windowed pools; ``stride`` defaults to ``kernel`` as in PyTorch, and
+    ``padding`` may reach ``kernel - 1`` on each side as in ONNX."""
 
     ndim: ClassVar[int] = 2
 
@@ -28,12 +29,14 @@ class PoolBase(Layer):
         (shape,) = in_shapes
         expect_rank(shape, (self.ndim + 1,), self.type_name)
         if self.padding not in ("same", "valid"):
-            for k, (before, after) in zip(self.kernel, self.padding):
-                if max(before, after) * 2 > k:
+            for w, k, s, pad in zip(shape[1:], self.kernel, self.stride, self.padding):
+                empty = empty_window(w, k, s, pad, self.ceil_mode)
+                if empty:
                     raise ShapeError(
-                        f"padding {max(before, after)} is more than half the kernel {k}",
-                        "padding <= kernel / 2 (a window must see at least one input)",
-                        f"use padding: {k // 2} or less")
+                        f"padding {list(pad)} leaves the {empty} window with no input "
+                        f"(kernel {k}, stride {s}, {w} inputs)",
+                        "padding < kernel on each side, so that every window sees an input",
+                        f"use padding: {k - 1} or less")
         spatial, _ = sliding_output(self, shape, notes, self.ceil_mode)
         return (shape[0], *spatial)
 
@@ -46,8 +49,16 @@ class PoolBase(Layer):
     def padded_windows(self, x: np.ndarray, fill: float) -> tuple[np.ndarray, tuple]:
         """Windows over x padded with ``fill``, extended at the end for ceil_mode."""
         pads = self.full_padding(x.shape[2:])
-        return windows(pad_spatial(x, pads, fill), self.kernel, self.stride,
-                       (1,) * self.ndim), pads
+        return self.output_windows(pad_spatial(x, pads, fill), x.shape[2:]), pads
+
+    def output_windows(self, xp: np.ndarray, sizes) -> np.ndarray:
+        """The windows of the padded ``xp`` that give an output: in ceil_mode, trailing padding
+        of a kernel or more holds one more window, which PyTorch's rule drops."""
+        pads = resolve_padding(self.padding, sizes, self.kernel, self.stride, (1,) * self.ndim)
+        counts = [out_size(w, k, s, p, 1, self.ceil_mode)
+                  for w, k, s, p in zip(sizes, self.kernel, self.stride, pads)]
+        win = windows(xp, self.kernel, self.stride, (1,) * self.ndim)
+        return win[(slice(None), slice(None), *(slice(n) for n in counts))]
 
     def full_padding(self, sizes) -> tuple:
         """Explicit padding plus, in ceil_mode, the overhang the last window needs."""
@@ -69,9 +80,23 @@ class PoolBase(Layer):
         mask = pad_spatial(mask, pads, 1.0 if include_pad else 0.0)
         overhang = tuple((0, f[1] - p[1]) for f, p in zip(full, pads))
         mask = pad_spatial(mask, overhang, 0.0)
-        win = windows(mask, self.kernel, self.stride, (1,) * self.ndim)
         axes = tuple(range(-self.ndim, 0))
-        return win.sum(axis=axes)
+        return self.output_windows(mask, sizes).sum(axis=axes)
+
+
+def empty_window(size: int, kernel: int, stride: int, pad, ceil_mode: bool) -> str | None:
+    """Which window ('first' or 'last') covers only padding, or None. Padding up to kernel - 1
+    on each side leaves none, as ONNX allows (PyTorch stops at kernel / 2); the windows
+    between see input whenever the first and the last do."""
+    before, after = pad
+    n = out_size(size, kernel, stride, pad, 1, ceil_mode)
+    if n < 1:
+        return None  # the shape rule reports that
+    if before >= kernel:
+        return "first"
+    if (n - 1) * stride >= before + size:
+        return "last"
+    return None
 
 
 def _pool_keys(ndim: int):
@@ -100,12 +125,12 @@ class AvgPoolBase(PoolBase):
 class LpPoolBase(PoolBase):
     def reference(self, xs, params):
         x = xs[0]
-        win, _ = self.padded_windows(x ** self.p, 0.0)
-        # PyTorch averages x^p (over the part of the window inside the input) and scales back
-        # by the full window size, so a ceil_mode overhang is scaled up like this too.
+        win, _ = self.padded_windows(np.abs(x) ** self.p, 0.0)
+        # As PyTorch: the power sum is averaged over the part of the window inside the input
+        # and scaled back by the full window size, so a ceil_mode overhang is scaled up too
+        # (ONNX's LpPool leaves it as it is).
         mean = win.sum(axis=tuple(range(-self.ndim, 0))) / self.divisor(x, True)
-        total = np.sign(mean) * np.maximum(np.abs(mean), 0) * math.prod(self.kernel)
-        return (total ** (1.0 / self.p)).astype(x.dtype, copy=False)
+        return ((mean * math.prod(self.kernel)) ** (1.0 / self.p)).astype(x.dtype, copy=False)
 
     def flops(self, in_shapes, out_shape):
         return 2 * math.prod(out_shape) * math.prod(self.kernel)
@@ -132,7 +157,8 @@ AvgPool2d = register("avgpool2d")(_pool_class(
     "count_include_pad: true}``; stride defaults to kernel.", _AVG_EXTRA))
 LpPool2d = register("lppool2d")(_pool_class(
     "LpPool2d", LpPoolBase, 2,
-    "Power-average pooling (sum x^p)^(1/p) over each window, PyTorch's LPPool2d. "
+    "The p-norm (sum |x|^p)^(1/p) over each window, as ONNX's LpPool; PyTorch's LPPool2d "
+    "leaves out the absolute value (NaN for odd p on negative sums) and agrees for even p. "
     "YAML: ``{type: lppool2d, p: 2, kernel: 2}``.", _LP_EXTRA))
 MaxPool1d = register("maxpool1d")(_pool_class(
     "MaxPool1d", MaxPoolBase, 1,
@@ -142,8 +168,8 @@ AvgPool1d = register("avgpool1d")(_pool_class(
     "Mean over windows of (C, T). YAML: ``{type: avgpool1d, kernel: 3}``.", _AVG_EXTRA))
 LpPool1d = register("lppool1d")(_pool_class(
     "LpPool1d", LpPoolBase, 1,
-    "Power-average pooling over windows of (C, T). YAML: ``{type: lppool1d, p: 2, "
-    "kernel: 3}``.", _LP_EXTRA))
+    "The p-norm (sum |x|^p)^(1/p) over windows of (C, T), as lppool2d. YAML: "
+    "``{type: lppool1d, p: 2, kernel: 3}``.", _LP_EXTRA))
 
 
 class GlobalPool(Layer):
