@@ -140,7 +140,8 @@ def schedule_checked(mod, target):
 
     NOTE: dlight's Reduction rules accept a grouped convolution (groups > 1, more than one
     channel per group) and give a schedule whose cross-thread reduction TVM cannot lower
-    ("reduction-related loops ... are not the deepest"): the whole build failed."""
+    ("reduction-related loops ... are not the deepest"), and fail with an assertion on some
+    blurpool2d kernels: either failed the whole build."""
     import tvm
     from tvm import s_tir, tirx
     from tvm.s_tir import dlight as dl
@@ -152,9 +153,9 @@ def schedule_checked(mod, target):
         if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False):
             continue
         # a module of its own each time: dlight may rewrite the one it is given in place
-        scheduled = dl.ApplyDefaultSchedule(*gpu_rules())(tvm.IRModule({gv: func}))
         try:
-            check(scheduled)
+            scheduled = dl.ApplyDefaultSchedule(*gpu_rules())(tvm.IRModule({gv: func}))
+            check(tvm.IRModule({gv: scheduled[gv]}))
         except Exception:  # noqa: BLE001 (tvm raises several kinds; Fallback is always right)
             scheduled = dl.ApplyDefaultSchedule(dl.gpu.Fallback())(tvm.IRModule({gv: func}))
         mod[gv] = scheduled[gv]
@@ -198,6 +199,9 @@ def build_cuda(mod, choice, lib_path: Path) -> dict:
         executable = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target))
     executable.export_library(str(lib_path))
     data = Path(lib_path).read_bytes()
+    kernels = any(isinstance(f, tvm.tirx.PrimFunc) for _, f in mod.functions_items())
+    if not kernels:  # every layer was removed as the identity: the model copies its input
+        return {"device_code": "none", "nvcc": nvcc}
     if FATBIN_MAGIC not in data:
         raise CompileError("CUDA compilation produced no device code (no fatbin in the library)")
     return {"device_code": "fatbin", "nvcc": nvcc}

@@ -14,8 +14,9 @@ A layer is looked up by its class and then its bases, so one entry covers a fami
 point-wise layer (``layers.pointwise``) is computed and differentiated from its own
 ``forward`` and ``backward`` and needs no entry. A layer type without an entry cannot be
 compiled (the error says so, never a quiet fallback), and tests/test_layer_rules.py fails for
-any registered type that lacks one. A layer type defined outside the package declares its
-entry with :func:`declare`::
+any registered type that lacks one. A layer type defined outside the package gives its
+compute and gradient as methods of its class (``te_compute``, ``te_gradient``: see
+``layers.custom``), or declares an entry with :func:`declare`::
 
     from cnncompiler.backends.rules import declare
     declare(ChannelShuffle, compute=shuffle_compute, gradient=shuffle_gradient)
@@ -105,11 +106,27 @@ def declare(cls: type, *, compute: Callable, gradient: Callable | str = NOT_TRAI
 
 
 def find_rules(cls: type) -> Rules | None:
-    """The entry for ``cls`` or its nearest base that has one."""
+    """The entry for ``cls`` or its nearest base that has one; a class that gives its own TE
+    compute as a method (``te_compute``, ``te_gradient``: a layer type defined outside the
+    package) is its own entry."""
     for klass in cls.__mro__:
         if klass in RULES:
             return RULES[klass]
+        if "te_compute" in vars(klass):
+            return _method_rules(klass)
     return None
+
+
+def _method_rules(cls: type) -> Rules:
+    def compute(layer, xs, args, out_shape):
+        return layer.te_compute(xs, args, out_shape)
+
+    def gradient(layer, xs, y, dy, args, out_shape):
+        return layer.te_gradient(xs, y, dy, args, out_shape)
+
+    trained = callable(getattr(cls, "te_gradient", None))
+    return Rules(compute, gradient if trained else
+                 f"{cls.type_name} gives no te_gradient method")
 
 
 def rules_for(layer, node: str | None = None) -> Rules:

@@ -19,6 +19,7 @@ from tvm import te, tirx
 
 from cnncompiler.layers.pool import blur_filter
 from cnncompiler.layers.window import resolve_padding
+from cnncompiler.spec.losses import Euclidean, SigmoidCrossEntropy, SoftmaxCrossEntropy
 from cnncompiler.spec.train_config import Hyper
 
 from .te_ops import TE_MATH, channel_arg, const, max_keeping_nan, pad
@@ -608,8 +609,12 @@ def euclidean(outputs, targets):
     return loss, correct, d
 
 
-LOSSES = {"softmax_cross_entropy": softmax_cross_entropy,
-          "sigmoid_cross_entropy": sigmoid_cross_entropy, "euclidean": euclidean}
+# the TE form of each loss (spec/losses.py), (z, labels, label smoothing) -> (loss, correct, dz)
+LOSS_FORMS = {
+    SoftmaxCrossEntropy: softmax_cross_entropy,
+    SigmoidCrossEntropy: lambda z, y, smoothing: sigmoid_cross_entropy(z, y),
+    Euclidean: lambda z, y, smoothing: euclidean(z, y),
+}
 
 
 # -- optimizers -----------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from tvm import relax, te, tirx
 from cnncompiler.errors import CompileError
 from cnncompiler.graph import param_names, topo_layers
 from cnncompiler.graph.signature import kernel_name
+from cnncompiler.spec.losses import LOSSES
 from cnncompiler.spec.train_config import HYPER_SIZE
 
 from cnncompiler.layers.activation import Dropout
@@ -87,11 +88,11 @@ def emit_train_step(bb: relax.BlockBuilder, g: nx.DiGraph, loss: str, optimizer:
     out_shape = g.nodes[out_node]["shape"]
     n = tirx.Var("n", "int64")
     x = relax.Var("x", relax.TensorType([n, *g.graph["input_shape"]], dtype))
-    if loss == "softmax_cross_entropy":
-        if len(out_shape) != 1:
-            raise CompileError(f"softmax_cross_entropy needs (N, classes) logits; the output "
-                               f"'{out_node}' is (N, {', '.join(map(str, out_shape))}); add "
-                               "flatten and a dense layer")
+    loss_type = LOSSES[loss]
+    problem = loss_type.output_problem(out_node, out_shape)
+    if problem:
+        raise CompileError(problem)
+    if loss_type.integer_labels:
         y = relax.Var("y", relax.TensorType([n], "int32"))
     else:
         y = relax.Var("y", relax.TensorType([n, *out_shape], dtype))
@@ -112,8 +113,8 @@ def emit_train_step(bb: relax.BlockBuilder, g: nx.DiGraph, loss: str, optimizer:
             for node in topo_layers(g):
                 if node != "input":
                     low.values[node] = low.forward(node)
-            extra = {"smoothing": label_smoothing} if loss == "softmax_cross_entropy" else {}
-            loss_v, correct, dlogits = low.loss(loss, low.values[out_node], y, extra)
+            loss_v, correct, dlogits = low.loss(loss_type, low.values[out_node], y,
+                                                label_smoothing)
             grads = _backward(low, g, {out_node: dlogits})
             new_p, new_s = low.update(sig, optimizer, svars, grads, hyper)
             grad_sq = low.square_norms([grads[p] for p in sig.params] + new_p)
@@ -226,11 +227,11 @@ class TrainLowering:
             out = self.emit(lambda ts, a: lower(layer, ts, a, shape), xs, args, name=hint)
         return self.from_plain(out)
 
-    def loss(self, loss: str, out_value, y, extra: dict):
-        """(loss, correct, gradient of the output as a value)."""
-        loss_fn = te_grad.LOSSES[loss]
-        res = self.emit(lambda z, t: list(loss_fn(z, t, **extra)), self.plain(out_value), y,
-                        name=f"loss_{loss}")
+    def loss(self, loss, out_value, y, smoothing: float):
+        """(loss, correct, gradient of the output as a value) of the Loss ``loss``."""
+        form = te_grad.LOSS_FORMS[type(loss)]
+        res = self.emit(lambda z, t: list(form(z, t, smoothing)), self.plain(out_value), y,
+                        name=f"loss_{loss.name}")
         return self.item(res, 0), self.item(res, 1), self.from_plain(self.item(res, 2))
 
     # -- backward ------------------------------------------------------------------------------

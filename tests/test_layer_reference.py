@@ -120,7 +120,8 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 def test_every_layer_type_is_tested():
-    public = {name for name, cls in LAYER_TYPES.items() if not cls.internal}
+    public = {name for name, cls in LAYER_TYPES.items()
+              if not cls.internal and cls.__module__.startswith("cnncompiler.")}
     assert public - HAND == set(), "layer types with no hand-computed reference test"
     assert public - GRID == set(), "layer types with no reference test over a parameter grid"
 

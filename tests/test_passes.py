@@ -266,3 +266,25 @@ def test_unknown_pass_is_refused_with_a_suggestion():
         optimize(g, passes=["fold-batchnrom"])
     with pytest.raises(CnncError, match="-O3"):
         optimize(g, level=3)
+
+
+def test_an_adaptive_pool_to_its_input_size_is_removed():
+    """VGG's and AlexNet's avgpool at their own input size is the identity: no kernel."""
+    text = """\
+name: adaptive_identity
+input: [3, 7, 7]
+layers:
+  - {name: c, type: conv2d, filters: 4, kernel: 1}
+  - {name: ap, type: adaptive_avgpool2d, output_size: 7}
+  - {name: mp, type: adaptive_maxpool2d, output_size: [7, 7]}
+  - {name: small, type: adaptive_avgpool2d, output_size: [3, 7]}
+"""
+    g, _ = check_spec(parse_spec_text(text, "<adaptive>"))
+    optimized, reports = optimize(g, level=2)
+    assert "ap" not in optimized and "mp" not in optimized and "small" in optimized
+    removed = [line for r in reports for line in r.applied if line.startswith("removed")]
+    assert "removed 'ap' (adaptive pooling to its input's size)" in removed
+    x = sample_input(g.graph["input_shape"], 2)
+    params, want = lively_params(g, x)
+    got = run_reference(optimized, x, params)
+    assert_close(got["small"], want["small"])

@@ -12,6 +12,7 @@ import math
 
 from tvm import te, tirx
 
+from cnncompiler.layers.pool import GlobalMaxPool, MaxPoolBase
 from cnncompiler.layers.window import resolve_padding
 
 from ..te_ops import _window_count, max_keeping_nan
@@ -51,7 +52,7 @@ def pool_blocked(layer, x, out_spatial):
     sizes = [int(s) for s in x.shape[2:2 + nd]]
     full = layer.full_padding(sizes)
     explicit = resolve_padding(layer.padding, sizes, layer.kernel, layer.stride, (1,) * nd)
-    is_max = layer.type_name.startswith("max")
+    is_max = isinstance(layer, MaxPoolBase)
     xp = pad_blocked(x, full, float("-inf") if is_max else 0.0)
     rk = [te.reduce_axis((0, k), name=f"rk{i}") for i, k in enumerate(layer.kernel)]
     reduce = max_keeping_nan if is_max else te.sum
@@ -78,7 +79,7 @@ def global_pool_blocked(layer, x):
     nd = len(x.shape) - 3
     sizes = [int(s) for s in x.shape[2:2 + nd]]
     rk = [te.reduce_axis((0, s), name=f"rk{i}") for i, s in enumerate(sizes)]
-    is_max = layer.type_name == "global_maxpool"
+    is_max = isinstance(layer, GlobalMaxPool)
     reduce = max_keeping_nan if is_max else te.sum
     shape = (x.shape[0], x.shape[1], *[1] * nd, x.shape[-1])
     acc = te.compute(shape, lambda n, c, *rest: reduce(x[(n, c, *rk, rest[-1])], axis=rk),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import networkx as nx
 
 from ..layers.activation import Dropout, Identity
+from ..layers.adaptive import AdaptivePool2d
 from ..layers.dense import Flatten
 from ..layers.merge import Concat
 from ..layers.pool import AvgPoolBase, MaxPoolBase
@@ -29,6 +30,9 @@ def _is_identity(layer, in_shapes) -> str | None:
             set(layer.stride) == {1} and \
             (layer.padding in ("valid", "same") or all(p == (0, 0) for p in layer.padding)):
         return "1-wide pooling with stride 1"
+    # bins of one position each: VGG's and AlexNet's avgpool at their own input size
+    if isinstance(layer, AdaptivePool2d) and tuple(layer.output_size) == tuple(in_shapes[0][1:]):
+        return "adaptive pooling to its input's size"
     if isinstance(layer, Concat) and len(in_shapes) == 1:
         return "concat of one input"
     if isinstance(layer, Flatten) and len(in_shapes[0]) == 1:

@@ -22,8 +22,9 @@ from enum import IntEnum
 from ..errors import FieldError
 from ..layers.fields import (boolean, choice, describe, non_negative_int, non_negative_number,
                              number, option, positive_int, positive_number, show_number)
+from .losses import LOSSES as LOSS_TYPES
 
-LOSSES = ("softmax_cross_entropy", "sigmoid_cross_entropy", "euclidean")
+LOSSES = tuple(LOSS_TYPES)  # their names
 
 
 def fraction(value):

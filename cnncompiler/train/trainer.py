@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import InputError, TrainingError
 from ..passes import optimize
+from ..spec.losses import LOSSES
 from . import optim
 
 
@@ -158,24 +159,7 @@ class Trainer:
         model = self.model
         x = model.check_input(x)
         out_shape = model.graph.nodes[model.output_names[0]]["shape"]
-        if self.loss == "softmax_cross_entropy":
-            y = np.asarray(y)
-            if y.ndim != 1 or y.shape[0] != x.shape[0]:
-                raise InputError(f"labels must be class indices of shape ({x.shape[0]},); "
-                                 f"received shape {y.shape}")
-            if y.dtype.kind == "f" and not np.all(np.equal(np.mod(y, 1), 0)):
-                raise InputError("labels must be integer class indices")
-            y = y.astype(np.int64)
-            classes = out_shape[0]
-            if y.size and (y.min() < 0 or y.max() >= classes):
-                raise InputError(f"labels must be in 0..{classes - 1} for {classes} classes; "
-                                 f"received {y.min()}..{y.max()}")
-            return x, y.astype(np.int32)
-        y = np.ascontiguousarray(y, dtype=np.float32)
-        if y.shape != (x.shape[0], *out_shape):
-            raise InputError(f"targets must have shape {(x.shape[0], *out_shape)}; received "
-                             f"{y.shape}")
-        return x, y
+        return x, LOSSES[self.loss].check_labels(y, x.shape[0], out_shape)
 
     def _masks(self, sig, n: int) -> list[np.ndarray]:
         if not sig.masks:
@@ -293,18 +277,13 @@ def _train_epochs(trainer, x, y, n, epochs, batch_size, validation_data, shuffle
             break
 
 
-def _softmax_ce(logits: np.ndarray, y: np.ndarray, smoothing: float) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    nll = -logp[np.arange(len(y)), y]
-    return (1 - smoothing) * nll + smoothing * (-logp.mean(axis=1)) if smoothing else nll
-
-
 def evaluate(model, x, y, batch_size: int = 256, loss: str | None = None,
              label_smoothing: float | None = None) -> dict:
     """Loss (and accuracy for classification) of the model on (x, y), at inference."""
     cfg = model.graph.graph["train"]
     loss = loss or cfg.loss
+    if loss not in LOSSES:
+        raise TrainingError(f"unknown loss '{loss}'; use one of {', '.join(LOSSES)}")
     smoothing = cfg.label_smoothing if label_smoothing is None else label_smoothing
     x = model.check_input(np.ascontiguousarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x)
     y = np.asarray(y)
@@ -312,12 +291,4 @@ def evaluate(model, x, y, batch_size: int = 256, loss: str | None = None,
         raise InputError(f"x has {len(x)} samples but y has {len(y)}")
     outs = np.concatenate([model.predict(np.ascontiguousarray(x[i:i + batch_size]))
                            for i in range(0, len(x), batch_size)]).astype(np.float64)
-    if loss == "softmax_cross_entropy":
-        y = y.astype(np.int64)
-        return {"loss": float(_softmax_ce(outs, y, smoothing).mean()),
-                "accuracy": float((outs.argmax(axis=1) == y).mean())}
-    y = y.astype(np.float64)
-    if loss == "sigmoid_cross_entropy":
-        per = np.maximum(outs, 0) - outs * y + np.log1p(np.exp(-np.abs(outs)))
-        return {"loss": float(per.mean()), "accuracy": float(((outs > 0) == (y > 0.5)).mean())}
-    return {"loss": float(((outs - y) ** 2).mean())}
+    return LOSSES[loss].reference(outs, y, smoothing)

@@ -1,0 +1,106 @@
+"""The training losses, each declared once: its name in specs, what its labels are, and its
+numpy reference (the loss and the metric the trainer reports). Its tensor expression, which
+the compiled training step runs, is keyed by the same class in ``backends/te_grad.py``
+(``LOSS_FORMS``); a test checks every loss has one and that the two agree.
+
+    train:
+      loss: softmax_cross_entropy          # or sigmoid_cross_entropy, euclidean
+      label_smoothing: 0.1
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from ..errors import InputError
+
+
+class Loss:
+    """A loss of the model's one output ``z`` (N, *shape) against labels ``y``."""
+
+    name: ClassVar[str] = ""
+    integer_labels: ClassVar[bool] = False  # class indices (N,), not targets shaped like z
+    metric: ClassVar[str | None] = "accuracy"
+
+    def output_problem(self, out_node: str, out_shape: tuple) -> str | None:
+        """Why the model's output cannot feed this loss, or None."""
+        return None
+
+    def check_labels(self, y, n: int, out_shape: tuple) -> np.ndarray:
+        """The labels of a batch of ``n`` samples, checked, in the dtype the step takes."""
+        y = np.ascontiguousarray(y, dtype=np.float32)
+        if y.shape != (n, *out_shape):
+            raise InputError(f"targets must have shape {(n, *out_shape)}; received {y.shape}")
+        return y
+
+    def reference(self, z: np.ndarray, y: np.ndarray, smoothing: float = 0.0) -> dict:
+        """{"loss": the mean loss, and the metric where there is one}, in float64."""
+        raise NotImplementedError
+
+
+class SoftmaxCrossEntropy(Loss):
+    """Cross-entropy of integer class labels with the softmax of (N, classes) logits, with
+    optional label smoothing: PyTorch's ``cross_entropy``."""
+
+    name = "softmax_cross_entropy"
+    integer_labels = True
+
+    def output_problem(self, out_node, out_shape):
+        if len(out_shape) != 1:
+            return (f"{self.name} needs (N, classes) logits; the output '{out_node}' is "
+                    f"(N, {', '.join(map(str, out_shape))}); add flatten and a dense layer")
+        return None
+
+    def check_labels(self, y, n, out_shape):
+        y = np.asarray(y)
+        if y.ndim != 1 or y.shape[0] != n:
+            raise InputError(f"labels must be class indices of shape ({n},); received shape "
+                             f"{y.shape}")
+        if y.dtype.kind == "f" and not np.all(np.equal(np.mod(y, 1), 0)):
+            raise InputError("labels must be integer class indices")
+        y = y.astype(np.int64)
+        classes = out_shape[0]
+        if y.size and (y.min() < 0 or y.max() >= classes):
+            raise InputError(f"labels must be in 0..{classes - 1} for {classes} classes; "
+                             f"received {y.min()}..{y.max()}")
+        return y.astype(np.int32)
+
+    def reference(self, z, y, smoothing=0.0):
+        z = np.asarray(z, np.float64)
+        y = np.asarray(y).astype(np.int64)
+        shifted = z - z.max(axis=1, keepdims=True)
+        logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        k = z.shape[1]
+        target = np.full(z.shape, smoothing / k)
+        target[np.arange(len(y)), y] += 1.0 - smoothing
+        return {"loss": float(-(target * logp).sum(axis=1).mean()),
+                "accuracy": float((z.argmax(axis=1) == y).mean())}
+
+
+class SigmoidCrossEntropy(Loss):
+    """Binary cross-entropy of K independent targets in [0, 1] with logits, averaged over
+    every element: PyTorch's ``BCEWithLogitsLoss``; accuracy per element at 0.5."""
+
+    name = "sigmoid_cross_entropy"
+
+    def reference(self, z, y, smoothing=0.0):
+        z, y = np.asarray(z, np.float64), np.asarray(y, np.float64)
+        per = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+        return {"loss": float(per.mean()), "accuracy": float(((z > 0) == (y > 0.5)).mean())}
+
+
+class Euclidean(Loss):
+    """Mean squared error over every element: PyTorch's ``MSELoss``."""
+
+    name = "euclidean"
+    metric = None
+
+    def reference(self, z, y, smoothing=0.0):
+        z, y = np.asarray(z, np.float64), np.asarray(y, np.float64)
+        return {"loss": float(((z - y) ** 2).mean())}
+
+
+LOSSES: dict[str, Loss] = {cls.name: cls() for cls in (SoftmaxCrossEntropy, SigmoidCrossEntropy,
+                                                        Euclidean)}
