@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cnncompiler.cache import read_library, write_library
 from cnncompiler.errors import CompileError
-from cnncompiler.runtime.library import load_shared_object
+from cnncompiler.native import load_shared_object
 
 FATBIN_MAGIC = b"\x50\xed\x55\xba"
 STUB_CACHE = "cuda-stub"

@@ -12,7 +12,7 @@ Kernels run on one thread per physical core unless ``TVM_NUM_THREADS`` says othe
 
 __version__ = "0.1.0"
 
-from .runtime.threads import ensure_thread_count  # noqa: E402
+from .threads import ensure_thread_count  # noqa: E402
 
 ensure_thread_count()  # before TVM's thread pool starts: it reads the count once
 
@@ -20,7 +20,9 @@ from .compiler import compile  # noqa: E402
 from .errors import (ArtifactError, BusyError, CnncError, CompileError,  # noqa: E402
                      InputError, NonFiniteError, SpecError)
 from .graph import load_checked as check  # noqa: E402
-from .runtime.model import CompiledModel, load  # noqa: E402
+from .runtime.model import CompiledModel  # noqa: E402
+from .train.model import TrainableModel, load  # noqa: E402
 
 __all__ = ["ArtifactError", "BusyError", "CnncError", "CompileError", "CompiledModel",
-           "InputError", "NonFiniteError", "SpecError", "check", "compile", "load", "__version__"]
+           "InputError", "NonFiniteError", "SpecError", "TrainableModel", "check", "compile",
+           "load", "__version__"]

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CnncError, InputError
-from .runtime.threads import default_threads
+from .threads import default_threads
 
 
 def random_input(shape, batch: int, seed: int = 0) -> np.ndarray:

@@ -124,7 +124,7 @@ def cmd_bench(args) -> int:
     _runtime_only()
     from .bench import OnnxModel, bench_model
     from .runtime.model import load
-    from .runtime.threads import default_threads
+    from .threads import default_threads
 
     if args.repeat < 1 or args.warmup < 0:
         raise CnncError(f"--repeat must be at least 1 and --warmup at least 0; received "

@@ -181,7 +181,7 @@ def compile(spec, target: str = "cpu", output_dir=None, *, arch: str | None = No
     ``tune_budget`` (``"10m"``, ``"90s"``, or seconds) tunes them first, reporting each
     kernel to ``progress``.
     """
-    from .runtime.model import load
+    from .train.model import load
 
     spec_obj = load_spec(spec)
     if isinstance(batch_sizes, int):

@@ -167,7 +167,7 @@ def test_run_with_several_outputs_writes_an_npz(capsys, two_outputs_dir, tmp_pat
 
 
 def test_bench_prints_a_table_and_json(capsys, lenet_dir):
-    from cnncompiler.runtime.threads import default_threads
+    from cnncompiler.threads import default_threads
 
     code, stdout, _ = cnnc(capsys, "bench", lenet_dir, "--batch", "1,4", "--repeat", "3",
                            "--warmup", "1")

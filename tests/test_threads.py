@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from cnncompiler.runtime import threads
+from cnncompiler import threads
 
 
 def fake_topology(root, siblings: list[str]):

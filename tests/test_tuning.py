@@ -78,7 +78,7 @@ def check_outputs(model) -> None:
 def record(task, target, default_ms, best_ms, best_config, default_config=None,
            threads=None) -> Record:
     """A record as tuning writes it, on the thread count models run on here by default."""
-    from cnncompiler.runtime.threads import default_threads
+    from cnncompiler.threads import default_threads
 
     default_config = default_config or task.rule.default_config(task.func)
     return Record(workload=task.workload, target=target, kernel=task.label, rule=task.rule.name,
@@ -174,7 +174,7 @@ def test_record_against_another_default_is_not_applied(spec, tasks, tmp_path):
 
 
 def test_record_from_another_thread_count_is_not_applied(spec, tasks, tmp_path):
-    from cnncompiler.runtime.threads import default_threads
+    from cnncompiler.threads import default_threads
 
     by_name, target = tasks
     conv1 = by_name["conv1"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import warnings
 
 from .cache import WIN_MARGIN, TuningCache, TuningCacheWarning, describe_config
-from cnncompiler.runtime.threads import default_threads
+from cnncompiler.threads import default_threads
 
 from .space import apply_config, is_static, rule_for
 from .tasks import target_key, workload_key
@@ -27,7 +27,7 @@ class TunedSchedules:
     def __init__(self, cache: TuningCache, choice):
         self.cache = cache
         self.target = target_key(choice)
-        self.threads = default_threads()  # what the model will run on (runtime/threads.py)
+        self.threads = default_threads()  # what the model will run on (cnncompiler/threads.py)
         self.applied: dict[tuple[str, int], dict] = {}
         self.kept: dict[tuple[str, int], str] = {}
         self._active: bool | None = None

@@ -15,7 +15,7 @@ import os
 import numpy as np
 import tvm
 
-from cnncompiler.runtime.threads import default_threads
+from cnncompiler.threads import default_threads
 
 MIN_REPEAT_MS = 25  # each timed repeat runs the kernel this long at least
 THREADS_ENV = "TVM_NUM_THREADS"
@@ -23,7 +23,7 @@ THREADS_ENV = "TVM_NUM_THREADS"
 
 def use_threads(threads: int | None = None) -> int:
     """Ask TVM's runtime for ``threads`` threads (default: what models run on,
-    runtime/threads.py) and return how many it has. TVM sizes its pool once, on first use."""
+    cnncompiler/threads.py) and return how many it has. TVM sizes its pool once, on first use."""
     os.environ[THREADS_ENV] = str(threads if threads is not None else default_threads())
     return int(tvm.get_global_func("runtime.NumThreads")())
 

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import ArtifactError, CnncError, InputError, SpecError
 from ..storage import DirectoryWriter
 from . import artifact as art
-from .library import open_library
+from ..native import open_library
 from ..graph.signature import kernel_signature
 from .signature import kernel_arguments
 from .weights import parse_weights, read_weights, validate_weights, write_weights
@@ -101,7 +101,6 @@ class CompiledModel:
         self._local = threading.local()
         self._runtime = None          # (tvm module, library, device), opened on first use
         self._args = None             # kernel arguments on the device
-        self._trainer = None          # training state, made by the first training call
 
     # -- description ---------------------------------------------------------------------
     def signature(self) -> str:
@@ -153,13 +152,11 @@ class CompiledModel:
         return vm
 
     def _sync_from_training(self) -> None:
-        """After training steps the device holds the newest weights: bring them back."""
-        trainer = self._trainer
-        if trainer is not None and trainer.dirty:
-            with self._lock:
-                if trainer.dirty:
-                    self._params = trainer.pull_params()
-                    self._args = None
+        """Where a subclass trains on the device (train.model.TrainableModel), the newest
+        weights are there: it brings them back here. A model that only runs has none."""
+
+    def _weights_changed(self) -> None:
+        """Called after new weights are loaded (a trainer hands them to its device)."""
 
     def _device_args(self):
         self._sync_from_training()
@@ -291,62 +288,11 @@ class CompiledModel:
         with self._lock:
             self._params = params
             self._args = None
-        if self._trainer is not None:
-            self._trainer.push_params()
+        self._weights_changed()
 
-    # -- training (compiles the training step on first use; needs TVM's compiler) ------------
     def spec_key(self) -> str:
         """Identifies the spec's layers: checkpoints and compiled training steps are keyed by it."""
         return hashlib.sha256(self._files[art.SPEC]).hexdigest()
-
-    @property
-    def trainer(self):
-        if self._trainer is None:
-            from ..train.trainer import Trainer
-
-            self._trainer = Trainer(self)
-        return self._trainer
-
-    def set_optimizer(self, optimizer=None, schedule=None) -> None:
-        """Change the optimizer (``{"type": "adam", "lr": 1e-3}``) and/or the learning-rate
-        schedule; learning rate and schedule changes need no recompilation."""
-        self.trainer.set_optimizer(optimizer, schedule)
-
-    def train_step(self, x, y) -> float:
-        """One optimizer update on one batch; returns the batch's loss."""
-        return self.trainer.train_step(x, y)[0]
-
-    def fit(self, x, y, epochs=None, batch_size=None, validation_data=None, shuffle=True,
-            seed=None, callbacks=(), verbose=0):
-        """Train for ``epochs`` epochs (default: the spec's ``train.epochs``); returns a History
-        with per-epoch loss, accuracy, lr and validation metrics."""
-        from ..train.trainer import fit
-
-        if seed is not None:
-            self.trainer.seed = seed
-        return fit(self.trainer, x, y, epochs, batch_size, validation_data, shuffle, callbacks,
-                   verbose)
-
-    def evaluate(self, x, y, batch_size: int = 256) -> dict:
-        """{'loss': ..., 'accuracy': ...} (accuracy for classification losses), at inference."""
-        from ..train.trainer import evaluate
-
-        return evaluate(self, x, y, batch_size)
-
-    def save_checkpoint(self, directory) -> Path:
-        """Weights, optimizer state, step, schedule position and random state, atomically."""
-        from ..train.checkpoint import save_checkpoint
-
-        return save_checkpoint(self.trainer, directory)
-
-    def load_checkpoint(self, directory) -> dict:
-        """Resume from a checkpoint of this spec (refused if corrupt or of another spec)."""
-        from ..train.checkpoint import load_checkpoint
-
-        meta = load_checkpoint(self.trainer, directory)
-        with self._lock:
-            self._args = None
-        return meta
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, directory, allow=()) -> Path:
@@ -372,10 +318,11 @@ class CompiledModel:
         return out
 
 
-def load(directory, device: str | None = None, _keep=None) -> CompiledModel:
+def load(directory, device: str | None = None, _keep=None, cls=None) -> CompiledModel:
     """Open an artifact after checking its manifest and every file's hash; everything used
     afterwards (library, weights, spec) is the bytes that were checked. A CPU library is
-    opened here; a CUDA one at the first run, on a machine with a GPU."""
+    opened here; a CUDA one at the first run, on a machine with a GPU. ``cls``: the class of
+    the model made (``cnncompiler.load`` makes a TrainableModel, which also trains)."""
     directory = Path(directory)
     manifest, files = art.open_verified(directory, device)
     graph, optimized = _graphs(directory, manifest, files[art.SPEC])
@@ -385,7 +332,7 @@ def load(directory, device: str | None = None, _keep=None) -> CompiledModel:
     except InputError as exc:  # the artifact's own weights: its fault, not the caller's
         raise ArtifactError(f"{directory / art.WEIGHTS}: the artifact's weights do not fit its "
                             f"spec ({exc}); recompile the model") from None
-    model = CompiledModel(directory, manifest, graph, optimized, params, files, _keep)
+    model = (cls or CompiledModel)(directory, manifest, graph, optimized, params, files, _keep)
     if model.target == "cpu":
         model._open()
     return model

@@ -74,7 +74,7 @@ class Trainer:
         if kind not in self._compiled:
             from cnncompiler.backends import require_compiler
             from cnncompiler.backends.targets import TargetChoice
-            from ..runtime.library import open_library
+            from ..native import open_library
 
             require_compiler("training")
             from cnncompiler.backends.train_build import build_train_library
