@@ -13,7 +13,7 @@ import tvm
 from tvm import relax, tirx
 
 from cnncompiler.errors import CompileError
-from cnncompiler.graph import topo_layers
+from cnncompiler.graph import layer_node, topo_layers
 from cnncompiler.graph.layouts import layout_shape
 from cnncompiler.graph.signature import kernel_name, kernel_signature, prepared_shapes
 
@@ -47,12 +47,12 @@ def emit_function(bb: relax.BlockBuilder, g: nx.DiGraph, name: str, batch: int |
 
 
 def emit_layer(bb, g, node, values, arg_vars):
-    data = g.nodes[node]
-    layer = data["layer"]
+    data = layer_node(g, node)
+    layer = data.layer
     lower = rules_for(layer, node).compute
-    xs = [values[src] for src in data["inputs"]]
+    xs = [values[src] for src in data.inputs]
     args = {key: arg_vars[f"{node}:{key}"] for key in prepared_shapes(g, node)}
-    out_shape = data["shape"]
+    out_shape = data.shape
 
     def compute(xs_te, args_te):
         y = lower(layer, xs_te, args_te, out_shape)

@@ -19,7 +19,7 @@ import networkx as nx
 from tvm import relax, te, tirx
 
 from cnncompiler.errors import CompileError
-from cnncompiler.graph import param_names, topo_layers
+from cnncompiler.graph import layer_node, param_names, topo_layers
 from cnncompiler.graph.signature import kernel_name
 from cnncompiler.spec.losses import LOSSES
 from cnncompiler.spec.train_config import HYPER_SIZE
@@ -54,14 +54,14 @@ STATE_SLOTS = {"sgd": ("momentum",), "adam": ("exp_avg", "exp_avg_sq")}
 def train_signature(g: nx.DiGraph, optimizer: str) -> TrainSignature:
     sig = TrainSignature()
     for node in topo_layers(g):
-        data = g.nodes[node]
+        data = layer_node(g, node)
         names = param_names(g, node)
-        for local, spec in data.get("param_specs", {}).items():
+        for local, spec in data.param_specs.items():
             (sig.params if spec.trainable else sig.buffers).append(names[local])
             sig.shapes[names[local]] = tuple(spec.shape)
-        layer = data["layer"]
+        layer = data.layer
         if isinstance(layer, Dropout) and layer.rate > 0:
-            sig.masks.append((node, tuple(data["shape"])))
+            sig.masks.append((node, tuple(data.shape)))
     sig.state = [f"{p}#{slot}" for slot in STATE_SLOTS[optimizer] for p in sig.params]
     for s in sig.state:
         sig.shapes[s] = sig.shapes[s.split("#")[0]]
@@ -85,7 +85,7 @@ def emit_train_step(bb: relax.BlockBuilder, g: nx.DiGraph, loss: str, optimizer:
                            f"{len(g.graph['outputs'])} ({', '.join(g.graph['outputs'])})")
     sig = train_signature(g, optimizer)
     out_node = g.graph["outputs"][0]
-    out_shape = g.nodes[out_node]["shape"]
+    out_shape = layer_node(g, out_node).shape
     n = tirx.Var("n", "int64")
     x = relax.Var("x", relax.TensorType([n, *g.graph["input_shape"]], dtype))
     loss_type = LOSSES[loss]
@@ -139,11 +139,11 @@ def _backward(low, g, grads):
     for node in reversed(topo_layers(g)):
         if node == "input" or node not in grads:
             continue
-        data = g.nodes[node]
-        needs_dx = [src != "input" for src in data["inputs"]]
+        data = layer_node(g, node)
+        needs_dx = [src != "input" for src in data.inputs]
         dxs, pgrads = low.backward(node, grads[node], needs_dx)
         param_grads.update(pgrads)
-        for src, dx in zip(data["inputs"], dxs):
+        for src, dx in zip(data.inputs, dxs):
             if src != "input" and dx is not None:
                 grads[src] = low.accumulate(src, grads.get(src), dx)
     return param_grads
@@ -197,12 +197,12 @@ class TrainLowering:
         return {local: self.pvars[glob] for local, glob in param_names(self.g, node).items()}
 
     def inputs(self, node: str) -> list:
-        return [self.plain(self.values[s]) for s in self.g.nodes[node]["inputs"]]
+        return [self.plain(self.values[s]) for s in layer_node(self.g, node).inputs]
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, node: str):
-        data = self.g.nodes[node]
-        layer = data["layer"]
+        data = layer_node(self.g, node)
+        layer = data.layer
         xs = self.inputs(node)
         args = self.args(node)
         hint = kernel_name(node)
@@ -223,7 +223,7 @@ class TrainLowering:
         else:
             gradient_of(layer, node)  # refuses a layer that cannot be trained, before its kernel
             lower = rules_for(layer, node).compute
-            shape = data["shape"]
+            shape = data.shape
             out = self.emit(lambda ts, a: lower(layer, ts, a, shape), xs, args, name=hint)
         return self.from_plain(out)
 
@@ -238,8 +238,8 @@ class TrainLowering:
     def backward(self, node: str, dy_value, needs_dx: list) -> tuple[list, dict]:
         """(gradient of each input as a value, None where not needed; {parameter name:
         its gradient}) of layer ``node`` given the gradient of its output."""
-        data = self.g.nodes[node]
-        layer = data["layer"]
+        data = layer_node(self.g, node)
+        layer = data.layer
         dy = self.plain(dy_value)
         xs = self.inputs(node)
         args = self.args(node)
@@ -260,12 +260,12 @@ class TrainLowering:
             dxs = [dy] * len(xs)  # no kernel: each input's gradient is the output's
         else:
             grad = gradient_of(layer, node)
-            shape = data["shape"]
+            shape = data.shape
             y = self.plain(self.values[node])
             dxs = [self.emit(lambda ts, yy, d, a, i=i: grad(layer, ts, yy, d, a, shape)[0][i],
                              xs, y, dy, args, name=f"{hint}_dx{i}") if need else None
                    for i, need in enumerate(needs_dx)]
-            local = [k for k in args if data["param_specs"][k].trainable]
+            local = [k for k in args if data.param_specs[k].trainable]
             if local:
                 res = self.emit(lambda ts, yy, d, a: [grad(layer, ts, yy, d, a, shape)[1][k]
                                                       for k in local],

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import CnncError, display_path
-from .graph import check_spec
+from .graph import check_spec, layer_node
 from .passes import optimize, resolve_passes
 from .reference import init_params
 from .runtime import artifact as art
@@ -35,7 +35,7 @@ def _front_end(spec_text: str, spec_path: str, opt_level: int, passes):
 def signature_json(g) -> tuple[dict, list[dict]]:
     """The input and output signature; the batch axis is 'N'."""
     inputs = {"name": "x", "shape": ["N", *g.graph["input_shape"]], "dtype": "float32"}
-    outputs = [{"name": o, "shape": ["N", *g.nodes[o]["shape"]], "dtype": "float32"}
+    outputs = [{"name": o, "shape": ["N", *layer_node(g, o).shape], "dtype": "float32"}
                for o in g.graph["outputs"]]
     return inputs, outputs
 
@@ -158,11 +158,11 @@ def kernel_report(g, tuned=()) -> list[dict]:
 
     rows = []
     for name in topo_layers(g):
-        node = g.nodes[name]
-        layer = node["layer"]
+        node = layer_node(g, name)
+        layer = node.layer
         if name == "input" or layer.passthrough:
             continue
-        rows.append({"kernel": name, "computes": list(node.get("merged", (name,))),
+        rows.append({"kernel": name, "computes": list(node.merged),
                      "what": layer.describe() if hasattr(layer, "describe") else layer.type_name,
                      "tuned_batches": sorted(t["batch"] for t in tuned
                                              if t["kernel"] == kernel_name(name))})

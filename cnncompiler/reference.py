@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import networkx as nx
 
-from .graph import param_names, topo_layers
+from .graph import layer_node, param_names, topo_layers
 
 
 def init_params(g: nx.DiGraph, seed: int = 0) -> dict[str, np.ndarray]:
@@ -21,9 +21,8 @@ def init_params(g: nx.DiGraph, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out = {}
     for name in topo_layers(g):
-        node = g.nodes[name]
         names = param_names(g, name)
-        for local, spec in node.get("param_specs", {}).items():
+        for local, spec in layer_node(g, name).param_specs.items():
             out[names[local]] = spec.initial(rng)
     return out
 
@@ -47,14 +46,14 @@ def run_reference(g: nx.DiGraph, x: np.ndarray, params: dict, *, dtype=None,
     for name in topo_layers(g):
         if name == "input":
             continue
-        node = g.nodes[name]
-        xs = [values[src] for src in node["inputs"]]
+        node = layer_node(g, name)
+        xs = [values[src] for src in node.inputs]
         p = layer_params(g, name, params, dtype)
         if training:
             layer_state = state.setdefault(name, {})
-            y = node["layer"].reference_train(xs, p, layer_state)
+            y = node.layer.reference_train(xs, p, layer_state)
         else:
-            y = node["layer"].reference(xs, p)
+            y = node.layer.reference(xs, p)
         values[name] = np.asarray(y, dtype)
     if keep:
         return values

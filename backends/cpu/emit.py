@@ -19,7 +19,7 @@ import tvm_ffi
 from tvm import relax, te, tirx
 
 from cnncompiler.errors import CompileError
-from cnncompiler.graph import topo_layers
+from cnncompiler.graph import layer_node, topo_layers
 from cnncompiler.graph.layouts import layout_shape
 from cnncompiler.graph.signature import kernel_name, kernel_signature, prepared_shapes
 
@@ -151,20 +151,20 @@ class CpuEmitter:
 
     # -- layers -------------------------------------------------------------------------------
     def emit_layer(self, node: str) -> None:
-        data = self.g.nodes[node]
+        data = layer_node(self.g, node)
         choice = self.plan[node]
-        channels = data["shape"][0] if data["shape"] else 0
+        channels = data.shape[0] if data.shape else 0
         if choice.kind == "passthrough":
-            self.values[node] = self.values[data["inputs"][0]]
+            self.values[node] = self.values[data.inputs[0]]
             self.emitted.add(node)
             return
-        wants = list(choice.in_blocks) + [None] * (len(data["inputs"]) - len(choice.in_blocks))
-        xs = [self.value(src, b) for src, b in zip(data["inputs"], wants)]
+        wants = list(choice.in_blocks) + [None] * (len(data.inputs) - len(choice.in_blocks))
+        xs = [self.value(src, b) for src, b in zip(data.inputs, wants)]
         emit = getattr(self, f"emit_{choice.kind}")
         try:
             var = emit(node, data, choice, xs)
         except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
-            raise CompileError(f"layer '{node}' ({data['layer'].type_name}): lowering to TVM "
+            raise CompileError(f"layer '{node}' ({data.layer.type_name}): lowering to TVM "
                                f"for the CPU failed: {exc}") from exc
         self.values[node] = Value(var, channels, choice.out_block)
         self.emitted.add(node)
@@ -173,7 +173,7 @@ class CpuEmitter:
     def _epilogue(data) -> tuple[Fused | None, bool]:
         """The fused layer whose epilogue the kernel applies (None: none), and whether it adds
         a residual."""
-        layer = data["layer"]
+        layer = data.layer
         if not isinstance(layer, Fused):
             return None, False
         return layer, layer.has_residual
@@ -213,7 +213,7 @@ class CpuEmitter:
     def emit_dense(self, node, data, choice, xs):
         keys, args = self.args(node)
         fused, residual = self._epilogue(data)
-        features = data["shape"][0]
+        features = data.shape[0]
         inputs = [xs[0].var, *args] + ([xs[1].var] if residual else [])
 
         def compute(x, *rest):
@@ -228,13 +228,13 @@ class CpuEmitter:
                            self._inplace(node, xs, residual, inputs))
 
     def emit_pool(self, node, data, choice, xs):
-        layer, out_spatial = data["layer"], tuple(data["shape"][1:])
+        layer, out_spatial = data.layer, tuple(data.shape[1:])
         return self.kernel(kernel_name(node), [xs[0].var],
                            lambda x: pool_blocked(layer, x, out_spatial),
                            lambda f: schedule_window(f, out_spatial[-1]))
 
     def emit_global_pool(self, node, data, choice, xs):
-        layer = data["layer"]
+        layer = data.layer
         return self.kernel(kernel_name(node), [xs[0].var],
                            lambda x: global_pool_blocked(layer, x),
                            lambda f: schedule_window(f, 1))
@@ -242,7 +242,7 @@ class CpuEmitter:
     def emit_elementwise(self, node, data, choice, xs):
         """A point-wise layer, a batch norm's scale and shift, or an add, in the layout its
         input arrives in."""
-        layer = data["layer"]
+        layer = data.layer
         keys, args = self.args(node)
         count = len(xs)
         blocked = choice.out_block != PLAIN
@@ -288,7 +288,7 @@ class CpuEmitter:
 
     def emit_generic(self, node, data, choice, xs):
         """te_ops' NCHW lowering, blocked inputs read through plain views, plain output."""
-        layer, out_shape = data["layer"], data["shape"]
+        layer, out_shape = data.layer, data.shape
         keys, args = self.args(node)
         lower = rules_for(layer, node).compute
         count = len(xs)

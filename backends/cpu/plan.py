@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from cnncompiler.graph import topo_layers
+from cnncompiler.graph import layer_node, topo_layers
 from cnncompiler.graph.signature import prepared_shapes
 from cnncompiler.layers.fused import Fused
 from cnncompiler.layers.window import resolve_padding
@@ -49,15 +49,15 @@ def _residual(layer) -> bool:
 
 
 def conv_geometry(g: nx.DiGraph, node: str, in_block: int, ob: int) -> ConvGeometry:
-    data = g.nodes[node]
-    base = _base(data["layer"])
-    in_shape = g.nodes[data["inputs"][0]]["shape"]
+    data = layer_node(g, node)
+    base = _base(data.layer)
+    in_shape = layer_node(g, data.inputs[0]).shape
     sizes = tuple(in_shape[1:])
     pads = resolve_padding(base.padding, sizes, base.kernel, base.stride, base.dilation)
     return ConvGeometry(cin=in_shape[0], cout=base.filters, groups=base.groups,
                         kernel=tuple(base.kernel), stride=tuple(base.stride),
                         dilation=tuple(base.dilation), pads=tuple(map(tuple, pads)),
-                        in_spatial=sizes, out_spatial=tuple(data["shape"][1:]),
+                        in_spatial=sizes, out_spatial=tuple(data.shape[1:]),
                         ib=in_block or 1, ob=ob, in_plain=in_block == PLAIN)
 
 
@@ -66,11 +66,11 @@ def _vector_layouts(keys, block: int) -> dict:
 
 
 def choose_conv(g, node, keys, blocks, lanes) -> KernelChoice:
-    data = g.nodes[node]
-    layer = data["layer"]
+    data = layer_node(g, node)
+    layer = data.layer
     base = _base(layer)
-    in_block = blocks[data["inputs"][0]]
-    cin = g.nodes[data["inputs"][0]]["shape"][0]
+    in_block = blocks[data.inputs[0]]
+    cin = layer_node(g, data.inputs[0]).shape[0]
     residual = _residual(layer)
     if base.groups == cin and base.filters == cin and cin > 1:
         b = in_block or block_for(cin, lanes)
@@ -96,7 +96,7 @@ def choose_kernel(g: nx.DiGraph, node: str, blocks: dict, lanes: int, keys,
     """The kernel for ``node``, its inputs in the layouts ``blocks`` (node -> block), from the
     CPU family its layer type declares (``rules``). Training computes batch norms on batch
     statistics and dropout with masks, so those families choose differently there."""
-    layer = g.nodes[node]["layer"]
+    layer = layer_node(g, node).layer
     family = rules_for(layer, node).cpu
     if family == "fused":
         family = rules_for(layer.base, node).cpu
@@ -104,7 +104,7 @@ def choose_kernel(g: nx.DiGraph, node: str, blocks: dict, lanes: int, keys,
 
 
 def _first_block(g, node, blocks) -> int:
-    inputs = g.nodes[node]["inputs"]
+    inputs = layer_node(g, node).inputs
     return blocks[inputs[0]] if inputs else PLAIN
 
 
@@ -121,7 +121,7 @@ def _passthrough(g, node, blocks, lanes, keys, training) -> KernelChoice:
 
 
 def _dense(g, node, blocks, lanes, keys, training) -> KernelChoice:
-    residual = _residual(g.nodes[node]["layer"])
+    residual = _residual(layer_node(g, node).layer)
     return KernelChoice("dense", PLAIN, (PLAIN,) * (2 if residual else 1),
                         {"weight": f"blocked_rows:{lanes}"})
 
@@ -142,14 +142,14 @@ def _window_pool(kind: str):
 def _elementwise(g, node, blocks, lanes, keys, training) -> KernelChoice:
     first = _first_block(g, node, blocks)
     layouts = _vector_layouts(keys, first) if first != PLAIN else {}
-    return KernelChoice("elementwise", first, (first,) * len(g.nodes[node]["inputs"]), layouts)
+    return KernelChoice("elementwise", first, (first,) * len(layer_node(g, node).inputs), layouts)
 
 
 def _batchnorm(g, node, blocks, lanes, keys, training) -> KernelChoice:
     if not training:  # a per-channel scale and shift
         return _elementwise(g, node, blocks, lanes, keys, training)
     first = _first_block(g, node, blocks)
-    if first == PLAIN or len(g.nodes[node]["shape"]) < 2:
+    if first == PLAIN or len(layer_node(g, node).shape) < 2:
         return _generic(g, node, blocks, lanes, keys, training)
     return KernelChoice("batchnorm", first, (first,))
 
@@ -158,7 +158,7 @@ def _concat(g, node, blocks, lanes, keys, training) -> KernelChoice:
     first = _first_block(g, node, blocks)
     if training or first == PLAIN or not _concat_keeps_blocks(g, node, blocks, first):
         return _generic(g, node, blocks, lanes, keys, training)
-    return KernelChoice("concat", first, (first,) * len(g.nodes[node]["inputs"]))
+    return KernelChoice("concat", first, (first,) * len(layer_node(g, node).inputs))
 
 
 # the chooser of each CPU family that rules.py names
@@ -173,11 +173,11 @@ FAMILIES = {
 def _concat_keeps_blocks(g, node, blocks, block: int) -> bool:
     """A concat along the channels of values with the same block, each a whole number of
     blocks, is a concat of blocks: it keeps the layout."""
-    data = g.nodes[node]
-    if data["layer"].sample_axis(len(data["shape"])) != 0:
+    data = layer_node(g, node)
+    if data.layer.sample_axis(len(data.shape)) != 0:
         return False
-    return all(blocks[src] == block and g.nodes[src]["shape"][0] % block == 0
-               for src in data["inputs"])
+    return all(blocks[src] == block and layer_node(g, src).shape[0] % block == 0
+               for src in data.inputs)
 
 
 def plan_kernels(g: nx.DiGraph, lanes: int) -> dict[str, KernelChoice]:

@@ -25,7 +25,7 @@ from typing import Callable
 from tvm import relax, te
 from tvm.relax.utils import gen_call_tir_inputs
 
-from cnncompiler.graph import param_names
+from cnncompiler.graph import layer_node, param_names
 from cnncompiler.graph.signature import kernel_name
 
 from cnncompiler.layers.activation import Dropout
@@ -131,7 +131,7 @@ class CpuTrainLowering(TrainLowering):
 
     # -- which kernel: the CPU planner's choice, as at inference ---------------------------------
     def choose(self, node: str) -> KernelChoice:
-        blocks = {src: self.values[src].block for src in self.g.nodes[node]["inputs"]}
+        blocks = {src: self.values[src].block for src in layer_node(self.g, node).inputs}
         return choose_kernel(self.g, node, blocks, self.lanes, (), training=True)
 
     # -- forward --------------------------------------------------------------------------------
@@ -139,13 +139,13 @@ class CpuTrainLowering(TrainLowering):
         kind = self.choose(node)
         self.kinds[node] = kind
         if kind.kind == "generic":
-            self.consumed[node] = [self.values[s] for s in self.g.nodes[node]["inputs"]]
+            self.consumed[node] = [self.values[s] for s in layer_node(self.g, node).inputs]
             return super().forward(node)
         return getattr(self, f"forward_{kind.kind}")(node, kind)
 
     def forward_conv(self, node, kind):
         geo = kind.geometry
-        x = self.value_in(self.g.nodes[node]["inputs"][0], geo.ib if not geo.in_plain else PLAIN)
+        x = self.value_in(layer_node(self.g, node).inputs[0], geo.ib if not geo.in_plain else PLAIN)
         self.consumed[node] = [x]
         args = self.args(node)
         packed = self.emit(lambda w: pack_weight(forward_weight(w, geo), geo), args["weight"],
@@ -162,7 +162,7 @@ class CpuTrainLowering(TrainLowering):
 
     def forward_depthwise(self, node, kind):
         geo = kind.geometry
-        x = self.value_in(self.g.nodes[node]["inputs"][0], geo.ob)
+        x = self.value_in(layer_node(self.g, node).inputs[0], geo.ob)
         self.consumed[node] = [x]
         args = self.args(node)
         packed = self.emit(lambda w: pack_depthwise(lambda c, k: w[(c, 0, *k)], geo.cout,
@@ -179,11 +179,11 @@ class CpuTrainLowering(TrainLowering):
         return Value(out, geo.cout, geo.ob)
 
     def forward_dense(self, node, kind):
-        data = self.g.nodes[node]
-        x = self.values[data["inputs"][0]]
+        data = layer_node(self.g, node)
+        x = self.values[data.inputs[0]]
         self.consumed[node] = [x]
         args = self.args(node)
-        outputs, features, lanes = data["shape"][0], int(args["weight"].ty.shape.values[1]), \
+        outputs, features, lanes = data.shape[0], int(args["weight"].ty.shape.values[1]), \
             self.lanes
         packed = self.emit(lambda w: pack_rows(lambda o, k: w[o, k], outputs, features, lanes),
                            args["weight"], name=f"{kernel_name(node)}_pack")
@@ -195,12 +195,12 @@ class CpuTrainLowering(TrainLowering):
         return Value(out, outputs)
 
     def backward_dense(self, node, kind, dy, needs_dx):
-        data = self.g.nodes[node]
+        data = layer_node(self.g, node)
         (x,) = self.consumed[node]
         args = self.args(node)
         names = param_names(self.g, node)
         hint = kernel_name(node) + "_grad"
-        outputs, features = data["shape"][0], int(args["weight"].ty.shape.values[1])
+        outputs, features = data.shape[0], int(args["weight"].ty.shape.values[1])
         lanes, registers = self.lanes, self.registers
         dy_var = self.plain(dy)
         dxs = [None]
@@ -222,10 +222,10 @@ class CpuTrainLowering(TrainLowering):
 
     def forward_elementwise(self, node, kind):
         """A point-wise layer, an add, dropout or identity, in the layout of its first input."""
-        data = self.g.nodes[node]
-        layer = data["layer"]
-        first = self.values[data["inputs"][0]]
-        xs = [self.layout(self.values[s], first.block) for s in data["inputs"]]
+        data = layer_node(self.g, node)
+        layer = data.layer
+        first = self.values[data.inputs[0]]
+        xs = [self.layout(self.values[s], first.block) for s in data.inputs]
         self.consumed[node] = xs
         dropout = isinstance(layer, Dropout) and node in self.mvars
         if layer.passthrough and not dropout:
@@ -244,9 +244,9 @@ class CpuTrainLowering(TrainLowering):
         return Value(var, first.channels, first.block)
 
     def forward_batchnorm(self, node, kind):
-        data = self.g.nodes[node]
-        layer = data["layer"]
-        x = self.values[data["inputs"][0]]
+        data = layer_node(self.g, node)
+        layer = data.layer
+        x = self.values[data.inputs[0]]
         self.consumed[node] = [x]
         a = self.args(node)
         channels = x.channels
@@ -266,9 +266,9 @@ class CpuTrainLowering(TrainLowering):
         return Value(out, channels, x.block)
 
     def forward_pool(self, node, kind):
-        data = self.g.nodes[node]
-        layer, out_spatial = data["layer"], tuple(data["shape"][1:])
-        x = self.values[data["inputs"][0]]
+        data = layer_node(self.g, node)
+        layer, out_spatial = data.layer, tuple(data.shape[1:])
+        x = self.values[data.inputs[0]]
         self.consumed[node] = [x]
         out = self.emit(lambda t: pool_blocked(layer, t, out_spatial), x.var,
                         name=kernel_name(node),
@@ -276,8 +276,8 @@ class CpuTrainLowering(TrainLowering):
         return Value(out, x.channels, x.block)
 
     def forward_global_pool(self, node, kind):
-        layer = self.g.nodes[node]["layer"]
-        x = self.values[self.g.nodes[node]["inputs"][0]]
+        layer = layer_node(self.g, node).layer
+        x = self.values[layer_node(self.g, node).inputs[0]]
         self.consumed[node] = [x]
         out = self.emit(lambda t: global_pool_blocked(layer, t), x.var, name=kernel_name(node),
                         schedule=lambda f: schedule_window(f, 1))
@@ -358,8 +358,8 @@ class CpuTrainLowering(TrainLowering):
     def generic_input_grad(self, node, x, dy):
         """te_grad's input gradient of a conv, on plain views (for the convs whose transposed
         conv has no blocked kernel)."""
-        layer = self.g.nodes[node]["layer"]
-        shape = self.g.nodes[node]["shape"]
+        layer = layer_node(self.g, node).layer
+        shape = layer_node(self.g, node).shape
         args = self.args(node)
         var = self.emit(lambda t, d, a: te_grad.grad_conv(layer, [t], None, d, a, shape)[0][0],
                         self.plain(x), self.plain(dy), {"weight": args["weight"]},
@@ -400,8 +400,8 @@ class CpuTrainLowering(TrainLowering):
                          schedule=lambda f: schedule_sums_then_loops(f, ["bias_sum"], lanes))
 
     def backward_elementwise(self, node, kind, dy, needs_dx):
-        data = self.g.nodes[node]
-        layer = data["layer"]
+        data = layer_node(self.g, node)
+        layer = data.layer
         xs = self.consumed[node]
         dy = self.layout(dy, xs[0].block)
         hint = kernel_name(node) + "_grad"
@@ -418,7 +418,7 @@ class CpuTrainLowering(TrainLowering):
         return [Value(var, dy.channels, dy.block)], {}
 
     def backward_batchnorm(self, node, kind, dy, needs_dx):
-        layer = self.g.nodes[node]["layer"]
+        layer = layer_node(self.g, node).layer
         (x,) = self.consumed[node]
         dy = self.layout(dy, x.block)
         a = self.args(node)
@@ -434,8 +434,8 @@ class CpuTrainLowering(TrainLowering):
         return [Value(dx, channels, x.block)], grads
 
     def backward_pool(self, node, kind, dy, needs_dx):
-        data = self.g.nodes[node]
-        layer, shape = data["layer"], data["shape"]
+        data = layer_node(self.g, node)
+        layer, shape = data.layer, data.shape
         (x,) = self.consumed[node]
         dy = self.layout(dy, x.block)
         y = self.values[node]
@@ -447,7 +447,7 @@ class CpuTrainLowering(TrainLowering):
         return [Value(var, x.channels, x.block)], {}
 
     def backward_global_pool(self, node, kind, dy, needs_dx):
-        layer = self.g.nodes[node]["layer"]
+        layer = layer_node(self.g, node).layer
         (x,) = self.consumed[node]
         dy = self.layout(dy, x.block)
         y = self.values[node]

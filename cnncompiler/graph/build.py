@@ -4,12 +4,14 @@ Node ``n`` (the layer's global name, ``'input'`` for the model input) holds:
 
 - ``layer``: the Layer dataclass (type and settings),
 - ``inputs``: the producers in order (a DiGraph keeps one edge per pair, so the order and
-  repeats such as ``concat: [a, a]`` live here; edges mirror them for graph algorithms),
+  repeats such as ``concat: [a, a]`` live here; the edges are an index of them, kept in step by
+  ``set_inputs`` alone),
 - ``loc`` and ``notes``: where the layer was written, and the block expansion it came from,
 - after shape inference, ``shape`` (per sample) and ``param_specs``.
 
 Graph attributes: ``name``, ``path``, ``input_shape``, ``outputs``, ``train``, ``text``.
-Every later stage (checker, passes, lowering, runtime) works on this graph.
+Every later stage (checker, passes, lowering, runtime) works on this graph, reading a node
+through the typed view ``layer_node(g, name)``.
 """
 
 from __future__ import annotations
@@ -26,11 +28,74 @@ def build_graph(spec: Spec) -> nx.DiGraph:
     g.add_node("input", layer=Input(shape=spec.input_shape), inputs=(), loc=spec.input_loc,
                notes=())
     for decl in spec.layers:
-        g.add_node(decl.name, layer=decl.layer, inputs=decl.inputs, loc=decl.loc,
-                   notes=decl.notes)
-        for src in decl.inputs:
-            g.add_edge(src, decl.name)
+        g.add_node(decl.name, layer=decl.layer, loc=decl.loc, notes=decl.notes)
+        set_inputs(g, decl.name, decl.inputs)
     return g
+
+
+def set_inputs(g: nx.DiGraph, name: str, inputs) -> None:
+    """Give ``name`` its producers, in order. The ``inputs`` tuple is the one record of them;
+    the edges are an index of it for graph algorithms, kept in step here and only here."""
+    for src in list(g.predecessors(name)):
+        g.remove_edge(src, name)
+    g.nodes[name]["inputs"] = tuple(inputs)
+    for src in inputs:
+        g.add_edge(src, name)
+
+
+class LayerNode:
+    """A typed view of one layer of the graph: what the checker and the passes recorded on it.
+    The checker (``check``) and the graph edits (``set_inputs``, ``passes.rewrite``) write a
+    node's attributes; every other stage reads them through this view.
+
+        node = layer_node(g, "layer1.0.conv1")
+        node.layer, node.inputs, node.shape, node.param_specs
+    """
+
+    __slots__ = ("name", "_attrs")
+
+    def __init__(self, g: nx.DiGraph, name: str):
+        self.name = name
+        self._attrs = g.nodes[name]
+
+    @property
+    def layer(self):
+        """The Layer dataclass: its type and settings."""
+        return self._attrs["layer"]
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The producers, in order (repeats kept: ``concat: [a, a]``)."""
+        return self._attrs["inputs"]
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        """The per-sample output shape; None before the checker ran."""
+        return self._attrs.get("shape")
+
+    @property
+    def param_specs(self) -> dict:
+        """Local parameter name -> ParamSpec (after the checker ran)."""
+        return self._attrs.get("param_specs", {})
+
+    @property
+    def flops(self) -> int:
+        """Floating-point operations per sample (after the checker ran)."""
+        return int(self._attrs.get("flops", 0))
+
+    @property
+    def loc(self):
+        """Where the layer was written in the spec."""
+        return self._attrs.get("loc")
+
+    @property
+    def merged(self) -> tuple[str, ...]:
+        """The spec layers this node computes (more than itself after fusion)."""
+        return tuple(self._attrs.get("merged", (self.name,)))
+
+
+def layer_node(g: nx.DiGraph, name: str) -> LayerNode:
+    return LayerNode(g, name)
 
 
 def node_inputs(g: nx.DiGraph, name: str) -> tuple[str, ...]:

@@ -16,14 +16,14 @@ import networkx as nx
 
 from ..errors import CnncError
 from ..layers import fmt_shape
-from .build import topo_layers
+from .build import layer_node, topo_layers
 
 
 def _label(g: nx.DiGraph, name: str) -> str:
-    node = g.nodes[name]
-    layer = node["layer"]
+    node = layer_node(g, name)
+    layer = node.layer
     if name == "input":
-        return f"input\\n{fmt_shape(node['shape'])}"
+        return f"input\\n{fmt_shape(node.shape)}"
     keys = ", ".join(f"{k}={_short(v)}" for k, v in layer.settings().items()
                      if k in ("filters", "units", "kernel", "stride", "groups", "dilation", "rate"))
     return f"{name}\\n{layer.type_name}" + (f"\\n{keys}" if keys else "")
@@ -50,8 +50,8 @@ def to_dot(g: nx.DiGraph) -> str:
         label = _label(g, n).replace('"', '\\"')
         lines.append(f'  {nid} [label="{label}"];')
     for n, nid in ids.items():
-        for src in dict.fromkeys(g.nodes[n]["inputs"]):
-            shape = g.nodes[src].get("shape")
+        for src in dict.fromkeys(layer_node(g, n).inputs):
+            shape = layer_node(g, src).shape
             lines.append(f'  {ids[src]} -> {nid} [label="{fmt_shape(shape) if shape else "?"}"];')
     for out in g.graph["outputs"]:
         lines.append(f'  {ids[out]} [penwidth=2];')
@@ -64,7 +64,7 @@ def _layered_svg(g: nx.DiGraph) -> str:
     order = topo_layers(g)
     rank = {}
     for n in order:
-        rank[n] = max((rank[s] + 1 for s in g.nodes[n]["inputs"]), default=0)
+        rank[n] = max((rank[s] + 1 for s in layer_node(g, n).inputs), default=0)
     columns: dict[int, list[str]] = {}
     for n in order:
         columns.setdefault(rank[n], []).append(n)
@@ -82,13 +82,13 @@ def _layered_svg(g: nx.DiGraph) -> str:
              'orient="auto"><path d="M0,0 L8,4 L0,8 z" fill="#555"/></marker></defs>']
     for n in order:
         x2, y2 = pos[n]
-        for src in dict.fromkeys(g.nodes[n]["inputs"]):
+        for src in dict.fromkeys(layer_node(g, n).inputs):
             x1, y1 = pos[src]
             a = (x1 + box_w / 2, y1 + box_h)
             b = (x2 + box_w / 2, y2)
             parts.append(f'<line x1="{a[0]:.0f}" y1="{a[1]:.0f}" x2="{b[0]:.0f}" y2="{b[1]:.0f}" '
                          'stroke="#555" marker-end="url(#a)"/>')
-            shape = g.nodes[src].get("shape")
+            shape = layer_node(g, src).shape
             parts.append(f'<text x="{(a[0] + b[0]) / 2 + 4:.0f}" y="{(a[1] + b[1]) / 2 + 3:.0f}" '
                          f'fill="#333">{html.escape(fmt_shape(shape) if shape else "?")}</text>')
     for n in order:

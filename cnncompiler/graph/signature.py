@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from .build import topo_layers
+from .build import layer_node, topo_layers
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,11 @@ def kernel_name(node: str) -> str:
 
 def prepared_shapes(g: nx.DiGraph, node: str) -> dict[str, tuple[int, ...]]:
     """Shapes of a layer's kernel arguments, from its shape rule (``kernel_arg_shapes``)."""
-    data = g.nodes[node]
-    if not data.get("param_specs"):
+    data = layer_node(g, node)
+    if not data.param_specs:
         return {}
-    in_shapes = [g.nodes[src]["shape"] for src in data["inputs"]]
-    return {k: tuple(s) for k, s in data["layer"].kernel_arg_shapes(in_shapes).items()}
+    in_shapes = [layer_node(g, src).shape for src in data.inputs]
+    return {k: tuple(s) for k, s in data.layer.kernel_arg_shapes(in_shapes).items()}
 
 
 def kernel_signature(g: nx.DiGraph) -> list[KernelArg]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import networkx as nx
 
 from ..layers import fmt_shape
-from .build import topo_layers
+from .build import layer_node, topo_layers
 from .check import BYTES_PER_VALUE, human_bytes, receptive_fields
 
 
@@ -20,31 +20,31 @@ def summarize(g: nx.DiGraph) -> dict:
     receptive_fields(g)
     rows = []
     for name in topo_layers(g):
-        node = g.nodes[name]
-        specs = node.get("param_specs", {})
-        shape = node["shape"]
+        node, notes = layer_node(g, name), g.nodes[name]  # the rf and jump this module wrote
+        specs = node.param_specs
+        shape = node.shape
         elements = 1
         for s in shape:
             elements *= s
         rows.append({
             "name": name,
-            "type": node["layer"].type_name,
-            "inputs": list(node["inputs"]),
+            "type": node.layer.type_name,
+            "inputs": list(node.inputs),
             "output_shape": list(shape),
             "params": sum(s.size for s in specs.values() if s.trainable),
             "buffers": sum(s.size for s in specs.values() if not s.trainable),
-            "flops": int(node.get("flops", 0)),
-            "receptive_field": list(node.get("rf", ())),
-            "stride": list(node.get("jump", ())),
+            "flops": node.flops,
+            "receptive_field": list(notes.get("rf", ())),
+            "stride": list(notes.get("jump", ())),
             "activation_bytes": elements * BYTES_PER_VALUE,
-            "line": node["loc"].line if node.get("loc") else None,
+            "line": node.loc.line if node.loc else None,
         })
     outputs = g.graph["outputs"]
     return {
         "name": g.graph["name"],
         "spec": g.graph.get("path"),
         "input_shape": list(g.graph["input_shape"]),
-        "output_shapes": {o: list(g.nodes[o]["shape"]) for o in outputs},
+        "output_shapes": {o: list(layer_node(g, o).shape) for o in outputs},
         "total_params": sum(r["params"] for r in rows),
         "total_buffers": sum(r["buffers"] for r in rows),
         "total_flops": sum(r["flops"] for r in rows),

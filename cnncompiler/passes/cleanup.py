@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import networkx as nx
 
+from ..graph.build import layer_node
 from ..layers.activation import Dropout, Identity
 from ..layers.adaptive import AdaptivePool2d
 from ..layers.dense import Flatten
@@ -15,7 +16,7 @@ from .rewrite import PassReport, bypass, copy_graph
 def drop_dropout(g: nx.DiGraph) -> tuple[nx.DiGraph, PassReport]:
     """Dropout is the identity at inference: remove it."""
     g, report = copy_graph(g), PassReport("drop-dropout")
-    for name in [n for n in g if isinstance(g.nodes[n]["layer"], Dropout)]:
+    for name in [n for n in g if isinstance(layer_node(g, n).layer, Dropout)]:
         bypass(g, name)
         report.applied.append(f"removed dropout '{name}'")
     return g, report
@@ -44,10 +45,10 @@ def drop_identity(g: nx.DiGraph) -> tuple[nx.DiGraph, PassReport]:
     """Remove layers that pass their input through unchanged."""
     g, report = copy_graph(g), PassReport("drop-identity")
     for name in list(g):
-        node = g.nodes[name]
-        if name == "input" or len(node["inputs"]) != 1:
+        node = layer_node(g, name)
+        if name == "input" or len(node.inputs) != 1:
             continue
-        why = _is_identity(node["layer"], node.get("in_shapes") or [g.nodes[node["inputs"][0]]["shape"]])
+        why = _is_identity(node.layer, [layer_node(g, node.inputs[0]).shape])
         if why:
             bypass(g, name)
             report.applied.append(f"removed '{name}' ({why})")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from ..graph.build import param_names, topo_layers
+from ..graph.build import layer_node, param_names, topo_layers
 from ..layers.conv import ConvBase
 from ..layers.dense import Dense
 from ..layers.fused import Fused, step_arg
@@ -48,11 +48,11 @@ def fold_batchnorm(g: nx.DiGraph) -> tuple[nx.DiGraph, PassReport]:
     """Fold a batch norm straight after a conv or dense layer into its weights and bias."""
     g, report = copy_graph(g), PassReport("fold-batchnorm")
     for name in topo_layers(g):
-        if name not in g or not _fusable(g.nodes[name]["layer"]):
+        if name not in g or not _fusable(layer_node(g, name).layer):
             continue
         while True:
-            fused = _as_fused(g.nodes[name]["layer"])
-            bns = [r for r in g.successors(name) if isinstance(g.nodes[r]["layer"], BatchNorm)]
+            fused = _as_fused(layer_node(g, name).layer)
+            bns = [r for r in g.successors(name) if isinstance(layer_node(g, r).layer, BatchNorm)]
             if not bns:
                 break
             reader, why = _sole_reader(g, name)
@@ -65,8 +65,8 @@ def fold_batchnorm(g: nx.DiGraph) -> tuple[nx.DiGraph, PassReport]:
                     f"{fused.steps[-1].type_name}, so it cannot change the weights (fuse-epilogue "
                     "applies it as a per-channel scale and shift)")
                 break
-            new = Fused(base=fused.base, steps=fused.steps + (g.nodes[reader]["layer"],))
-            absorb(g, name, reader, new, g.nodes[name]["inputs"],
+            new = Fused(base=fused.base, steps=fused.steps + (layer_node(g, reader).layer,))
+            absorb(g, name, reader, new, layer_node(g, name).inputs,
                    _step_params(g, reader, len(fused.steps)))
             report.applied.append(f"folded batchnorm '{reader}' into {fused.base.type_name} "
                                   f"'{name}' weights")
@@ -75,12 +75,12 @@ def fold_batchnorm(g: nx.DiGraph) -> tuple[nx.DiGraph, PassReport]:
 
 def _epilogue_step(g, name, reader, fused: Fused):
     """(step, inputs, extra params) to absorb ``reader`` after ``name``, or (None, reason)."""
-    layer = g.nodes[reader]["layer"]
-    inputs = g.nodes[name]["inputs"]
+    layer = layer_node(g, reader).layer
+    inputs = layer_node(g, name).inputs
     if isinstance(layer, (Pointwise, BatchNorm)):
         return (layer, inputs, _step_params(g, reader, len(fused.steps))), None
     if isinstance(layer, Add):
-        add_inputs = g.nodes[reader]["inputs"]
+        add_inputs = layer_node(g, reader).inputs
         if len(add_inputs) != 2:
             return None, f"add '{reader}' has {len(add_inputs)} inputs; a kernel fuses one residual"
         if add_inputs[0] == add_inputs[1]:
@@ -96,10 +96,10 @@ def fuse_epilogue(g: nx.DiGraph) -> tuple[nx.DiGraph, PassReport]:
     """Absorb activations, later batch norms and one residual add into the conv/dense before."""
     g, report = copy_graph(g), PassReport("fuse-epilogue")
     for name in topo_layers(g):
-        if name not in g or not _fusable(g.nodes[name]["layer"]):
+        if name not in g or not _fusable(layer_node(g, name).layer):
             continue
         while True:
-            fused = _as_fused(g.nodes[name]["layer"])
+            fused = _as_fused(layer_node(g, name).layer)
             reader, why = _sole_reader(g, name)
             if reader is None:
                 fusable = [r for r in g.successors(name)

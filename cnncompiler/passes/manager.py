@@ -12,6 +12,7 @@ from typing import Callable
 import networkx as nx
 
 from ..errors import CnncError
+from ..graph.build import layer_node
 from ..graph.check import infer_shapes
 from ..suggest import did_you_mean
 from .cleanup import drop_dropout, drop_identity, eliminate_dead
@@ -63,11 +64,11 @@ def optimize(g: nx.DiGraph, level: int = 2, passes: list[str] | None = None
     reports = []
     # lists, not dicts: removing a dropout listed as an output next to its input makes that
     # input appear twice among the outputs
-    want = [(o, g.nodes[o]["shape"]) for o in g.graph["outputs"]]
+    want = [(o, layer_node(g, o).shape) for o in g.graph["outputs"]]
     for p in resolve_passes(level, passes):
         g, report = p.run(g)
         errors = [d for d in infer_shapes(g) if d.severity == "error"]
-        got = [(o, g.nodes[o]["shape"]) for o in g.graph["outputs"]]
+        got = [(o, layer_node(g, o).shape) for o in g.graph["outputs"]]
         if errors or [s for _, s in got] != [s for _, s in want]:
             detail = "; ".join(d.format() for d in errors) or f"outputs {want} became {got}"
             raise CnncError(f"internal error: pass '{p.name}' broke the graph: {detail}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from ..graph.build import param_names
+from ..graph.build import layer_node, param_names, set_inputs
 
 
 @dataclass
@@ -29,25 +29,16 @@ def copy_graph(g: nx.DiGraph) -> nx.DiGraph:
     return h
 
 
-def set_inputs(g: nx.DiGraph, name: str, inputs: tuple[str, ...]) -> None:
-    """Give ``name`` new producers, keeping the edges in step with the ``inputs`` attribute."""
-    for src in list(g.predecessors(name)):
-        g.remove_edge(src, name)
-    g.nodes[name]["inputs"] = tuple(inputs)
-    for src in inputs:
-        g.add_edge(src, name)
-
-
 def redirect_users(g: nx.DiGraph, old: str, new: str) -> None:
     """Every reader of ``old`` (and the graph outputs) reads ``new`` instead."""
     for user in list(g.successors(old)):
-        set_inputs(g, user, tuple(new if s == old else s for s in g.nodes[user]["inputs"]))
+        set_inputs(g, user, tuple(new if s == old else s for s in layer_node(g, user).inputs))
     g.graph["outputs"] = [new if o == old else o for o in g.graph["outputs"]]
 
 
 def bypass(g: nx.DiGraph, name: str) -> None:
     """Remove a one-input layer, connecting its readers to its input."""
-    (src,) = g.nodes[name]["inputs"]
+    (src,) = layer_node(g, name).inputs
     redirect_users(g, name, src)
     g.remove_node(name)
 

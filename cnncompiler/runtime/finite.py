@@ -22,7 +22,7 @@ import re
 import numpy as np
 
 from ..errors import InputError, NonFiniteError
-from ..graph import topo_layers
+from ..graph import layer_node, topo_layers
 from ..reference import layer_params, run_reference
 from ..graph.signature import kernel_signature
 
@@ -62,10 +62,10 @@ def check_finite(model, x: np.ndarray, output) -> None:
                              "reference; the output was overwritten or the run is not "
                              "repeatable (another thread using the same arrays?)")
     layer, value, how = found
-    node = model.graph.nodes[layer]
-    where = f"{node['loc']}: " if node.get("loc") else ""
+    node = layer_node(model.graph, layer)
+    where = f"{node.loc}: " if node.loc else ""
     raise NonFiniteError(
-        f"{summary}; {where}layer '{layer}' ({node['layer'].type_name}) is the first whose "
+        f"{summary}; {where}layer '{layer}' ({node.layer.type_name}) is the first whose "
         f"output is not finite: {_count(value)} in {_samples(value, rows)} (the input is "
         f"finite). Found by {how}{rerun}. Look at the layer's weights and at the range of "
         "the values it receives")
@@ -179,7 +179,7 @@ class KernelTrace:
         read = {self.resolve(self.where[p]) for p in ptrs[:-1]
                 if p in self.where and p not in self.weights}
         for i, node in enumerate(self.pending):
-            inputs = {self.resolve(s) for s in self.g.nodes[node]["inputs"]}
+            inputs = {self.resolve(s) for s in layer_node(self.g, node).inputs}
             if (owners and node in owners) or (not owners and read <= inputs):
                 for skipped in self.pending[:i]:
                     self._view(skipped)
@@ -190,16 +190,16 @@ class KernelTrace:
     def _view(self, node: str) -> None:
         """A layer no kernel computed must be a view of its one input: no weights, the same
         size."""
-        data = self.g.nodes[node]
-        inputs = data["inputs"]
+        data = layer_node(self.g, node)
+        inputs = data.inputs
         if node in self.weights.values() or len(inputs) != 1 or \
-                np.prod(data["shape"]) != np.prod(self.g.nodes[inputs[0]]["shape"]):
+                np.prod(data.shape) != np.prod(layer_node(self.g, inputs[0]).shape):
             raise Mismatch(f"no kernel call computed layer '{node}'")
         self.alias[node] = self.resolve(inputs[0])
 
     def _forget_unread(self) -> None:
         """Drop the copies that no layer still to run reads: a few layers' worth are kept."""
-        read = {self.resolve(s) for p in self.pending for s in self.g.nodes[p]["inputs"]}
+        read = {self.resolve(s) for p in self.pending for s in layer_node(self.g, p).inputs}
         for node in [n for n in self.values if n not in read]:
             del self.values[node]
 
@@ -210,7 +210,7 @@ class KernelTrace:
 
     def _plain(self, value: np.ndarray, node: str) -> np.ndarray:
         """A kernel's output in the plain (N, C, *spatial) layout, padding channels dropped."""
-        shape = tuple(self.g.nodes[node]["shape"])
+        shape = tuple(layer_node(self.g, node).shape)
         n = value.shape[0]
         if value.ndim == len(shape) + 2:  # blocked (N, C/b, *spatial, b)
             value = np.moveaxis(value, -1, 2).reshape(n, -1, *value.shape[2:-1])[:, :shape[0]]
@@ -223,13 +223,13 @@ class KernelTrace:
     def explain(self):
         """(spec layer, its value, how it was found) for the first non-finite kernel."""
         node = self.bad
-        merged = tuple(self.g.nodes[node].get("merged", (node,)))
+        merged = tuple(layer_node(self.g, node).merged)
         how = ("running those samples again through the compiled kernels and checking each "
                "kernel's output as it was written")
         if len(merged) == 1:
             return node, self.values[node], how
         spec = self.model.graph
-        parts = ", ".join(f"'{m}' ({spec.nodes[m]['layer'].type_name})" for m in merged)
+        parts = ", ".join(f"'{m}' ({layer_node(spec, m).layer.type_name})" for m in merged)
         how += (f": kernel '{node}', which computes {parts}, is the first to write a "
                 "non-finite value")
         for layer, value in self._inside(merged):
@@ -253,14 +253,14 @@ class KernelTrace:
             if source in self.values:
                 value = self.values[source]
                 known[self._exposed(node)] = value.reshape(len(value),
-                                                           *self.g.nodes[node]["shape"])
+                                                           *layer_node(self.g, node).shape)
 
         def value_of(name):
             if name not in known:
-                data = spec.nodes[name]
-                xs = [value_of(s) for s in data["inputs"]]
+                data = layer_node(spec, name)
+                xs = [value_of(s) for s in data.inputs]
                 with np.errstate(all="ignore"):
-                    known[name] = np.asarray(data["layer"].reference(
+                    known[name] = np.asarray(data.layer.reference(
                         xs, layer_params(spec, name, params, np.float32)), np.float32)
             return known[name]
 
@@ -269,7 +269,7 @@ class KernelTrace:
 
     def _exposed(self, node: str) -> str:
         """The spec layer whose value an optimised layer computes (the last it absorbed)."""
-        return self.g.nodes[node].get("merged", (node,))[-1]
+        return layer_node(self.g, node).merged[-1]
 
 
 # -- counting --------------------------------------------------------------------------------

@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArtifactError, CnncError, InputError, SpecError
+from ..graph import layer_node
+from ..graph.signature import kernel_signature
+from ..native import open_library
 from ..storage import DirectoryWriter
 from . import artifact as art
-from ..native import open_library
-from ..graph.signature import kernel_signature
 from .signature import kernel_arguments
 from .weights import parse_weights, read_weights, validate_weights, write_weights
 
@@ -93,7 +94,7 @@ class CompiledModel:
         self.output_names = list(graph.graph["outputs"])
         self.batch_sizes = tuple(manifest.get("batch_sizes", ()))
         # every layer's output for one sample: what the activation plan holds at most
-        self._sample_bytes = 4 * sum(int(np.prod(optimized.nodes[n]["shape"]))
+        self._sample_bytes = 4 * sum(int(np.prod(layer_node(optimized, n).shape))
                                      for n in optimized.nodes)
         self._params = params
         self._keep = keep             # a TemporaryDirectory that must live as long as the model
@@ -105,7 +106,7 @@ class CompiledModel:
     # -- description ---------------------------------------------------------------------
     def signature(self) -> str:
         dims = ", ".join(map(str, self.input_shape))
-        outs = ", ".join(f"'{o}': float32[N, {', '.join(map(str, self.graph.nodes[o]['shape']))}]"
+        outs = ", ".join(f"'{o}': float32[N, {', '.join(map(str, layer_node(self.graph, o).shape))}]"
                          for o in self.output_names)
         return f"predict(x: float32[N, {dims}]) -> {{{outs}}}"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 
-from ..graph import param_names, topo_layers
+from ..graph import layer_node, param_names, topo_layers
 from ..graph.layouts import apply_layout
 
 def kernel_arguments(g: nx.DiGraph, params: dict[str, np.ndarray],
@@ -24,7 +24,7 @@ def kernel_arguments(g: nx.DiGraph, params: dict[str, np.ndarray],
         if not names:
             continue
         local = {k: params[glob] for k, glob in names.items()}
-        prepared = g.nodes[node]["layer"].prepare(local)
+        prepared = layer_node(g, node).layer.prepare(local)
         out += [np.ascontiguousarray(apply_layout(layouts.get(f"{node}:{k}"), prepared[k]),
                                      dtype=np.float32) for k in sorted(prepared)]
     return out

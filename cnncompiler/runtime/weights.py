@@ -14,6 +14,7 @@ import networkx as nx
 import numpy as np
 
 from ..errors import ArtifactError, InputError
+from ..graph import layer_node
 from ..suggest import did_you_mean
 from . import tensorfile
 from .artifact import write_atomic
@@ -28,7 +29,7 @@ def expected_params(g: nx.DiGraph) -> dict[str, tuple[int, ...]]:
     out = {}
     for name in topo_layers(g):
         names = param_names(g, name)
-        for local, spec in g.nodes[name].get("param_specs", {}).items():
+        for local, spec in layer_node(g, name).param_specs.items():
             out[names[local]] = tuple(spec.shape)
     return out
 

@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from ..errors import InputError, TrainingError
+from ..graph import layer_node
 from ..passes import optimize
 from ..spec.losses import LOSSES
 from . import optim
@@ -158,7 +159,7 @@ class Trainer:
     def check_batch(self, x, y):
         model = self.model
         x = model.check_input(x)
-        out_shape = model.graph.nodes[model.output_names[0]]["shape"]
+        out_shape = layer_node(model.graph, model.output_names[0]).shape
         return x, LOSSES[self.loss].check_labels(y, x.shape[0], out_shape)
 
     def _masks(self, sig, n: int) -> list[np.ndarray]:
@@ -167,7 +168,7 @@ class Trainer:
         rng = np.random.default_rng([self.seed, 1, self.step])
         out = []
         for node, shape in sig.masks:
-            rate = self.graph.nodes[node]["layer"].rate
+            rate = layer_node(self.graph, node).layer.rate
             keep = rng.random((n, *shape)) >= rate
             out.append((keep / (1.0 - rate)).astype(np.float32))
         return out
