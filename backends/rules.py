@@ -54,10 +54,12 @@ CUDA_FAMILIES = ("dlight",)
 
 @dataclass(frozen=True)
 class Rules:
+    """Every field stated for every entry: a kernel family is chosen, never defaulted."""
+
     compute: Callable
     gradient: Callable | str
-    cpu: str = "generic"
-    cuda: str = "dlight"
+    cpu: str
+    cuda: str
 
     def __post_init__(self):
         if self.cpu not in CPU_FAMILIES:
@@ -68,30 +70,35 @@ class Rules:
 
 
 RULES: dict[type, Rules] = {
-    ConvBase: Rules(t.lower_conv, g.grad_conv, cpu="conv"),
-    Dense: Rules(t.lower_dense, g.grad_dense, cpu="dense"),
-    LocallyConnected2d: Rules(t.lower_locally_connected2d, g.grad_locally_connected2d),
-    MaxPoolBase: Rules(t.lower_maxpool, g.grad_maxpool, cpu="pool"),
-    AvgPoolBase: Rules(t.lower_avgpool, g.grad_avgpool, cpu="pool"),
-    LpPoolBase: Rules(t.lower_lppool, g.grad_lppool),
-    GlobalAvgPool: Rules(t.lower_global_avgpool, g.grad_global_avgpool, cpu="global_pool"),
-    GlobalMaxPool: Rules(t.lower_global_maxpool, g.grad_global_maxpool, cpu="global_pool"),
-    BlurPool2d: Rules(t.lower_blurpool2d, g.grad_blurpool2d),
-    AdaptiveAvgPool2d: Rules(a.lower_adaptive_avgpool, a.grad_adaptive_avgpool),
-    AdaptiveMaxPool2d: Rules(a.lower_adaptive_maxpool, a.grad_adaptive_maxpool),
-    StatsPool: Rules(a.lower_stats_pool, a.grad_stats_pool),
-    Pointwise: Rules(t.lower_pointwise, g.grad_pointwise, cpu="pointwise"),
+    ConvBase: Rules(t.lower_conv, g.grad_conv, cpu="conv", cuda="dlight"),
+    Dense: Rules(t.lower_dense, g.grad_dense, cpu="dense", cuda="dlight"),
+    LocallyConnected2d: Rules(t.lower_locally_connected2d, g.grad_locally_connected2d,
+                              cpu="generic", cuda="dlight"),
+    MaxPoolBase: Rules(t.lower_maxpool, g.grad_maxpool, cpu="pool", cuda="dlight"),
+    AvgPoolBase: Rules(t.lower_avgpool, g.grad_avgpool, cpu="pool", cuda="dlight"),
+    LpPoolBase: Rules(t.lower_lppool, g.grad_lppool, cpu="generic", cuda="dlight"),
+    GlobalAvgPool: Rules(t.lower_global_avgpool, g.grad_global_avgpool,
+                         cpu="global_pool", cuda="dlight"),
+    GlobalMaxPool: Rules(t.lower_global_maxpool, g.grad_global_maxpool,
+                         cpu="global_pool", cuda="dlight"),
+    BlurPool2d: Rules(t.lower_blurpool2d, g.grad_blurpool2d, cpu="generic", cuda="dlight"),
+    AdaptiveAvgPool2d: Rules(a.lower_adaptive_avgpool, a.grad_adaptive_avgpool,
+                             cpu="generic", cuda="dlight"),
+    AdaptiveMaxPool2d: Rules(a.lower_adaptive_maxpool, a.grad_adaptive_maxpool,
+                             cpu="generic", cuda="dlight"),
+    StatsPool: Rules(a.lower_stats_pool, a.grad_stats_pool, cpu="generic", cuda="dlight"),
+    Pointwise: Rules(t.lower_pointwise, g.grad_pointwise, cpu="pointwise", cuda="dlight"),
     # its slope is a parameter, read per channel from a plain vector: te_ops' compute
-    PReLU: Rules(t.lower_pointwise, g.grad_prelu),
-    Softmax: Rules(t.lower_softmax, g.grad_softmax),
-    BatchNorm: Rules(t.lower_batchnorm, TRAINING_FORM, cpu="batchnorm"),
-    LRN: Rules(t.lower_lrn, g.grad_lrn),
-    Flatten: Rules(t.lower_flatten, g.grad_flatten),
-    Add: Rules(t.lower_add, g.grad_add, cpu="add"),
-    Concat: Rules(t.lower_concat, g.grad_concat, cpu="concat"),
-    Dropout: Rules(t.lower_passthrough, TRAINING_FORM, cpu="passthrough"),
-    Identity: Rules(t.lower_passthrough, g.grad_passthrough, cpu="passthrough"),
-    Fused: Rules(t.lower_fused, NOT_TRAINED, cpu="fused"),
+    PReLU: Rules(t.lower_pointwise, g.grad_prelu, cpu="generic", cuda="dlight"),
+    Softmax: Rules(t.lower_softmax, g.grad_softmax, cpu="generic", cuda="dlight"),
+    BatchNorm: Rules(t.lower_batchnorm, TRAINING_FORM, cpu="batchnorm", cuda="dlight"),
+    LRN: Rules(t.lower_lrn, g.grad_lrn, cpu="generic", cuda="dlight"),
+    Flatten: Rules(t.lower_flatten, g.grad_flatten, cpu="generic", cuda="dlight"),
+    Add: Rules(t.lower_add, g.grad_add, cpu="add", cuda="dlight"),
+    Concat: Rules(t.lower_concat, g.grad_concat, cpu="concat", cuda="dlight"),
+    Dropout: Rules(t.lower_passthrough, TRAINING_FORM, cpu="passthrough", cuda="dlight"),
+    Identity: Rules(t.lower_passthrough, g.grad_passthrough, cpu="passthrough", cuda="dlight"),
+    Fused: Rules(t.lower_fused, NOT_TRAINED, cpu="fused", cuda="dlight"),
 }
 
 
@@ -125,8 +132,8 @@ def _method_rules(cls: type) -> Rules:
         return layer.te_gradient(xs, y, dy, args, out_shape)
 
     trained = callable(getattr(cls, "te_gradient", None))
-    return Rules(compute, gradient if trained else
-                 f"{cls.type_name} gives no te_gradient method")
+    return Rules(compute, gradient if trained else f"{cls.type_name} gives no te_gradient method",
+                 cpu="generic", cuda="dlight")
 
 
 def rules_for(layer, node: str | None = None) -> Rules:

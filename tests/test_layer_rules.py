@@ -41,9 +41,15 @@ def test_every_cpu_family_has_a_chooser():
     assert set(FAMILIES) == set(rules.CPU_FAMILIES) - {"fused"}
 
 
+def test_a_kernel_family_is_never_defaulted():
+    with pytest.raises(TypeError, match="cpu"):
+        rules.Rules(lambda *a: None, rules.NOT_TRAINED)
+
+
 def test_the_rules_table_names_no_family_it_does_not_know():
     with pytest.raises(ValueError, match="unknown CPU kernel family 'blocked'"):
-        rules.Rules(compute=lambda *a: None, gradient=rules.NOT_TRAINED, cpu="blocked")
+        rules.Rules(compute=lambda *a: None, gradient=rules.NOT_TRAINED, cpu="blocked",
+                    cuda="dlight")
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
