@@ -308,3 +308,23 @@ def test_invalid_milestones_give_one_error_not_two():
                        "train: {schedule: {type: multistep, milestones: [60, 30]}}\n")
     assert "expected increasing milestones" in output
     assert "needs 'milestones'" not in output
+
+
+@pytest.mark.parametrize("layer, said", [
+    ("{type: conv2d, filters: 4, kernel_size: 3}", "write 'kernel' (cnnc's name for kernel_size)"),
+    ("{type: conv2d, num_output: 4, kernel: 3}", "write 'filters' (cnnc's name for num_output)"),
+    ("{type: dense, units: 3, use_bias: false}", "write 'bias' (cnnc's name for use_bias)"),
+    ("{type: conv2d, filters: 4, kernel: 3, activation: relu}",
+     "write the activation as a layer of its own after this one"),
+    ("{type: conv2d, filters: 4, kernl: 3}", "did you mean 'kernel'?"),
+])
+def test_keys_from_other_frameworks_point_to_cnncs_name(layer, said):
+    text = f"name: a\ninput: [3, 8, 8]\nlayers:\n  - {layer}\n"
+    message = errors_of(text)
+    assert said in message and "missing required key" not in message
+
+
+def test_learning_rate_points_to_lr():
+    text = ("name: a\ninput: [4]\nlayers:\n  - {type: dense, units: 2}\n"
+            "train:\n  optimizer: {type: sgd, learning_rate: 0.1}\n")
+    assert "write 'lr' (cnnc's name for learning_rate)" in errors_of(text)

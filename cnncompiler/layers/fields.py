@@ -206,6 +206,30 @@ def choice(*options: str) -> Parser:
     return parse
 
 
+# what Keras, PyTorch, Caffe and TensorFlow call cnnc's keys: an unknown key named here points
+# to cnnc's name instead of to the nearest spelling ("kernel_size" is closer to no key)
+ALIASES = {
+    "kernel_size": "kernel", "pool_size": "kernel", "strides": "stride",
+    "dilation_rate": "dilation", "num_output": "filters", "out_channels": "filters",
+    "out_features": "units", "num_outputs": "units", "use_bias": "bias", "bias_term": "bias",
+    "negative_slope": "alpha", "drop_rate": "rate", "p": "rate", "learning_rate": "lr",
+    "weight_decay_rate": "weight_decay", "epsilon": "eps", "local_size": "size",
+}
+
+
+def _unknown_key_fix(key, known: list[str]) -> tuple[str | None, str]:
+    """(the key meant, how to fix) for an unknown key."""
+    alias = ALIASES.get(key) if isinstance(key, str) else None
+    if alias in known:
+        return alias, f"write '{alias}' (cnnc's name for {key})"
+    if key == "activation":
+        return None, ("write the activation as a layer of its own after this one, e.g. "
+                      "{type: relu}; it fuses into this layer's kernel")
+    # a key of hundreds of characters is close to no name (and slow to compare)
+    close = closest(key, known) if len(str(key)) <= 100 else None
+    return close, f"did you mean '{close}'?" if close else f"remove '{key}'"
+
+
 @functools.cache
 def _keys_of(cls) -> tuple[dict, list[str]]:
     """``cls``'s fields by name, and the names of those a spec may set (asked once per layer
@@ -227,12 +251,10 @@ def parse_fields(cls, mapping: dict, reserved=()) -> tuple[dict, list[tuple[str,
             continue
         f = fields.get(key)
         if f is None or "parser" not in f.metadata:
-            # a key of hundreds of characters is close to no name (and slow to compare)
-            close = closest(key, known) if len(str(key)) <= 100 else None
-            misspelt.add(close)
+            meant, fix = _unknown_key_fix(key, known)
+            misspelt.add(meant)
             problems.append((key, FieldError(
-                f"unknown key '{key}'", f"one of: {one_of(known + list(reserved))}",
-                f"did you mean '{close}'?" if close else f"remove '{key}'")))
+                f"unknown key '{key}'", f"one of: {one_of(known + list(reserved))}", fix)))
             continue
         try:
             kwargs[key] = f.metadata["parser"](value)
