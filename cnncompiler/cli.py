@@ -80,18 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     c = sub.add_parser("check", help="check a spec's shapes; print every problem with its line")
-    c.add_argument("spec")
+    c.add_argument("spec", help="the YAML spec file")
     c.add_argument("--strict", action="store_true",
                    help="treat warnings (strides that leave input rows unread) as errors")
     c.set_defaults(run=cmd_check)
 
     s = sub.add_parser("summary", help="per-layer shapes, parameters, FLOPs, receptive field")
-    s.add_argument("spec")
+    s.add_argument("spec", help="the YAML spec file")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(run=cmd_summary)
 
     gr = sub.add_parser("graph", help="draw the layer graph with shapes on the edges")
-    gr.add_argument("spec")
+    gr.add_argument("spec", help="the YAML spec file")
     gr.add_argument("-o", "--output", required=True, help="picture to write: .svg, .png or .dot")
     gr.set_defaults(run=cmd_graph)
 

@@ -279,7 +279,7 @@ def _apply_optimizer_overrides(model, args) -> None:
 
 def register(sub) -> None:
     c = sub.add_parser("compile", help="compile a spec through TVM into an artifact directory")
-    c.add_argument("spec")
+    c.add_argument("spec", help="the YAML spec file")
     c.add_argument("-o", "--output", required=True, help="artifact directory to write")
     c.add_argument("--target", default="cpu",
                    help="cpu (this machine), \"llvm -mcpu=NAME\", or cuda (default: cpu)")
@@ -302,14 +302,14 @@ def register(sub) -> None:
     c.set_defaults(run=cmd_compile)
 
     r = sub.add_parser("run", help="run a compiled artifact on an input .npy")
-    r.add_argument("artifact")
+    r.add_argument("artifact", help="a compiled model's directory (cnnc compile -o)")
     r.add_argument("--input", required=True, help="float32 array (N, ...) saved with np.save")
     r.add_argument("-o", "--output", required=True, help="where to write the output .npy")
     r.add_argument("--device", choices=("cpu", "cuda"), help="refuse artifacts for other targets")
     r.set_defaults(run=cmd_run)
 
     t = sub.add_parser("train", help="train a spec on a dataset and write the trained artifact")
-    t.add_argument("spec")
+    t.add_argument("spec", help="the YAML spec file")
     t.add_argument("--data", required=True,
                    help="digits, an .npz file, or a folder of MNIST IDX files, CIFAR-10 python "
                         "batches, or class subfolders of images")
@@ -318,8 +318,11 @@ def register(sub) -> None:
                                               "continues to it); default: the spec's "
                                               "train.epochs")
     t.add_argument("--batch-size", type=int, help="default: the spec's train.batch_size")
-    t.add_argument("--target", default="cpu")
-    t.add_argument("--optimizer", choices=("sgd", "adam", "adamw"))
+    t.add_argument("--target", default="cpu",
+                   help="where the training step is compiled for and runs (default: cpu)")
+    t.add_argument("--optimizer", choices=("sgd", "adam", "adamw"),
+                   help="optimizer family (default: the spec's train.optimizer, whose "
+                        "settings are kept; another family starts from its own defaults)")
     t.add_argument("--lr", type=float, help="learning rate (overrides the spec)")
     t.add_argument("--test-fraction", type=float, default=0.25,
                    help="held-out fraction when the data has no test split (default 0.25)")
@@ -332,13 +335,15 @@ def register(sub) -> None:
     t.set_defaults(run=cmd_train)
 
     b = sub.add_parser("bench", help="latency and throughput of a compiled artifact")
-    b.add_argument("artifact")
+    b.add_argument("artifact", help="a compiled model's directory (cnnc compile -o)")
     b.add_argument("--batch", default="1", help="batch size(s), e.g. 1,64")
-    b.add_argument("--repeat", type=int, default=20)
-    b.add_argument("--warmup", type=int, default=5)
+    b.add_argument("--repeat", type=int, default=20,
+                   help="timed runs per batch size; the median is reported (default 20)")
+    b.add_argument("--warmup", type=int, default=5,
+                   help="untimed runs first, per batch size (default 5)")
     b.add_argument("--onnx", help="an ONNX model of the same net: time it and measure its peak "
                                    "memory with ONNX Runtime, side by side")
     b.add_argument("--no-memory", action="store_true",
                    help="skip the peak-memory measurement (a fresh process per batch size)")
-    b.add_argument("--json", action="store_true")
+    b.add_argument("--json", action="store_true", help="print the figures as JSON")
     b.set_defaults(run=cmd_bench)

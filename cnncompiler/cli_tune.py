@@ -56,7 +56,7 @@ def cmd_tune(args) -> int:
 def register(sub) -> None:
     t = sub.add_parser("tune", help="search faster kernel schedules within a time budget; "
                                     "cnnc compile uses them from the tuning cache")
-    t.add_argument("spec")
+    t.add_argument("spec", help="the YAML spec file")
     t.add_argument("--budget", required=True,
                    help="wall-clock time to spend, e.g. 90s, 10m, 1h (shared among the "
                         "kernels by their FLOPs)")

@@ -283,3 +283,22 @@ def test_cli_as_a_subprocess(spec):
     assert proc.returncode == 0 and proc.stdout.strip() == f"cnnc {cnncompiler.__version__}"
     proc = subprocess.run(run + ["check", str(spec)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and ": ok: 3 layers checked" in proc.stdout
+
+
+def test_every_argument_has_help_text():
+    import argparse
+
+    from cnncompiler.cli import build_parser
+
+    missing = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*path, name])
+            elif not action.help and action.dest != "help":
+                missing.append(" ".join([*path, *(action.option_strings or [action.dest])]))
+
+    walk(build_parser(), ["cnnc"])
+    assert not missing, f"arguments without help: {missing}"

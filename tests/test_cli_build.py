@@ -272,7 +272,7 @@ def test_run_and_bench_as_processes_load_no_compiler(lenet_dir, tmp_path):
 def files(tmp_path, lenet_dir):
     """Inputs for the error cases: good and bad arrays, a tampered artifact, a broken spec."""
     np.save(tmp_path / "x.npy", np.zeros((1, 1, 32, 32), np.float32))
-    np.save(tmp_path / "x64.npy", np.zeros((1, 1, 32, 32)))
+    np.save(tmp_path / "xc.npy", np.zeros((1, 1, 32, 32), np.complex64))
     np.save(tmp_path / "wrong.npy", np.zeros((1, 3, 32, 32), np.float32))
     np.savez(tmp_path / "x.npz", x=np.zeros((1, 1, 32, 32), np.float32))
     (tmp_path / "garbage.npy").write_bytes(b"not numpy at all")
@@ -317,8 +317,8 @@ ERRORS = [
     (["run", "{art}", "--input", "{tmp}/objects.npy", "-o", "{tmp}/y.npy"], "not a readable"),
     (["run", "{art}", "--input", "{tmp}/x.npz", "-o", "{tmp}/y.npy"], "npz"),
     (["run", "{art}", "--input", "{tmp}/wrong.npy", "-o", "{tmp}/y.npy"],
-     "received shape \\(1, 3, 32, 32\\); expected predict\\(x: float32\\[N, 1, 32, 32\\]\\)"),
-    (["run", "{art}", "--input", "{tmp}/x64.npy", "-o", "{tmp}/y.npy"], "float64"),
+     "received shape \\(1, 3, 32, 32\\); expected x: float32\\[N, 1, 32, 32\\]"),
+    (["run", "{art}", "--input", "{tmp}/xc.npy", "-o", "{tmp}/y.npy"], "complex64, not real"),
     (["bench", "{tmp}/tampered"], "sha256"),
     (["bench", "{art}", "--batch", "0"], "positive"),
     (["bench", "{art}", "--batch", "two"], "batch sizes"),

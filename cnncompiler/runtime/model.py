@@ -79,6 +79,24 @@ def _graphs(directory: Path, manifest: dict, spec_bytes: bytes):
     return graph, optimized
 
 
+def as_real_array(x, want: str) -> np.ndarray:
+    """A numpy view (or copy) of an array of any library with real values."""
+    if not isinstance(x, np.ndarray):
+        try:
+            # DLPack first: a PyTorch tensor's __array__ would copy; a GPU tensor refuses both
+            x = np.from_dlpack(x) if hasattr(x, "__dlpack__") else np.asarray(x)
+        except (TypeError, ValueError, BufferError, RuntimeError) as exc:
+            hint = (" (a tensor that requires grad: pass x.detach())" if "grad" in str(exc)
+                    else " (a tensor on a GPU: pass x.cpu())" if "device" in str(exc).lower()
+                    else "")
+            raise InputError(f"received {type(x).__name__}, which does not convert to a "
+                             f"numpy array{hint}: {str(exc).splitlines()[0][:200]}; {want}") \
+                from None
+    if x.dtype.kind not in "fiub":
+        raise InputError(f"received dtype {x.dtype}, not real numbers; {want}")
+    return x
+
+
 class CompiledModel:
     """A model compiled for one target: run it, swap its weights, save it."""
 
@@ -181,13 +199,15 @@ class CompiledModel:
         return self
 
     def check_input(self, x) -> np.ndarray:
-        """Raise InputError unless ``x`` is a C-contiguous float32 (N, *input_shape) array."""
-        want = f"expected {self.signature()}"
-        if not isinstance(x, np.ndarray):
-            raise InputError(f"received {type(x).__name__}, not a numpy array; {want}; "
-                             "use np.asarray(x, dtype=np.float32)")
-        if x.dtype != np.float32:
-            raise InputError(f"received dtype {x.dtype}; {want}; use x.astype(np.float32)")
+        """``x`` as the C-contiguous float32 (N, *input_shape) array the kernels read, or an
+        InputError that says what was received and what is expected.
+
+        Any real-valued array converts (float64, integers, a non-contiguous view), as do
+        arrays of other libraries (PyTorch, JAX: through DLPack or ``__array__``); predict,
+        fit, train_step and evaluate all take their inputs through here."""
+        # no method named: predict, fit, train_step and evaluate all say this
+        want = f"expected x: float32[N, {', '.join(map(str, self.input_shape))}]"
+        x = as_real_array(x, want)
         if x.ndim == len(self.input_shape) and tuple(x.shape) == self.input_shape:
             raise InputError(f"received one sample of shape {tuple(x.shape)} without a batch "
                              f"axis; {want}; use x[None]")
@@ -195,10 +215,7 @@ class CompiledModel:
             raise InputError(f"received shape {tuple(x.shape)}; {want}")
         if x.shape[0] < 1:
             raise InputError(f"received an empty batch {tuple(x.shape)}; {want}")
-        if not x.flags.c_contiguous:
-            raise InputError(f"received a non-contiguous array (a slice or transpose?); {want}; "
-                             "use np.ascontiguousarray(x)")
-        return x
+        return np.ascontiguousarray(x, dtype=np.float32)
 
     def predict(self, x, check_finite: bool = False):
         """Run the model: numpy float32 (N, ...) -> numpy array (a dict for several outputs).

@@ -51,7 +51,19 @@ def read_weights(path) -> dict[str, np.ndarray]:
             del data[f.readinto(data):]
     except OSError as exc:
         raise InputError(f"cannot read weights file '{path}' ({exc.strerror})") from None
+    if _is_pickle(path, data):
+        raise InputError(
+            f"{path} is a PyTorch file (a pickle, which can run code when read: cnnc never "
+            "unpickles); pass the state_dict itself, model.load_params(torch.load(path, "
+            "weights_only=True)), or save it as safetensors: "
+            "safetensors.torch.save_file(net.state_dict(), 'weights.safetensors')")
     return parse_weights(data, str(path))
+
+
+def _is_pickle(path: Path, data) -> bool:
+    """torch.save writes a zip archive holding a pickle (older versions a bare pickle)."""
+    return path.suffix in (".pt", ".pth", ".ckpt", ".bin") and \
+        (bytes(data[:2]) == b"PK" or bytes(data[:1]) == b"\x80")
 
 
 def parse_weights(data: bytes | bytearray, where: str) -> dict[str, np.ndarray]:

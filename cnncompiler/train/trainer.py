@@ -229,8 +229,7 @@ def fit(trainer: Trainer, x, y, epochs=None, batch_size=None, validation_data=No
         raise InputError(f"epochs must be a non-negative integer; received {epochs!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer; received {batch_size!r}")
-    x = np.ascontiguousarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x
-    trainer.model.check_input(x)
+    x = trainer.model.check_input(x)
     if len(y) != len(x):
         raise InputError(f"x has {len(x)} samples but y has {len(y)}")
     y = np.asarray(y)
@@ -286,7 +285,7 @@ def evaluate(model, x, y, batch_size: int = 256, loss: str | None = None,
     if loss not in LOSSES:
         raise TrainingError(f"unknown loss '{loss}'; use one of {', '.join(LOSSES)}")
     smoothing = cfg.label_smoothing if label_smoothing is None else label_smoothing
-    x = model.check_input(np.ascontiguousarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x)
+    x = model.check_input(x)
     y = np.asarray(y)
     if len(y) != len(x):
         raise InputError(f"x has {len(x)} samples but y has {len(y)}")
