@@ -379,17 +379,13 @@ def grad_prelu(layer, xs, y, dy, args, out_shape):
     the positions (and the channels, for one slope)."""
     dxs, _ = grad_pointwise(layer, xs, y, dy, args, out_shape)
     x = xs[0]
-    shared = layer.num_parameters == 1
-    axes = [te.reduce_axis((0, x.shape[0]), name="rn")]
-    if shared:
-        axes.append(te.reduce_axis((0, x.shape[1]), name="rc"))
-    axes += [te.reduce_axis((0, s), name=f"rs{a}") for a, s in enumerate(x.shape[2:])]
-
-    def slope(c):
-        index = (axes[0], axes[1] if shared else c, *axes[2 if shared else 1:])
-        return te.sum(layer.weight_gradient_term(x[index], dy[index], TE_MATH), axis=axes)
-
-    return dxs, {"weight": te.compute((layer.num_parameters,), slope, name="prelu_dw")}
+    per_channel = _sum_over_batch_and_space(x, "prelu_dw", lambda n, c, *sp: (
+        layer.weight_gradient_term(x[(n, c, *sp)], dy[(n, c, *sp)], TE_MATH)))
+    if layer.num_parameters > 1:
+        return dxs, {"weight": per_channel}
+    rc = te.reduce_axis((0, x.shape[1]), name="rc")
+    return dxs, {"weight": te.compute((1,), lambda _: te.sum(per_channel[rc], axis=rc),
+                                      name="prelu_dw_shared")}
 
 
 def grad_softmax(layer, xs, y, dy, args, out_shape):

@@ -279,10 +279,11 @@ class TEMath:
 
     @staticmethod
     def where(cond, a, b):
-        """Select; a Python number takes the other branch's type."""
+        """Select; a Python number takes the other branch's type (float32 when both are
+        numbers: ``m.where(x > 0, 1.0, 0.0)``)."""
         a, b = (v.asobject() if isinstance(v, te.TensorSlice) else v for v in (a, b))
-        like = a if isinstance(b, (int, float)) else b
-        a, b = (const(v, like.ty) if isinstance(v, (int, float)) else v for v in (a, b))
+        dtype = next((v.ty for v in (a, b) if not isinstance(v, (int, float))), FLOAT)
+        a, b = (const(v, dtype) if isinstance(v, (int, float)) else v for v in (a, b))
         return tirx.Select(cond, a, b)
 
     @staticmethod

@@ -712,7 +712,6 @@ def onnx_pool_loop(x, kind, kernel, stride, pads, ceil_mode, include_pad):
     """ONNX's MaxPool, AveragePool and LpPool (p = 3) written as a loop over windows: window o
     covers [o*s - before, o*s - before + k); an average that includes the padding divides by
     the part of that inside [-before, size + after), the ceil_mode overhang left out."""
-    nd = len(kernel)
     sizes = x.shape[2:]
     counts = []
     for w, k, s, (b, a) in zip(sizes, kernel, stride, pads):

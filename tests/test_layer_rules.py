@@ -86,3 +86,18 @@ def test_a_layer_type_without_a_lowering_is_refused_by_name(tmp_path):
     finally:
         del LAYER_TYPES["rules_test_negate"]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_select_of_two_numbers_is_allowed_in_both_math_namespaces():
+    """``m.where(x > 0, 1.0, 0.0)`` (a step function) is valid in a layer's forward: numpy
+    gives an array the reference casts, TVM a float32 select."""
+    from tvm import te
+
+    from cnncompiler.backends.te_ops import TE_MATH
+    from cnncompiler.layers.pointwise import NUMPY
+
+    x = np.array([-1.0, 2.0], np.float32)
+    np.testing.assert_array_equal(NUMPY.where(x > 0, 1.0, 0.0), [0.0, 1.0])
+    xt = te.placeholder((2,), "float32", name="x")
+    y = te.compute((2,), lambda i: TE_MATH.where(xt[i] > 0, 1.0, 0.0), name="step")
+    assert str(y.dtype) == "float32"

@@ -82,10 +82,9 @@ class Fused(Layer):
     def kernel_arg_shapes(self, in_shapes):
         base = self.base.kernel_arg_shapes(in_shapes[:1])
         out = {"weight": base["weight"]}
-        channels = self._out_shape(in_shapes)[0]
-        if "bias" in base or self.folded:
-            out["bias"] = (channels,)
         shape = self._out_shape(in_shapes)
+        if "bias" in base or self.folded:
+            out["bias"] = (shape[0],)
         for i, step in self.epilogue_steps():
             out |= {step_arg(i, k): s for k, s in step.epilogue_arg_shapes([shape]).items()}
         return out

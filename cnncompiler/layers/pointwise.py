@@ -34,8 +34,10 @@ class NumpyMath:
 
     @staticmethod
     def where(cond, a, b):
-        dtype = next(v.dtype for v in (a, b) if isinstance(v, np.ndarray))
-        return np.where(cond, a, b).astype(dtype, copy=False)
+        """Select; the result has an array branch's dtype (two numbers: the caller casts)."""
+        out = np.where(cond, a, b)
+        dtypes = [v.dtype for v in (a, b) if isinstance(v, np.ndarray)]
+        return out.astype(dtypes[0], copy=False) if dtypes else out
 
     @staticmethod
     def exp(x):
