@@ -308,6 +308,9 @@ SCHEDULES = {
                    lambda o: S.PolynomialLR(o, total_iters=10, power=2.0)),
     "warmup": ({"type": "constant", "warmup": 4, "warmup_factor": 0.1},
                lambda o: S.LinearLR(o, start_factor=0.1, total_iters=4)),
+    # the default start is LinearLR's: a third of lr, never 0
+    "warmup-default": ({"type": "constant", "warmup": 2},
+                       lambda o: S.LinearLR(o, total_iters=2)),
     "warmup-cosine": ({"type": "cosine", "t_max": 8, "warmup": 3, "warmup_factor": 0.25},
                       _warm(3, 0.25, lambda o: S.CosineAnnealingLR(o, T_max=8))),
     "warmup-step": ({"type": "step", "step_size": 2, "gamma": 0.5, "warmup": 2,
@@ -329,6 +332,12 @@ def test_schedule_matches_pytorch(name):
     schedule = optim.schedule_from(config)
     ours = [optim.learning_rate(0.1, schedule, e, None) for e in range(12)]
     np.testing.assert_allclose(ours, _torch_lrs(make, 0.1, 12), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("factor", [0, -0.5, 1.5])
+def test_a_warm_up_starting_at_zero_or_above_lr_is_refused(factor):
+    with pytest.raises(TrainingError, match=r"warmup_factor.*\(0, 1\]"):
+        optim.schedule_from({"type": "constant", "warmup": 1, "warmup_factor": factor})
 
 
 def test_cosine_and_polynomial_take_their_length_from_the_run():

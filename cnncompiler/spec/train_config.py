@@ -10,7 +10,9 @@ train:
 ```
 
 Schedules count epochs unless ``unit: step``. Every schedule takes ``warmup: N``, a linear
-warm-up from ``warmup_factor * lr`` to ``lr`` over the first N units; the schedule itself
+warm-up from ``warmup_factor * lr`` (default 1/3, in (0, 1], as PyTorch's LinearLR's
+``start_factor``: the first unit never trains at learning rate 0) to ``lr`` over the first N
+units; the schedule itself
 (milestones included) counts from the end of the warm-up, as PyTorch's SequentialLR does.
 """
 
@@ -33,6 +35,16 @@ def fraction(value):
     if not 0.0 <= v < 1.0:
         raise FieldError(f"received {show_number(value)}", "expected a number in [0, 1)",
                          "e.g. momentum: 0.9, betas: [0.9, 0.999], label_smoothing: 0.1")
+    return v
+
+
+def start_factor(value):
+    """A warm-up's first learning rate as a fraction of ``lr``: in (0, 1], as LinearLR."""
+    v = number(value, "a number in (0, 1]")
+    if not 0.0 < v <= 1.0:
+        raise FieldError(f"received {show_number(value)}", "expected a number in (0, 1]",
+                         "a warm-up starts at warmup_factor * lr; 0 would train its first "
+                         "unit at learning rate 0; e.g. warmup_factor: 0.1")
     return v
 
 
@@ -121,7 +133,7 @@ class Schedule:
     total: int = option(lambda v: None if v is None else positive_int(v), default=None)
     end_lr: float = option(non_negative_number, default=0.0)
     warmup: int = option(non_negative_int, default=0)
-    warmup_factor: float = option(non_negative_number, default=0.0)
+    warmup_factor: float = option(start_factor, default=1 / 3)
 
 
 @dataclass(frozen=True)

@@ -45,12 +45,7 @@ def optimizer_from(config) -> object:
         hint = did_you_mean(kind, OPTIMIZERS)
         raise TrainingError(f"unknown optimizer '{kind}'" + (f"; {hint}" if hint else "")
                             + "; use sgd, adam or adamw")
-    kwargs, problems = parse_fields(cls, config, ("type",))
-    if problems:
-        raise TrainingError("; ".join(
-            f"optimizer: {exc.message}" + (f" ({exc.expected})" if exc.expected else "")
-            for _, exc in problems))
-    return cls(**kwargs)
+    return cls(**_fields("optimizer", cls, config, ("type",)))
 
 
 def schedule_from(config) -> Schedule:
@@ -60,10 +55,17 @@ def schedule_from(config) -> Schedule:
         return Schedule()
     if isinstance(config, str):
         config = {"type": config}
-    kwargs, problems = parse_fields(Schedule, config, ())
+    return Schedule(**_fields("schedule", Schedule, config, ()))
+
+
+def _fields(what: str, cls, config: dict, skip: tuple) -> dict:
+    """The keyword arguments of ``cls`` from a config dict, or one error naming every bad key."""
+    kwargs, problems = parse_fields(cls, config, skip)
     if problems:
-        raise TrainingError("; ".join(f"schedule: {exc.message}" for _, exc in problems))
-    return Schedule(**kwargs)
+        raise TrainingError("; ".join(
+            f"{what}: {exc.message}" + (f" ({exc.expected})" if exc.expected else "")
+            for _, exc in problems))
+    return kwargs
 
 
 def learning_rate(base: float, schedule: Schedule, position: int, total: int | None) -> float:
