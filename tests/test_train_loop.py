@@ -395,6 +395,73 @@ def test_early_stopping_and_function_callbacks(small):
     assert model.trainer.epoch == 3
 
 
+# -- progress and validation split ----------------------------------------------------------------
+
+def test_progress_is_one_plain_line_per_epoch_when_not_on_a_terminal(small, capsys):
+    x, y = small_data(64)
+    model = cc.load(small)
+    model.fit(x, y, epochs=2, batch_size=16, validation_data=(x[:16], y[:16]))  # verbose=1
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    for line in lines:
+        assert all(k in line for k in ("loss ", "accuracy ", "val_loss ", "val_accuracy ",
+                                       "lr ", "samples/s"))
+    assert err.index("compiling the training step") < err.index("epoch 1/2")
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_on_a_terminal_is_a_live_bar(small):
+    import io
+
+    from cnncompiler.train import ProgressBar
+
+    x, y = small_data(64)
+    stream = io.StringIO()
+    cc.load(small).fit(x, y, epochs=1, batch_size=16, verbose=0,
+                       callbacks=[ProgressBar(stream, live=True)])
+    text = stream.getvalue()
+    assert "\r" in text and "samples" in text                    # tqdm's redraws
+    assert text.rstrip().splitlines()[-1].startswith("epoch 1/1: loss ")
+
+
+def test_the_step_compiles_before_the_first_epoch_is_timed(small):
+    x, y = small_data(32)
+    model = cc.load(small)
+    compiled_at_start = []
+    class Probe(cc.train.Callback):
+        def on_epoch_begin(self, epoch, logs):
+            compiled_at_start.append(self.trainer.step_compiled())
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[Probe()])
+    assert compiled_at_start == [True]
+
+
+def test_labels_that_do_not_fit_the_loss_are_refused_before_compiling(small):
+    x, y = small_data(32)
+    model = cc.load(small)
+    y = y.copy()
+    y[-1] = 12
+    with pytest.raises(InputError, match="labels must be in 0..9"):
+        model.fit(x, y, epochs=1, verbose=0)
+    assert not model.trainer.step_compiled()
+
+
+def test_validation_split_holds_out_the_last_fraction(small):
+    x, y = small_data(40)
+    model = cc.load(small)
+    history = model.fit(x, y, epochs=1, batch_size=10, validation_split=0.25, verbose=0)
+    assert model.trainer.steps_per_epoch == 3                    # 30 samples trained on
+    held_out = model.evaluate(x[30:], y[30:])
+    assert history["val_loss"][-1] == pytest.approx(held_out["loss"])
+    with pytest.raises(InputError, match="not both"):
+        model.fit(x, y, validation_split=0.1, validation_data=(x, y), verbose=0)
+    for bad in (1.0, -0.2, 1.5, True, 0.001):  # 0.001 of 40 samples is none
+        with pytest.raises(InputError, match="validation_split"):
+            model.fit(x, y, validation_split=bad, verbose=0)
+
+
 def test_a_bare_train_step_takes_the_schedule_length_from_the_spec(small):
     """Outside fit a cosine schedule without t_max runs over the spec's train.epochs."""
     model = cc.load(small)

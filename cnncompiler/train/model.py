@@ -55,16 +55,20 @@ class TrainableModel(runtime.CompiledModel):
         """One optimizer update on one batch; returns the batch's loss."""
         return self.trainer.train_step(x, y)[0]
 
-    def fit(self, x, y, epochs=None, batch_size=None, validation_data=None, shuffle=True,
-            seed=None, callbacks=(), verbose=0):
+    def fit(self, x, y, epochs=None, batch_size=None, validation_data=None,
+            validation_split=0.0, shuffle=True, seed=None, callbacks=(), verbose=1):
         """Train for ``epochs`` epochs (default: the spec's ``train.epochs``); returns a History
-        with per-epoch loss, accuracy, lr and validation metrics."""
+        with per-epoch loss, accuracy, lr, samples/s and validation metrics.
+
+        ``validation_data=(xv, yv)``, or ``validation_split=0.1`` to hold out the last tenth
+        of ``x`` (as Keras). ``verbose=1`` (the default) prints a line per epoch to stderr (a
+        live bar on a terminal); ``verbose=0`` is silent."""
         from .trainer import fit
 
         if seed is not None:
             self.trainer.seed = seed
-        return fit(self.trainer, x, y, epochs, batch_size, validation_data, shuffle, callbacks,
-                   verbose)
+        return fit(self.trainer, x, y, epochs, batch_size, validation_data, validation_split,
+                   shuffle, callbacks, verbose)
 
     def evaluate(self, x, y, batch_size: int = 256) -> dict:
         """{'loss': ..., 'accuracy': ...} (accuracy for classification losses), at inference."""

@@ -70,6 +70,14 @@ class Trainer:
         self._pending_state = None    # optimizer state read from a checkpoint, not yet uploaded
 
     # -- compiled step and device state ------------------------------------------------------
+    def step_compiled(self) -> bool:
+        """Whether the current optimizer family's step is built (the next step runs at once)."""
+        return optim.family(self.optimizer) in self._compiled
+
+    def prepare(self) -> None:
+        """Build (or load from the cache) the training step and upload the weights."""
+        self._step_function()
+
     def _step_function(self):
         kind = optim.family(self.optimizer)
         if kind not in self._compiled:
@@ -157,10 +165,14 @@ class Trainer:
         return optim.learning_rate(self.base_lr, s, self.epoch, epochs)
 
     def check_batch(self, x, y):
+        x = self.model.check_input(x)
+        return x, self.check_labels(y, x.shape[0])
+
+    def check_labels(self, y, n: int):
+        """The labels of ``n`` samples, checked against the loss and the model's output."""
         model = self.model
-        x = model.check_input(x)
         out_shape = layer_node(model.graph, model.output_names[0]).shape
-        return x, LOSSES[self.loss].check_labels(y, x.shape[0], out_shape)
+        return LOSSES[self.loss].check_labels(y, n, out_shape)
 
     def _masks(self, sig, n: int) -> list[np.ndarray]:
         if not sig.masks:
@@ -217,9 +229,10 @@ def batches(n: int, batch_size: int, shuffle: bool, seed: int, epoch: int):
 
 
 def fit(trainer: Trainer, x, y, epochs=None, batch_size=None, validation_data=None,
-        shuffle: bool = True, callbacks=(), verbose: int = 0) -> History:
+        validation_split: float = 0.0, shuffle: bool = True, callbacks=(),
+        verbose: int = 1) -> History:
     """Train for ``epochs`` more epochs (after a checkpoint is loaded: more than it holds);
-    see CompiledModel.fit."""
+    see TrainableModel.fit."""
     from .callbacks import CallbackList, ProgressBar
 
     cfg = trainer.model.graph.graph["train"]
@@ -230,12 +243,19 @@ def fit(trainer: Trainer, x, y, epochs=None, batch_size=None, validation_data=No
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer; received {batch_size!r}")
     x = trainer.model.check_input(x)
+    y = np.asarray(y)
     if len(y) != len(x):
         raise InputError(f"x has {len(x)} samples but y has {len(y)}")
-    y = np.asarray(y)
+    if validation_split:
+        if validation_data is not None:
+            raise InputError("give validation_data or validation_split, not both")
+        x, y, validation_data = split_off_validation(x, y, validation_split)
+    trainer.check_labels(y, len(y))  # wrong labels are found before the step compiles
     n = len(x)
     trainer.steps_per_epoch = -(-n // batch_size)
     trainer.total_epochs = trainer.epoch + epochs
+    if epochs:
+        _compile_step(trainer, verbose)  # before the clock starts: throughput is training's
     cbs = CallbackList(list(callbacks) + ([ProgressBar()] if verbose else []), trainer)
     history = History()
     cbs.on_train_begin({})
@@ -247,12 +267,38 @@ def fit(trainer: Trainer, x, y, epochs=None, batch_size=None, validation_data=No
     return history
 
 
+def split_off_validation(x, y, fraction: float):
+    """Keras's ``validation_split``: the last ``fraction`` of the samples, before shuffling,
+    held out (shuffle the data first if it is ordered by class)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or \
+            not 0.0 < fraction < 1.0:
+        raise InputError(f"validation_split must be a fraction in (0, 1); received {fraction!r}")
+    cut = len(x) - int(round(len(x) * fraction))
+    if cut < 1 or cut == len(x):
+        raise InputError(f"validation_split {fraction} of {len(x)} samples leaves "
+                         f"{len(x) - cut} for validation and {cut} for training; both need one")
+    return x[:cut], y[:cut], (x[cut:], y[cut:])
+
+
+def _compile_step(trainer: Trainer, verbose: int) -> None:
+    import sys
+
+    if verbose and not trainer.step_compiled():
+        print("compiling the training step (once per model and optimizer family)...",
+              file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    trainer.prepare()
+    if verbose and time.perf_counter() - start > 0.5:
+        print(f"training step ready in {time.perf_counter() - start:.1f} s", file=sys.stderr,
+              flush=True)
+
+
 def _train_epochs(trainer, x, y, n, epochs, batch_size, validation_data, shuffle, cbs,
                   history) -> None:
     for _ in range(epochs):
         epoch = trainer.epoch
         lr = trainer.current_lr()
-        cbs.on_epoch_begin(epoch, {"lr": lr})
+        cbs.on_epoch_begin(epoch, {"lr": lr, "samples": n})
         total_loss, total_correct, seen, start = 0.0, 0.0, 0, time.perf_counter()
         for idx in batches(n, batch_size, shuffle, trainer.seed, epoch):
             xb = np.ascontiguousarray(x[idx])
