@@ -16,6 +16,7 @@ from .threads import ensure_thread_count  # noqa: E402
 
 ensure_thread_count()  # before TVM's thread pool starts: it reads the count once
 
+from . import datasets, train  # noqa: E402
 from .compiler import compile  # noqa: E402
 from .errors import (ArtifactError, BusyError, CnncError, CompileError,  # noqa: E402
                      InputError, NonFiniteError, SpecError)
@@ -25,4 +26,4 @@ from .train.model import TrainableModel, load  # noqa: E402
 
 __all__ = ["ArtifactError", "BusyError", "CnncError", "CompileError", "CompiledModel",
            "InputError", "NonFiniteError", "SpecError", "TrainableModel", "check", "compile",
-           "load", "__version__"]
+           "datasets", "load", "train", "__version__"]

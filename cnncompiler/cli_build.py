@@ -189,6 +189,7 @@ def cmd_train(args) -> int:
 
 def _train(args, out: Path, checkpoints: Path, inside: set) -> int:
     from .compiler import compile as compile_spec
+    from .graph import layer_node, load_checked
     from .train.callbacks import BestCheckpoint
     from .train.checkpoint import find_checkpoint, read_meta
     from .train.data import load_data
@@ -199,39 +200,114 @@ def _train(args, out: Path, checkpoints: Path, inside: set) -> int:
     if resume is None:
         _refuse_earlier_run(checkpoints, out)
     seed = _run_seed(args, meta)
-    model = compile_spec(args.spec, target=args.target, seed=seed)  # a private folder
-    cfg = model.graph.graph["train"]
+    graph, _ = load_checked(args.spec)
+    cfg = graph.graph["train"]
     epochs = _first_given(args.epochs, run.get("epochs"), cfg.epochs)
     batch_size = _first_given(args.batch_size, run.get("batch_size"), cfg.batch_size)
-    data = load_data(args.data, model.input_shape, args.test_fraction, seed)
+    validation = _first_given(args.validation_fraction, run.get("validation_fraction"), 0.1)
+    keep = _keep(args.keep, validation)
+    # the data is read and its labels checked against the loss before anything compiles
+    data = load_data(args.data, layer_node(graph, "input").shape, args.test_fraction, seed)
     print(data.describe(), file=sys.stderr)
+    _check_targets(graph, data, args.spec)
+    x_train, y_train, x_val, y_val = _hold_out(data, validation, seed)
+    model = compile_spec(args.spec, target=args.target, seed=seed)  # a private folder
     if resume:
         meta = model.load_checkpoint(resume)
         print(f"resumed from {resume} at epoch {meta['epoch']} of {epochs}, step "
               f"{meta['step']}", file=sys.stderr)
-        _warn_if_changed(run, args.data, args.test_fraction)
+        _warn_if_changed(run, args.data, args.test_fraction, validation)
     _apply_optimizer_overrides(model, args)
     model.trainer.run_state.update(epochs=epochs, batch_size=batch_size, data=args.data,
-                                   test_fraction=args.test_fraction)
+                                   test_fraction=args.test_fraction,
+                                   validation_fraction=validation)
     remaining = epochs - model.trainer.epoch
     if remaining < 0:
         raise CnncError(f"the checkpoint {resume} is at epoch {model.trainer.epoch}, past "
                         f"--epochs {epochs} (the run's total); give a larger --epochs")
     classify = model.trainer.loss != "euclidean"
-    best = BestCheckpoint(checkpoints, monitor="val_accuracy" if classify else "val_loss",
-                          mode="max" if classify else "min")
-    history = model.fit(data.x_train, data.y_train, epochs=remaining, batch_size=batch_size,
-                        validation_data=(data.x_test, data.y_test), callbacks=[best],
-                        verbose=0 if args.quiet else 1, seed=seed)
-    if best.best_epoch is not None:
+    monitor = "val_accuracy" if classify else "val_loss"
+    best = BestCheckpoint(checkpoints, monitor=monitor if x_val is not None else "loss",
+                          mode="max" if classify and x_val is not None else "min")
+    history = model.fit(x_train, y_train, epochs=remaining, batch_size=batch_size,
+                        validation_data=None if x_val is None else (x_val, y_val),
+                        callbacks=[best], verbose=0 if args.quiet else 1, seed=seed)
+    kept = epochs
+    if keep == "best" and best.best_epoch is not None:
         model.load_checkpoint(checkpoints / "best")
-    model.save(out, allow=inside)
-    final = model.evaluate(data.x_test, data.y_test)
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
+        kept = best.best_epoch + 1
+    record = _training_record(model, data, args.data, keep, kept, epochs,
+                              monitor if keep == "best" else None, (x_val, y_val))
+    model.save(out, allow=inside, training=record)
+    _write_history(out, history, resume is not None, record)
+    why = f"the best {monitor}" if keep == "best" else "the last"
+    val = f"; validation {_shown(record['validation'])}" if "validation" in record else ""
     print(f"trained {model.graph.graph['name']} to epoch {epochs} ({len(history.epochs)} in "
-          f"this run); best epoch {(best.best_epoch or 0) + 1}; test {shown}; artifact -> "
-          f"{args.output}")
+          f"this run); kept epoch {kept} ({why}, --keep {keep}){val}; test "
+          f"{_shown(record['test'])} (evaluated once, at the end); artifact -> {args.output}")
     return 0
+
+
+def _keep(keep: str | None, validation: float) -> str:
+    """Which epoch's weights the artifact gets: the best on the validation split, or the last."""
+    if keep is None:
+        return "best" if validation else "last"
+    if keep == "best" and not validation:
+        raise CnncError("--keep best chooses the epoch by the validation split; with "
+                        "--validation-fraction 0 there is none: give --keep last or a "
+                        "validation fraction such as 0.1 (choosing by the test set would make "
+                        "the test result optimistic)")
+    return keep
+
+
+def _hold_out(data, validation: float, seed: int):
+    if not validation:
+        return data.x_train, data.y_train, None, None
+    x_train, y_train, x_val, y_val = data.validation_split(validation, seed)
+    print(f"validation: {len(x_val)} of the {len(data.x_train)} training samples held out "
+          f"(--validation-fraction {validation}) to choose the epoch by", file=sys.stderr)
+    return x_train, y_train, x_val, y_val
+
+
+def _check_targets(graph, data, spec_path) -> None:
+    """The dataset's labels fit the spec's loss and output, or a located error says why."""
+    from .graph import layer_node
+    from .spec.losses import LOSSES
+
+    cfg = graph.graph["train"]
+    out_shape = layer_node(graph, graph.graph["outputs"][0]).shape
+    for part, y in (("training", data.y_train), ("test", data.y_test)):
+        try:
+            LOSSES[cfg.loss].check_labels(y, len(y), out_shape)
+        except InputError as exc:
+            where = cfg.loss_loc or spec_path
+            raise CnncError(f"{where}: the {part} labels of the data do not fit the loss "
+                            f"{cfg.loss}: {exc}") from None
+
+
+def _training_record(model, data, source: str, keep: str, epoch: int, epochs: int,
+                     selected_by, validation) -> dict:
+    """The manifest's account of the weights: which epoch, chosen how, and how they score."""
+    record = {"keep": keep, "epoch": epoch, "epochs": epochs, "data": source}
+    if selected_by:
+        record["selected_by"] = selected_by
+    if validation[0] is not None:
+        record["validation"] = model.evaluate(*validation)
+    record["test"] = model.evaluate(data.x_test, data.y_test)
+    return record
+
+
+def _write_history(out: Path, history, resumed: bool, record: dict) -> None:
+    from .train.plot import merge_history, read_history, write_history
+
+    path = out / "history.json"
+    if resumed and path.is_file():
+        history = merge_history(read_history(path), history)
+    write_history(history, out, extra={k: record[k] for k in ("keep", "epoch")})
+
+
+def _shown(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
 
 def _refuse_earlier_run(checkpoints: Path, out: Path) -> None:
@@ -258,11 +334,13 @@ def _first_given(*values):
     return next(v for v in values if v is not None)
 
 
-def _warn_if_changed(run: dict, data: str, test_fraction: float) -> None:
-    if run.get("data") not in (None, data) or run.get("test_fraction") not in (None, test_fraction):
-        print(f"warning: the resumed run trained on --data {run.get('data')} with "
-              f"--test-fraction {run.get('test_fraction')}; this one uses {data} and "
-              f"{test_fraction}", file=sys.stderr)
+def _warn_if_changed(run: dict, data: str, test_fraction: float, validation: float) -> None:
+    then = (run.get("data"), run.get("test_fraction"), run.get("validation_fraction"))
+    now = (data, test_fraction, validation)
+    if any(a not in (None, b) for a, b in zip(then, now)):
+        print(f"warning: the resumed run trained on --data {then[0]} with --test-fraction "
+              f"{then[1]} and --validation-fraction {then[2]}; this one uses {data}, "
+              f"{test_fraction} and {validation}", file=sys.stderr)
 
 
 def _apply_optimizer_overrides(model, args) -> None:
@@ -326,6 +404,12 @@ def register(sub) -> None:
     t.add_argument("--lr", type=float, help="learning rate (overrides the spec)")
     t.add_argument("--test-fraction", type=float, default=0.25,
                    help="held-out fraction when the data has no test split (default 0.25)")
+    t.add_argument("--validation-fraction", type=float,
+                   help="fraction of the training data held out to choose the epoch by "
+                        "(default 0.1; a resumed run keeps its own); 0 for none")
+    t.add_argument("--keep", choices=("best", "last"),
+                   help="the weights the artifact gets: the epoch best on the validation split "
+                        "(default) or the last epoch's (the default without validation)")
     t.add_argument("--checkpoint-dir", help="default: OUTPUT/checkpoints")
     t.add_argument("--resume", help="continue a run: its output directory, its checkpoints "
                                      "folder (takes 'last'), or one checkpoint")

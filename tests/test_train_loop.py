@@ -483,17 +483,29 @@ def test_cnnc_train_then_run_and_load(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "digits: 1348 training and 449 test samples of (1, 32, 32), 10 classes" in captured.err
-    assert "trained lenet5 to epoch 1 (1 in this run); best epoch 1; test loss" in captured.out
+    assert "135 of the 1348 training samples held out" in captured.err
+    assert ("trained lenet5 to epoch 1 (1 in this run); kept epoch 1 (the best val_accuracy, "
+            "--keep best); validation loss") in captured.out
     assert f"artifact -> {out}" in captured.out
     meta, weights, _ = read_checkpoint(out / "checkpoints" / "best")
     assert meta["epoch"] == 1
 
     model = cc.load(out)
     assert_identical(model.params, weights)
-    from cnncompiler.train.data import load_data
-
-    data = load_data("digits", (1, 32, 32))
-    assert model.evaluate(data.x_test, data.y_test)["accuracy"] > 0.2  # chance is 0.1
+    data = cc.datasets.load("digits", model.input_shape)
+    x_train, y_train, x_val, y_val = data.validation_split(0.1, seed=0)
+    record = model.manifest["training"]
+    assert record["keep"] == "best" and record["epoch"] == 1 and record["epochs"] == 1
+    assert record["selected_by"] == "val_accuracy" and record["data"] == "digits"
+    # chosen on the held-out part of the training data; the test set is scored once, after
+    assert record["validation"] == pytest.approx(model.evaluate(x_val, y_val))
+    assert record["test"] == pytest.approx(model.evaluate(data.x_test, data.y_test))
+    assert record["test"]["accuracy"] > 0.2  # chance is 0.1
+    assert len(x_train) + len(x_val) == len(data.x_train)
+    history = json.loads((out / "history.json").read_text())
+    assert history["epochs"] == [1] and history["extra"] == {"epoch": 1, "keep": "best"}
+    assert history["metrics"]["val_accuracy"] == [pytest.approx(record["validation"]["accuracy"])]
+    assert "<svg" in (out / "history.svg").read_text()
 
     np.save(tmp_path / "x.npy", data.x_test[:5])
     code = main(["run", str(out), "--input", str(tmp_path / "x.npy"),
@@ -501,6 +513,63 @@ def test_cnnc_train_then_run_and_load(tmp_path, capsys):
     assert code == 0
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model.predict(data.x_test[:5]),
                                rtol=1e-5, atol=1e-6)
+
+    model.fit(x_val, y_val, epochs=1, verbose=0)        # other weights: the record no longer fits
+    model.save(tmp_path / "again")
+    assert "training" not in cc.load(tmp_path / "again").manifest
+
+
+@needs_sklearn
+def test_cnnc_train_keeps_the_last_epoch_without_a_validation_split(small, tmp_path, capsys):
+    spec = small.parent / "small.yaml"
+    data = tmp_path / "d.npz"
+    x, y = small_data(60)
+    np.savez(data, x_train=x[:40], y_train=y[:40], x_test=x[40:], y_test=y[40:])
+    refused = main(["train", str(spec), "--data", str(data), "--epochs", "2", "--keep", "best",
+                    "--validation-fraction", "0", "-o", str(tmp_path / "r0"), "--quiet"])
+    assert refused != 0 and "--keep best chooses the epoch by the validation split" in \
+        capsys.readouterr().err
+    code = main(["train", str(spec), "--data", str(data), "--epochs", "2",
+                 "--validation-fraction", "0", "-o", str(tmp_path / "r1"), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "kept epoch 2 (the last, --keep last)" in captured.out
+    model = cc.load(tmp_path / "r1")
+    assert model.manifest["training"]["keep"] == "last"
+    assert "validation" not in model.manifest["training"]
+    meta, weights, _ = read_checkpoint(tmp_path / "r1" / "checkpoints" / "last")
+    assert meta["epoch"] == 2
+    assert_identical(model.params, weights)
+
+
+SIGMOID = """\
+name: multilabel
+input: [1, 8, 8]
+layers:
+  - {type: flatten}
+  - {name: fc, type: dense, units: 10}
+train:
+  loss: sigmoid_cross_entropy
+"""
+
+
+def test_cnnc_train_refuses_labels_that_do_not_fit_the_loss_before_compiling(
+        tmp_path, capsys, monkeypatch):
+    import cnncompiler.compiler
+
+    spec = tmp_path / "multilabel.yaml"
+    spec.write_text(SIGMOID)
+    data = tmp_path / "d.npz"
+    x, y = small_data(20)
+    np.savez(data, x=x, y=y)  # class labels, where the loss wants 10 targets per sample
+    monkeypatch.setattr(cnncompiler.compiler, "compile",
+                        lambda *a, **k: pytest.fail("compiled before the labels were checked"))
+    code = main(["train", str(spec), "--data", str(data), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert f"{spec.name}:7:9: the training labels of the data do not fit the loss " \
+           "sigmoid_cross_entropy" in err
+    assert "class labels are for softmax_cross_entropy" in err
 
 
 def test_cnnc_train_reports_a_missing_dataset(tmp_path, capsys):

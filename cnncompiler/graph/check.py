@@ -15,6 +15,7 @@ import networkx as nx
 from ..errors import Diagnostic, DiagnosticSink, ShapeError, SpecError
 from ..layers import GLOBAL, ShapeNotes, fmt_shape
 from ..spec import Spec, load_spec
+from ..spec.losses import LOSSES
 from .build import build_graph, topo_layers
 
 BYTES_PER_VALUE = 4
@@ -114,6 +115,26 @@ def _dead_layer_warnings(g: nx.DiGraph) -> list[Diagnostic]:
             for n in g.nodes if n not in live and n != "input"]
 
 
+def _loss_warnings(g: nx.DiGraph) -> list[Diagnostic]:
+    """The spec's loss applies its activation itself (softmax, sigmoid) and takes logits: a
+    model that ends in that activation would train on it twice, and learn slowly if at all."""
+    train = g.graph.get("train")
+    if train is None or train.loc is None or not g.graph["outputs"]:
+        return []  # no train section: a model for inference may end as it likes
+    loss = LOSSES[train.loss]
+    name = g.graph["outputs"][0]
+    while name in g and g.nodes[name]["layer"].passthrough:
+        name = g.nodes[name]["inputs"][0]
+    if name not in g or loss.applies is None or g.nodes[name]["layer"].type_name != loss.applies:
+        return []
+    return [Diagnostic(f"its output feeds the loss {loss.name}, which applies {loss.applies} "
+                       f"itself: training would apply it twice", g.nodes[name]["loc"], name,
+                       loss.applies, expected=f"{loss.name} takes logits (the input of this "
+                       "layer)", fix=f"remove this layer; apply {loss.applies} to predict's "
+                       "output when you want probabilities", severity="warning",
+                       notes=(f"the loss is set at {train.loss_loc}",))]
+
+
 def receptive_fields(g: nx.DiGraph) -> None:
     """Annotate each checked layer with its receptive field size and stride (jump) per
     spatial axis, in input positions (for the cost sheet; checking does not need them)."""
@@ -142,6 +163,7 @@ def receptive_fields(g: nx.DiGraph) -> None:
 def check_graph(g: nx.DiGraph, strict: bool = False, source_lines=None) -> list[Diagnostic]:
     """Infer shapes; raise SpecError if any error was found, else return the warnings."""
     diags = infer_shapes(g, strict)
+    diags += _loss_warnings(g)
     sink = DiagnosticSink(source_lines, diags)
     sink.raise_if_errors()
     return diags

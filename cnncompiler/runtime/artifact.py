@@ -52,6 +52,11 @@ MANIFEST_SCHEMA = {
     "kernel_args": [{"name": str, "shape": [record.count], "layout": optional(str)}],
     "files": map_of(FILE_ENTRY),
     "build": optional(dict),
+    # how the weights were trained, when cnnc train wrote them: which epoch's were kept and why
+    "training": optional({"keep": one_of("best", "last"), "epoch": positive_int,
+                          "epochs": positive_int, "selected_by": optional(str),
+                          "validation": optional(map_of(record.number)),
+                          "test": optional(map_of(record.number)), "data": str}),
 }
 
 manifest_digest = json_digest

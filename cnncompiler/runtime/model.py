@@ -313,12 +313,13 @@ class CompiledModel:
         return hashlib.sha256(self._files[art.SPEC]).hexdigest()
 
     # -- persistence --------------------------------------------------------------------------
-    def save(self, directory, allow=()) -> Path:
+    def save(self, directory, allow=(), training: dict | None = None) -> Path:
         """Write the artifact, with the current weights, to ``directory``: a new directory or
         an earlier artifact, whose artifact files are replaced all at once (a kill leaves the
         old artifact or the new one) while anything else in it, such as a run's checkpoints,
         stays. ``allow`` names entries that may be there without an artifact yet (a training
-        run's ``checkpoints``)."""
+        run's ``checkpoints``). ``training``: the manifest's record of how the weights were
+        trained (``cnnc train`` writes it; weights changed since drop it)."""
         self._sync_from_training()
         out = Path(directory)
         art.check_output_dir(out, allow)
@@ -328,6 +329,8 @@ class CompiledModel:
                 (staging / name).write_bytes(self._files[name])
             write_weights(staging / art.WEIGHTS, self._params)
             manifest = {k: v for k, v in self.manifest.items() if k not in ("files", "digest")}
+            if training is not None:
+                manifest["training"] = training
             art.write_manifest(staging, manifest)
             saved = json.loads((staging / art.MANIFEST).read_text())
             art.commit(writer, staging)

@@ -23,6 +23,7 @@ class Loss:
     name: ClassVar[str] = ""
     integer_labels: ClassVar[bool] = False  # class indices (N,), not targets shaped like z
     metric: ClassVar[str | None] = "accuracy"
+    applies: ClassVar[str | None] = None    # the activation the loss applies to the logits itself
 
     def output_problem(self, out_node: str, out_shape: tuple) -> str | None:
         """Why the model's output cannot feed this loss, or None."""
@@ -46,6 +47,7 @@ class SoftmaxCrossEntropy(Loss):
 
     name = "softmax_cross_entropy"
     integer_labels = True
+    applies = "softmax"
 
     def output_problem(self, out_node, out_shape):
         if len(out_shape) != 1:
@@ -84,6 +86,20 @@ class SigmoidCrossEntropy(Loss):
     every element: PyTorch's ``BCEWithLogitsLoss``; accuracy per element at 0.5."""
 
     name = "sigmoid_cross_entropy"
+    applies = "sigmoid"
+
+    def check_labels(self, y, n, out_shape):
+        y_in = np.asarray(y)
+        if y_in.shape == (n,) and len(out_shape) == 1 and out_shape[0] > 1:
+            raise InputError(f"targets must have shape {(n, *out_shape)}, {out_shape[0]} "
+                             f"targets in [0, 1] per sample; received one value per sample "
+                             f"{y_in.shape}: class labels are for softmax_cross_entropy (or give "
+                             "one-hot or multi-label targets)")
+        y = super().check_labels(y, n, out_shape)
+        if y.size and not (np.all(y >= 0) and np.all(y <= 1)):
+            raise InputError(f"targets of {self.name} are probabilities in [0, 1]; received "
+                             f"values from {y.min():g} to {y.max():g}")
+        return y
 
     def reference(self, z, y, smoothing=0.0):
         z, y = np.asarray(z, np.float64), np.asarray(y, np.float64)

@@ -217,12 +217,25 @@ class SpecParser:
                 if isinstance(v, int) and v > MAX_SIZE:
                     raise FieldError(f"{show_int(v)} is larger than any input cnnc accepts "
                                      f"(at most {MAX_SIZE:,} per axis)")
-            return tuple(positive_int(v) for v in value)
+            shape = tuple(positive_int(v) for v in value)
         except FieldError as exc:
             self.error(f"'input': {exc.message}", doc.loc_of("input"),
                        expected="a list of 1 to 3 positive integers: [C, H, W], [C, T] or [F]",
                        fix="write e.g. input: [1, 28, 28]")
             return (1,)
+        self.warn_if_channels_last(shape, doc.loc_of("input"))
+        return shape
+
+    def warn_if_channels_last(self, shape: tuple[int, ...], loc) -> None:
+        """``[32, 32, 3]`` is an image in Keras's and TensorFlow's layout, where cnnc, as
+        PyTorch, takes channels first: as written, it is 32 channels of 32x3 pixels."""
+        if len(shape) == 3 and shape[2] in (1, 3, 4) and shape[0] > 4 and shape[1] > 4:
+            h, w, c = shape
+            self.sink.warn(f"'input' {list(shape)} looks like an image with its channels last "
+                           f"(height, width, channels); cnnc reads it as {h} channels of "
+                           f"{w}x{c}", loc, expected="[C, H, W], channels first, as PyTorch",
+                           fix=f"write input: [{c}, {h}, {w}] and give arrays as (N, {c}, {h}, "
+                               f"{w}), e.g. x.transpose(0, 3, 1, 2)")
 
     def parse_outputs(self, doc: YamlMap, last: str | None) -> list[str]:
         raw = doc.get("outputs")
@@ -646,7 +659,8 @@ class SpecParser:
         kwargs["optimizer"] = self.parse_optimizer(raw.get("optimizer"), raw.loc_of("optimizer"))
         if "schedule" in raw:
             kwargs["schedule"] = self.parse_schedule(raw["schedule"], raw.loc_of("schedule"))
-        return TrainConfig(**kwargs)
+        return TrainConfig(**kwargs, loc=loc,
+                           loss_loc=raw.loc_of("loss") if "loss" in raw else raw.loc)
 
     def parse_optimizer(self, raw, loc):
         if raw is None:

@@ -18,7 +18,7 @@ units; the schedule itself
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 from ..errors import FieldError
@@ -144,6 +144,10 @@ class TrainConfig:
     epochs: int = option(positive_int, default=10)
     batch_size: int = option(positive_int, default=32)
     label_smoothing: float = option(fraction, default=0.0)
+    # where the spec wrote its train section and its loss (None: not written, defaults used),
+    # so that advice about training points at the line
+    loc: object = field(default=None, compare=False)
+    loss_loc: object = field(default=None, compare=False)
 
 
 TRAIN_KEYS = ("loss", "optimizer", "schedule", "epochs", "batch_size", "label_smoothing")

@@ -40,9 +40,24 @@ class Dataset:
         return (f"{self.name}: {len(self.x_train)} training and {len(self.x_test)} test samples "
                 f"of {self.x_train.shape[1:]}, {len(self.classes)} classes")
 
+    def validation_split(self, fraction: float, seed: int = 0) -> tuple:
+        """``(x_train, y_train, x_val, y_val)``: a seeded random ``fraction`` of the training
+        samples held out to choose epochs and settings by, so that the test set is looked at
+        once, at the end. The same seed gives the same split (a resumed run keeps it)."""
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or \
+                not 0.0 < fraction < 1.0:
+            raise InputError(f"a validation fraction is in (0, 1); received {fraction!r}")
+        held = int(round(len(self.x_train) * fraction))
+        if held < 1 or held >= len(self.x_train):
+            raise InputError(f"{self.name}: a validation fraction of {fraction} leaves {held} of "
+                             f"{len(self.x_train)} training samples for validation; both parts "
+                             "need at least one sample")
+        # a stream of its own: the test split drawn from the same seed stays as it was
+        return split(self.x_train, self.y_train, fraction, [seed, 1])
 
-def split(x, y, test_fraction: float, seed: int):
-    """A fixed, seeded train/test split."""
+
+def split(x, y, test_fraction: float, seed):
+    """A fixed, seeded train/test split (``seed``: an int or a sequence of ints)."""
     order = np.random.default_rng(seed).permutation(len(x))
     cut = len(x) - int(round(len(x) * test_fraction))
     return x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
@@ -285,7 +300,8 @@ def load_npz(path: Path, test_fraction: float, seed: int):
 
 
 def load_data(source: str, input_shape, test_fraction: float = 0.25, seed: int = 0) -> Dataset:
-    """Read a dataset and shape it for a spec's input. See the module docstring."""
+    """Read a dataset and shape it for a spec's input (``model.input_shape``). See the module
+    docstring; ``test_fraction`` is the seeded held-out part of data that has no test split."""
     if source == "digits":
         x, y, classes = load_digits_data()
         x = fit_images(x, input_shape)

@@ -42,8 +42,14 @@ class TrainableModel(runtime.CompiledModel):
                     self._args = None
 
     def _weights_changed(self) -> None:
+        self._forget_training_record()
         if self._trainer is not None:
             self._trainer.push_params()
+
+    def _forget_training_record(self) -> None:
+        """The manifest's ``training`` record describes weights that are being replaced: a
+        later save must not claim it for the new ones."""
+        self.manifest.pop("training", None)
 
     # -- training ----------------------------------------------------------------------------
     def set_optimizer(self, optimizer=None, schedule=None) -> None:
@@ -53,6 +59,7 @@ class TrainableModel(runtime.CompiledModel):
 
     def train_step(self, x, y) -> float:
         """One optimizer update on one batch; returns the batch's loss."""
+        self._forget_training_record()
         return self.trainer.train_step(x, y)[0]
 
     def fit(self, x, y, epochs=None, batch_size=None, validation_data=None,
@@ -67,6 +74,7 @@ class TrainableModel(runtime.CompiledModel):
 
         if seed is not None:
             self.trainer.seed = seed
+        self._forget_training_record()
         return fit(self.trainer, x, y, epochs, batch_size, validation_data, validation_split,
                    shuffle, callbacks, verbose)
 
@@ -87,6 +95,7 @@ class TrainableModel(runtime.CompiledModel):
         from .checkpoint import load_checkpoint
 
         meta = load_checkpoint(self.trainer, directory)
+        self._forget_training_record()
         with self._lock:
             self._args = None
         return meta
