@@ -48,7 +48,7 @@ def test_the_losss_own_activation_before_it_is_pointed_out(tmp_path, loss, activ
     assert f"applies {activation} itself" in warning.message
     assert "remove this layer" in warning.fix
     [note] = warning.notes
-    assert note.startswith("the loss is set at ") and note.endswith("net.yaml:10:9")
+    assert note.startswith("the loss is set at ") and note.endswith("net.yaml:9:9")
 
 
 def test_an_activation_that_the_loss_does_not_apply_is_fine(tmp_path):
