@@ -314,7 +314,7 @@ def test_invalid_milestones_give_one_error_not_two():
     ("{type: conv2d, filters: 4, kernel_size: 3}", "write 'kernel' (cnnc's name for kernel_size)"),
     ("{type: conv2d, num_output: 4, kernel: 3}", "write 'filters' (cnnc's name for num_output)"),
     ("{type: dense, units: 3, use_bias: false}", "write 'bias' (cnnc's name for use_bias)"),
-    ("{type: conv2d, filters: 4, kernel: 3, activation: relu}",
+    ("{type: maxpool2d, kernel: 2, activation: relu}",
      "write the activation as a layer of its own after this one"),
     ("{type: conv2d, filters: 4, kernl: 3}", "did you mean 'kernel'?"),
 ])

@@ -215,6 +215,8 @@ class Softmax(Elementwise):
     with softmax_cross_entropy expects logits, so leave it out there.
     """
 
+    is_activation = True
+
     axis: int = option(_axis, default=1)
     cost_per_element = 5
 

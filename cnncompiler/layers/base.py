@@ -94,6 +94,10 @@ class Layer:
     internal: ClassVar[bool] = False  # made by optimisation passes, not written in specs
     # its value is its input's at inference (dropout, identity): no kernel is made for it
     passthrough: ClassVar[bool] = False
+    # may be named by ``activation:`` on a layer that takes one (relu, softmax, ...)
+    is_activation: ClassVar[bool] = False
+    # takes Keras's ``activation: relu`` key, written out as a layer of its own after it
+    takes_activation: ClassVar[bool] = False
 
     # -- shape rule ---------------------------------------------------------------------
     def infer_shape(self, in_shapes: list[Shape], notes: ShapeNotes) -> Shape:

@@ -56,6 +56,8 @@ def sliding_output(layer, in_shape: Shape, notes: ShapeNotes, ceil_mode: bool = 
 class ConvBase(Layer):
     """Shared shape rule, parameters, cost and reference of conv1d and conv2d."""
 
+    takes_activation = True
+
     ndim: ClassVar[int] = 2
 
     def resolved_padding(self, in_shape: Shape):
@@ -163,6 +165,8 @@ class LocallyConnected2d(Layer):
     YAML: ``{name: lc, type: locally_connected2d, filters: 32, kernel: 3, stride: 1}``.
     Weight (out_h, out_w, filters, C, kh, kw); bias (filters, out_h, out_w).
     """
+
+    takes_activation = True
 
     filters: int = option(positive_int)
     kernel: tuple = option(int_tuple(2))

@@ -17,6 +17,8 @@ class Dense(Layer):
     put ``{type: flatten}`` after convolutions.
     """
 
+    takes_activation = True
+
     units: int = option(positive_int)
     bias: bool = option(boolean, default=True)
 

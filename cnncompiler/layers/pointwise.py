@@ -67,6 +67,8 @@ class Pointwise(Layer):
     in the operations of ``m`` (see the module docstring). It keeps its input's shape and
     fuses into the epilogue of the conv or dense layer before it."""
 
+    is_activation = True
+
     cost_per_element = 1
 
     def forward(self, x, m, arg):

@@ -498,7 +498,8 @@ class SpecParser:
                        "is known once that file is loaded (cnnc --layers FILE)",
                        notes=scope.notes)
             return None
-        kwargs, problems = parse_fields(cls, entry, LAYER_RESERVED)
+        reserved = LAYER_RESERVED + (("activation",) if cls.takes_activation else ())
+        kwargs, problems = parse_fields(cls, entry, reserved)
         for key, exc in problems:
             if key == "repeat":
                 exc = FieldError("'repeat' is only for block instances",
@@ -529,7 +530,53 @@ class SpecParser:
             return None
         self.decls.append(LayerDecl(full, layer, tuple(inputs), loc, scope.notes))
         self.produced[full] = loc
+        if "activation" in entry and cls.takes_activation:
+            return self.add_activation(entry, full, ltype, scope)
         return full
+
+    def add_activation(self, entry, full: str, ltype: str, scope) -> str:
+        """Keras's ``activation:`` on conv and dense layers, written out as the activation
+        layer ``<layer>.<type>`` after it; later layers and ``outputs`` naming the layer get
+        the activation's output, as in Keras (the fusion pass puts it back into the layer's
+        kernel). ``{name: c1, type: conv2d, filters: 8, kernel: 3, activation: relu}``, or
+        ``activation: {type: leaky_relu, alpha: 0.1}``; ``linear`` or null for none."""
+        value, where = entry["activation"], entry.loc_of("activation")
+        if value is None or value == "linear":
+            return full
+        act = value if isinstance(value, YamlMap) else self.placed({"type": value}, entry,
+                                                                    "activation")
+        kind = act.get("type")
+        cls = LAYER_TYPES.get(kind) if isinstance(kind, str) else None
+        if cls is None or cls.internal or not cls.is_activation:
+            options = [t for t, c in LAYER_TYPES.items() if c.is_activation and not c.internal]
+            self.error(f"'activation' must name an activation layer type, received "
+                       f"{_brief(value)}", where, full, ltype,
+                       expected=f"one of: {one_of(options)} (or linear), or a mapping such as "
+                                "{type: leaky_relu, alpha: 0.1}",
+                       fix=(self.did_you_mean(kind, options) if isinstance(kind, str) else None)
+                       or "or write the activation as a layer of its own after this one",
+                       notes=scope.notes)
+            return full
+        if "name" in act or "inputs" in act:
+            self.error("an 'activation' takes no name or inputs", where, full, ltype,
+                       fix=f"remove them: it is named '{full}.{kind}' and takes this layer's "
+                           "output; or write it as a layer of its own", notes=scope.notes)
+            return full
+        name = f"{full}.{kind}"
+        if name in self.produced:
+            self.error(f"the activation layer '{name}' that 'activation: {kind}' adds is "
+                       f"already a layer (line {self.produced[name].line})", where, full, ltype,
+                       fix="rename that layer, or write the activation as a layer of its own",
+                       notes=scope.notes)
+            return full
+        return self.add_layer(act, kind, name, (full,), where, scope) or full
+
+    @staticmethod
+    def placed(mapping: dict, entry: YamlMap, key: str) -> YamlMap:
+        """``mapping`` as if written where ``entry``'s ``key`` is (for its errors)."""
+        placed = YamlMap(mapping)
+        placed.file, placed.mark = entry.file, entry.marks.get(key) or entry.mark
+        return placed
 
     def expand_block(self, block: Block, entry, scope, full, inputs, loc) -> str | None:
         if block.name in scope.stack:
