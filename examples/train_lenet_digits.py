@@ -1,5 +1,6 @@
 """Train LeNet-5 on scikit-learn's handwritten digits (8x8 images resized to 32x32), end to end:
-compile the spec, train with SGD and a cosine schedule, report test accuracy, save the model.
+compile the spec, train with SGD and a cosine schedule while watching a validation split of the
+training digits, report the test accuracy once at the end, save the model.
 
     python examples/train_lenet_digits.py                  # about a minute on two cores
     python examples/train_lenet_digits.py --epochs 10 -o build/lenet5-digits
@@ -17,7 +18,6 @@ from pathlib import Path
 
 import cnncompiler as cc
 from cnncompiler.errors import CnncError
-from cnncompiler.train.data import load_data
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "lenet5.yaml"
 
@@ -33,15 +33,15 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     model = cc.compile(SPEC, seed=args.seed)
-    data = load_data("digits", model.input_shape, seed=args.seed)
+    data = cc.datasets.load("digits", model.input_shape, seed=args.seed)
+    x_train, y_train, x_val, y_val = data.validation_split(0.1, seed=args.seed)
     print(f"{data.describe()}; compiled {model.graph.graph['name']} in "
           f"{time.perf_counter() - start:.1f} s")
 
     model.set_optimizer({"type": "sgd", "lr": args.lr, "momentum": 0.9}, schedule="cosine")
     start = time.perf_counter()
-    history = model.fit(data.x_train, data.y_train, epochs=args.epochs,
-                        batch_size=args.batch_size, seed=args.seed,
-                        validation_data=(data.x_test, data.y_test), verbose=1)
+    history = model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                        seed=args.seed, validation_data=(x_val, y_val))
     seconds = time.perf_counter() - start
 
     result = model.evaluate(data.x_test, data.y_test)

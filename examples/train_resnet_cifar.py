@@ -81,14 +81,16 @@ def main(argv=None) -> int:
 
     import cnncompiler as cc
     from cnncompiler.train import BestCheckpoint
-    from cnncompiler.train.data import load_data
 
     model = cc.compile(args.spec, target=args.target, seed=args.seed)
-    data = load_data(args.data, model.input_shape)
-    x_train, y_train = data.x_train, data.y_train
+    data = cc.datasets.load(args.data, model.input_shape)
+    # epochs are chosen on a validation split of the training images; the test set is
+    # evaluated once, at the end
+    x_train, y_train, x_val, y_val = data.validation_split(0.1, seed=args.seed)
     if args.subset:
         x_train, y_train = x_train[:args.subset], y_train[:args.subset]
     x_train = (x_train - MEAN) / STD
+    x_val = np.ascontiguousarray((x_val - MEAN) / STD, np.float32)
     x_test = np.ascontiguousarray((data.x_test - MEAN) / STD, np.float32)
     print(f"{data.describe()}; training on {len(x_train)}", file=sys.stderr)
 
@@ -106,9 +108,9 @@ def main(argv=None) -> int:
         x = x_train if args.no_augment else augment(x_train, np.random.default_rng(
             [args.seed, epoch]))
         model.fit(x, y_train, epochs=1, batch_size=args.batch_size, seed=args.seed,
-                  validation_data=(x_test, data.y_test), callbacks=[best], verbose=1)
+                  validation_data=(x_val, y_val), callbacks=[best])
     result = model.evaluate(x_test, data.y_test)
-    best_text = f" (best {best.best:.2%} after epoch {best.best_epoch + 1})" \
+    best_text = f" (best validation {best.best:.2%} after epoch {best.best_epoch + 1})" \
         if best.best_epoch is not None else ""
     print(f"{model.trainer.epoch} epochs in {time.perf_counter() - start:.0f} s; test accuracy "
           f"{result['accuracy']:.2%}{best_text}")
