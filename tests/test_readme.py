@@ -5,26 +5,26 @@ skipped with a stated reason.
   ``examples/`` are the repository's.
 - ``yaml`` blocks are checked by ``cc.check`` with ``strict=True``: a spec as it is; a fragment
   (no ``layers``, such as a ``train:`` section) inside a minimal spec.
-- Blocks without a language are shell command lines. The ``cnnc`` commands run, in a working
-  folder shared by all such blocks (so ``build/`` is a temporary folder), with any
-  ``[optional]`` parts of a usage line included; a command that appears twice runs once, so the
-  LeNet-5 training and the ResNet-18 CUDA build are shared. The files a reader brings to a
-  command (``x.npy``, ``net.yaml``) are made here. Every other command is listed in NOT_RUN with
-  the reason it is not run.
+- Blocks without a language are shell command lines, one test per command. The ``cnnc``
+  commands run in one working folder that all such blocks share (so ``build/`` is a temporary
+  folder), with a usage line's ``[optional]`` parts included; a command shown twice runs once,
+  so the LeNet-5 training serves both blocks that show it and the ``cnnc run`` and ``cnnc
+  bench`` lines after it. The files a reader brings (``x.npy``, ``net.yaml``) are made here.
+  Every other command is listed in NOT_RUN with the reason it is not run.
 
 A block of any other kind, or a command neither run nor listed, fails the tests, so a new block
-cannot be silently left out. ``test_the_train_section_documents_every_option`` checks that every
-key the ``train:`` section accepts, every loss, optimizer and schedule type, is in the README's
-tables with the default the code declares.
+cannot be silently left out.
+
+The tests at the end read the README's ``train:`` section: every key a spec may write there (the
+``option`` fields of TrainConfig, the optimizers and Schedule), every loss, optimizer and
+schedule type must be named in it, and its tables must state the defaults the code declares.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -34,6 +34,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
+import cnncompiler as cc
+from cnncompiler.errors import FieldError
+from cnncompiler.layers.fields import option, positive_number
+from cnncompiler.spec.losses import LOSSES
+from cnncompiler.spec.train_config import OPTIMIZERS, TRAIN_KEYS, Schedule, TrainConfig
 
 from conftest import HAVE_NVCC, ROOT
 
@@ -72,7 +78,7 @@ def _reader_files(folder: Path) -> None:
     (folder / "net.yaml").write_text(NET_YAML)
 
 
-# -- the blocks -------------------------------------------------------------------------------------
+# -- the blocks -----------------------------------------------------------------------------------
 
 FENCE = re.compile(r"^( {0,3})(`{3,}|~{3,})(.*)$")
 
@@ -201,8 +207,6 @@ MINIMAL_SPEC = {"name": "fragment", "input": [4], "layers": [{"type": "dense", "
 
 
 def check_yaml(block: Block, folder: Path) -> None:
-    import cnncompiler as cc
-
     doc = yaml.safe_load(block.text)
     assert isinstance(doc, dict), f"README.md:{block.line}: a YAML block must be a mapping"
     text = block.text if "layers" in doc else \
@@ -250,7 +254,7 @@ def test_readme_block(block, command, shell, tmp_path):
         run_command(block, command, shell)
 
 
-# -- nothing is left out ----------------------------------------------------------------------------
+# -- nothing is left out --------------------------------------------------------------------------
 
 def test_every_block_is_run_or_skipped_with_a_reason():
     text = README.read_text(encoding="utf-8")
@@ -305,3 +309,166 @@ def test_an_unknown_command_or_kind_is_refused():
     with pytest.raises(LookupError, match="'toml' block"):
         plan(Block(1, "toml", "a = 1\n"))
     assert plan(Block(1, "", "bash .ci/run\n")) == [("bash .ci/run", NOT_RUN["bash .ci/run"])]
+
+
+# -- the train: section documents every option ----------------------------------------------------
+
+def train_section(markdown: str) -> str:
+    """The README's ``### The `train:` section``, up to the next heading of its level or above."""
+    m = re.search(r"^### The `train:` section\n(.*?)(?=^#{1,3} )", markdown, re.M | re.S)
+    assert m, "README.md has no '### The `train:` section'"
+    return m.group(1)
+
+
+def tables(text: str) -> list[list[list[str]]]:
+    """The Markdown tables of ``text``: each a list of rows of cells, the header first."""
+    out, rows = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().split("|")[1:-1]]
+            if not set("".join(cells)) <= set("-: "):
+                rows.append(cells)
+        elif rows:
+            out.append(rows)
+            rows = []
+    return out
+
+
+def table_with(key: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The train: section's table that has a row for ``key``: its header, and its rows by
+    their first cell."""
+    for header, *body in tables(train_section(README.read_text(encoding="utf-8"))):
+        rows = {row[0].strip("`"): row for row in body}
+        if key in rows:
+            return header, rows
+    raise AssertionError(f"no table in README.md's train: section has a row for '{key}'")
+
+
+def options(cls) -> dict:
+    """The keys a spec may write for ``cls``, with their defaults (None for required ones)."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if "parser" in f.metadata}
+
+
+def choices(cls, key: str) -> list[str]:
+    """The values a ``choice(...)`` key accepts, as its own error message lists them."""
+    with pytest.raises(FieldError) as refused:
+        cls.__dataclass_fields__[key].metadata["parser"](None)
+    return re.findall(r"'(\w+)'", refused.value.expected)
+
+
+def documented_names() -> dict[str, list[str]]:
+    """Every name the train: section must document, by where it is declared."""
+    names = {"train keys": list(TRAIN_KEYS) + list(options(TrainConfig)), "losses": list(LOSSES),
+             "optimizers": list(OPTIMIZERS), "schedule types": choices(Schedule, "type"),
+             "schedule keys": list(options(Schedule))}
+    for name, cls in OPTIMIZERS.items():
+        names[f"{name} keys"] = list(options(cls))
+    return names
+
+
+def undocumented(section: str, names: dict[str, list[str]]) -> list[str]:
+    return [f"{where}: {name}" for where, some in names.items() for name in some
+            if f"`{name}`" not in section]
+
+
+def value(cell: str):
+    """A default as the README writes it: 0.01, 1e-8, 1/3, false, [0.9, 0.999], `epoch`."""
+    cell = cell.strip().strip("`")
+    if re.fullmatch(r"\d+/\d+", cell):
+        return float(Fraction(cell))
+    v = yaml.safe_load(cell)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return tuple(v) if isinstance(v, list) else v
+
+
+def same_default(written: str, declared) -> bool:
+    v = value(written)
+    if declared is None:  # required, or set from the run: the README says which in words
+        return isinstance(v, str) and " " in v
+    if isinstance(declared, bool) or isinstance(v, (str, bool)):
+        return v == declared
+    if isinstance(declared, tuple):
+        return len(v) == len(declared) and all(np.isclose(a, b) for a, b in zip(v, declared))
+    return np.isclose(v, declared, rtol=1e-12, atol=0)
+
+
+def test_the_train_section_documents_every_option():
+    missing = undocumented(train_section(README.read_text(encoding="utf-8")),
+                           documented_names())
+    assert not missing, "not in README.md's train: section: " + ", ".join(missing)
+
+
+def test_a_missing_option_is_found():
+    section = train_section(README.read_text(encoding="utf-8"))
+    without = "\n".join(line for line in section.splitlines()
+                        if not line.startswith("| `dampening` |"))
+    assert "sgd keys: dampening" in undocumented(without, documented_names())
+
+    @dataclasses.dataclass(frozen=True)
+    class WithANewKey:
+        lr: float = option(positive_number, default=0.1)
+        clip_norm: float = option(positive_number, default=1.0)
+
+    assert undocumented(section, {"sgd keys": list(options(WithANewKey))}) == \
+        ["sgd keys: clip_norm"]
+
+
+def test_the_train_keys_have_the_defaults_a_spec_without_them_gets(tmp_path):
+    spec = tmp_path / "untrained.yaml"
+    spec.write_text(yaml.safe_dump(MINIMAL_SPEC))
+    cfg = cc.check(spec)[0].graph["train"]
+    got = {key: getattr(cfg, key) for key in TRAIN_KEYS}
+    got["optimizer"] = next(n for n, cls in OPTIMIZERS.items() if type(cfg.optimizer) is cls)
+    got["schedule"] = cfg.schedule.type
+    _, rows = table_with("epochs")
+    assert list(rows) == list(TRAIN_KEYS), "the train keys' table: one row per key, in order"
+    for key, row in rows.items():
+        assert same_default(row[1], got[key]), f"train.{key}: README {row[1]}, spec {got[key]!r}"
+
+
+def test_each_loss_is_described_as_declared():
+    _, rows = table_with("euclidean")
+    assert sorted(rows) == sorted(LOSSES), "the losses' table: one row per loss"
+    for name, loss in LOSSES.items():
+        _, _, targets, _, metric = rows[name]
+        assert ("integer" in targets) == loss.integer_labels, name
+        assert metric.startswith(loss.metric) if loss.metric else metric == "—", name
+
+
+def test_each_optimizer_key_has_its_declared_default():
+    header, rows = table_with("lr")
+    names = [h.strip("`") for h in header[1:-1]]
+    assert names == list(OPTIMIZERS), "the optimizers' table: one column per optimizer"
+    assert sorted(rows) == sorted({k for cls in OPTIMIZERS.values() for k in options(cls)}), \
+        "the optimizers' table: one row per key of any optimizer"
+    for key, row in rows.items():
+        for name, cell in zip(names, row[1:-1]):
+            declared = options(OPTIMIZERS[name])
+            if key not in declared:
+                assert cell == "—", f"{name} has no key '{key}'; README says {cell}"
+            else:
+                assert same_default(cell, declared[key]), \
+                    f"{name}.{key}: README {cell}, declared {declared[key]!r}"
+
+
+def test_each_schedule_key_has_its_declared_default():
+    declared = options(Schedule)
+    _, types = table_with("cosine")
+    assert sorted(types) == sorted(choices(Schedule, "type")), "the schedules' table: one row " \
+        "per type"
+    written = {k: d for row in types.values()
+               for k, d in re.findall(r"`(\w+)` \(([^)]*)\)", row[2])}
+    written.update({k: row[1] for k, row in table_with("warmup")[1].items()})
+    assert sorted(written) == sorted(k for k in declared if k != "type"), \
+        "each schedule key once, as `key` (default) in its type's row or in the table of " \
+        "the keys every type takes"
+    for key, cell in written.items():
+        if cell.startswith("required"):
+            assert declared[key] is None, key
+        else:
+            assert same_default(cell, declared[key]), \
+                f"schedule.{key}: README {cell}, declared {declared[key]!r}"
