@@ -1,6 +1,7 @@
 """Lower a checked (and optimised) layer graph to a TVM Relax module.
 
-``main(x, *kernel_args)`` takes the input batch, whose size is symbolic unless a function is
+``main(*inputs, *kernel_args)`` takes the input batches (one per model input, in spec order),
+whose size is symbolic unless a function is
 specialised for one batch size, and the prepared weights as arguments (not constants), so
 ``load_params`` swaps weights without recompiling. Each layer becomes one ``call_tir`` of one
 PrimFunc, named after the layer, so a fused layer is one kernel.
@@ -22,25 +23,32 @@ from .rules import rules_for
 FLOAT = "float32"
 
 
+def input_vars(g: nx.DiGraph, n, dtype: str = FLOAT) -> dict[str, relax.Var]:
+    """The model's inputs as Relax parameters, in spec order: each a batch of ``n`` samples
+    (``n`` a symbolic size, or a number for a specialised function)."""
+    return {name: relax.Var(kernel_name(name), relax.TensorType(
+        [n, *layer_node(g, name).shape], dtype)) for name in g.graph["inputs"]}
+
+
 def emit_function(bb: relax.BlockBuilder, g: nx.DiGraph, name: str, batch: int | None,
                   layouts: dict | None = None) -> None:
-    """Add ``name(x, *kernel_args)`` computing the graph's outputs to the module being built.
+    """Add ``name(*inputs, *kernel_args)`` computing the graph's outputs to the module being
+    built.
 
     ``layouts`` (argument name -> layout string) gives arguments a backend-chosen layout; the
     runtime transforms the weights to it at load time."""
     layouts = layouts or {}
     n = tirx.Var("n", "int64") if batch is None else batch
-    x = relax.Var("x", relax.TensorType([n, *g.graph["input_shape"]], FLOAT))
+    xs = input_vars(g, n)
     signature = kernel_signature(g)
     arg_vars = {a.name: relax.Var(kernel_name(a.name), relax.TensorType(
         list(layout_shape(layouts.get(a.name), a.shape)), FLOAT)) for a in signature}
-    with bb.function(name, [x, *arg_vars.values()]):
+    with bb.function(name, [*xs.values(), *arg_vars.values()]):
         with bb.dataflow():
-            values = {"input": x}
+            values = dict(xs)
             for node in topo_layers(g):
-                if node == "input":
-                    continue
-                values[node] = emit_layer(bb, g, node, values, arg_vars)
+                if node not in values:
+                    values[node] = emit_layer(bb, g, node, values, arg_vars)
             outs = [values[o] for o in g.graph["outputs"]]
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         bb.emit_func_output(result)

@@ -1,6 +1,6 @@
 """Lower a layer graph's whole training step to one Relax function:
 
-    train_step(x, y, hyper, *params, *buffers, *state, *masks)
+    train_step(*inputs, y, hyper, *params, *buffers, *state, *masks)
         -> (loss, correct, grad_sq, *new_params, *new_buffers, *new_state)
 
 forward in training mode (batch statistics, dropout masks), the loss, the backward pass of
@@ -29,6 +29,7 @@ from cnncompiler.layers.merge import Add
 from cnncompiler.layers.norm import BatchNorm
 
 from . import te_grad
+from .lower import input_vars
 from .rules import gradient_of, rules_for
 
 
@@ -87,7 +88,7 @@ def emit_train_step(bb: relax.BlockBuilder, g: nx.DiGraph, loss: str, optimizer:
     out_node = g.graph["outputs"][0]
     out_shape = layer_node(g, out_node).shape
     n = tirx.Var("n", "int64")
-    x = relax.Var("x", relax.TensorType([n, *g.graph["input_shape"]], dtype))
+    xs = input_vars(g, n, dtype)
     loss_type = LOSSES[loss]
     problem = loss_type.output_problem(out_node, out_shape)
     if problem:
@@ -105,13 +106,14 @@ def emit_train_step(bb: relax.BlockBuilder, g: nx.DiGraph, loss: str, optimizer:
     svars = {s: var(s, sig.shapes[s]) for s in sig.state}
     mvars = {m: relax.Var(kernel_name("mask_" + m), relax.TensorType([n, *shape], dtype))
              for m, shape in sig.masks}
-    inputs = [x, y, hyper, *pvars.values(), *svars.values(), *mvars.values()]
+    inputs = [*xs.values(), y, hyper, *pvars.values(), *svars.values(), *mvars.values()]
     with bb.function(name, inputs):
         with bb.dataflow():
             low = (lowering or TrainLowering)(bb, g, pvars, mvars)
-            low.values["input"] = low.model_input(x)
+            for name, x in xs.items():
+                low.values[name] = low.model_input(x)
             for node in topo_layers(g):
-                if node != "input":
+                if node not in xs:
                     low.values[node] = low.forward(node)
             loss_v, correct, dlogits = low.loss(loss_type, low.values[out_node], y,
                                                 label_smoothing)
@@ -136,15 +138,16 @@ def _backward(low, g, grads):
     """Gradients of every parameter, walking the graph backwards from the output; ``grads``
     starts with the output's."""
     param_grads = {}
+    inputs = set(g.graph["inputs"])  # the data: no gradient is taken for it
     for node in reversed(topo_layers(g)):
-        if node == "input" or node not in grads:
+        if node in inputs or node not in grads:
             continue
         data = layer_node(g, node)
-        needs_dx = [src != "input" for src in data.inputs]
+        needs_dx = [src not in inputs for src in data.inputs]
         dxs, pgrads = low.backward(node, grads[node], needs_dx)
         param_grads.update(pgrads)
         for src, dx in zip(data.inputs, dxs):
-            if src != "input" and dx is not None:
+            if src not in inputs and dx is not None:
                 grads[src] = low.accumulate(src, grads.get(src), dx)
     return param_grads
 

@@ -162,13 +162,18 @@ def bench_model(model, batch: int, warmup: int, repeat: int, seed: int = 0, onnx
     """Latency of ``model`` (and of ``onnx``, an OnnxModel of the same net) at ``batch``:
     median of ``repeat`` timed runs after ``warmup``; with ``memory``, the peak memory one
     inference needs, each engine measured in a fresh process."""
-    x = random_input(model.input_shape, batch, seed)
+    one_input = len(model.input_names) == 1
+    x = random_input(model.input_shape, batch, seed) if one_input else \
+        {name: random_input(shape, batch, seed) for name, shape in model.input_shapes.items()}
+    if onnx is not None and not one_input:
+        raise InputError("--onnx compares models of one input; this one has "
+                         f"{', '.join(model.input_names)}")
     timed = time_runs(model.predict, x, warmup, repeat)
     row = {"batch": batch, **timed, "throughput": batch / (timed["median_ms"] / 1e3),
            "repeat": repeat, "warmup": warmup,
            "activation_bytes": planned_activation_bytes(model.manifest, batch)}
     threads = default_threads()
-    if memory and model.target == "cpu":
+    if memory and model.target == "cpu" and one_input:  # the fresh process feeds one array
         row["peak"] = peak_in_fresh_process("cnnc", str(model.directory), x.shape, threads)
     if onnx is not None:
         if not onnx.takes_batch(batch):

@@ -37,8 +37,10 @@ def cmd_check(args) -> int:
     _print_warnings(warnings, lines, sys.stdout)
     s = summarize(g)
     outs = ", ".join(f"'{o}' {tuple(shape)}" for o, shape in s["output_shapes"].items())
-    print(f"{g.graph['path']}: ok: {len(s['layers']) - 1} layers checked, input "
-          f"{tuple(s['input_shape'])} -> {outs}; {s['total_params']:,} parameters, "
+    ins = ", ".join(f"'{i}' {tuple(shape)}" if len(s["input_shapes"]) > 1 else str(tuple(shape))
+                    for i, shape in s["input_shapes"].items())
+    print(f"{g.graph['path']}: ok: {len(s['layers']) - len(s['input_shapes'])} layers checked, "
+          f"input {ins} -> {outs}; {s['total_params']:,} parameters, "
           f"{s['total_flops']:,} FLOPs per sample"
           + (f"; {len(warnings)} warning(s)" if warnings else ""))
     return 0

@@ -90,9 +90,12 @@ def _read_input(path: str) -> np.ndarray:
     if not p.is_file():
         raise InputError(f"no input file at '{path}'")
     try:
-        return np.load(p, allow_pickle=False)
+        x = np.load(p, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise InputError(f"'{path}' is not a readable .npy array ({exc})") from None
+    if isinstance(x, np.lib.npyio.NpzFile):
+        raise InputError(f"'{path}' is an .npz archive; save each input with np.save")
+    return x
 
 
 def cmd_run(args) -> int:
@@ -100,20 +103,52 @@ def cmd_run(args) -> int:
     from .runtime.model import load
 
     model = load(args.artifact, device=args.device)
-    x = _read_input(args.input)
-    if isinstance(x, np.lib.npyio.NpzFile):
-        raise InputError(f"'{args.input}' is an .npz archive; save the input with np.save")
-    y = model.predict(x)
+    xs = _read_inputs(args.input, model.input_names)
+    y = model.predict(xs if len(xs) > 1 else next(iter(xs.values())))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(y, dict):
-        np.savez(out, **y)
-        shapes = ", ".join(f"{k} {v.shape}" for k, v in y.items())
-    else:
-        np.save(out, y)
-        shapes = str(y.shape)
-    print(f"{args.input} {x.shape} -> {out} {shapes}")
+    _save_arrays(out, y)
+    shapes = ", ".join(f"{k} {v.shape}" for k, v in y.items()) if isinstance(y, dict) else \
+        str(y.shape)
+    given = ", ".join(f"{args.input[i]} {x.shape}" for i, x in enumerate(xs.values()))
+    print(f"{given} -> {out} {shapes}")
     return 0
+
+
+def _read_inputs(given: list[str], names: list[str]) -> dict[str, np.ndarray]:
+    """``--input x.npy`` for a one-input model, ``--input NAME=FILE.npy`` once per input of a
+    model with several (in any order)."""
+    if len(names) == 1 and len(given) == 1 and "=" not in given[0]:
+        return {names[0]: _read_input(given[0])}
+    pairs = {}
+    for item in given:
+        name, eq, path = item.partition("=")
+        if not eq or name not in names:
+            raise InputError(f"--input {item}: this model's inputs are {', '.join(names)}; "
+                             f"give each as --input NAME=FILE.npy" if len(names) > 1 else
+                             f"--input {item}: give the input's .npy file, or "
+                             f"{names[0]}=FILE.npy")
+        if name in pairs:
+            raise InputError(f"--input {name}= is given twice")
+        pairs[name] = _read_input(path)
+    missing = [n for n in names if n not in pairs]
+    if missing:
+        raise InputError(f"missing --input for {', '.join(missing)} (NAME=FILE.npy each)")
+    return {n: pairs[n] for n in names}
+
+
+def _save_arrays(out: Path, y) -> None:
+    """One output as .npy, several as .npz by output name; written atomically."""
+    import io
+
+    from .storage import write_atomic
+
+    buffer = io.BytesIO()
+    if isinstance(y, dict):
+        np.savez(buffer, **y)
+    else:
+        np.save(buffer, y)
+    write_atomic(out, buffer.getvalue())
 
 
 def _mib(nbytes: int | None) -> str:
@@ -201,6 +236,10 @@ def _train(args, out: Path, checkpoints: Path, inside: set) -> int:
         _refuse_earlier_run(checkpoints, out)
     seed = _run_seed(args, meta)
     graph, _ = load_checked(args.spec)
+    if len(graph.graph["inputs"]) > 1:
+        raise CnncError(f"--data holds samples for one input; {args.spec} has inputs "
+                        f"{', '.join(graph.graph['inputs'])}: train it from Python, "
+                        "model.fit({name: array, ...}, y)")
     cfg = graph.graph["train"]
     epochs = _first_given(args.epochs, run.get("epochs"), cfg.epochs)
     batch_size = _first_given(args.batch_size, run.get("batch_size"), cfg.batch_size)
@@ -381,7 +420,9 @@ def register(sub) -> None:
 
     r = sub.add_parser("run", help="run a compiled artifact on an input .npy")
     r.add_argument("artifact", help="a compiled model's directory (cnnc compile -o)")
-    r.add_argument("--input", required=True, help="float32 array (N, ...) saved with np.save")
+    r.add_argument("--input", required=True, action="append",
+                   help="float32 array (N, ...) saved with np.save; a model with several "
+                        "inputs takes --input NAME=FILE.npy once for each")
     r.add_argument("-o", "--output", required=True, help="where to write the output .npy")
     r.add_argument("--device", choices=("cpu", "cuda"), help="refuse artifacts for other targets")
     r.set_defaults(run=cmd_run)

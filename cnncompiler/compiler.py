@@ -32,12 +32,13 @@ def _front_end(spec_text: str, spec_path: str, opt_level: int, passes):
     return graph, optimized, reports, warnings, chosen
 
 
-def signature_json(g) -> tuple[dict, list[dict]]:
-    """The input and output signature; the batch axis is 'N'."""
-    inputs = {"name": "x", "shape": ["N", *g.graph["input_shape"]], "dtype": "float32"}
-    outputs = [{"name": o, "shape": ["N", *layer_node(g, o).shape], "dtype": "float32"}
-               for o in g.graph["outputs"]]
-    return inputs, outputs
+def signature_json(g) -> tuple[list[dict], list[dict]]:
+    """The inputs and outputs, in the compiled function's order; the batch axis is 'N'."""
+    def entry(name, node):
+        return {"name": name, "shape": ["N", *layer_node(g, node).shape], "dtype": "float32"}
+
+    inputs = [entry("x" if i == "input" else i, i) for i in g.graph["inputs"]]
+    return inputs, [entry(o, o) for o in g.graph["outputs"]]
 
 
 def check_tuning(choice, tune_budget, batch_sizes) -> float | None:
@@ -125,7 +126,7 @@ def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str,
             "spec": {"name": graph.graph["name"], "file": art.SPEC, "source": spec_path},
             "target": choice.to_json(),
             "optimization": {"level": opt_level if passes is None else None, "passes": chosen},
-            "input": inputs, "outputs": outputs,
+            "input": inputs[0], "inputs": inputs, "outputs": outputs,
             "batch_sizes": sorted(set(int(b) for b in batch_sizes)),
             "kernel_args": [{"name": a.name, "shape": list(a.shape),
                              "layout": build.get("layouts", {}).get(a.name)}
@@ -160,7 +161,7 @@ def kernel_report(g, tuned=()) -> list[dict]:
     for name in topo_layers(g):
         node = layer_node(g, name)
         layer = node.layer
-        if name == "input" or layer.passthrough:
+        if name in g.graph["inputs"] or layer.passthrough:
             continue
         rows.append({"kernel": name, "computes": list(node.merged),
                      "what": layer.describe() if hasattr(layer, "describe") else layer.type_name,

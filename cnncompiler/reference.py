@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import networkx as nx
 
-from .graph import layer_node, param_names, topo_layers
+from .graph import by_input_name, layer_node, param_names, topo_layers
 
 
 def init_params(g: nx.DiGraph, seed: int = 0) -> dict[str, np.ndarray]:
@@ -35,16 +35,18 @@ def layer_params(g: nx.DiGraph, name: str, params: dict, dtype) -> dict[str, np.
 def run_reference(g: nx.DiGraph, x: np.ndarray, params: dict, *, dtype=None,
                   training: bool = False, state: dict | None = None,
                   keep: bool = False) -> dict[str, np.ndarray]:
-    """Run the graph; returns {output name: array}, or every layer's value with ``keep``.
+    """Run the graph on ``x`` (an array, or {input name: array} for several inputs); returns
+    {output name: array}, or every layer's value with ``keep``.
 
     With ``training``, layers use their training behaviour; ``state`` (a dict) receives each
     layer's updates (batch-norm running statistics, dropout masks) under its name.
     """
-    dtype = np.dtype(dtype or x.dtype)
-    values = {"input": np.asarray(x, dtype)}
+    fed = by_input_name(g, x)
+    dtype = np.dtype(dtype or next(iter(fed.values())).dtype)
+    values = {name: np.asarray(fed[name], dtype) for name in g.graph["inputs"]}
     state = {} if state is None else state
     for name in topo_layers(g):
-        if name == "input":
+        if name in values:
             continue
         node = layer_node(g, name)
         xs = [values[src] for src in node.inputs]

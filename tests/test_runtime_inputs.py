@@ -48,7 +48,7 @@ def test_a_batch_beyond_the_memory_bound_runs_in_pieces_with_the_same_result(len
     assert model.chunk_size() == 4, "a compiled batch size that fits is preferred"
     calls = []
     real = model._run
-    monkeypatch.setattr(model, "_run", lambda part: calls.append(len(part)) or real(part))
+    monkeypatch.setattr(model, "_run", lambda parts: calls.append(len(parts[0])) or real(parts))
     np.testing.assert_array_equal(model.predict(x), whole)
     assert calls == [4, 4, 3]
     monkeypatch.setattr(runtime_model, "CHUNK_BYTES", 3 * model._sample_bytes)

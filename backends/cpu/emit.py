@@ -26,6 +26,7 @@ from cnncompiler.graph.signature import kernel_name, kernel_signature, prepared_
 from cnncompiler.layers.fused import Fused
 from cnncompiler.layers.merge import Add
 
+from ..lower import input_vars
 from ..rules import rules_for
 from .blocking import PLAIN, conversion, plain_view
 from .conv import conv_blocked, schedule_conv, vector_registers
@@ -123,7 +124,7 @@ class CpuEmitter:
         layer reads after ``node``, is no model output, and is no other input of ``node`` (a
         conv reading it around each position while tasks overwrite it would read new values)."""
         owners = [n for n, v in self.values.items() if v.var.same_as(residual.var)]
-        if len(owners) != 1 or owners[0] == "input" or \
+        if len(owners) != 1 or owners[0] in self.g.graph["inputs"] or \
                 any(v.var.same_as(residual.var) for v in others):
             return False
         (src,) = owners
@@ -307,15 +308,16 @@ def emit_function(bb: relax.BlockBuilder, g: nx.DiGraph, name: str, batch: int |
                   plan: dict[str, KernelChoice], layouts: dict[str, str], lanes: int,
                   unscheduled: list, schedule_hook=None) -> None:
     n = tirx.Var("n", "int64") if batch is None else batch
-    x = relax.Var("x", relax.TensorType([n, *g.graph["input_shape"]], FLOAT))
+    xs = input_vars(g, n)
     arg_vars = {a.name: relax.Var(kernel_name(a.name), relax.TensorType(
         list(layout_shape(layouts.get(a.name), a.shape)), FLOAT)) for a in kernel_signature(g)}
-    with bb.function(name, [x, *arg_vars.values()]):
+    with bb.function(name, [*xs.values(), *arg_vars.values()]):
         with bb.dataflow():
             emitter = CpuEmitter(bb, g, plan, arg_vars, lanes, unscheduled, schedule_hook)
-            emitter.values["input"] = Value(x, g.graph["input_shape"][0], PLAIN)
+            for input_name, x in xs.items():
+                emitter.values[input_name] = Value(x, layer_node(g, input_name).shape[0], PLAIN)
             for node in topo_layers(g):
-                if node != "input":
+                if node not in xs:
                     emitter.emit_layer(node)
             outs = [emitter.value(o, PLAIN).var for o in g.graph["outputs"]]
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))

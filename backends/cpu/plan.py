@@ -182,10 +182,10 @@ def _concat_keeps_blocks(g, node, blocks, block: int) -> bool:
 
 def plan_kernels(g: nx.DiGraph, lanes: int) -> dict[str, KernelChoice]:
     """A kernel choice for every layer of the optimised graph."""
-    blocks = {"input": PLAIN}
+    blocks = {name: PLAIN for name in g.graph["inputs"]}
     plan = {}
     for node in topo_layers(g):
-        if node == "input":
+        if node in blocks:
             continue
         choice = choose_kernel(g, node, blocks, lanes, sorted(prepared_shapes(g, node)))
         plan[node] = choice

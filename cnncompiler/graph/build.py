@@ -1,6 +1,7 @@
 """Stage 2: the parsed spec becomes a networkx DiGraph of layer nodes.
 
-Node ``n`` (the layer's global name, ``'input'`` for the model input) holds:
+Node ``n`` (the layer's global name; an input's name, ``'input'`` for the one input of an
+``input:`` spec) holds:
 
 - ``layer``: the Layer dataclass (type and settings),
 - ``inputs``: the producers in order (a DiGraph keeps one edge per pair, so the order and
@@ -9,7 +10,8 @@ Node ``n`` (the layer's global name, ``'input'`` for the model input) holds:
 - ``loc`` and ``notes``: where the layer was written, and the block expansion it came from,
 - after shape inference, ``shape`` (per sample) and ``param_specs``.
 
-Graph attributes: ``name``, ``path``, ``input_shape``, ``outputs``, ``train``, ``text``.
+Graph attributes: ``name``, ``path``, ``inputs`` (the input nodes, in spec order),
+``input_shape`` (the first input's), ``outputs``, ``train``, ``text``.
 Every later stage (checker, passes, lowering, runtime) works on this graph, reading a node
 through the typed view ``layer_node(g, name)``.
 """
@@ -23,10 +25,12 @@ from ..spec import Spec
 
 
 def build_graph(spec: Spec) -> nx.DiGraph:
-    g = nx.DiGraph(name=spec.name, path=spec.path, input_shape=spec.input_shape,
-                   outputs=list(spec.outputs), train=spec.train, text=spec.text)
-    g.add_node("input", layer=Input(shape=spec.input_shape), inputs=(), loc=spec.input_loc,
-               notes=())
+    g = nx.DiGraph(name=spec.name, path=spec.path, inputs=list(spec.inputs),
+                   input_shape=spec.input_shape, outputs=list(spec.outputs), train=spec.train,
+                   text=spec.text)
+    for name, shape in spec.inputs.items():
+        g.add_node(name, layer=Input(shape=shape), inputs=(), loc=spec.input_locs[name],
+                   notes=())
     for decl in spec.layers:
         g.add_node(decl.name, layer=decl.layer, loc=decl.loc, notes=decl.notes)
         set_inputs(g, decl.name, decl.inputs)
@@ -96,6 +100,22 @@ class LayerNode:
 
 def layer_node(g: nx.DiGraph, name: str) -> LayerNode:
     return LayerNode(g, name)
+
+
+def is_model_input(g: nx.DiGraph, name: str) -> bool:
+    """Whether ``name`` is one of the model's inputs (a node without a kernel)."""
+    return name in g.graph["inputs"]
+
+
+def by_input_name(g: nx.DiGraph, x) -> dict:
+    """The model's inputs as {input name: value}, from a dict of them, a list or tuple in spec
+    order, or (one input) the value itself."""
+    names = g.graph["inputs"]
+    if isinstance(x, dict):
+        return dict(x)
+    if isinstance(x, (list, tuple)) and len(names) > 1:
+        return dict(zip(names, x))
+    return {names[0]: x}
 
 
 def node_inputs(g: nx.DiGraph, name: str) -> tuple[str, ...]:

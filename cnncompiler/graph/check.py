@@ -112,7 +112,7 @@ def _dead_layer_warnings(g: nx.DiGraph) -> list[Diagnostic]:
                        g.nodes[n]["layer"].type_name,
                        fix="use it as an input, list it in 'outputs', or remove it "
                            "(the optimiser drops it)", severity="warning")
-            for n in g.nodes if n not in live and n != "input"]
+            for n in g.nodes if n not in live and n not in g.graph["inputs"]]
 
 
 def _loss_warnings(g: nx.DiGraph) -> list[Diagnostic]:
@@ -142,7 +142,7 @@ def receptive_fields(g: nx.DiGraph) -> None:
         node = g.nodes[name]
         if node.get("shape") is None:
             continue
-        if name == "input":
+        if name in g.graph["inputs"]:
             nd = max(len(node["shape"]) - 1, 0)
             node["rf"], node["jump"] = (1,) * nd, (1,) * nd
             continue

@@ -22,8 +22,9 @@ from .build import layer_node, topo_layers
 def _label(g: nx.DiGraph, name: str) -> str:
     node = layer_node(g, name)
     layer = node.layer
-    if name == "input":
-        return f"input\\n{fmt_shape(node.shape)}"
+    if name in g.graph["inputs"]:
+        return f"{name}\\ninput {fmt_shape(node.shape)}" if name != "input" else \
+            f"input\\n{fmt_shape(node.shape)}"
     keys = ", ".join(f"{k}={_short(v)}" for k, v in layer.settings().items()
                      if k in ("filters", "units", "kernel", "stride", "groups", "dilation", "rate"))
     return f"{name}\\n{layer.type_name}" + (f"\\n{keys}" if keys else "")

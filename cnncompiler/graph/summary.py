@@ -44,6 +44,7 @@ def summarize(g: nx.DiGraph) -> dict:
         "name": g.graph["name"],
         "spec": g.graph.get("path"),
         "input_shape": list(g.graph["input_shape"]),
+        "input_shapes": {i: list(layer_node(g, i).shape) for i in g.graph["inputs"]},
         "output_shapes": {o: list(layer_node(g, o).shape) for o in outputs},
         "total_params": sum(r["params"] for r in rows),
         "total_buffers": sum(r["buffers"] for r in rows),

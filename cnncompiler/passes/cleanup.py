@@ -46,7 +46,7 @@ def drop_identity(g: nx.DiGraph) -> tuple[nx.DiGraph, PassReport]:
     g, report = copy_graph(g), PassReport("drop-identity")
     for name in list(g):
         node = layer_node(g, name)
-        if name == "input" or len(node.inputs) != 1:
+        if len(node.inputs) != 1:
             continue
         why = _is_identity(node.layer, [layer_node(g, node.inputs[0]).shape])
         if why:
@@ -58,7 +58,7 @@ def drop_identity(g: nx.DiGraph) -> tuple[nx.DiGraph, PassReport]:
 def eliminate_dead(g: nx.DiGraph) -> tuple[nx.DiGraph, PassReport]:
     """Remove layers whose output reaches no model output."""
     g, report = copy_graph(g), PassReport("eliminate-dead")
-    live = {"input"}
+    live = set(g.graph["inputs"])  # an unused input is still an argument of the model
     for out in g.graph["outputs"]:
         live |= nx.ancestors(g, out) | {out}
     for name in [n for n in g if n not in live]:

@@ -47,6 +47,7 @@ MANIFEST_SCHEMA = {
                "arch": optional(str)},
     "optimization": {"passes": [str]},
     "input": {"shape": list},
+    "inputs": optional([{"name": str, "shape": list}]),  # every input, in the function's order
     "outputs": [dict],
     "batch_sizes": [positive_int],
     "kernel_args": [{"name": str, "shape": [record.count], "layout": optional(str)}],

@@ -1,6 +1,6 @@
 """Where a NaN or an infinity came from: the check behind ``predict(x, check_finite=True)``.
 
-    check_finite(model, x, y)   # returns when x and y are finite, else raises and says where
+    check_finite(model, xs, y)  # returns when the inputs and y are finite, else raises and says where
 
 A compiled model propagates NaN and infinities as PyTorch does, so a bad value in its output
 comes from a bad input, or from a layer that overflowed or divided badly. A non-finite input
@@ -31,20 +31,24 @@ SKIP_RUN = 1                             # tvm.runtime.vm.VMInstrumentReturnKind
 MAX_SAMPLES = 16                         # samples run again when looking for the layer
 
 
-def check_finite(model, x: np.ndarray, output) -> None:
-    """Raise unless the input ``x`` and the model's ``output`` for it (an array, a list of
-    arrays in ``model.output_names`` order, or a dict by output name) are all finite.
+def check_finite(model, xs: list[np.ndarray], output) -> None:
+    """Raise unless the inputs ``xs`` (one array per model input, in ``model.input_names``
+    order) and the model's ``output`` for them (an array, a list of arrays in
+    ``model.output_names`` order, or a dict by output name) are all finite.
 
-    InputError when ``x`` holds NaN or an infinity: which samples, how many values.
+    InputError when an input holds NaN or an infinity: which samples, how many values.
     NonFiniteError when only the output does: the first layer, in the order the compiled
     model runs its layers (a topological order of the spec), whose output is not finite, with
     its name, type and count of non-finite values, and how it was found.
     """
-    if not np.isfinite(x).all():
-        raise InputError(f"input: {_count(x)} in {_samples(x)} of the batch of {len(x)}; "
-                         "a model computes nothing meaningful from them; drop or repair those "
-                         "samples (np.isfinite(x).reshape(len(x), -1).all(axis=1) marks the "
-                         "good ones)")
+    xs = [xs] if isinstance(xs, np.ndarray) else list(xs)  # the array of a one-input model
+    for input_name, x in zip(model.input_names, xs):
+        if not np.isfinite(x).all():
+            label = "input" if input_name == "input" else f"input '{input_name}'"
+            raise InputError(f"{label}: {_count(x)} in {_samples(x)} of the batch of {len(x)}; "
+                             "a model computes nothing meaningful from them; drop or repair "
+                             "those samples (np.isfinite(x).reshape(len(x), -1).all(axis=1) "
+                             "marks the good ones)")
     outputs = _named(model, output)
     bad = {name: y for name, y in outputs.items() if not np.isfinite(y).all()}
     if not bad:
@@ -53,9 +57,9 @@ def check_finite(model, x: np.ndarray, output) -> None:
     rerun = "" if len(rows) <= MAX_SAMPLES else \
         f" (the first {MAX_SAMPLES} samples with a non-finite output were run again)"
     rows = rows[:MAX_SAMPLES]
-    found = _locate(model, np.ascontiguousarray(x[rows]))
+    found = _locate(model, [np.ascontiguousarray(x[rows]) for x in xs])
     name, y = next(iter(bad.items()))
-    summary = f"output '{name}' has {_count(y)} in {_samples(y)} of the batch of {len(x)}"
+    summary = f"output '{name}' has {_count(y)} in {_samples(y)} of the batch of {len(y)}"
     if found is None:
         raise NonFiniteError(f"{summary}, but no layer's output is non-finite when those "
                              "samples run again, in the compiled kernels or in the numpy "
@@ -73,12 +77,12 @@ def check_finite(model, x: np.ndarray, output) -> None:
 
 # -- locating the layer ----------------------------------------------------------------------
 
-def _locate(model, x: np.ndarray):
-    """(spec layer, its output on ``x``, how it was found) for the first non-finite layer,
+def _locate(model, xs: list[np.ndarray]):
+    """(spec layer, its output on ``xs``, how it was found) for the first non-finite layer,
     or None when every layer's output is finite."""
     try:
         trace = KernelTrace(model)
-        trace.run(x)
+        trace.run(xs)
     except Mismatch as exc:
         why = f"the compiled kernel calls could not be matched to the layers ({exc})"
     else:
@@ -86,15 +90,16 @@ def _locate(model, x: np.ndarray):
             why = "the compiled kernels gave finite outputs when run again"
         else:
             return trace.explain()
-    return _locate_in_reference(model, x, why)
+    return _locate_in_reference(model, xs, why)
 
 
-def _locate_in_reference(model, x: np.ndarray, why: str):
+def _locate_in_reference(model, xs: list[np.ndarray], why: str):
     g = model.graph
     with np.errstate(all="ignore"):
-        values = run_reference(g, x, model.params, dtype=np.float32, keep=True)
+        values = run_reference(g, dict(zip(model.input_names, xs)), model.params,
+                               dtype=np.float32, keep=True)
     for name in topo_layers(g):
-        if name != "input" and not np.isfinite(values[name]).all():
+        if name not in model.input_names and not np.isfinite(values[name]).all():
             return name, values[name], (
                 "running the float32 numpy reference (cnncompiler.reference) layer by layer "
                 f"on those samples and the same weights, since {why}")
@@ -121,14 +126,14 @@ class KernelTrace:
     def __init__(self, model):
         self.model = model
         self.g = model.optimized
-        self.pending = [n for n in topo_layers(self.g) if n != "input"]
+        self.pending = [n for n in topo_layers(self.g) if n not in model.input_names]
         self.where: dict[int, str] = {}       # data pointer -> layer whose value it holds
         self.alias: dict[str, str] = {}       # layer computed by no kernel -> its input's
         self.values: dict[str, np.ndarray] = {}
         self.weights: dict[int, str] = {}
         self.bad: str | None = None
 
-    def run(self, x: np.ndarray) -> None:
+    def run(self, xs: list[np.ndarray]) -> None:
         tvm, lib, dev = self.model._open()
         from tvm.runtime import vm as tvm_vm
 
@@ -137,12 +142,14 @@ class KernelTrace:
                         for a, arg in zip(args, kernel_signature(self.g))}
         vm = tvm_vm.VirtualMachine(lib, dev)
         vm.set_instrument(self._instrument)
-        data = tvm.runtime.tensor(x, dev)
-        self.where[data.data_ptr()] = "input"
-        self.values["input"] = x
-        fn = f"main_b{len(x)}" if len(x) in self.model.batch_sizes else "main"
+        data = [tvm.runtime.tensor(x, dev) for x in xs]
+        for name, x, tensor in zip(self.model.input_names, xs, data):
+            self.where[tensor.data_ptr()] = name
+            self.values[name] = x
+        n = len(xs[0])
+        fn = f"main_b{n}" if n in self.model.batch_sizes else "main"
         try:
-            vm[fn](data, *args)
+            vm[fn](*data, *args)
         except Exception as exc:  # noqa: BLE001 (the instrument's Mismatch, wrapped by the FFI)
             lines = str(exc).strip().splitlines() or [type(exc).__name__]
             raise Mismatch(lines[-1][:300]) from None

@@ -108,7 +108,9 @@ class CompiledModel:
         self.graph = graph            # the spec's layers: weight names and shapes
         self.optimized = optimized    # what was compiled
         self.target = manifest["target"]["kind"]
-        self.input_shape = tuple(graph.graph["input_shape"])
+        self.input_names = list(graph.graph["inputs"])
+        self.input_shapes = {n: tuple(layer_node(graph, n).shape) for n in self.input_names}
+        self.input_shape = self.input_shapes[self.input_names[0]]
         self.output_names = list(graph.graph["outputs"])
         self.batch_sizes = tuple(manifest.get("batch_sizes", ()))
         # every layer's output for one sample: what the activation plan holds at most
@@ -123,10 +125,15 @@ class CompiledModel:
 
     # -- description ---------------------------------------------------------------------
     def signature(self) -> str:
-        dims = ", ".join(map(str, self.input_shape))
         outs = ", ".join(f"'{o}': float32[N, {', '.join(map(str, layer_node(self.graph, o).shape))}]"
                          for o in self.output_names)
-        return f"predict(x: float32[N, {dims}]) -> {{{outs}}}"
+        return f"predict({self._expected_inputs()}) -> {{{outs}}}"
+
+    def _expected_inputs(self) -> str:
+        """``x: float32[N, 1, 32, 32]``, or each named input for a spec with several."""
+        names = ["x"] if self.input_names == ["input"] else self.input_names
+        return ", ".join(f"{n}: float32[N, {', '.join(map(str, s))}]"
+                         for n, s in zip(names, self.input_shapes.values()))
 
     def __repr__(self) -> str:
         return (f"<CompiledModel '{self.graph.graph['name']}' target={self.target} "
@@ -200,38 +207,77 @@ class CompiledModel:
 
     def check_input(self, x) -> np.ndarray:
         """``x`` as the C-contiguous float32 (N, *input_shape) array the kernels read, or an
-        InputError that says what was received and what is expected.
+        InputError that says what was received and what is expected (a one-input model)."""
+        if len(self.input_names) > 1:
+            raise InputError(f"this model takes {len(self.input_names)} inputs; "
+                             f"expected {self._expected_inputs()}")
+        return self.check_inputs(x)[0]
 
-        Any real-valued array converts (float64, integers, a non-contiguous view), as do
-        arrays of other libraries (PyTorch, JAX: through DLPack or ``__array__``); predict,
-        fit, train_step and evaluate all take their inputs through here."""
+    def check_inputs(self, x) -> list[np.ndarray]:
+        """The model's inputs as C-contiguous float32 arrays in spec order, each (N, *shape)
+        with one N, or an InputError that says what was received and what is expected.
+
+        ``x`` is the array of a one-input model, or for several inputs a dict by input name or
+        a list in spec order. Any real-valued array converts (float64, integers, a
+        non-contiguous view), as do arrays of other libraries (PyTorch, JAX: through DLPack or
+        ``__array__``); predict, fit, train_step and evaluate all take their inputs through
+        here."""
         # no method named: predict, fit, train_step and evaluate all say this
-        want = f"expected x: float32[N, {', '.join(map(str, self.input_shape))}]"
+        want = f"expected {self._expected_inputs()}"
+        names = self.input_names
+        if len(names) == 1:
+            given = [x["input"] if isinstance(x, dict) and list(x) == ["input"] else x]
+        elif isinstance(x, dict):
+            missing = [n for n in names if n not in x]
+            extra = [str(k) for k in x if k not in names]
+            if missing or extra:
+                raise InputError(f"received inputs {sorted(map(str, x))}"
+                                 + (f"; missing {missing}" if missing else "")
+                                 + (f"; unknown {extra}" if extra else "") + f"; {want}")
+            given = [x[n] for n in names]
+        elif isinstance(x, (list, tuple)) and len(x) == len(names):
+            given = list(x)
+        else:
+            raise InputError(f"received {type(x).__name__}; this model takes "
+                             f"{len(names)} inputs: a dict by name or a list in this order; "
+                             f"{want}")
+        xs = [self._check_one(v, n, want) for v, n in zip(given, names)]
+        sizes = {len(v) for v in xs}
+        if len(sizes) > 1:
+            raise InputError(f"the inputs have different batch sizes "
+                             f"({', '.join(f'{n}: {len(v)}' for n, v in zip(names, xs))}); "
+                             f"{want}")
+        return xs
+
+    def _check_one(self, x, name: str, want: str) -> np.ndarray:
+        shape = self.input_shapes[name]
+        label = "" if name == "input" else f"input '{name}': "
         x = as_real_array(x, want)
-        if x.ndim == len(self.input_shape) and tuple(x.shape) == self.input_shape:
-            raise InputError(f"received one sample of shape {tuple(x.shape)} without a batch "
-                             f"axis; {want}; use x[None]")
-        if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
-            raise InputError(f"received shape {tuple(x.shape)}; {want}")
+        if x.ndim == len(shape) and tuple(x.shape) == shape:
+            raise InputError(f"{label}received one sample of shape {tuple(x.shape)} without a "
+                             f"batch axis; {want}; use x[None]")
+        if x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != shape:
+            raise InputError(f"{label}received shape {tuple(x.shape)}; {want}")
         if x.shape[0] < 1:
-            raise InputError(f"received an empty batch {tuple(x.shape)}; {want}")
+            raise InputError(f"{label}received an empty batch {tuple(x.shape)}; {want}")
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def predict(self, x, check_finite: bool = False):
         """Run the model: numpy float32 (N, ...) -> numpy array (a dict for several outputs).
+        A model with several inputs takes a dict by input name (or a list in spec order).
 
         NaN and infinities propagate as in PyTorch; ``check_finite=True`` refuses them instead,
         naming the first layer whose output is not finite.
         """
-        x = self.check_input(x)
-        if x.shape[0] * self._sample_bytes <= CHUNK_BYTES:
-            outputs = self._run(x)
+        xs = self.check_inputs(x)
+        if len(xs[0]) * self._sample_bytes <= CHUNK_BYTES:
+            outputs = self._run(xs)
         else:
-            outputs = self._run_in_chunks(x, self.chunk_size())
+            outputs = self._run_in_chunks(xs, self.chunk_size())
         if check_finite:
             from .finite import check_finite as check
 
-            check(self, x, outputs if len(outputs) > 1 else outputs[0])
+            check(self, xs, outputs if len(outputs) > 1 else outputs[0])
         if len(self.output_names) == 1:
             return outputs[0]
         return dict(zip(self.output_names, outputs))
@@ -243,47 +289,54 @@ class CompiledModel:
         fitting = [b for b in self.batch_sizes if b <= limit]
         return max(fitting) if fitting else limit
 
-    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+    def _run(self, xs: list[np.ndarray]) -> list[np.ndarray]:
         tvm, _, dev = self._open()
         args = self._device_args()
-        n = x.shape[0]
+        n = xs[0].shape[0]
         fn = f"main_b{n}" if n in self.batch_sizes else "main"
-        result = self._vm()[fn](self._input_tensor(tvm, x, dev), *args)
+        inputs = [self._input_tensor(tvm, x, dev, i) for i, x in enumerate(xs)]
+        result = self._vm()[fn](*inputs, *args)
         if len(self.output_names) == 1:
             return [self._to_numpy(result)]
         return [self._to_numpy(r) for r in result]
 
-    def _run_in_chunks(self, x: np.ndarray, chunk: int) -> list[np.ndarray]:
+    def _run_in_chunks(self, xs: list[np.ndarray], chunk: int) -> list[np.ndarray]:
         outputs = None
-        for start in range(0, x.shape[0], chunk):
-            part = self._run(x[start:start + chunk])
+        n = xs[0].shape[0]
+        for start in range(0, n, chunk):
+            part = self._run([x[start:start + chunk] for x in xs])
             if outputs is None:
-                outputs = [np.empty((x.shape[0], *p.shape[1:]), p.dtype) for p in part]
+                outputs = [np.empty((n, *p.shape[1:]), p.dtype) for p in part]
             for out, p in zip(outputs, part):
                 out[start:start + chunk] = p
         return outputs
 
-    def _input_tensor(self, tvm, x: np.ndarray, dev):
-        """``x`` on the device. On the CPU it is copied into a tensor this thread keeps for its
-        shape (allocating one per call cost more than a small model's kernels)."""
+    def _input_tensor(self, tvm, x: np.ndarray, dev, index: int):
+        """Input ``index`` on the device. On the CPU it is copied into a tensor this thread
+        keeps for its shape (allocating one per call cost more than a small model's kernels)."""
         if self.target == "cuda":
             return tvm.runtime.tensor(x, dev)
-        held = getattr(self._local, "input", None)
+        held_inputs = self._held_inputs()
+        held = held_inputs.get(index)
         if held is None or held[0].shape != x.shape:
             tensor = tvm.runtime.empty(x.shape, "float32", dev)
-            held = self._local.input = (np.from_dlpack(tensor), tensor)
+            held = held_inputs[index] = (np.from_dlpack(tensor), tensor)
         np.copyto(held[0], x)
         return held[1]
+
+    def _held_inputs(self) -> dict:
+        if not hasattr(self._local, "inputs"):
+            self._local.inputs = {}
+        return self._local.inputs
 
     def _to_numpy(self, result) -> np.ndarray:
         """The output as numpy: on the CPU the tensor itself, shared (the VM does not reuse it)."""
         if self.target == "cuda":
             return result.numpy()
         out = np.from_dlpack(result)
-        held = getattr(self._local, "input", None)
-        # an output that is the input itself (an identity at -O2) is the buffer the next call
+        # an output that is an input itself (an identity at -O2) is the buffer the next call
         # overwrites: give the caller a copy of it
-        if held is not None and np.may_share_memory(out, held[0]):
+        if any(np.may_share_memory(out, held[0]) for held in self._held_inputs().values()):
             return out.copy()
         return out
 

@@ -34,7 +34,8 @@ from ..suggest import did_you_mean, one_of
 from .train_config import OPTIMIZERS, Schedule, TrainConfig
 from .yaml_source import MAX_FILE_BYTES, YamlList, YamlMap, gc_paused, parse_yaml
 
-TOP_KEYS = ("name", "input", "blocks", "layers", "outputs", "train", "description")
+TOP_KEYS = ("name", "input", "inputs", "blocks", "layers", "outputs", "train", "description")
+MAX_INPUTS = 64
 LAYER_RESERVED = ("type", "name", "inputs")
 INSTANCE_RESERVED = ("type", "name", "inputs", "repeat")
 BLOCK_KEYS = ("params", "layers", "output", "description")
@@ -79,13 +80,18 @@ class Spec:
 
     name: str
     path: str
-    input_shape: tuple[int, ...]
-    input_loc: SourceLoc
+    inputs: dict[str, tuple[int, ...]]  # input name -> per-sample shape, in spec order
+    input_locs: dict[str, SourceLoc]
     layers: list[LayerDecl]
     outputs: list[str]
     train: TrainConfig
     text: str
     warnings: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The first input's per-sample shape (the only one of an ``input:`` spec)."""
+        return next(iter(self.inputs.values()))
 
     @property
     def source_lines(self) -> list[str]:
@@ -121,7 +127,8 @@ class SpecParser:
         self.sink = DiagnosticSink(text.splitlines())
         self.blocks: dict[str, Block] = {}
         self.decls: list[LayerDecl] = []
-        self.produced: dict[str, SourceLoc] = {"input": SourceLoc(path, 1, 1)}
+        self.produced: dict[str, SourceLoc] = {}  # every name taken, with where
+        self.input_names: list[str] = []
         self.aliases: dict[str, str] = {}  # every name a later layer may use -> its output
         self.expanded = 0  # layer entries expanded so far, blocks and repeats included
         self.suggest_work = MAX_SUGGEST_WORK  # names 'did you mean' may still compare
@@ -169,7 +176,7 @@ class SpecParser:
                            expected="one of: " + ", ".join(TOP_KEYS),
                            fix=self.did_you_mean(key, TOP_KEYS) or f"remove '{key}'")
         name = self.parse_name(doc)
-        input_shape = self.parse_input(doc)
+        inputs, input_locs = self.parse_inputs(doc)
         self.parse_blocks(doc.get("blocks"), doc)
         layers = doc.get("layers")
         last = None
@@ -180,12 +187,12 @@ class SpecParser:
                        expected="a list of layers such as {type: conv2d, filters: 16, kernel: 3}",
                        fix="add 'layers:' with one '- {type: ...}' line per layer")
         else:
-            last = self.expand(layers, Scope())
+            last = self.expand(layers, Scope(input_name=next(iter(inputs))))
         outputs = self.parse_outputs(doc, last)
         train = self.parse_train(doc.get("train"), doc.loc_of("train"))
         self.sink.raise_if_errors()
-        return Spec(name, self.path, input_shape, doc.loc_of("input"), self.decls, outputs,
-                    train, self.text, self.sink.warnings)
+        return Spec(name, self.path, inputs, input_locs, self.decls, outputs, train, self.text,
+                    self.sink.warnings)
 
     def parse_name(self, doc: YamlMap) -> str:
         default = safe_name(Path(self.path).stem, "model")
@@ -203,6 +210,84 @@ class SpecParser:
             return default
         return str(name)
 
+    def parse_inputs(self, doc: YamlMap) -> tuple[dict, dict]:
+        """``input: [C, H, W]`` (one input, named ``input``) or ``inputs:``, a mapping of names
+        to shapes: ``inputs: {image: [3, 64, 64], side: [8]}``. Layers name an input as they
+        name a layer; the first layer reads the first input unless it says otherwise."""
+        if "inputs" not in doc:
+            shape, loc = self.parse_input(doc), doc.loc_of("input")
+            self.produced["input"] = loc
+            self.input_names = ["input"]
+            return {"input": shape}, {"input": loc}
+        if "input" in doc:
+            self.error("a spec has 'input' or 'inputs', not both", doc.key_loc("inputs"),
+                       fix="name every input under 'inputs', or keep 'input' alone")
+        raw = doc["inputs"]
+        if not isinstance(raw, YamlMap) or not raw or len(raw) > MAX_INPUTS:
+            self.error(f"'inputs' must map input names to shapes, received {_brief(raw)}",
+                       doc.loc_of("inputs"),
+                       expected=f"a mapping of 1 to {MAX_INPUTS} names to per-sample shapes",
+                       fix="write e.g. inputs: {image: [3, 64, 64], side: [8]}")
+            return {"input": (1,)}, {"input": doc.loc_of("inputs")}
+        shapes, locs = {}, {}
+        for key, value in raw.items():
+            name = self.input_name(key, raw)
+            shape = self.named_input_shape(value, raw.loc_of(key), f"'inputs.{_shorten(str(key))}'")
+            if name is not None and shape is not None:
+                self.warn_if_channels_last(shape, raw.loc_of(key))
+                shapes[name], locs[name] = shape, raw.loc_of(key)
+                self.produced[name] = raw.key_loc(key)
+                self.aliases[name] = name
+        self.input_names = list(shapes)
+        return (shapes, locs) if shapes else ({"input": (1,)}, {"input": raw.loc})
+
+    def input_name(self, key, raw: YamlMap) -> str | None:
+        problem = name_problem(str(key), "image") if isinstance(key, (str, int)) and \
+            not isinstance(key, bool) else FieldError(f"is {_brief(key)}, not a name")
+        if problem is None and key == "input":
+            problem = FieldError("is 'input', which layers use for the first input",
+                                 fix="choose another name, e.g. image")
+        if problem is not None:
+            self.error(f"the input name {problem.message}", raw.key_loc(key),
+                       expected=problem.expected, fix=problem.fix)
+            return None
+        return str(key)
+
+    def named_input_shape(self, value, loc, what: str) -> tuple[int, ...] | None:
+        """One named input's shape: ``[C, H, W]`` or ``{shape: [C, H, W]}``."""
+        if isinstance(value, YamlMap):
+            extra = [k for k in value if k not in ("shape", "batched")]
+            if extra or "shape" not in value:
+                self.error(f"{what}: a mapping takes 'shape' (and 'batched'), received "
+                           f"{_brief(value)}", loc, fix="write e.g. {shape: [3, 64, 64]}")
+                return None
+            if value.get("batched", True) is not True:
+                self.error(f"{what}: inputs without the batch axis (batched: false) are not "
+                           "built yet: every input is a batch of samples", value.loc_of("batched"),
+                           fix="remove 'batched: false' and give the input a batch axis")
+                return None
+            value, loc = value["shape"], value.loc_of("shape")
+        try:
+            return self.shape_of(value)
+        except FieldError as exc:
+            self.error(f"{what}: {exc.message}", loc,
+                       expected="a list of 1 to 3 positive integers: [C, H, W], [C, T] or [F]",
+                       fix=exc.fix or "write e.g. [3, 64, 64]")
+            return None
+
+    @staticmethod
+    def shape_of(value) -> tuple[int, ...]:
+        if not isinstance(value, list) or not 1 <= len(value) <= 3:
+            raise FieldError(f"received {_brief(value)}")
+        for v in value:
+            if v is None:
+                raise FieldError("received null for a size", fix="give every size; inputs "
+                                 "whose leading size varies (batched: false) are not built yet")
+            if isinstance(v, int) and v > MAX_SIZE:
+                raise FieldError(f"{show_int(v)} is larger than any input cnnc accepts "
+                                 f"(at most {MAX_SIZE:,} per axis)")
+        return tuple(positive_int(v) for v in value)
+
     def parse_input(self, doc: YamlMap) -> tuple[int, ...]:
         if "input" not in doc:
             self.error("missing required key 'input'", doc.loc,
@@ -211,13 +296,7 @@ class SpecParser:
             return (1,)
         value = doc["input"]
         try:
-            if not isinstance(value, list) or not 1 <= len(value) <= 3:
-                raise FieldError(f"received {_brief(value)}")
-            for v in value:
-                if isinstance(v, int) and v > MAX_SIZE:
-                    raise FieldError(f"{show_int(v)} is larger than any input cnnc accepts "
-                                     f"(at most {MAX_SIZE:,} per axis)")
-            shape = tuple(positive_int(v) for v in value)
+            shape = self.shape_of(value)
         except FieldError as exc:
             self.error(f"'input': {exc.message}", doc.loc_of("input"),
                        expected="a list of 1 to 3 positive integers: [C, H, W], [C, T] or [F]",
@@ -260,12 +339,12 @@ class SpecParser:
             if problem is not None:
                 self.error(f"output name '{_shorten(name)}' {problem.message}", where,
                            expected=problem.expected, fix="list the name of a layer")
-            elif name == "input" or resolved == "input":
+            elif name == "input" or resolved in self.input_names:
                 self.error(f"output '{name}' is the model's input, not a layer", where,
                            expected="names of layers whose values the model returns",
                            fix="list a layer, or add {type: identity} and list that")
             elif resolved is None:
-                options = [n for n in self.aliases if n != "input"]
+                options = [n for n in self.aliases if n not in self.input_names]
                 self.error(f"output '{_shorten(name)}' is not a layer of this spec", where,
                            expected="names of layers whose values the model returns",
                            fix=self.did_you_mean(name, options) or "check the spelling")
@@ -467,7 +546,12 @@ class SpecParser:
         for j, item in enumerate(items):
             item_loc = items.loc_of(j) if isinstance(items, YamlList) else where
             ref = str(item) if isinstance(item, (str, int)) else _brief(item)
-            if ref == "input":
+            if ref == "input" and not scope.prefix and len(self.input_names) > 1:
+                self.error("'input' is ambiguous: this spec has inputs "
+                           f"{', '.join(self.input_names)}", item_loc, scope.prefix + name,
+                           ltype, fix=f"name one of them, e.g. inputs: [{self.input_names[0]}]",
+                           notes=scope.notes)
+            elif ref == "input":
                 out.append(scope.input_name)
             elif ref in local:
                 out.append(local[ref])

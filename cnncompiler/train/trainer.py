@@ -165,8 +165,9 @@ class Trainer:
         return optim.learning_rate(self.base_lr, s, self.epoch, epochs)
 
     def check_batch(self, x, y):
-        x = self.model.check_input(x)
-        return x, self.check_labels(y, x.shape[0])
+        """The inputs (a list, one array per model input) and labels of one batch, checked."""
+        xs = self.model.check_inputs(x)
+        return xs, self.check_labels(y, xs[0].shape[0])
 
     def check_labels(self, y, n: int):
         """The labels of ``n`` samples, checked against the loss and the model's output."""
@@ -189,14 +190,13 @@ class Trainer:
         """One update on one batch; returns (loss, number of correct predictions)."""
         import tvm
 
-        x, y = self.check_batch(x, y)
+        xs, y = self.check_batch(x, y)
         vm, sig, dev = self._step_function()
         hyper = optim.hyper_vector(self.optimizer, self.current_lr(),
                                    self.step - self.state_start)
-        host = [x, y, hyper] + self._masks(sig, x.shape[0])
-        args = [tvm.runtime.tensor(a, dev) for a in host[:3]]
+        args = [tvm.runtime.tensor(a, dev) for a in [*xs, y, hyper]]
         args += [self._device[k] for k in sig.params + sig.buffers + sig.state]
-        args += [tvm.runtime.tensor(m, dev) for m in host[3:]]
+        args += [tvm.runtime.tensor(m, dev) for m in self._masks(sig, xs[0].shape[0])]
         out = vm["train_step"](*args)
         loss = float(out[0].numpy()[0])
         grad_sq, new_sq = out[2].numpy()
@@ -242,16 +242,16 @@ def fit(trainer: Trainer, x, y, epochs=None, batch_size=None, validation_data=No
         raise InputError(f"epochs must be a non-negative integer; received {epochs!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer; received {batch_size!r}")
-    x = trainer.model.check_input(x)
+    xs = trainer.model.check_inputs(x)
     y = np.asarray(y)
-    if len(y) != len(x):
-        raise InputError(f"x has {len(x)} samples but y has {len(y)}")
+    if len(y) != len(xs[0]):
+        raise InputError(f"x has {len(xs[0])} samples but y has {len(y)}")
     if validation_split:
         if validation_data is not None:
             raise InputError("give validation_data or validation_split, not both")
-        x, y, validation_data = split_off_validation(x, y, validation_split)
+        xs, y, validation_data = split_off_validation(xs, y, validation_split)
     trainer.check_labels(y, len(y))  # wrong labels are found before the step compiles
-    n = len(x)
+    n = len(y)
     trainer.steps_per_epoch = -(-n // batch_size)
     trainer.total_epochs = trainer.epoch + epochs
     if epochs:
@@ -260,24 +260,31 @@ def fit(trainer: Trainer, x, y, epochs=None, batch_size=None, validation_data=No
     history = History()
     cbs.on_train_begin({})
     try:
-        _train_epochs(trainer, x, y, n, epochs, batch_size, validation_data, shuffle, cbs,
+        _train_epochs(trainer, xs, y, n, epochs, batch_size, validation_data, shuffle, cbs,
                       history)
     finally:
         cbs.on_train_end({})  # also after an error: callbacks release what they hold
     return history
 
 
-def split_off_validation(x, y, fraction: float):
+def split_off_validation(xs: list, y, fraction: float):
     """Keras's ``validation_split``: the last ``fraction`` of the samples, before shuffling,
     held out (shuffle the data first if it is ordered by class)."""
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or \
             not 0.0 < fraction < 1.0:
         raise InputError(f"validation_split must be a fraction in (0, 1); received {fraction!r}")
-    cut = len(x) - int(round(len(x) * fraction))
-    if cut < 1 or cut == len(x):
-        raise InputError(f"validation_split {fraction} of {len(x)} samples leaves "
-                         f"{len(x) - cut} for validation and {cut} for training; both need one")
-    return x[:cut], y[:cut], (x[cut:], y[cut:])
+    n = len(y)
+    cut = n - int(round(n * fraction))
+    if cut < 1 or cut == n:
+        raise InputError(f"validation_split {fraction} of {n} samples leaves "
+                         f"{n - cut} for validation and {cut} for training; both need one")
+    return [x[:cut] for x in xs], y[:cut], (model_input([x[cut:] for x in xs]), y[cut:])
+
+
+def model_input(xs: list):
+    """What ``predict`` and ``train_step`` take for these arrays: the array of a one-input
+    model, the list of a model with several."""
+    return xs[0] if len(xs) == 1 else xs
 
 
 def _compile_step(trainer: Trainer, verbose: int) -> None:
@@ -293,7 +300,7 @@ def _compile_step(trainer: Trainer, verbose: int) -> None:
               flush=True)
 
 
-def _train_epochs(trainer, x, y, n, epochs, batch_size, validation_data, shuffle, cbs,
+def _train_epochs(trainer, xs, y, n, epochs, batch_size, validation_data, shuffle, cbs,
                   history) -> None:
     for _ in range(epochs):
         epoch = trainer.epoch
@@ -301,8 +308,8 @@ def _train_epochs(trainer, x, y, n, epochs, batch_size, validation_data, shuffle
         cbs.on_epoch_begin(epoch, {"lr": lr, "samples": n})
         total_loss, total_correct, seen, start = 0.0, 0.0, 0, time.perf_counter()
         for idx in batches(n, batch_size, shuffle, trainer.seed, epoch):
-            xb = np.ascontiguousarray(x[idx])
-            loss, correct = trainer.train_step(xb, y[idx])
+            batch = [np.ascontiguousarray(x[idx]) for x in xs]
+            loss, correct = trainer.train_step(model_input(batch), y[idx])
             total_loss += loss * len(idx)
             total_correct += correct
             seen += len(idx)
@@ -323,6 +330,11 @@ def _train_epochs(trainer, x, y, n, epochs, batch_size, validation_data, shuffle
             break
 
 
+def _first_output(model, result):
+    """The output the loss reads (training takes one output)."""
+    return result[model.output_names[0]] if isinstance(result, dict) else result
+
+
 def evaluate(model, x, y, batch_size: int = 256, loss: str | None = None,
              label_smoothing: float | None = None) -> dict:
     """Loss (and accuracy for classification) of the model on (x, y), at inference."""
@@ -331,10 +343,12 @@ def evaluate(model, x, y, batch_size: int = 256, loss: str | None = None,
     if loss not in LOSSES:
         raise TrainingError(f"unknown loss '{loss}'; use one of {', '.join(LOSSES)}")
     smoothing = cfg.label_smoothing if label_smoothing is None else label_smoothing
-    x = model.check_input(x)
+    xs = model.check_inputs(x)
     y = np.asarray(y)
-    if len(y) != len(x):
-        raise InputError(f"x has {len(x)} samples but y has {len(y)}")
-    outs = np.concatenate([model.predict(np.ascontiguousarray(x[i:i + batch_size]))
-                           for i in range(0, len(x), batch_size)]).astype(np.float64)
+    n = len(xs[0])
+    if len(y) != n:
+        raise InputError(f"x has {n} samples but y has {len(y)}")
+    outs = np.concatenate([_first_output(model, model.predict(model_input(
+        [np.ascontiguousarray(x[i:i + batch_size]) for x in xs])))
+        for i in range(0, n, batch_size)]).astype(np.float64)
     return LOSSES[loss].reference(outs, y, smoothing)
