@@ -17,6 +17,7 @@ from cnncompiler.errors import CompileError
 from cnncompiler.graph import layer_node, topo_layers
 from cnncompiler.graph.layouts import layout_shape
 from cnncompiler.graph.signature import kernel_name, kernel_signature, prepared_shapes
+from cnncompiler.layers import BATCH
 
 from .rules import rules_for
 
@@ -25,9 +26,14 @@ FLOAT = "float32"
 
 def input_vars(g: nx.DiGraph, n, dtype: str = FLOAT) -> dict[str, relax.Var]:
     """The model's inputs as Relax parameters, in spec order: each a batch of ``n`` samples
-    (``n`` a symbolic size, or a number for a specialised function)."""
+    (``n`` a symbolic size, or a number for a specialised function), or, for an input without
+    the batch axis, a symbolic number of rows of its own."""
+    def rows(name):
+        return n if layer_node(g, name).lead == BATCH else tirx.Var(f"{kernel_name(name)}_rows",
+                                                                    "int64")
+
     return {name: relax.Var(kernel_name(name), relax.TensorType(
-        [n, *layer_node(g, name).shape], dtype)) for name in g.graph["inputs"]}
+        [rows(name), *layer_node(g, name).shape], dtype)) for name in g.graph["inputs"]}
 
 
 def emit_function(bb: relax.BlockBuilder, g: nx.DiGraph, name: str, batch: int | None,

@@ -21,6 +21,7 @@ from tvm import relax, te, tirx
 from cnncompiler.errors import CompileError
 from cnncompiler.graph import layer_node, param_names, topo_layers
 from cnncompiler.graph.signature import kernel_name
+from cnncompiler.layers import BATCH
 from cnncompiler.spec.losses import LOSSES
 from cnncompiler.spec.train_config import HYPER_SIZE
 
@@ -69,6 +70,16 @@ def train_signature(g: nx.DiGraph, optimizer: str) -> TrainSignature:
     return sig
 
 
+def rows_vars(g: nx.DiGraph, xs: dict, n) -> dict:
+    """The size of each kind of leading axis: ``n`` samples for BATCH, and each unbatched
+    input's own number of rows (its Relax parameter's first dimension)."""
+    rows = {BATCH: n}
+    for name, x in xs.items():
+        if layer_node(g, name).lead != BATCH:
+            rows[name] = x.ty.shape.values[0]
+    return rows
+
+
 def _item(bb, tup, i):
     return bb.emit(relax.TupleGetItem(tup, i))
 
@@ -89,14 +100,17 @@ def emit_train_step(bb: relax.BlockBuilder, g: nx.DiGraph, loss: str, optimizer:
     out_shape = layer_node(g, out_node).shape
     n = tirx.Var("n", "int64")
     xs = input_vars(g, n, dtype)
+    rows = rows_vars(g, xs, n)
     loss_type = LOSSES[loss]
     problem = loss_type.output_problem(out_node, out_shape)
     if problem:
         raise CompileError(problem)
+    # one label per row of the output: per sample, or per box after a RoI layer
+    out_rows = rows[layer_node(g, out_node).lead]
     if loss_type.integer_labels:
-        y = relax.Var("y", relax.TensorType([n], "int32"))
+        y = relax.Var("y", relax.TensorType([out_rows], "int32"))
     else:
-        y = relax.Var("y", relax.TensorType([n, *out_shape], dtype))
+        y = relax.Var("y", relax.TensorType([out_rows, *out_shape], dtype))
     hyper = relax.Var("hyper", relax.TensorType([HYPER_SIZE], dtype))
 
     def var(key, shape):
@@ -104,8 +118,8 @@ def emit_train_step(bb: relax.BlockBuilder, g: nx.DiGraph, loss: str, optimizer:
 
     pvars = {p: var(p, sig.shapes[p]) for p in sig.params + sig.buffers}
     svars = {s: var(s, sig.shapes[s]) for s in sig.state}
-    mvars = {m: relax.Var(kernel_name("mask_" + m), relax.TensorType([n, *shape], dtype))
-             for m, shape in sig.masks}
+    mvars = {m: relax.Var(kernel_name("mask_" + m), relax.TensorType(
+        [rows[layer_node(g, m).lead], *shape], dtype)) for m, shape in sig.masks}
     inputs = [*xs.values(), y, hyper, *pvars.values(), *svars.values(), *mvars.values()]
     with bb.function(name, inputs):
         with bb.dataflow():

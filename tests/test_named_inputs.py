@@ -84,7 +84,10 @@ LAYERS = "layers:\n  - {type: flatten}\n"
     ("inputs: {input: [3]}\n", 1, "the input name is 'input'"),
     ("inputs: {a: [0, 2]}\n", 1, "'inputs.a': received 0"),
     ("inputs: {a: {shape: [null, 5], batched: false}}\n", 1,
-     "inputs without the batch axis (batched: false) are not built yet"),
+     "every input is without the batch axis"),
+    ("inputs: {a: [3], b: {shape: [5], batched: false}}\n", 1,
+     "an input without the batch axis starts with null"),
+    ("inputs: {a: [3], b: {shape: [null, 5], batched: 0}}\n", 1, "'batched' is true or false"),
     ("inputs: {a: [null, 5]}\n", 1, "received null for a size"),
     ("inputs: {a: {size: [3]}}\n", 1, "a mapping takes 'shape'"),
 ])
@@ -220,3 +223,81 @@ def test_a_model_of_two_inputs_compiles_for_cuda(spec_file, tmp_path):
     pytest.importorskip("tvm", reason="the TVM compiler is not installed")
     manifest = cc.compile(spec_file, target="cuda", output_dir=tmp_path / "cuda").manifest
     assert [i["name"] for i in manifest["inputs"]] == ["image", "side"]
+
+
+# -- inputs without the batch axis -------------------------------------------------------------
+
+ROWS = """\
+name: rows
+inputs:
+  image: [3, 8, 8]
+  boxes: {shape: [null, 4], batched: false}
+layers:
+  - {name: conv, type: conv2d, filters: 2, kernel: 3}
+  - {name: pool, type: global_avgpool}
+  - {name: flat, type: flatten}
+  - {name: per_image, type: dense, units: 2}
+  - {name: b1, type: dense, units: 6, inputs: [boxes], activation: relu}
+  - {name: bn, type: batchnorm}
+  - {name: drop, type: dropout, rate: 0.3}
+  - {name: per_box, type: dense, units: 3}
+outputs: [per_box, per_image]
+"""
+
+
+@pytest.fixture(scope="module")
+def rows_spec(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rows") / "rows.yaml"
+    path.write_text(ROWS)
+    return path
+
+
+def test_an_unbatched_input_carries_its_own_leading_axis(rows_spec, tmp_path):
+    g, _ = cc.check(rows_spec)
+    assert [layer_node(g, n).lead for n in ("image", "boxes", "flat", "b1", "per_box")] == \
+        ["N", "boxes", "N", "boxes", "boxes"]
+    text = check_text(tmp_path, ROWS.replace("outputs: [per_box, per_image]",
+                                             "  - {name: mix, type: concat, inputs: [flat, b1]}"))
+    assert "layer 'mix' (concat): its inputs count different things along their first axis " \
+        "(the batch's samples, the rows of 'boxes')" in text
+    from cnncompiler.graph.summary import format_table, summarize
+
+    assert "boxes x (3,)" in format_table(summarize(g))
+
+
+def test_rows_of_any_number_run_and_equal_the_reference(rows_spec):
+    pytest.importorskip("tvm", reason="the TVM compiler is not installed")
+    model = cc.compile(rows_spec, batch_sizes=(2,))
+    assert "boxes: float32[R_boxes, 4]" in model.signature()
+    assert "'per_box': float32[R_boxes, 3]" in model.signature()
+    rng = np.random.default_rng(0)
+    for boxes in (7, 1, 30):
+        x = {"image": rng.standard_normal((2, 3, 8, 8)).astype(np.float32),
+             "boxes": rng.standard_normal((boxes, 4)).astype(np.float32)}
+        got = model.predict(x)
+        want = run_reference(model.graph, x, model.params)
+        assert got["per_box"].shape == (boxes, 3) and got["per_image"].shape == (2, 2)
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="input 'boxes': received no rows"):
+        model.predict({"image": x["image"], "boxes": np.zeros((0, 4), np.float32)})
+    assert model.manifest["inputs"][1]["shape"] == ["R_boxes", 4]
+
+
+def test_training_steps_take_one_label_per_row(rows_spec, tmp_path):
+    pytest.importorskip("tvm", reason="the TVM compiler is not installed")
+    spec = tmp_path / "one_output.yaml"
+    spec.write_text(ROWS.replace("outputs: [per_box, per_image]\n", "") +
+                    "train:\n  optimizer: {type: sgd, lr: 0.2}\n")
+    model = cc.compile(spec)
+    rng = np.random.default_rng(1)
+    x = {"image": rng.standard_normal((3, 3, 8, 8)).astype(np.float32),
+         "boxes": rng.standard_normal((10, 4)).astype(np.float32)}
+    y = np.arange(10) % 3
+    losses = [model.train_step(x, y) for _ in range(8)]
+    assert losses[-1] < losses[0]
+    assert set(model.evaluate(x, y)) == {"loss", "accuracy"}
+    with pytest.raises(InputError, match=r"labels must be class indices of shape \(10,\)"):
+        model.train_step(x, y[:3])
+    with pytest.raises(InputError, match="form the batches yourself and call train_step"):
+        model.fit(x, y)

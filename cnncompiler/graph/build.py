@@ -29,8 +29,8 @@ def build_graph(spec: Spec) -> nx.DiGraph:
                    input_shape=spec.input_shape, outputs=list(spec.outputs), train=spec.train,
                    text=spec.text)
     for name, shape in spec.inputs.items():
-        g.add_node(name, layer=Input(shape=shape), inputs=(), loc=spec.input_locs[name],
-                   notes=())
+        g.add_node(name, layer=Input(shape=shape, batched=name not in spec.unbatched), inputs=(),
+                   loc=spec.input_locs[name], notes=())
     for decl in spec.layers:
         g.add_node(decl.name, layer=decl.layer, loc=decl.loc, notes=decl.notes)
         set_inputs(g, decl.name, decl.inputs)
@@ -76,6 +76,12 @@ class LayerNode:
     def shape(self) -> tuple[int, ...] | None:
         """The per-sample output shape; None before the checker ran."""
         return self._attrs.get("shape")
+
+    @property
+    def lead(self) -> str | None:
+        """Whose rows the leading axis counts: ``BATCH``, or the name of an input without a
+        batch axis (``rois``) for the layers that work on its rows; None before the checker."""
+        return self._attrs.get("lead")
 
     @property
     def param_specs(self) -> dict:

@@ -13,7 +13,7 @@ import math
 import networkx as nx
 
 from ..errors import Diagnostic, DiagnosticSink, ShapeError, SpecError
-from ..layers import GLOBAL, ShapeNotes, fmt_shape
+from ..layers import BATCH, GLOBAL, ShapeNotes, fmt_shape
 from ..spec import Spec, load_spec
 from ..spec.losses import LOSSES
 from .build import build_graph, topo_layers
@@ -63,6 +63,7 @@ def infer_shapes(g: nx.DiGraph, strict: bool = False) -> list[Diagnostic]:
             continue
         notes = ShapeNotes()
         try:
+            lead = _lead(g, name, layer)
             shape = layer.infer_shape(in_shapes, notes)
         except ShapeError as exc:
             if len(in_shapes) > 1:
@@ -92,11 +93,19 @@ def infer_shapes(g: nx.DiGraph, strict: bool = False) -> list[Diagnostic]:
                 "check filters, units and kernel sizes: this looks like a typo")))
             continue
         node["shape"] = tuple(shape)
+        node["lead"] = lead
         node["in_shapes"] = [tuple(s) for s in in_shapes]
         node["param_specs"] = specs
         node["flops"] = layer.flops(in_shapes, shape)
     diags += _dead_layer_warnings(g)
     return diags
+
+
+def _lead(g: nx.DiGraph, name: str, layer) -> str:
+    """Whose rows the layer's leading axis counts (see ``Layer.leading_axis``)."""
+    if not g.nodes[name]["inputs"]:  # a model input
+        return BATCH if layer.batched else name
+    return layer.leading_axis([g.nodes[src]["lead"] for src in g.nodes[name]["inputs"]])
 
 
 def _dead_layer_warnings(g: nx.DiGraph) -> list[Diagnostic]:

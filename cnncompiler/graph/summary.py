@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from ..layers import fmt_shape
+from ..layers import BATCH, fmt_shape
 from .build import layer_node, topo_layers
 from .check import BYTES_PER_VALUE, human_bytes, receptive_fields
 
@@ -31,6 +31,7 @@ def summarize(g: nx.DiGraph) -> dict:
             "type": node.layer.type_name,
             "inputs": list(node.inputs),
             "output_shape": list(shape),
+            "rows": node.lead,  # 'N': per sample of the batch; else per row of that input
             "params": sum(s.size for s in specs.values() if s.trainable),
             "buffers": sum(s.size for s in specs.values() if not s.trainable),
             "flops": node.flops,
@@ -62,10 +63,17 @@ def _si(n: float) -> str:
     return str(int(n))
 
 
+def _output(row: dict) -> str:
+    """``(256, 7, 7)`` per sample, ``rois x (256, 7, 7)`` per row of an input without the
+    batch axis."""
+    shape = fmt_shape(tuple(row["output_shape"]))
+    return shape if row["rows"] in (BATCH, None) else f"{row['rows']} x {shape}"
+
+
 def format_table(summary: dict) -> str:
     """A fixed-width table of the summary, one row per layer, then totals."""
     head = ("layer", "type", "output", "params", "FLOPs", "RF", "stride", "act. mem")
-    body = [(r["name"], r["type"], fmt_shape(tuple(r["output_shape"])), f"{r['params']:,}",
+    body = [(r["name"], r["type"], _output(r), f"{r['params']:,}",
              _si(r["flops"]), _axes(r["receptive_field"]), _axes(r["stride"]),
              human_bytes(r["activation_bytes"])) for r in summary["layers"]]
     widths = [max(len(str(row[i])) for row in [head] + body) for i in range(len(head))]

@@ -7,14 +7,14 @@ for its keys, ``ParamSpec`` for its weights.
 """
 
 from . import activation, adaptive, conv, dense, fused, merge, norm, pool  # noqa: F401  (registers the types)
-from .base import (GLOBAL, LAYER_TYPES, Layer, ParamSpec, Shape, ShapeNotes, Window, fmt_shape,
-                   register)
+from .base import (BATCH, GLOBAL, LAYER_TYPES, Layer, ParamSpec, Shape, ShapeNotes, Window,
+                   fmt_shape, register)
 from .fields import (boolean, choice, int_tuple, integer, non_negative_int, non_negative_number,
                      number, option, positive_int, positive_number, probability)
 from .input import Input
 from .pointwise import Pointwise
 
-__all__ = ["GLOBAL", "LAYER_TYPES", "Input", "Layer", "ParamSpec", "Pointwise", "Shape",
+__all__ = ["BATCH", "GLOBAL", "LAYER_TYPES", "Input", "Layer", "ParamSpec", "Pointwise", "Shape",
            "ShapeNotes", "Window", "boolean", "choice", "fmt_shape", "int_tuple", "integer",
            "non_negative_int", "non_negative_number", "number", "option", "positive_int",
            "positive_number", "probability", "register"]

@@ -75,6 +75,9 @@ class Window:
 GLOBAL = Window((), ())  # sentinel: every output sees the whole input
 
 
+BATCH = "N"  # the leading axis of a batch of samples (every input's, unless batched: false)
+
+
 class ShapeNotes:
     """Warnings a shape rule raises without failing (a stride that leaves rows unread)."""
 
@@ -102,6 +105,21 @@ class Layer:
     # -- shape rule ---------------------------------------------------------------------
     def infer_shape(self, in_shapes: list[Shape], notes: ShapeNotes) -> Shape:
         raise NotImplementedError
+
+    def leading_axis(self, in_leads: list[str]) -> str:
+        """Whose rows the output's leading axis counts: ``BATCH`` (the samples of a batch), or
+        the name of an input without a batch axis (the R boxes of ``rois``) that the layer
+        works row by row on. Inputs of two kinds do not mix unless a layer says how (a RoI
+        pool reads a batch of feature maps and gives one row per box)."""
+        if any(lead != in_leads[0] for lead in in_leads):
+            counted = ", ".join(dict.fromkeys(
+                "the batch's samples" if lead == BATCH else f"the rows of '{lead}'"
+                for lead in in_leads))
+            raise ShapeError(f"its inputs count different things along their first axis "
+                             f"({counted})", "inputs whose first axes count the same rows",
+                             "join tensors of the same rows; a roi_pool or roi_align turns "
+                             "feature maps of the batch into one row per box")
+        return in_leads[0] if in_leads else BATCH
 
     # -- parameters and cost --------------------------------------------------------------
     def params(self, in_shapes: list[Shape]) -> dict[str, ParamSpec]:

@@ -7,9 +7,13 @@ from .base import Layer, register
 
 @register("input", internal=True)
 class Input(Layer):
-    """The per-sample input shape of the spec's ``input:`` key; not written as a layer."""
+    """An input of the spec (``input:``, or one of ``inputs:``); not written as a layer.
+    ``shape`` is per sample; an input with ``batched: false`` has no batch axis: its first
+    axis counts rows of its own (R boxes), whose number varies from call to call, and
+    ``shape`` is what follows it."""
 
     shape: tuple = ()
+    batched: bool = True
 
     min_inputs = 0
     max_inputs = 0

@@ -57,7 +57,9 @@ def check_finite(model, xs: list[np.ndarray], output) -> None:
     rerun = "" if len(rows) <= MAX_SAMPLES else \
         f" (the first {MAX_SAMPLES} samples with a non-finite output were run again)"
     rows = rows[:MAX_SAMPLES]
-    found = _locate(model, [np.ascontiguousarray(x[rows]) for x in xs])
+    # rows of an input without the batch axis point at samples by index: run the whole batch
+    found = _locate(model, xs if model.unbatched else
+                    [np.ascontiguousarray(x[rows]) for x in xs])
     name, y = next(iter(bad.items()))
     summary = f"output '{name}' has {_count(y)} in {_samples(y)} of the batch of {len(y)}"
     if found is None:
@@ -146,7 +148,7 @@ class KernelTrace:
         for name, x, tensor in zip(self.model.input_names, xs, data):
             self.where[tensor.data_ptr()] = name
             self.values[name] = x
-        n = len(xs[0])
+        n = self.model.batch_size(xs)
         fn = f"main_b{n}" if n in self.model.batch_sizes else "main"
         try:
             vm[fn](*data, *args)

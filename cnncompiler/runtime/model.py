@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import ArtifactError, CnncError, InputError, SpecError
 from ..graph import layer_node
+from ..layers import BATCH
 from ..graph.signature import kernel_signature
 from ..native import open_library
 from ..storage import DirectoryWriter
@@ -97,6 +98,11 @@ def as_real_array(x, want: str) -> np.ndarray:
     return x
 
 
+def _rows(lead: str) -> str:
+    """The leading axis in a signature: N samples, or R_<input> rows of an unbatched input."""
+    return "N" if lead == BATCH else f"R_{lead}"
+
+
 class CompiledModel:
     """A model compiled for one target: run it, swap its weights, save it."""
 
@@ -111,6 +117,8 @@ class CompiledModel:
         self.input_names = list(graph.graph["inputs"])
         self.input_shapes = {n: tuple(layer_node(graph, n).shape) for n in self.input_names}
         self.input_shape = self.input_shapes[self.input_names[0]]
+        # inputs without the batch axis: rows of their own (R boxes), any number per call
+        self.unbatched = [n for n in self.input_names if layer_node(graph, n).lead != BATCH]
         self.output_names = list(graph.graph["outputs"])
         self.batch_sizes = tuple(manifest.get("batch_sizes", ()))
         # every layer's output for one sample: what the activation plan holds at most
@@ -125,15 +133,18 @@ class CompiledModel:
 
     # -- description ---------------------------------------------------------------------
     def signature(self) -> str:
-        outs = ", ".join(f"'{o}': float32[N, {', '.join(map(str, layer_node(self.graph, o).shape))}]"
+        outs = ", ".join(f"'{o}': float32[{_rows(layer_node(self.graph, o).lead)}"
+                         f"{''.join(', ' + str(d) for d in layer_node(self.graph, o).shape)}]"
                          for o in self.output_names)
         return f"predict({self._expected_inputs()}) -> {{{outs}}}"
 
     def _expected_inputs(self) -> str:
         """``x: float32[N, 1, 32, 32]``, or each named input for a spec with several."""
         names = ["x"] if self.input_names == ["input"] else self.input_names
-        return ", ".join(f"{n}: float32[N, {', '.join(map(str, s))}]"
-                         for n, s in zip(names, self.input_shapes.values()))
+        return ", ".join(
+            f"{shown}: float32[{_rows(layer_node(self.graph, name).lead)}"
+            f"{''.join(', ' + str(d) for d in shape)}]"
+            for shown, (name, shape) in zip(names, self.input_shapes.items()))
 
     def __repr__(self) -> str:
         return (f"<CompiledModel '{self.graph.graph['name']}' target={self.target} "
@@ -242,12 +253,15 @@ class CompiledModel:
                              f"{len(names)} inputs: a dict by name or a list in this order; "
                              f"{want}")
         xs = [self._check_one(v, n, want) for v, n in zip(given, names)]
-        sizes = {len(v) for v in xs}
-        if len(sizes) > 1:
+        batched = [(n, v) for n, v in zip(names, xs) if n not in self.unbatched]
+        if len({len(v) for _, v in batched}) > 1:
             raise InputError(f"the inputs have different batch sizes "
-                             f"({', '.join(f'{n}: {len(v)}' for n, v in zip(names, xs))}); "
-                             f"{want}")
+                             f"({', '.join(f'{n}: {len(v)}' for n, v in batched)}); {want}")
         return xs
+
+    def batch_size(self, xs: list[np.ndarray]) -> int:
+        """The number of samples in checked inputs (the first batched input's rows)."""
+        return next(len(x) for n, x in zip(self.input_names, xs) if n not in self.unbatched)
 
     def _check_one(self, x, name: str, want: str) -> np.ndarray:
         shape = self.input_shapes[name]
@@ -259,7 +273,8 @@ class CompiledModel:
         if x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != shape:
             raise InputError(f"{label}received shape {tuple(x.shape)}; {want}")
         if x.shape[0] < 1:
-            raise InputError(f"{label}received an empty batch {tuple(x.shape)}; {want}")
+            what = "no rows" if name in self.unbatched else "an empty batch"
+            raise InputError(f"{label}received {what} {tuple(x.shape)}; {want}")
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def predict(self, x, check_finite: bool = False):
@@ -270,7 +285,9 @@ class CompiledModel:
         naming the first layer whose output is not finite.
         """
         xs = self.check_inputs(x)
-        if len(xs[0]) * self._sample_bytes <= CHUNK_BYTES:
+        # rows of an unbatched input may point at any sample (a box's batch index): such a
+        # batch runs whole
+        if self.unbatched or self.batch_size(xs) * self._sample_bytes <= CHUNK_BYTES:
             outputs = self._run(xs)
         else:
             outputs = self._run_in_chunks(xs, self.chunk_size())
@@ -292,7 +309,7 @@ class CompiledModel:
     def _run(self, xs: list[np.ndarray]) -> list[np.ndarray]:
         tvm, _, dev = self._open()
         args = self._device_args()
-        n = xs[0].shape[0]
+        n = self.batch_size(xs)
         fn = f"main_b{n}" if n in self.batch_sizes else "main"
         inputs = [self._input_tensor(tvm, x, dev, i) for i, x in enumerate(xs)]
         result = self._vm()[fn](*inputs, *args)

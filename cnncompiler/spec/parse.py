@@ -87,6 +87,7 @@ class Spec:
     train: TrainConfig
     text: str
     warnings: list[Diagnostic] = field(default_factory=list)
+    unbatched: frozenset = frozenset()  # inputs without the batch axis (batched: false)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -129,6 +130,7 @@ class SpecParser:
         self.decls: list[LayerDecl] = []
         self.produced: dict[str, SourceLoc] = {}  # every name taken, with where
         self.input_names: list[str] = []
+        self.unbatched: set[str] = set()  # inputs without the batch axis
         self.aliases: dict[str, str] = {}  # every name a later layer may use -> its output
         self.expanded = 0  # layer entries expanded so far, blocks and repeats included
         self.suggest_work = MAX_SUGGEST_WORK  # names 'did you mean' may still compare
@@ -192,7 +194,7 @@ class SpecParser:
         train = self.parse_train(doc.get("train"), doc.loc_of("train"))
         self.sink.raise_if_errors()
         return Spec(name, self.path, inputs, input_locs, self.decls, outputs, train, self.text,
-                    self.sink.warnings)
+                    self.sink.warnings, frozenset(self.unbatched))
 
     def parse_name(self, doc: YamlMap) -> str:
         default = safe_name(Path(self.path).stem, "model")
@@ -232,13 +234,22 @@ class SpecParser:
         shapes, locs = {}, {}
         for key, value in raw.items():
             name = self.input_name(key, raw)
-            shape = self.named_input_shape(value, raw.loc_of(key), f"'inputs.{_shorten(str(key))}'")
-            if name is not None and shape is not None:
-                self.warn_if_channels_last(shape, raw.loc_of(key))
+            found = self.named_input_shape(value, raw.loc_of(key),
+                                           f"'inputs.{_shorten(str(key))}'")
+            if name is not None and found is not None:
+                shape, batched = found
+                if batched:
+                    self.warn_if_channels_last(shape, raw.loc_of(key))
+                else:
+                    self.unbatched.add(name)
                 shapes[name], locs[name] = shape, raw.loc_of(key)
                 self.produced[name] = raw.key_loc(key)
                 self.aliases[name] = name
         self.input_names = list(shapes)
+        if shapes and self.unbatched == set(shapes):
+            self.error("every input is without the batch axis (batched: false)", raw.loc,
+                       expected="at least one batched input: the samples the rows belong to",
+                       fix="give the feature maps or images as a batched input")
         return (shapes, locs) if shapes else ({"input": (1,)}, {"input": raw.loc})
 
     def input_name(self, key, raw: YamlMap) -> str | None:
@@ -253,27 +264,42 @@ class SpecParser:
             return None
         return str(key)
 
-    def named_input_shape(self, value, loc, what: str) -> tuple[int, ...] | None:
-        """One named input's shape: ``[C, H, W]`` or ``{shape: [C, H, W]}``."""
+    def named_input_shape(self, value, loc, what: str):
+        """One named input: ``[C, H, W]``, or ``{shape: [...], batched: false}`` for a
+        tensor without the batch axis, ``[null, 5]``: R rows of 5, R known only when it runs
+        (the boxes of a RoI pool). Returns (per-row shape, batched) or None."""
+        batched = True
         if isinstance(value, YamlMap):
             extra = [k for k in value if k not in ("shape", "batched")]
             if extra or "shape" not in value:
                 self.error(f"{what}: a mapping takes 'shape' (and 'batched'), received "
                            f"{_brief(value)}", loc, fix="write e.g. {shape: [3, 64, 64]}")
                 return None
-            if value.get("batched", True) is not True:
-                self.error(f"{what}: inputs without the batch axis (batched: false) are not "
-                           "built yet: every input is a batch of samples", value.loc_of("batched"),
-                           fix="remove 'batched: false' and give the input a batch axis")
+            batched = value.get("batched", True)
+            if not isinstance(batched, bool):
+                self.error(f"{what}: 'batched' is true or false, received {_brief(batched)}",
+                           value.loc_of("batched"))
                 return None
             value, loc = value["shape"], value.loc_of("shape")
         try:
-            return self.shape_of(value)
+            if not batched:
+                return self.rows_shape_of(value), False
+            return self.shape_of(value), True
         except FieldError as exc:
             self.error(f"{what}: {exc.message}", loc,
-                       expected="a list of 1 to 3 positive integers: [C, H, W], [C, T] or [F]",
-                       fix=exc.fix or "write e.g. [3, 64, 64]")
+                       expected="[null, ...], rows of a size known when it runs, then 0 to 3 "
+                                "positive integers" if not batched else
+                       "a list of 1 to 3 positive integers: [C, H, W], [C, T] or [F]",
+                       fix=exc.fix or ("write e.g. {shape: [null, 5], batched: false}"
+                                       if not batched else "write e.g. [3, 64, 64]"))
             return None
+
+    def rows_shape_of(self, value) -> tuple[int, ...]:
+        """``[null, 5]``: the shape after the rows, ``(5,)``."""
+        if not isinstance(value, list) or not value or value[0] is not None:
+            raise FieldError(f"received {_brief(value)}; an input without the batch axis "
+                             "starts with null, its number of rows")
+        return self.shape_of(value[1:]) if len(value) > 1 else ()
 
     @staticmethod
     def shape_of(value) -> tuple[int, ...]:
@@ -281,8 +307,9 @@ class SpecParser:
             raise FieldError(f"received {_brief(value)}")
         for v in value:
             if v is None:
-                raise FieldError("received null for a size", fix="give every size; inputs "
-                                 "whose leading size varies (batched: false) are not built yet")
+                raise FieldError("received null for a size", fix="give every size; an input "
+                                 "of R rows known only when it runs has no batch axis: "
+                                 "{shape: [null, 5], batched: false}")
             if isinstance(v, int) and v > MAX_SIZE:
                 raise FieldError(f"{show_int(v)} is larger than any input cnnc accepts "
                                  f"(at most {MAX_SIZE:,} per axis)")

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import InputError, TrainingError
 from ..graph import layer_node
+from ..layers import BATCH
 from ..passes import optimize
 from ..spec.losses import LOSSES
 from . import optim
@@ -165,9 +166,21 @@ class Trainer:
         return optim.learning_rate(self.base_lr, s, self.epoch, epochs)
 
     def check_batch(self, x, y):
-        """The inputs (a list, one array per model input) and labels of one batch, checked."""
+        """The inputs (a list, one array per model input) and labels of one batch, checked:
+        one label per row of the output (per sample, or per box after a RoI layer)."""
         xs = self.model.check_inputs(x)
-        return xs, self.check_labels(y, xs[0].shape[0])
+        rows = self.rows(xs)
+        out_lead = layer_node(self.model.graph, self.model.output_names[0]).lead
+        return xs, self.check_labels(y, rows[out_lead])
+
+    def rows(self, xs: list) -> dict:
+        """The length of each kind of leading axis in these inputs: the batch's samples, and
+        each unbatched input's rows."""
+        model = self.model
+        rows = {BATCH: model.batch_size(xs)}
+        rows.update({name: len(x) for name, x in zip(model.input_names, xs)
+                     if name in model.unbatched})
+        return rows
 
     def check_labels(self, y, n: int):
         """The labels of ``n`` samples, checked against the loss and the model's output."""
@@ -175,14 +188,15 @@ class Trainer:
         out_shape = layer_node(model.graph, model.output_names[0]).shape
         return LOSSES[self.loss].check_labels(y, n, out_shape)
 
-    def _masks(self, sig, n: int) -> list[np.ndarray]:
+    def _masks(self, sig, rows: dict) -> list[np.ndarray]:
         if not sig.masks:
             return []
         rng = np.random.default_rng([self.seed, 1, self.step])
         out = []
         for node, shape in sig.masks:
-            rate = layer_node(self.graph, node).layer.rate
-            keep = rng.random((n, *shape)) >= rate
+            data = layer_node(self.graph, node)
+            rate = data.layer.rate
+            keep = rng.random((rows[data.lead], *shape)) >= rate
             out.append((keep / (1.0 - rate)).astype(np.float32))
         return out
 
@@ -196,7 +210,7 @@ class Trainer:
                                    self.step - self.state_start)
         args = [tvm.runtime.tensor(a, dev) for a in [*xs, y, hyper]]
         args += [self._device[k] for k in sig.params + sig.buffers + sig.state]
-        args += [tvm.runtime.tensor(m, dev) for m in self._masks(sig, xs[0].shape[0])]
+        args += [tvm.runtime.tensor(m, dev) for m in self._masks(sig, self.rows(xs))]
         out = vm["train_step"](*args)
         loss = float(out[0].numpy()[0])
         grad_sq, new_sq = out[2].numpy()
@@ -242,6 +256,11 @@ def fit(trainer: Trainer, x, y, epochs=None, batch_size=None, validation_data=No
         raise InputError(f"epochs must be a non-negative integer; received {epochs!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer; received {batch_size!r}")
+    if trainer.model.unbatched:
+        raise InputError(f"fit cuts the data into batches of samples, and the rows of "
+                         f"{', '.join(trainer.model.unbatched)} (batched: false) point at samples "
+                         "by index: form the batches yourself and call train_step(x, y) for "
+                         "each (its rows' indices counting within the batch)")
     xs = trainer.model.check_inputs(x)
     y = np.asarray(y)
     if len(y) != len(xs[0]):
@@ -345,6 +364,11 @@ def evaluate(model, x, y, batch_size: int = 256, loss: str | None = None,
     smoothing = cfg.label_smoothing if label_smoothing is None else label_smoothing
     xs = model.check_inputs(x)
     y = np.asarray(y)
+    if model.unbatched:  # rows point at samples by index: the batch runs whole
+        outs = np.asarray(_first_output(model, model.predict(model_input(xs))), np.float64)
+        if len(y) != len(outs):
+            raise InputError(f"the output has {len(outs)} rows but y has {len(y)}")
+        return LOSSES[loss].reference(outs, y, smoothing)
     n = len(xs[0])
     if len(y) != n:
         raise InputError(f"x has {n} samples but y has {len(y)}")
