@@ -114,6 +114,7 @@ def _tune_commands(sub):
 
 # Later pipeline stages add their subcommands here.
 EXTRA_COMMANDS: list = [_build_commands, _tune_commands]
+EXTRA_COMMANDS.append(lambda sub: __import__("cnncompiler.cli_interop", fromlist=["_"]).register(sub))
 
 
 def _tolerant_streams() -> None:
