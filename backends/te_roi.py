@@ -5,10 +5,20 @@ forward and backward, in NCHW, with their CPU and CUDA schedules.
 (batch_index, x1, y1, x2, y2) (R may be symbolic); the outputs are (R, C, *output_size).
 
 Each kernel first works out every box's geometry once, in small tables: its image, and per
-axis its bins' [first, last) (RoI pool) or its start, bin size and samples per bin (RoI
-align). The box arithmetic follows torchvision operation by operation in the boxes' float
-type, so the bin edges (floors and ceilings of it) are the same. The per-channel stages then
-read the tables: their bins and sample grids have extents read from them.
+axis its bins' [first, last) (RoI pool) or the weights of its bilinear samples (RoI align).
+The box arithmetic follows torchvision operation by operation in the boxes' float type, so
+bin edges (floors and ceilings of it) and sample positions are the same. The per-channel
+stages then read the tables, over extents read from them.
+
+RoI align is separable (``layers.roi.align_weights``): per box and axis, an (R, bins, size)
+table of the weight each position gets in each bin, its samples' linear weights averaged
+(computed sample by sample). The forward sums each bin over the run of positions its
+samples read; the backward gathers the same weights.
+
+The backward passes gather rather than scatter (one writer per input element, no atomics):
+per input position, the run of each box's bins that cover it, then for each input element a
+sum over the boxes of its image and over the bins that cover it. That visits every box for
+every input element (N * C * H * W * R steps, most of them empty) besides the covered terms.
 
 NOTE: the tables are not only for speed. Written inline, the box arithmetic repeats every
 subexpression in each index of each load, and TVM's buffer-region analysis of those indices
@@ -16,12 +26,6 @@ grows exponentially (a 9x11 RoI pool did not compile in ten minutes). And TVM 0.
 create_prim_func fails on a comparison of another stage's values inside a reduction's extent
 ("StructuralHash is not supported" for te.ComputeOp): the tables fold every condition in (a
 box outside the batch has no bins and no samples), so extents are min/max arithmetic.
-
-The backward passes gather rather than scatter (one writer per input element, no atomics):
-per box and input axis, the run of bins that cover each input position, then for each input
-element a sum over the boxes of its image and over the bins that cover it. RoI align's
-gradient uses its separability (``layers.roi.align_weights``): one (R, bins, size) table of
-averaged linear weights per axis.
 
 Every compute is written for any float dtype, as te_grad's. A box outside the batch, or with
 non-finite or huge coordinates, makes no index outside the features.
@@ -50,6 +54,13 @@ def _int(value: int):
 
 def _dtype(expr) -> str:
     return str(expr.ty)
+
+
+def _at_least_one(extent):
+    """A data-dependent reduction extent, made at least one step: TVM initialises such a
+    reduction at its first step, so one over nothing would leave its output unwritten. The
+    extra step is masked, or reads a zero weight."""
+    return tirx.max(extent, _int(1))
 
 
 def _to_index(v):
@@ -132,42 +143,44 @@ def align_geometry(rois, images, edges, pooled: int, spatial_scale: float, sampl
     return te.compute((rois.shape[0], 3), value, name=name)
 
 
-def _covering(shape, pooled: int, covers, name: str):
-    """For each index (..., r, i) of ``shape`` (box r, input position i on one axis), the first
-    and last bin p with ``covers(..., r, p, i)``; last < first where none does. Bins are ranges
-    that move forward with p, so the ones covering i are the run between (a bin inside that
-    run that does not cover i only adds zero terms)."""
+def _runs(shape, extent: int, hit, name: str):
+    """For each index of ``shape``, the first and the last k in [0, extent) with
+    ``hit(*index, k)``; last < first where there is none. Bins and the positions they cover
+    both move forward, so what lies between the two is a run (where an element inside it
+    does not hit, its terms are zero)."""
     def bound(reduce, fill, suffix):
         def value(*index):
-            p = te.reduce_axis((0, pooled), name="p")
-            hit = covers(*index[:-1], p, index[-1])
-            return reduce(tirx.Select(hit, p, _int(fill)), axis=p)
+            k = te.reduce_axis((0, extent), name="k")
+            return reduce(tirx.Select(hit(*index, k), k, _int(fill)), axis=k)
         return te.compute(shape, value, name=f"{name}_{suffix}")
 
-    return bound(te.min, pooled, "first"), bound(te.max, -1, "last")
+    return bound(te.min, extent, "first"), bound(te.max, -1, "last")
 
 
-def _covers(x, images, rows, cols, row_covers, col_covers, name: str):
-    """The runs of bins covering each position: rows per image (N, R, H), since the gather
-    goes over the boxes of one image; columns per box (R, W)."""
-    def on_image(n, r, p, i):
+def _covering(x, images, rows: int, cols: int, row_covers, col_covers, name: str):
+    """The runs of bins covering each input position, the boxes last (contiguous for the
+    gather's loop over them): (N, H, R) for the rows, on image n only, and (W, R) for the
+    columns. ``row_covers(r, p, i)``: bin p of box r covers row i."""
+    count = images.shape[0]
+
+    def on_image(n, i, r, p):
         return tirx.all(images[r] == n.astype("int32"), row_covers(r, p, i))
 
-    count = images.shape[0]
-    return (_covering((x.shape[0], count, x.shape[2]), rows, on_image, f"{name}_row_cover"),
-            _covering((count, x.shape[3]), cols, col_covers, f"{name}_col_cover"))
+    return (_runs((x.shape[0], x.shape[2], count), rows, on_image, f"{name}_row_cover"),
+            _runs((x.shape[3], count), cols, lambda j, r, q: col_covers(r, q, j),
+                  f"{name}_col_cover"))
 
 
 def _gather(x, images, rows, cols, term, name: str):
     """dx[n, c, i, j]: the sum of ``term(r, c, p, q, i, j)`` over the boxes r of image n and
-    the bins (p, q) of r that cover (i, j), given by ``rows`` and ``cols`` (:func:`_covers`)."""
+    the bins (p, q) of r that cover (i, j), given by ``rows`` and ``cols`` (:func:`_covering`)."""
     (row_first, row_last), (col_first, col_last) = rows, cols
 
     def value(n, c, i, j):
         r = te.reduce_axis((0, images.shape[0]), name="r")
-        p0, q0 = row_first[n, r, i], col_first[r, j]
-        kp = te.reduce_axis((0, tirx.max(row_last[n, r, i] - p0 + 1, _int(0))), name="kp")
-        kq = te.reduce_axis((0, tirx.max(col_last[r, j] - q0 + 1, _int(0))), name="kq")
+        p0, q0 = row_first[n, i, r], col_first[j, r]
+        kp = te.reduce_axis((0, tirx.max(row_last[n, i, r] - p0 + 1, _int(0))), name="kp")
+        kq = te.reduce_axis((0, tirx.max(col_last[j, r] - q0 + 1, _int(0))), name="kq")
         return te.sum(term(r, c, p0 + kp, q0 + kq, i, j), axis=[r, kp, kq])
 
     return te.compute(x.shape, value, name=name)
@@ -176,7 +189,7 @@ def _gather(x, images, rows, cols, term, name: str):
 # -- RoI max pooling -------------------------------------------------------------------------
 
 def _pool_tables(x, rois, output_size, spatial_scale: float, name: str):
-    """The box's image, and its bins' [first, last) along the rows and along the columns."""
+    """The boxes' images, and their bins' [first, last) along the rows and along the columns."""
     ph, pw = output_pair(output_size)
     height, width = int(x.shape[2]), int(x.shape[3])
 
@@ -191,14 +204,14 @@ def _pool_tables(x, rois, output_size, spatial_scale: float, name: str):
 def _pool_reduction(x, tables, reduce, element, name: str):
     """``reduce`` over each bin of each box of ``element(taken, v, r, c, ph, pw, h, w)``, v the
     feature at (h, w). An empty bin, or a box outside the batch, is reduced over one position
-    with ``taken`` false (a reduction over nothing would never be initialised)."""
+    with ``taken`` false."""
     images, rows, cols = tables
     height, width = int(x.shape[2]), int(x.shape[3])
 
     def value(r, c, ph, pw):
         h0, h1, w0, w1 = rows[r, ph, 0], rows[r, ph, 1], cols[r, pw, 0], cols[r, pw, 1]
-        rh = te.reduce_axis((0, tirx.max(h1 - h0, _int(1))), name="rh")
-        rw = te.reduce_axis((0, tirx.max(w1 - w0, _int(1))), name="rw")
+        rh = te.reduce_axis((0, _at_least_one(h1 - h0)), name="rh")
+        rw = te.reduce_axis((0, _at_least_one(w1 - w0)), name="rw")
         h, w = tirx.min(h0 + rh, _int(height - 1)), tirx.min(w0 + rw, _int(width - 1))
         v = x[tirx.max(images[r], _int(0)), c, h, w]
         taken = tirx.all(images[r] >= 0, h0 < h1, w0 < w1)
@@ -257,8 +270,8 @@ def roi_pool_backward(x, rois, dy, output_size, spatial_scale: float, y=None,
     def term(r, c, p, q, i, j):
         return tirx.Select(taken[r, c, p, q] == i * width + j, dy[r, c, p, q], zero)
 
-    runs = _covers(x, images, int(rows.shape[1]), int(cols.shape[1]), covers(rows),
-                   covers(cols), name)
+    runs = _covering(x, images, int(rows.shape[1]), int(cols.shape[1]), covers(rows),
+                     covers(cols), name)
     return _gather(x, images, *runs, term, name)
 
 
@@ -276,15 +289,9 @@ def _grid(geometry, r):
     return geometry[r, GRID].astype("int32")
 
 
-def _at_least_one(extent):
-    """A sample grid's loop extent: a reduction over nothing would never be initialised, so a
-    box without samples takes one, masked."""
-    return tirx.max(extent, _int(1))
-
-
 def _let(value, name: str, body):
-    """``body(v)`` with ``v`` bound to ``value`` once (see the NOTE above: a sample's position
-    appears in every weight and index of its taps)."""
+    """``body(v)`` with ``v`` bound to ``value`` once: a sample's position appears in both of
+    its weights and both of its positions (see the NOTE above)."""
     var = tirx.Var(name, value.ty)
     return tirx.Let(var, value, body(var))
 
@@ -310,44 +317,16 @@ def _interpolate(pos, size: int, use):
     return _let(pos, "pos", at)
 
 
-def _align_tables(x, rois, output_size, spatial_scale, sampling_ratio, aligned, name):
+def _align_weights(x, rois, output_size, spatial_scale, sampling_ratio, aligned, name):
+    """The boxes' images and their (R, bins, size) weight tables along the rows and along the
+    columns."""
     ph, pw = output_pair(output_size)
     args = (spatial_scale, sampling_ratio, aligned)
     images = box_images(rois, x.shape[0], f"{name}_images")
-    return (images, align_geometry(rois, images, ROWS, ph, *args, name=f"{name}_rows"),
-            align_geometry(rois, images, COLS, pw, *args, name=f"{name}_cols"))
-
-
-def roi_align(x, rois, output_size, spatial_scale: float, sampling_ratio: int = 0,
-              aligned: bool = False, name: str = "roi_align"):
-    """RoI align (layers.roi.roi_align_reference): each bin the average of its grid of
-    bilinear samples, as torchvision computes it sample by sample."""
-    ph, pw = output_pair(output_size)
-    height, width = int(x.shape[2]), int(x.shape[3])
-    images, rows, cols = _align_tables(x, rois, output_size, spatial_scale, sampling_ratio,
-                                       aligned, name)
-
-    def value(r, c, p, q):
-        iy = te.reduce_axis((0, _at_least_one(_grid(rows, r))), name="iy")
-        ix = te.reduce_axis((0, _at_least_one(_grid(cols, r))), name="ix")
-        count = tirx.max(_grid(rows, r) * _grid(cols, r), _int(1)).astype(x.dtype)
-        image = tirx.max(images[r], _int(0))
-
-        def bilinear(yl, yh, wyl, wyh):
-            def along_x(xl, xh, wxl, wxh):
-                def tap(wy, h, wx, w):
-                    return (wy * wx).astype(x.dtype) * x[image, c, h, w]
-
-                return (tap(wyl, yl, wxl, xl) + tap(wyl, yl, wxh, xh) + tap(wyh, yh, wxl, xl)
-                        + tap(wyh, yh, wxh, xh))
-
-            return _interpolate(_sample(cols, r, q, ix), width, along_x)
-
-        v = _interpolate(_sample(rows, r, p, iy), height, bilinear)
-        sampled = tirx.all(iy < _grid(rows, r), ix < _grid(cols, r))
-        return te.sum(tirx.Select(sampled, v / count, _const(0.0, x.dtype)), axis=[iy, ix])
-
-    return te.compute((rois.shape[0], x.shape[1], ph, pw), value, name=name)
+    rows = align_geometry(rois, images, ROWS, ph, *args, name=f"{name}_rows")
+    cols = align_geometry(rois, images, COLS, pw, *args, name=f"{name}_cols")
+    return (images, align_weights(rows, ph, int(x.shape[2]), f"{name}_wy"),
+            align_weights(cols, pw, int(x.shape[3]), f"{name}_wx"))
 
 
 def align_weights(geometry, pooled: int, size: int, name: str):
@@ -358,6 +337,7 @@ def align_weights(geometry, pooled: int, size: int, name: str):
 
     def value(r, p, i):
         k = te.reduce_axis((0, _at_least_one(_grid(geometry, r))), name="k")
+
         def weight(low, high, w_low, w_high):
             return tirx.Select(low == i, w_low, zero) + tirx.Select(high == i, w_high, zero)
 
@@ -367,23 +347,47 @@ def align_weights(geometry, pooled: int, size: int, name: str):
     return te.compute((geometry.shape[0], pooled, size), value, name=name)
 
 
+def roi_align(x, rois, output_size, spatial_scale: float, sampling_ratio: int = 0,
+              aligned: bool = False, name: str = "roi_align"):
+    """RoI align (layers.roi.roi_align_reference): each bin the average of its grid of
+    bilinear samples, summed as wy[p, i] * wx[q, j] * x[i, j] over the positions the bin's
+    samples read (a run along each axis)."""
+    ph, pw = output_pair(output_size)
+    height, width = int(x.shape[2]), int(x.shape[3])
+    images, wy, wx = _align_weights(x, rois, output_size, spatial_scale, sampling_ratio,
+                                    aligned, name)
+    zero = _const(0.0, rois.dtype)
+    count = rois.shape[0]
+    row_first, row_last = _runs((count, ph), height, lambda r, p, i: wy[r, p, i] != zero,
+                                f"{name}_row_run")
+    col_first, col_last = _runs((count, pw), width, lambda r, q, j: wx[r, q, j] != zero,
+                                f"{name}_col_run")
+
+    def value(r, c, p, q):
+        i0, j0 = row_first[r, p], col_first[r, q]
+        ki = te.reduce_axis((0, _at_least_one(row_last[r, p] - i0 + 1)), name="ki")
+        kj = te.reduce_axis((0, _at_least_one(col_last[r, q] - j0 + 1)), name="kj")
+        i, j = tirx.min(i0 + ki, _int(height - 1)), tirx.min(j0 + kj, _int(width - 1))
+        weight = (wy[r, p, i] * wx[r, q, j]).astype(x.dtype)
+        return te.sum(weight * x[tirx.max(images[r], _int(0)), c, i, j], axis=[ki, kj])
+
+    return te.compute((count, x.shape[1], ph, pw), value, name=name)
+
+
 def roi_align_backward(x, rois, dy, output_size, spatial_scale: float, sampling_ratio: int = 0,
                        aligned: bool = False, name: str = "roi_align_dx"):
     """d(loss)/d(features) of :func:`roi_align` (layers.roi.roi_align_gradient):
     dx[n, c, i, j] = sum over the boxes of image n of wy[p, i] * wx[q, j] * dy[r, c, p, q]."""
     ph, pw = output_pair(output_size)
-    height, width = int(x.shape[2]), int(x.shape[3])
-    images, rows, cols = _align_tables(x, rois, output_size, spatial_scale, sampling_ratio,
-                                       aligned, name)
-    wy = align_weights(rows, ph, height, f"{name}_wy")
-    wx = align_weights(cols, pw, width, f"{name}_wx")
+    images, wy, wx = _align_weights(x, rois, output_size, spatial_scale, sampling_ratio,
+                                    aligned, name)
     zero = _const(0.0, rois.dtype)
 
     def term(r, c, p, q, i, j):
         return (wy[r, p, i] * wx[r, q, j]).astype(dy.dtype) * dy[r, c, p, q]
 
-    runs = _covers(x, images, ph, pw, lambda r, p, i: wy[r, p, i] != zero,
-                   lambda r, q, j: wx[r, q, j] != zero, name)
+    runs = _covering(x, images, ph, pw, lambda r, p, i: wy[r, p, i] != zero,
+                     lambda r, q, j: wx[r, q, j] != zero, name)
     return _gather(x, images, *runs, term, name)
 
 
@@ -426,7 +430,11 @@ def schedule_cpu(func):
 
 def schedule_cuda(func, threads: int = 128):
     """Each stage one thread per output element (its spatial loops fused and split into
-    blocks of ``threads``); the data-dependent reductions run serially in each thread."""
+    blocks of ``threads``); the data-dependent reductions run serially in each thread.
+
+    NOTE: dlight's rules, Fallback included, leave these functions unscheduled (stages whose
+    reduction extents are read from other stages), and TVM then builds them as host code
+    without a word: they need this schedule."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -325,9 +326,8 @@ def test_roi_pool_gradient_is_the_derivative(scale):
 # -- the TE kernels, compiled for the CPU ---------------------------------------------------------
 
 POOL_CASES = [(scale,) for scale in SCALES]
-# adaptive sampling once (0 and -1 are the same kernel; the references check both spellings)
 ALIGN_CASES = [(aligned, ratio, scale) for aligned in (True, False) for ratio in (0, 1, 2)
-               for scale in SCALES]
+               for scale in SCALES] + [(True, -1, 0.25)]
 
 
 def _placeholders(x_shape, rois_count, dtype="float32"):
@@ -470,6 +470,37 @@ def test_wild_boxes_read_nothing_outside_the_features(symbolic_kernels):
 
 
 @pytest.mark.tvm
+def test_kernels_in_float64():
+    """The computes follow their inputs' dtype (float64 for finite-difference checks of a
+    whole model): the same answers as the references to rounding."""
+    import tvm
+    from tvm import te
+
+    from cnncompiler.backends import te_roi
+
+    x, rois, dy = _placeholders(SHAPE, len(BOXES), "float64")
+    kernels = {"pool": ([x, rois], te_roi.roi_pool(x, rois, OUTPUT, 0.25)),
+               "pool_dx": ([x, rois, dy], te_roi.roi_pool_backward(x, rois, dy, OUTPUT, 0.25)),
+               "align": ([x, rois], te_roi.roi_align(x, rois, OUTPUT, 0.25, 0, True)),
+               "align_dx": ([x, rois, dy],
+                            te_roi.roi_align_backward(x, rois, dy, OUTPUT, 0.25, 0, True))}
+    lib = tvm.tirx.build(tvm.IRModule({
+        name: te_roi.schedule_cpu(te.create_prim_func([*ins, out])).with_attr(
+            "global_symbol", name) for name, (ins, out) in kernels.items()}), target="llvm")
+    xs, boxes64 = features(dtype=np.float64), boxes(0.25, dtype=np.float64)
+    dys = output_grad(xs, boxes64)
+    wants = {"pool": roi_pool_reference(xs, boxes64, OUTPUT, 0.25),
+             "pool_dx": roi_pool_gradient(xs, boxes64, dys, OUTPUT, 0.25),
+             "align": roi_align_reference(xs, boxes64, OUTPUT, 0.25, 0, True),
+             "align_dx": roi_align_gradient(xs, boxes64, dys, OUTPUT, 0.25, 0, True)}
+    for name, want in wants.items():
+        out = tvm.runtime.tensor(np.full(want.shape, np.nan))
+        args = (xs, boxes64, dys) if name.endswith("_dx") else (xs, boxes64)
+        lib[name](*(tvm.runtime.tensor(a) for a in args), out)
+        assert_close(out.numpy(), want, name, tol=1e-12)
+
+
+@pytest.mark.tvm
 def test_cpu_schedule_runs_stages_in_parallel():
     from tvm import te
 
@@ -487,13 +518,12 @@ def test_cpu_schedule_runs_stages_in_parallel():
 # -- CUDA ------------------------------------------------------------------------------------------
 
 CUDA_WORKER = textwrap.dedent("""
-    import json, sys
+    import json, os, re, sys
+    from pathlib import Path
     from cnncompiler.backends.cuda import FATBIN_MAGIC, find_nvcc, prepare_process
     prepare_process()
-    import os
-    from pathlib import Path
     import tvm
-    from tvm import te, tirx
+    from tvm import s_tir, te, tirx
     from cnncompiler.backends import te_roi
 
     os.environ["PATH"] = str(Path(find_nvcc()).parent) + os.pathsep + os.environ["PATH"]
@@ -501,33 +531,42 @@ CUDA_WORKER = textwrap.dedent("""
     x = te.placeholder((n, 256, 14, 14), name="x")
     rois = te.placeholder((r, 5), name="rois")
     dy = te.placeholder((r, 256, 7, 7), name="dy")
-    outs = {"roi_pool": [x, rois, te_roi.roi_pool(x, rois, 7, 0.0625)],
-            "roi_pool_dx": [x, rois, dy, te_roi.roi_pool_backward(x, rois, dy, 7, 0.0625)],
-            "roi_align": [x, rois, te_roi.roi_align(x, rois, 7, 0.0625, 0, True)],
-            "roi_align_dx": [x, rois, dy, te_roi.roi_align_backward(x, rois, dy, 7, 0.0625,
-                                                                   2, False)]}
-    mod = tvm.IRModule({name: te_roi.schedule_cuda(te.create_prim_func(args)).with_attr(
-        "global_symbol", name) for name, args in outs.items()})
+    tensors = {"roi_pool": [x, rois, te_roi.roi_pool(x, rois, 7, 0.0625)],
+               "roi_pool_dx": [x, rois, dy, te_roi.roi_pool_backward(x, rois, dy, 7, 0.0625)],
+               "roi_align": [x, rois, te_roi.roi_align(x, rois, 7, 0.0625, 0, True)],
+               "roi_align_dx": [x, rois, dy, te_roi.roi_align_backward(x, rois, dy, 7,
+                                                                      0.0625, 2, False)]}
+    def stage_count(func):
+        sch = s_tir.Schedule(func)
+        return len(sch.get_child_blocks(sch.get_sblock("root")))
+
+    funcs = {name: te.create_prim_func(args) for name, args in tensors.items()}
+    stages = {name: stage_count(f) for name, f in funcs.items()}
+    mod = tvm.IRModule({name: te_roi.schedule_cuda(f).with_attr("global_symbol", name)
+                        for name, f in funcs.items()})
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
     with target:
         lib = tvm.tirx.build(mod, target=target)
     path = Path(sys.argv[1]) / "roi.so"
     lib.export_library(str(path))
     data = path.read_bytes()
-    print(json.dumps({"fatbin": FATBIN_MAGIC in data,
-                      "source": lib.imports[0].inspect_source() if lib.imports else ""}))
+    kernels = sorted({m.decode() for m in re.findall(rb"\\.text\\.([A-Za-z_]\\w*)", data)})
+    print(json.dumps({"fatbin": FATBIN_MAGIC in data, "kernels": kernels, "stages": stages}))
 """)
 
 
 @pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_NVCC, reason="nvcc (the CUDA toolkit) is not installed")
 def test_kernels_build_for_cuda(tmp_path):
     """The same computes under the CUDA schedule, compiled by nvcc for sm_90 in a worker (TVM
-    emits device code only where its CUDA runtime loaded when it was imported)."""
+    emits device code only where its CUDA runtime loaded when it was imported): every stage
+    of every kernel is a device function of the library's fatbin."""
     proc = subprocess.run([sys.executable, "-c", CUDA_WORKER, str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["fatbin"], "no fatbin in the library: no device code"
-    for name in ("roi_pool", "roi_pool_dx", "roi_align", "roi_align_dx"):
-        assert f"{name}_kernel" in result["source"], f"no CUDA kernel for {name}"
+    for name, stages in result["stages"].items():
+        mine = [k for k in result["kernels"] if re.fullmatch(rf"{name}_kernel(_\d+)?", k)]
+        assert len(mine) == stages, f"{name}: {stages} stages, device kernels {mine}"

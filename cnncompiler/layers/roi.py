@@ -10,7 +10,8 @@ per box. Boxes get no gradient (as in torchvision).
 Box arithmetic is done in the features' float type, operation by operation as torchvision does
 it, since bin edges are floors and ceilings of it; the sums are accumulated in float64. A box
 whose batch index is not in [0, N) pools nothing: zeros, and no gradient (torchvision reads
-outside its input there). Boxes are expected to be finite.
+outside its input there). Boxes are expected to be finite; with adaptive sampling, a bin of
+``MAX_ADAPTIVE_BIN`` positions or more takes no samples (torchvision's count would overflow).
 """
 
 from __future__ import annotations
@@ -80,23 +81,31 @@ def _first_max(values: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
 def _roi_pool_one(feature: np.ndarray, rows, cols) -> tuple[np.ndarray, np.ndarray]:
     """Max of each bin of one box over (C, H, W), and the flat position h * W + w of its first
     maximum in row-major order (-1 where none). A bin is a rectangle: the maximum of each
-    bin row's columns first, then of those over the bin's rows."""
-    _, height, width = feature.shape
-    in_rows = (np.arange(height) >= rows[0][:, None]) & (np.arange(height) < rows[1][:, None])
-    in_cols = (np.arange(width) >= cols[0][:, None]) & (np.arange(width) < cols[1][:, None])
-    # (C, H, PW, W): each row's values in each column bin
-    row_max, row_at = _first_max(np.where(in_cols, feature[:, :, None, :], -FLT_MAX), axis=3)
-    # (C, PH, H, PW): those row maxima in each row bin
-    top, h_at = _first_max(np.where(in_rows[:, :, None], row_max[:, None], -FLT_MAX), axis=2)
+    bin row's columns first, then of those over the bin's rows, within the box's region."""
+    channels, height, width = feature.shape
+    out = np.zeros((channels, len(rows[0]), len(cols[0])), feature.dtype)
+    at = np.full(out.shape, -1)
+    top, bottom, left, right = rows[0].min(), rows[1].max(), cols[0].min(), cols[1].max()
+    if bottom <= top or right <= left:  # every bin empty
+        return out, at
+    region = feature[:, top:bottom, left:right]
+    h, w = np.arange(top, bottom), np.arange(left, right)
+    in_rows = (h >= rows[0][:, None]) & (h < rows[1][:, None])
+    in_cols = (w >= cols[0][:, None]) & (w < cols[1][:, None])
+    # (C, h, PW, w): each row's values in each column bin
+    row_max, row_at = _first_max(np.where(in_cols, region[:, :, None, :], -FLT_MAX), axis=3)
+    # (C, PH, h, PW): those row maxima in each row bin
+    top_max, h_at = _first_max(np.where(in_rows[:, :, None], row_max[:, None], -FLT_MAX), axis=2)
     w_at = np.take_along_axis(row_at, np.maximum(h_at, 0), axis=1)
-    at = np.where(h_at >= 0, h_at * width + w_at, -1)
+    found = np.where(h_at >= 0, (h_at + top) * width + w_at + left, -1)
     empty = (rows[1] <= rows[0])[:, None] | (cols[1] <= cols[0])[None, :]
-    return np.where(empty, 0.0, top), np.where(empty, -1, at)
+    return np.where(empty, 0.0, top_max), np.where(empty, -1, found)
 
 
 def roi_pool_argmax(x: np.ndarray, rois: np.ndarray, output_size, spatial_scale: float):
     """RoI max pooling's output (R, C, PH, PW) and, per output, the flat position h * W + w of
-    the input it took (its first maximum in row-major order; -1 for an empty bin)."""
+    the input it took: its bin's first maximum in row-major order, or -1 where it took none
+    (an empty bin, or one of nothing above -FLT_MAX)."""
     ph, pw = output_pair(output_size)
     n, c, height, width = x.shape
     out = np.zeros((len(rois), c, ph, pw), x.dtype)
@@ -234,6 +243,6 @@ def roi_align_gradient(x: np.ndarray, rois: np.ndarray, dy: np.ndarray, output_s
     return dx.astype(x.dtype)
 
 
-__all__ = ["FLT_MAX", "MAX_ADAPTIVE_BIN", "align_grid", "align_weights", "box_batches", "output_pair", "pool_bins",
-           "roi_align_gradient", "roi_align_reference", "roi_pool_argmax", "roi_pool_gradient",
-           "roi_pool_reference", "round_half_away"]
+__all__ = ["FLT_MAX", "MAX_ADAPTIVE_BIN", "align_grid", "align_weights", "box_batches",
+           "output_pair", "pool_bins", "roi_align_gradient", "roi_align_reference",
+           "roi_pool_argmax", "roi_pool_gradient", "roi_pool_reference", "round_half_away"]
