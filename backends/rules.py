@@ -32,6 +32,7 @@ from cnncompiler.layers.activation import Dropout, Identity, PReLU, Softmax
 from cnncompiler.layers.adaptive import AdaptiveAvgPool2d, AdaptiveMaxPool2d, StatsPool
 from cnncompiler.layers.conv import ConvBase, LocallyConnected2d
 from cnncompiler.layers.dense import Dense, Flatten
+from cnncompiler.layers.detection import RoIAlign, RoIPool
 from cnncompiler.layers.fused import Fused
 from cnncompiler.layers.merge import Add, Concat
 from cnncompiler.layers.norm import LRN, BatchNorm
@@ -40,6 +41,7 @@ from cnncompiler.layers.pool import (AvgPoolBase, BlurPool2d, GlobalAvgPool, Glo
                                      LpPoolBase, MaxPoolBase)
 
 from . import te_adaptive as a
+from . import te_detection as d
 from . import te_grad as g
 from . import te_ops as t
 
@@ -48,7 +50,7 @@ NOT_TRAINED = "not trained"                        # exists only in optimised in
 
 # CPU kernel families (cpu.plan picks the kernel and layout for each)
 CPU_FAMILIES = ("conv", "dense", "pool", "global_pool", "pointwise", "batchnorm", "add",
-                "concat", "passthrough", "fused", "generic")
+                "concat", "passthrough", "fused", "roi", "generic")
 CUDA_FAMILIES = ("dlight",)
 
 
@@ -87,6 +89,8 @@ RULES: dict[type, Rules] = {
     AdaptiveMaxPool2d: Rules(a.lower_adaptive_maxpool, a.grad_adaptive_maxpool,
                              cpu="generic", cuda="dlight"),
     StatsPool: Rules(a.lower_stats_pool, a.grad_stats_pool, cpu="generic", cuda="dlight"),
+    RoIPool: Rules(d.lower_roi_pool, d.grad_roi_pool, cpu="roi", cuda="dlight"),
+    RoIAlign: Rules(d.lower_roi_align, d.grad_roi_align, cpu="roi", cuda="dlight"),
     Pointwise: Rules(t.lower_pointwise, g.grad_pointwise, cpu="pointwise", cuda="dlight"),
     # its slope is a parameter, read per channel from a plain vector: te_ops' compute
     PReLU: Rules(t.lower_pointwise, g.grad_prelu, cpu="generic", cuda="dlight"),

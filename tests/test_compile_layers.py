@@ -36,7 +36,12 @@ def conv(name, **keys):
     return {"name": name, "type": "conv2d", "filters": 5, "kernel": 3, **keys}
 
 
-# family -> (per-sample input shape, {branch: [layer, ...]}); a branch's last layer is its output
+def roi(name, type_name, **keys):
+    return {"name": name, "type": type_name, "inputs": ["features", "rois"], **keys}
+
+
+# family -> (per-sample input shape, or the spec's inputs: mapping, {branch: [layer, ...]}); a
+# branch's last layer is its output
 FAMILIES = {
     "conv2d": ([4, 11, 10], {
         "k1": [conv("k1", kernel=1)],
@@ -227,19 +232,36 @@ FAMILIES = {
                          "inputs": ["input", "concat_last_a"]}],
         "concat_one": [{"name": "concat_one", "type": "concat", "inputs": ["input"]}],
     }),
+    # feature maps at a quarter of the image's size, boxes in image coordinates
+    "roi": ({"features": [3, 9, 11], "rois": {"shape": [None, 5], "batched": False}}, {
+        "pool": [roi("pool", "roi_pool", output_size=3, spatial_scale=0.25)],
+        "pool_rect": [roi("pool_rect", "roi_pool", output_size=[2, 4], spatial_scale=1.0)],
+        "align": [roi("align", "roi_align", output_size=2, spatial_scale=0.25)],
+        "align_aligned": [roi("align_aligned", "roi_align", output_size=[3, 2],
+                              spatial_scale=0.25, sampling_ratio=2, aligned=True)],
+        "align_one_sample": [roi("align_one_sample", "roi_align", output_size=2,
+                                 spatial_scale=0.0625, sampling_ratio=1, aligned=True)],
+        "align_then_dense": [roi("pooled", "roi_align", output_size=2, spatial_scale=0.25),
+                             {"name": "flat", "type": "flatten"},
+                             {"name": "align_then_dense", "type": "dense", "units": 4}],
+    }),
 }
+BOXES = 7
 
 CASES = [(family, branch) for family, (_, branches) in FAMILIES.items() for branch in branches]
 
 
 def family_spec(family: str) -> str:
     shape, branches = FAMILIES[family]
-    lines = [f"name: {family}_family", f"input: {json.dumps(shape)}", "layers:"]
+    inputs = f"inputs: {json.dumps(shape)}" if isinstance(shape, dict) else \
+        f"input: {json.dumps(shape)}"
+    lines = [f"name: {family}_family", inputs, "layers:"]
+    first = next(iter(shape)) if isinstance(shape, dict) else "input"
     for layers in branches.values():
         for i, layer in enumerate(layers):
             layer = dict(layer)
             if i == 0:
-                layer.setdefault("inputs", ["input"])
+                layer.setdefault("inputs", [first])
             lines.append(f"  - {json.dumps(layer)}")
     lines.append(f"outputs: {json.dumps([layers[-1]['name'] for layers in branches.values()])}")
     return "\n".join(lines) + "\n"
@@ -275,11 +297,27 @@ class Family:
         g = self.model.graph
         self.params = random_params(g, seed=len(family))
         self.model.load_params(self.params)
-        self.x = np.random.default_rng(1).standard_normal(
-            (BATCH, *g.graph["input_shape"])).astype(np.float32)
+        rng = np.random.default_rng(1)
+        xs = {name: family_input(g, name, rng) for name in g.graph["inputs"]}
+        self.x = xs["input"] if list(xs) == ["input"] else xs
         self.got = as_dict(self.model.predict(self.x), self.model.output_names)
-        self.want = run_reference(g, self.x.astype(np.float64), self.params)
-        self.torch = torch_outputs(g, self.x, self.params) if HAVE_TORCH else {}
+        self.want = run_reference(g, {k: v.astype(np.float64) for k, v in xs.items()},
+                                  self.params)
+        # PyTorch's RoI layers are torchvision's, which does not load with the CPU torch
+        self.torch = torch_outputs(g, self.x, self.params) if HAVE_TORCH and \
+            list(xs) == ["input"] else {}
+
+
+def family_input(g, name: str, rng) -> np.ndarray:
+    """A batch for a batched input; boxes for the RoI family: in image coordinates, four
+    times the feature maps', some crossing the border, some smaller than a bin."""
+    node = g.nodes[name]
+    if node["layer"].batched:
+        return rng.standard_normal((BATCH, *node["shape"])).astype(np.float32)
+    corner = rng.uniform(-6.0, 40.0, (BOXES, 2))
+    size = rng.uniform(0.5, 30.0, (BOXES, 2))
+    images = rng.integers(0, BATCH, (BOXES, 1))
+    return np.concatenate([images, corner, corner + size], axis=1).astype(np.float32)
 
 
 @pytest.fixture(scope="module")

@@ -275,7 +275,8 @@ LAYER_KEYS = [(t, f.name) for t, c in sorted(LAYER_TYPES.items()) if not c.inter
 REQUIRED = {"conv2d": "filters: 2, kernel: 1", "conv1d": "filters: 2, kernel: 1",
             "locally_connected2d": "filters: 2, kernel: 1", "dense": "units: 2",
             "maxpool2d": "kernel: 1", "avgpool2d": "kernel: 1", "lppool2d": "kernel: 1",
-            "maxpool1d": "kernel: 1", "avgpool1d": "kernel: 1", "lppool1d": "kernel: 1"}
+            "maxpool1d": "kernel: 1", "avgpool1d": "kernel: 1", "lppool1d": "kernel: 1",
+            "roi_pool": "output_size: 1", "roi_align": "output_size: 1"}
 
 
 @pytest.mark.parametrize("ltype,key", LAYER_KEYS, ids=[f"{t}.{k}" for t, k in LAYER_KEYS])

@@ -1031,3 +1031,36 @@ def test_blurpool2d_matches_loop_and_torch(pad_mode, dtype):
         xp = F.pad(t(x), pad + pad, mode="reflect" if pad_mode == "reflect" else "constant")
         expected = F.conv2d(xp, f.expand(3, 1, kernel, kernel), stride=stride, groups=3)
         assert_close(y, expected.numpy(), dtype, what + " vs torch")
+
+
+# -- RoI pooling (the kernels' own tests: tests/test_roi_kernels.py) --------------------------
+
+@hand("roi_pool", "roi_align")
+def test_roi_layers_by_hand():
+    box = np.array([[0.0, 0.0, 0.0, 2.0, 2.0]])
+    # three positions a side cut into 2 bins of 1.5: rows [0, 2) and [1, 3), and so columns
+    y = run(make("roi_pool", output_size=2), X33, box)
+    np.testing.assert_array_equal(y[0, 0], [[5, 6], [8, 9]])
+    # one sample in the middle of the box, at (1, 1); aligned moves it to (0.5, 0.5)
+    y = run(make("roi_align", output_size=1, sampling_ratio=1), X33, box)
+    np.testing.assert_allclose(y[0, 0], [[5.0]])
+    y = run(make("roi_align", output_size=1, sampling_ratio=1, aligned=True), X33, box)
+    np.testing.assert_allclose(y[0, 0], [[3.0]])   # (1 + 2 + 4 + 5) / 4
+
+
+@grid("roi_pool", "roi_align")
+@pytest.mark.parametrize("scale", [1.0, 0.25])
+def test_roi_layers_against_a_loop_over_bins(scale):
+    from test_roi_kernels import _random_boxes, oracle_roi_align, oracle_roi_pool
+
+    x = np.random.default_rng(3).standard_normal((3, 2, 9, 11)).astype(np.float32)
+    rois = _random_boxes(scale, seed=4)
+    for size in (1, (2, 3)):
+        got = run(make("roi_pool", output_size=size, spatial_scale=scale), x, rois)
+        assert_close(got, oracle_roi_pool(x, rois, size, scale)[0], np.float32, "roi_pool")
+        for ratio, aligned in product((0, 2), (False, True)):
+            layer = make("roi_align", output_size=size, spatial_scale=scale,
+                         sampling_ratio=ratio, aligned=aligned)
+            assert_close(run(layer, x, rois),
+                         oracle_roi_align(x, rois, size, scale, ratio, aligned), np.float32,
+                         f"roi_align ratio {ratio} aligned {aligned}")

@@ -27,6 +27,7 @@ tvm = pytest.importorskip("tvm", reason="the TVM compiler is not installed")
 pytestmark = [pytest.mark.tvm, pytest.mark.slow]
 
 BATCH = 3
+BOXES = 5            # rows of an input without the batch axis (the RoI nets' boxes)
 STEP = 1e-5          # central-difference step
 ATOL, RTOL = 1e-8, 1e-6
 
@@ -159,6 +160,26 @@ layers:
   - {name: cat, type: concat, inputs: [f1, f2, f3, f4, f5, f6]}
   - {name: fc, type: dense, units: 4}
 """, "softmax_cross_entropy", 0.0),
+    # boxes crossing the border, boxes smaller than a bin; tanh keeps the pooled maxima apart
+    "roi": ("""
+name: fd_roi
+inputs:
+  image: [2, 10, 10]
+  rois: {shape: [null, 5], batched: false}
+layers:
+  - {name: c, type: conv2d, filters: 3, kernel: 3, padding: 1}
+  - {name: t, type: tanh}
+  - {name: align, type: roi_align, inputs: [t, rois], output_size: [2, 3], spatial_scale: 0.5,
+     sampling_ratio: 2, aligned: true}
+  - {name: adapt, type: roi_align, inputs: [t, rois], output_size: 2, spatial_scale: 0.5}
+  - {name: rpool, type: roi_pool, inputs: [t, rois], output_size: 2, spatial_scale: 0.5}
+  - {name: f1, type: flatten, inputs: [align]}
+  - {name: f2, type: flatten, inputs: [adapt]}
+  - {name: f3, type: flatten, inputs: [rpool]}
+  - {name: join, type: concat, inputs: [f1, f2, f3]}
+  - {name: drop, type: dropout, rate: 0.2}
+  - {name: fc, type: dense, units: 4}
+""", "softmax_cross_entropy", 0.0),
     "stats1d": ("""
 name: fd_stats1d
 input: [3, 12]
@@ -201,6 +222,17 @@ def _loss_of_outputs(z, y, loss: str, smoothing: float) -> float:
 
 # -- one compiled float64 step per net -------------------------------------------------------------
 
+def model_input(g, name: str, rng) -> np.ndarray:
+    """A batch for a batched input; for boxes (an input without the batch axis), boxes of the
+    batch's images in image coordinates, some crossing the border and some tiny."""
+    node = g.nodes[name]
+    if node["layer"].batched:
+        return rng.standard_normal((BATCH, *node["shape"]))
+    corner = rng.uniform(-4.0, 20.0, (BOXES, 2))
+    size = rng.uniform(0.5, 14.0, (BOXES, 2))
+    images = rng.integers(0, BATCH, (BOXES, 1))
+    return np.concatenate([images, corner, corner + size], axis=1)
+
 class Case:
     """A compiled float64 train step of one net, run once at a fixed point."""
 
@@ -222,21 +254,25 @@ class Case:
                 self.params[k] = rng.uniform(0.5, 2.0, self.params[k].shape)
             elif k.endswith(("running_mean", "bias")) and self.params[k].ndim == 1:
                 self.params[k] = rng.uniform(-0.5, 0.5, self.params[k].shape)
-        self.x = rng.standard_normal((BATCH, *g.graph["input_shape"]))
-        out_shape = g.nodes[g.graph["outputs"][0]]["shape"]
+        self.x = {name: model_input(g, name, rng) for name in g.graph["inputs"]}
+        rows = {"N": BATCH, **{name: len(v) for name, v in self.x.items()}}
+        out = g.nodes[g.graph["outputs"][0]]
+        out_rows = rows[out["lead"]]   # one label per sample, or per box after a RoI layer
         if self.loss == "softmax_cross_entropy":
-            self.y = rng.integers(0, out_shape[0], BATCH).astype(np.int32)
+            self.y = rng.integers(0, out["shape"][0], out_rows).astype(np.int32)
         else:
-            self.y = rng.uniform(0, 1, (BATCH, *out_shape))
+            self.y = rng.uniform(0, 1, (out_rows, *out["shape"]))
         self.masks = {}
         for node, shape in self.sig.masks:
             rate = g.nodes[node]["layer"].rate
-            self.masks[node] = (rng.random((BATCH, *shape)) >= rate) / (1.0 - rate)
+            self.masks[node] = (rng.random((rows[g.nodes[node]["lead"]], *shape)) >= rate) / \
+                (1.0 - rate)
         hyper = np.zeros(12)
         hyper[0], hyper[11] = 1.0, 1.0     # lr 1, first step: p_new = p - grad
         hyper[6:11] = (0.9, 0.999, 1e-8, 1.0, 1.0)
         sig = self.sig
-        args = [self.x, self.y, hyper] + [self.params[k] for k in sig.params + sig.buffers] + \
+        args = [*self.x.values(), self.y, hyper] + \
+            [self.params[k] for k in sig.params + sig.buffers] + \
             [np.zeros(sig.shapes[s]) for s in sig.state] + [self.masks[m] for m, _ in sig.masks]
         out = vm["train_step"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args])
         self.loss_value = float(out[0].numpy()[0])

@@ -287,6 +287,15 @@ class CpuEmitter:
         return self.kernel(kernel_name(node), [x.var for x in xs], compute,
                            lambda f: schedule_loops(f, self.lanes))
 
+    def emit_roi(self, node, data, choice, xs):
+        """RoI pool and align on plain inputs, with their own schedule (te_roi)."""
+        from ..te_roi import schedule_cpu
+
+        layer, out_shape = data.layer, data.shape
+        lower = rules_for(layer, node).compute
+        return self.kernel(kernel_name(node), [x.var for x in xs],
+                           lambda *ins: lower(layer, list(ins), {}, out_shape), schedule_cpu)
+
     def emit_generic(self, node, data, choice, xs):
         """te_ops' NCHW lowering, blocked inputs read through plain views, plain output."""
         layer, out_shape = data.layer, data.shape

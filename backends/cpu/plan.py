@@ -114,6 +114,12 @@ def _generic(g, node, blocks, lanes, keys, training) -> KernelChoice:
                         "through a plain view")
 
 
+def _roi(g, node, blocks, lanes, keys, training) -> KernelChoice:
+    """RoI pool and align read plain feature maps and boxes: their kernels gather one box's
+    bins at a time, where blocked channels would not help."""
+    return KernelChoice("roi", PLAIN, (PLAIN, PLAIN))
+
+
 def _passthrough(g, node, blocks, lanes, keys, training) -> KernelChoice:
     if training:  # dropout draws its mask there
         return _elementwise(g, node, blocks, lanes, keys, training)
@@ -166,7 +172,7 @@ FAMILIES = {
     "conv": _conv, "dense": _dense, "pool": _window_pool("pool"),
     "global_pool": _window_pool("global_pool"), "pointwise": _elementwise,
     "add": _elementwise, "batchnorm": _batchnorm, "concat": _concat,
-    "passthrough": _passthrough, "generic": _generic,
+    "passthrough": _passthrough, "roi": _roi, "generic": _generic,
 }
 
 

@@ -99,12 +99,24 @@ class CpuTrainLowering(TrainLowering):
         self.kinds: dict[str, KernelChoice] = {}
         self.consumed: dict[str, list] = {}   # each layer's inputs in the layouts it read
         self.input_grads: dict[str, str] = {}  # conv -> how its input gradient is computed
+        self.family_schedule = None  # the schedule of a family te_grad's kernels run under
 
     # -- values, layouts and kernels -----------------------------------------------------------
     def emit(self, fn, *args, name: str, schedule=None):
         """The kernel scheduled by ``schedule`` (default: the fallback schedule)."""
-        schedule = schedule or (lambda f: schedule_loops(f, self.lanes))
+        schedule = schedule or self.family_schedule or (lambda f: schedule_loops(f, self.lanes))
         return emit_scheduled(self.bb, name, fn, args, schedule, self.unscheduled)
+
+    def under_family_schedule(self, kind: KernelChoice, step):
+        """Run ``step`` (the plain forward or backward) with the family's own schedule: RoI
+        pool and align bring theirs (te_roi), everything else takes the fallback."""
+        from ..te_roi import schedule_cpu
+
+        self.family_schedule = schedule_cpu if kind.kind == "roi" else None
+        try:
+            return step()
+        finally:
+            self.family_schedule = None
 
     def model_input(self, x):
         return Value(x, int(x.ty.shape.values[1]))
@@ -138,9 +150,10 @@ class CpuTrainLowering(TrainLowering):
     def forward(self, node: str):
         kind = self.choose(node)
         self.kinds[node] = kind
-        if kind.kind == "generic":
+        if kind.kind in ("generic", "roi"):
             self.consumed[node] = [self.values[s] for s in layer_node(self.g, node).inputs]
-            return super().forward(node)
+            return self.under_family_schedule(kind, lambda: super(CpuTrainLowering, self)
+                                              .forward(node))
         return getattr(self, f"forward_{kind.kind}")(node, kind)
 
     def forward_conv(self, node, kind):
@@ -286,8 +299,9 @@ class CpuTrainLowering(TrainLowering):
     # -- backward -------------------------------------------------------------------------------
     def backward(self, node: str, dy_value, needs_dx: list):
         kind = self.kinds[node]
-        if kind.kind == "generic":
-            return super().backward(node, dy_value, needs_dx)
+        if kind.kind in ("generic", "roi"):
+            return self.under_family_schedule(kind, lambda: super(CpuTrainLowering, self)
+                                              .backward(node, dy_value, needs_dx))
         return getattr(self, f"backward_{kind.kind}")(node, kind, dy_value, needs_dx)
 
     def conv_grad_inputs(self, node, kind, dy):
