@@ -1,11 +1,12 @@
 """RoI max pooling and RoI align (torchvision.ops' semantics) as building blocks: the numpy
 references (cnncompiler.layers.roi) against an oracle written here as a plain loop over boxes,
-bins and samples, transcribing torchvision's kernels; the references' gradients against finite
-differences; and the TE kernels (backends/te_roi.py), compiled for the CPU, against the
-references, forward and backward. The same computes build for CUDA (sm_90) in a worker.
+bins and samples, transcribing torchvision's kernels, and against ONNX Runtime's kernels; the
+references' gradients against finite differences; and the TE kernels (backends/te_roi.py),
+compiled for the CPU, against the references, forward and backward. The same computes build
+for CUDA (sm_90) in a worker.
 
 torchvision itself does not import on this machine (its C++ ops are built for another torch),
-hence the oracle.
+hence the oracles.
 """
 
 from __future__ import annotations
@@ -233,6 +234,47 @@ def test_adaptive_sampling_has_two_spellings():
     x, rois = features(), boxes(0.25)
     assert np.array_equal(roi_align_reference(x, rois, OUTPUT, 0.25, 0, True),
                           roi_align_reference(x, rois, OUTPUT, 0.25, -1, True))
+
+
+def _onnx_runtime(node, inputs: dict) -> np.ndarray:
+    """One ONNX node run by ONNX Runtime's CPU kernels."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    helper = onnx.helper
+    kinds = {np.dtype(np.float32): onnx.TensorProto.FLOAT,
+             np.dtype(np.int64): onnx.TensorProto.INT64}
+    graph = helper.make_graph(
+        [node], "roi", [helper.make_tensor_value_info(k, kinds[v.dtype], v.shape)
+                        for k, v in inputs.items()],
+        [helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    return session.run(None, inputs)[0]
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_references_match_onnx_runtime(scale):
+    """ONNX Runtime's MaxRoiPool and RoiAlign (C++ kernels of the same Caffe2 lineage as
+    torchvision's; half_pixel is aligned=True): a second oracle, for boxes of the batch."""
+    helper = pytest.importorskip("onnx").helper
+    x = features()
+    rois = boxes(scale, [b for b in BOXES if 0 <= b[0] < SHAPE[0]])
+    pool = helper.make_node("MaxRoiPool", ["x", "rois"], ["y"], pooled_shape=list(OUTPUT),
+                            spatial_scale=scale)
+    assert_close(_onnx_runtime(pool, {"x": x, "rois": rois}),
+                 roi_pool_reference(x, rois, OUTPUT, scale), "MaxRoiPool")
+    inputs = {"x": x, "boxes": np.ascontiguousarray(rois[:, 1:]),
+              "batch": rois[:, 0].astype(np.int64)}
+    for aligned in (True, False):
+        for ratio in (0, 1, 2):
+            align = helper.make_node(
+                "RoiAlign", ["x", "boxes", "batch"], ["y"], output_height=OUTPUT[0],
+                output_width=OUTPUT[1], spatial_scale=scale, sampling_ratio=ratio, mode="avg",
+                coordinate_transformation_mode="half_pixel" if aligned else "output_half_pixel")
+            assert_close(_onnx_runtime(align, inputs),
+                         roi_align_reference(x, rois, OUTPUT, scale, ratio, aligned),
+                         f"RoiAlign aligned={aligned} sampling_ratio={ratio}")
 
 
 # -- the references against hand-computed values -----------------------------------------------
