@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 
 import cnncompiler  # noqa: E402
 from cnncompiler.cli import main  # noqa: E402
-from cnncompiler.graph import check_spec, layer_node, topo_layers  # noqa: E402
+from cnncompiler.graph import by_input_name, check_spec, layer_node, topo_layers  # noqa: E402
 from cnncompiler.interop import onnx_export  # noqa: E402
 from cnncompiler.interop.onnx_export import (ExportError, export_onnx, find_export,  # noqa: E402
                                              no_exact_mapping, onnx_model_bytes)
@@ -53,10 +53,11 @@ def calibrated_run(graph, x: np.ndarray, seed: int = 0):
     channel; everything else is as initialised for training."""
     rng = np.random.default_rng(seed + 1)
     params = init_params(graph, seed)
-    values = {"input": x}
+    values = dict(by_input_name(graph, x))
+    dtype = next(iter(values.values())).dtype
     for name in topo_layers(graph):
         node = layer_node(graph, name)
-        if name == "input":
+        if name in values:
             continue
         xs = [values[src] for src in node.inputs]
         if isinstance(node.layer, BatchNorm):
@@ -64,7 +65,7 @@ def calibrated_run(graph, x: np.ndarray, seed: int = 0):
         elif node.layer.type_name == "prelu":
             params[f"{name}.weight"] = rng.uniform(0.05, 0.5, node.layer.num_parameters
                                                    ).astype(np.float32)
-        values[name] = node.layer.reference(xs, layer_params(graph, name, params, x.dtype))
+        values[name] = node.layer.reference(xs, layer_params(graph, name, params, dtype))
     return params, {out: values[out] for out in graph.graph["outputs"]}
 
 
@@ -76,10 +77,12 @@ def batchnorm_statistics(name: str, x: np.ndarray, rng) -> dict[str, np.ndarray]
     return {f"{name}.{key}": value.astype(np.float32) for key, value in draw.items()}
 
 
-def onnx_outputs(data: bytes, x: np.ndarray) -> dict[str, np.ndarray]:
+def onnx_outputs(data: bytes, x) -> dict[str, np.ndarray]:
+    """The model run by ONNX Runtime on ``x`` (an array for its one input, or a dict)."""
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(None, {session.get_inputs()[0].name: x})))
+    feeds = x if isinstance(x, dict) else {session.get_inputs()[0].name: x}
+    return dict(zip(names, session.run(None, feeds)))
 
 
 def assert_matches(got: np.ndarray, want: np.ndarray, rel: float = REL, what: str = "") -> None:
@@ -145,7 +148,9 @@ CASES = {
     "global_maxpool_1d": ([3, 11], ["{type: global_maxpool}"]),
     "adaptive_avgpool2d_even": ([3, 8, 6], ["{type: adaptive_avgpool2d, output_size: [2, 3]}"]),
     "adaptive_avgpool2d_uneven": ([3, 7, 9], ["{type: adaptive_avgpool2d, output_size: [3, 5]}"]),
-    "adaptive_avgpool2d_mixed": ([3, 8, 7], ["{type: adaptive_avgpool2d, output_size: [4, 3]}"]),
+    "adaptive_avgpool2d_mixed": ([3, 8, 7], ["{type: adaptive_avgpool2d, output_size: 4}"]),
+    "adaptive_avgpool2d_regular_uneven": ([3, 8, 7], ["{type: adaptive_avgpool2d, "
+                                                      "output_size: [4, 3]}"]),
     "adaptive_maxpool2d_even": ([3, 6, 6], ["{type: adaptive_maxpool2d, output_size: 1}"]),
     "adaptive_maxpool2d_uneven": ([3, 5, 7], ["{type: adaptive_maxpool2d, output_size: [4, 4]}"]),
     "stats_pool": ([4, 13], ["{type: stats_pool}", "{type: dense, units: 3}"]),
@@ -223,11 +228,55 @@ def test_every_layer_type_has_an_export_entry():
 
 
 def test_every_layer_type_is_exported_by_a_case():
-    used = {layer_node(graph, name).layer.type_name
-            for graph in (checked(spec_text(*case)) for case in CASES.values())
-            for name in graph.nodes}
+    graphs = [checked(spec_text(*case)) for case in CASES.values()] + [checked(ROI_SPEC)]
+    used = {layer_node(graph, name).layer.type_name for graph in graphs for name in graph.nodes}
     missing = sorted(set(own_layer_types()) - used)
     assert not missing, f"no export case for: {missing}"
+
+
+# -- region-of-interest pooling: a second input, of boxes -----------------------------------------
+
+ROI_SPEC = """\
+name: rois
+inputs:
+  image: [2, 10, 10]
+  rois: {shape: [null, 5], batched: false}
+layers:
+  - {name: c, type: conv2d, filters: 3, kernel: 3, padding: 1}
+  - {name: align, type: roi_align, inputs: [c, rois], output_size: [2, 3], spatial_scale: 0.5,
+     sampling_ratio: 2, aligned: true}
+  - {name: adaptive, type: roi_align, inputs: [c, rois], output_size: 2, spatial_scale: 0.5}
+  - {name: negative_ratio, type: roi_align, inputs: [c, rois], output_size: 2, sampling_ratio: -1}
+  - {name: pool, type: roi_pool, inputs: [c, rois], output_size: [3, 2], spatial_scale: 0.5}
+  - {name: flat, type: flatten}
+  - {name: fc, type: dense, units: 4}
+outputs: [align, adaptive, negative_ratio, fc]
+"""
+# boxes of both images, one crossing the border, one smaller than a bin, one whose index
+# truncates to 0, and two that name no image of the batch (they pool zeros)
+BOXES = np.array([[0, 1, 1, 12, 9], [1, -3, 2, 25, 17], [0.7, 4, 4, 5, 5], [-0.4, 0, 0, 19, 19],
+                  [2, 1, 1, 8, 8], [-1.5, 1, 1, 8, 8]], np.float32)
+
+
+def test_roi_layers_export_with_boxes_outside_the_batch():
+    graph = checked(ROI_SPEC)
+    image = 2 * np.random.default_rng(0).standard_normal((2, 2, 10, 10))
+    feeds = {"image": image.astype(np.float32), "rois": BOXES}
+    params, want = calibrated_run(graph, feeds)
+    data = onnx_model_bytes(graph, params)
+    model = onnx.load_from_string(data)
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in (*model.graph.input, *model.graph.output)}
+    assert dims["image"] == ["N", 2, 10, 10] and dims["rois"] == ["R_rois", 5]
+    assert dims["align"] == ["R_rois", 3, 2, 3] and dims["fc"] == ["R_rois", 4]
+    got = onnx_outputs(data, feeds)
+    assert not want["align"][4:].any()
+    for name, value in want.items():
+        assert_matches(got[name], value, what=name)
+    with pytest.raises(ExportError, match=r"layer 'align' \(roi_align\): no exact ONNX mapping "
+                                          r"because aligned: true is RoiAlign's half_pixel mode, "
+                                          r"from opset 16"):
+        onnx_model_bytes(graph, params, opset=15)
 
 
 # -- the classic networks ---------------------------------------------------------------------------

@@ -36,11 +36,11 @@ class ModelFormat:
 
 
 FORMATS = (
-    ModelFormat("ONNX", (".onnx",), writer="cnncompiler.interop.onnx_export:export_onnx",
-                package="onnx"),
+    ModelFormat("ONNX", (".onnx",), reader="cnncompiler.interop.onnx_import:import_onnx",
+                writer="cnncompiler.interop.onnx_export:export_onnx", package="onnx"),
 )
 
-ROLES = {"reader": "reads", "writer": "writes"}
+ROLES = {"reader": ("reads", "reading"), "writer": ("writes", "writing")}
 
 
 def format_for(path, role: str) -> ModelFormat:
@@ -53,7 +53,7 @@ def format_for(path, role: str) -> ModelFormat:
             return fmt
     known = "; ".join(f.describe() for f in able)
     raise CnncError(f"'{path}': no model format with the suffix '{suffix or '(none)'}'; cnnc "
-                    f"{ROLES[role]} {known}; name the file with one of these suffixes")
+                    f"{ROLES[role][0]} {known}; name the file with one of these suffixes")
 
 
 def _function(fmt: ModelFormat, role: str):
@@ -62,8 +62,8 @@ def _function(fmt: ModelFormat, role: str):
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if fmt.package and exc.name and exc.name.split(".")[0] == fmt.package:
-            raise CnncError(f"{ROLES[role].removesuffix('s')}ing {fmt.name} needs the "
-                            f"'{fmt.package}' package: pip install {fmt.package}") from None
+            raise CnncError(f"{ROLES[role][1]} {fmt.name} needs the '{fmt.package}' package: "
+                            f"pip install {fmt.package}") from None
         raise
     return getattr(module, name)
 

@@ -32,8 +32,10 @@ from ..graph import layer_node, param_names, topo_layers
 from ..layers.activation import (GELU, Dropout, Hardsigmoid, Hardswish, Identity, LeakyReLU,
                                  PReLU, ReLU, ReLU6, SiLU, Sigmoid, Softmax, Tanh)
 from ..layers.adaptive import AdaptiveAvgPool2d, AdaptiveMaxPool2d, StatsPool
+from ..layers.base import BATCH
 from ..layers.conv import ConvBase, LocallyConnected2d
 from ..layers.dense import Dense, Flatten
+from ..layers.detection import RoIAlign, RoIPool
 from ..layers.merge import Add, Concat
 from ..layers.norm import LRN, BatchNorm
 from ..layers.pool import (AvgPoolBase, BlurPool2d, GlobalAvgPool, GlobalMaxPool, LpPoolBase,
@@ -411,14 +413,69 @@ def flatten_nodes(w: OnnxWriter, site: LayerSite) -> str:
 
 
 def add_nodes(w: OnnxWriter, site: LayerSite) -> str:
-    y = site.inputs[0]
-    for other in site.inputs[1:]:  # left to right, as the reference sums
-        y = w.op(site, "Add", [y, other])
-    return y
+    # Sum adds its inputs left to right, as the reference does
+    return w.op(site, "Add" if len(site.inputs) == 2 else "Sum", list(site.inputs))
 
 
 def concat_nodes(w: OnnxWriter, site: LayerSite) -> str:
     return w.op(site, "Concat", list(site.inputs), axis=site.layer.axis)
+
+
+# -- region-of-interest pooling --------------------------------------------------------------
+
+def valid_boxes(w: OnnxWriter, site: LayerSite) -> tuple[str, str]:
+    """(each box's batch index, truncated toward zero and 0 where it names no image of the
+    batch, as (R, 1) floats; whether it names one, (R, 1)). A box outside the batch pools
+    zeros in cnnc, where ONNX Runtime would read outside its input."""
+    features, rois = site.inputs
+    first = w.op(site, "Slice", [rois, w.ints(site, "starts", [0]), w.ints(site, "ends", [1]),
+                                 w.ints(site, "axes", [1])])
+    zero = w.floats(site, "zero", 0.0)
+    whole = w.op(site, "Where", [w.op(site, "Less", [first, zero]), w.op(site, "Ceil", [first]),
+                                 w.op(site, "Floor", [first])])
+    batch = w.op(site, "Gather", [w.op(site, "Shape", [features]), w.ints(site, "batch_axis", [0])])
+    batch = w.op(site, "Cast", [batch], to=1)  # FLOAT
+    valid = w.op(site, "And", [w.op(site, "GreaterOrEqual", [whole, zero]),
+                               w.op(site, "Less", [whole, batch])])
+    return w.op(site, "Where", [valid, whole, zero]), valid
+
+
+def zero_invalid(w: OnnxWriter, site: LayerSite, pooled: str, valid: str) -> str:
+    mask = w.op(site, "Reshape", [valid, w.ints(site, "mask_shape", [-1, 1, 1, 1])])
+    return w.op(site, "Where", [mask, pooled, w.floats(site, "zero", 0.0)])
+
+
+def box_corners(w: OnnxWriter, site: LayerSite) -> str:
+    return w.op(site, "Slice", [site.inputs[1], w.ints(site, "starts", [1]),
+                                w.ints(site, "ends", [5]), w.ints(site, "axes", [1])])
+
+
+def roi_pool_nodes(w: OnnxWriter, site: LayerSite) -> str:
+    """ONNX's MaxRoiPool (torchvision's rounding and empty bins, as ONNX Runtime computes)."""
+    index, valid = valid_boxes(w, site)
+    rois = w.op(site, "Concat", [index, box_corners(w, site)], axis=1)
+    pooled = w.op(site, "MaxRoiPool", [site.x, rois], pooled_shape=list(site.layer.output_size),
+                  spatial_scale=site.layer.spatial_scale)
+    return zero_invalid(w, site, pooled, valid)
+
+
+def roi_align_nodes(w: OnnxWriter, site: LayerSite) -> str:
+    """ONNX's RoiAlign: aligned is the half_pixel coordinate mode (from opset 16), not aligned
+    output_half_pixel; a sampling ratio of 0 or less is adaptive."""
+    layer = site.layer
+    if layer.aligned and w.opset < 16:
+        no_exact_mapping(f"aligned: true is RoiAlign's half_pixel mode, from opset 16 (this "
+                         f"export writes opset {w.opset})")(w, site)
+    mode = {"coordinate_transformation_mode": "half_pixel" if layer.aligned else
+            "output_half_pixel"} if w.opset >= 16 else {}
+    index, valid = valid_boxes(w, site)
+    batch = w.op(site, "Cast", [w.op(site, "Reshape", [index, w.ints(site, "flat", [-1])])],
+                 to=7)  # INT64
+    pooled = w.op(site, "RoiAlign", [site.x, box_corners(w, site), batch], mode="avg",
+                  output_height=layer.output_size[0], output_width=layer.output_size[1],
+                  spatial_scale=layer.spatial_scale,
+                  sampling_ratio=max(layer.sampling_ratio, 0), **mode)
+    return zero_invalid(w, site, pooled, valid)
 
 
 def no_exact_mapping(reason: str):
@@ -462,6 +519,8 @@ ONNX_EXPORT = {
     Flatten: flatten_nodes,
     Add: add_nodes,
     Concat: concat_nodes,
+    RoIPool: roi_pool_nodes,
+    RoIAlign: roi_align_nodes,
 }
 
 
@@ -485,11 +544,17 @@ def export_for(site: LayerSite):
 
 # -- the model ----------------------------------------------------------------------------------
 
-def model_inputs(graph) -> list[tuple[str, tuple[int, ...]]]:
-    """The model's inputs as (name, per-sample shape), in order: the one ``input`` of an
-    ``input:`` spec, or each of the graph's ``inputs``."""
-    names = graph.graph.get("inputs") or ["input"]
-    return [(name, tuple(layer_node(graph, name).shape)) for name in names]
+def model_inputs(graph) -> list[str]:
+    """The model's inputs, in order: the one ``input`` of an ``input:`` spec, or each of the
+    graph's ``inputs``; each is an input of the ONNX model of the same name."""
+    return list(graph.graph.get("inputs") or ["input"])
+
+
+def leading_axis(graph, name: str) -> str:
+    """The symbolic first axis of a tensor: 'N', the batch, or 'R_<input>', the rows of an
+    input without the batch axis (boxes), as the compiled model's signature names them."""
+    lead = layer_node(graph, name).lead
+    return "N" if lead in (None, BATCH) else f"R_{lead}"
 
 
 def check_opset(opset) -> int:
@@ -510,10 +575,11 @@ def checked_params(graph, params) -> dict[str, np.ndarray]:
     return validate_weights(graph, params, {}, strict=True, copy=False)  # read, never kept
 
 
-def value_info(helper, name: str, shape) -> object:
+def value_info(helper, graph, name: str, tensor: str) -> object:
     from onnx import TensorProto
 
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", *shape])
+    shape = [leading_axis(graph, name), *layer_node(graph, name).shape]
+    return helper.make_tensor_value_info(tensor, TensorProto.FLOAT, shape)
 
 
 def layer_site(graph, name: str, tensors: dict, params: dict, w: OnnxWriter) -> LayerSite:
@@ -553,16 +619,16 @@ def onnx_model_bytes(graph, params, opset: int = DEFAULT_OPSET) -> bytes:
     check_size(params)
     w = OnnxWriter(opset)
     inputs = model_inputs(graph)
-    tensors = {name: w.unique(name) for name, _ in inputs}
+    tensors = {name: w.unique(name) for name in inputs}
     for name in topo_layers(graph):
         if name in tensors:
             continue
         site = layer_site(graph, name, tensors, params, w)
         tensors[name] = w.rename_output(export_for(site)(w, site), name)
-    outputs = [value_info(w.helper, tensors[o], layer_node(graph, o).shape)
-               for o in graph.graph["outputs"]]
+    outputs = [value_info(w.helper, graph, o, tensors[o]) for o in graph.graph["outputs"]]
     body = w.helper.make_graph(w.nodes, graph.graph["name"],
-                               [value_info(w.helper, tensors[n], s) for n, s in inputs], outputs)
+                               [value_info(w.helper, graph, n, tensors[n]) for n in inputs],
+                               outputs)
     opsets = [w.helper.make_opsetid("", opset)]
     model = w.helper.make_model(body, opset_imports=opsets, producer_name="cnnc",
                                 producer_version=__version__,

@@ -1,0 +1,466 @@
+"""ONNX import: specs exported and read back compute what they computed; small ResNet-, VGG- and
+MobileNet-like PyTorch networks exported by torch.onnx, imported, compiled and compared with
+ONNX Runtime; readable layer names; refusals that name the node; ``cnnc import``."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from conftest import SPECS, needs_torch
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+import cnncompiler  # noqa: E402
+from cnncompiler.cli import main  # noqa: E402
+from cnncompiler.interop import read_model  # noqa: E402
+from cnncompiler.interop.onnx_export import onnx_model_bytes  # noqa: E402
+from cnncompiler.interop.onnx_import import import_onnx  # noqa: E402
+from cnncompiler.reference import run_reference  # noqa: E402
+from cnncompiler.runtime.weights import write_weights  # noqa: E402
+from test_onnx_export import (CASES, assert_matches, calibrated_run, checked,  # noqa: E402
+                              onnx_outputs, sample, spec_text)
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+
+def round_trip(tmp_path, graph, params, opset: int = 17):
+    """Export, import: the imported graph and its weights."""
+    path = tmp_path / f"{graph.graph['name']}.onnx"
+    path.write_bytes(onnx_model_bytes(graph, params, opset))
+    text, imported = import_onnx(path)
+    return checked(text), imported, text
+
+
+# -- cnnc's own exports, read back ---------------------------------------------------------------------
+
+ROUND_TRIP_SPECS = ["lenet5", "resnet_tiny", "resnet18_cifar", "mobilenet_v1_cifar", "tdnn",
+                    "googlenet", "alexnet"]
+
+
+@pytest.mark.parametrize("stem", ROUND_TRIP_SPECS)
+def test_classic_spec_round_trip(tmp_path, stem):
+    graph, _ = cnncompiler.check(SPECS / f"{stem}.yaml")
+    x = sample(graph, 1)
+    params, want = calibrated_run(graph, x)
+    imported, imported_params, _ = round_trip(tmp_path, graph, params)
+    assert list(imported.nodes) == list(graph.nodes)  # the same names, in the same order
+    assert imported_params.keys() == params.keys()
+    got = run_reference(imported, x, imported_params)
+    for name, value in want.items():
+        assert_matches(got[name], value, what=name)
+
+
+# the layer cases that export as operators cnnc reads back, and those that do not: the node
+# and operator the import refuses
+NOT_READ_BACK = {
+    "adaptive_avgpool2d_uneven": "Slice", "adaptive_avgpool2d_mixed": "Slice",
+    "adaptive_maxpool2d_uneven": "Slice", "stats_pool": "Sub",
+    "blurpool2d_reflect": "Pad", "blurpool2d_k5_stride1": "Pad", "gelu_tanh": "Mul", "lppool2d_ceil_overhang": "Abs",
+    "lppool2d_fractional_p": "Abs", "lrn_even": "Mul", "lrn_1d": "Mul",
+    "locally_connected2d": "Slice", "locally_connected2d_strided": "Pad",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_layer_round_trip(tmp_path, case):
+    graph = checked(spec_text(*CASES[case]))
+    x = sample(graph, 2)
+    params, want = calibrated_run(graph, x)
+    if case in NOT_READ_BACK:
+        with pytest.raises(cnncompiler.CnncError, match=rf"node '/[^']+' \({NOT_READ_BACK[case]}, "
+                                                        r"opset 17\): "):
+            round_trip(tmp_path, graph, params)
+        return
+    imported, imported_params, _ = round_trip(tmp_path, graph, params)
+    got = run_reference(imported, x, imported_params)
+    for (name, value), imported_name in zip(want.items(), imported.graph["outputs"]):
+        assert_matches(got[imported_name], value, what=name)
+
+
+@pytest.mark.parametrize("case, opset", [("gelu", 20), ("gelu_tanh", 20), ("hardswish", 13),
+                                         ("dropout", 13), ("softmax_axis2", 13)])
+def test_opset_dependent_forms_read_back(tmp_path, case, opset):
+    """Gelu as an operator (opset 20), HardSwish as x * HardSigmoid(x) (before opset 14)."""
+    graph = checked(spec_text(*CASES[case]))
+    x = sample(graph, 2)
+    params, want = calibrated_run(graph, x)
+    imported, imported_params, text = round_trip(tmp_path, graph, params, opset)
+    assert f"type: {case.split('_')[0]}" in text
+    got = run_reference(imported, x, imported_params)
+    for name, value in want.items():
+        assert_matches(got[name], value, what=name)
+
+
+def test_spec_text_is_plain(tmp_path):
+    graph = checked(spec_text([3, 8, 8], [
+        "{name: conv1, type: conv2d, filters: 4, kernel: 3, stride: 2, padding: [[0, 1], [1, 0]]}",
+        "{name: '0', type: batchnorm, eps: 0.001}", "{name: relu, type: leaky_relu, alpha: 0.2}",
+        "{name: pool, type: maxpool2d, kernel: 3, stride: 1, padding: 1, inputs: [conv1]}",
+        "{name: sum, type: add, inputs: [relu, pool]}", "{name: drop, type: dropout, rate: 0.3}"]))
+    params, _ = calibrated_run(graph, sample(graph, 2))
+    _, _, text = round_trip(tmp_path, graph, params)
+    assert text.splitlines()[1:] == [
+        "name: case",
+        "input: [3, 8, 8]",
+        "layers:",
+        "  - {name: conv1, type: conv2d, filters: 4, kernel: 3, stride: 2, "
+        "padding: [[0, 1], [1, 0]]}",
+        "  - {name: '0', type: batchnorm, eps: 0.001}",
+        "  - {name: relu, type: leaky_relu, alpha: 0.2}",
+        "  - {name: pool, type: maxpool2d, kernel: 3, stride: 1, padding: 1, inputs: [conv1]}",
+        "  - {name: sum, type: add, inputs: [relu, pool]}",
+        "  - {name: drop, type: dropout, rate: 0.3}"]
+    assert text.startswith("# Imported from case.onnx (ONNX opset 17, written by cnnc ")
+
+
+# -- PyTorch's networks --------------------------------------------------------------------------------
+
+def torch_networks():
+    """Small networks of the three families, built here (torchvision is not needed)."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        """torchvision's BasicBlock: one ReLU module called twice."""
+
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.relu = nn.ReLU()
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                            nn.BatchNorm2d(cout)) if stride != 1 else None
+
+        def forward(self, x):
+            y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+            return self.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+    class ResNetish(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(8)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            self.layer1 = nn.Sequential(Block(8, 8, 1), Block(8, 16, 2))
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+            return self.fc(torch.flatten(self.avgpool(self.layer1(x)), 1))
+
+    class VGGish(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                nn.MaxPool2d(2, ceil_mode=True),
+                nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.LeakyReLU(0.1),
+                nn.MaxPool2d(2),
+                nn.Conv2d(16, 16, 3, padding=1, groups=4), nn.PReLU(16),
+                nn.AvgPool2d(3, 1, 1, count_include_pad=False))
+            self.avgpool = nn.AdaptiveAvgPool2d(2)
+            self.classifier = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.5),
+                                            nn.Linear(32, 10), nn.Softmax(dim=1))
+
+        def forward(self, x):
+            x = self.avgpool(self.features(x))
+            return self.classifier(x.view(x.size(0), -1))
+
+    class MobileNetish(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16),
+                                      nn.ReLU6())
+            self.block = nn.Sequential(
+                nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16),
+                nn.Hardswish(), nn.Conv2d(16, 24, 1, bias=False), nn.BatchNorm2d(24), nn.SiLU())
+            self.left = nn.Sequential(nn.Conv2d(24, 8, 1), nn.GELU())
+            self.right = nn.Sequential(nn.Conv2d(24, 8, 3, padding=1), nn.Hardsigmoid(),
+                                       nn.Tanh())
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            x = self.block(self.stem(x))
+            x = torch.cat([self.left(x), self.right(x), ], dim=1)
+            return torch.sigmoid(self.fc(x.mean((2, 3))))
+
+    return {"resnetish": (ResNetish, (3, 16, 16)), "vggish": (VGGish, (3, 15, 15)),
+            "mobilenetish": (MobileNetish, (3, 16, 16))}
+
+
+def randomise_batchnorm(net, seed: int) -> None:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                c = module.num_features
+                module.running_mean.copy_(0.1 * torch.randn(c, generator=generator))
+                module.running_var.copy_(0.5 + torch.rand(c, generator=generator))
+                module.weight.copy_(0.5 + torch.rand(c, generator=generator))
+                module.bias.copy_(0.2 * torch.randn(c, generator=generator))
+
+
+def torch_export(net, shape, path, keep_batchnorm: bool = True) -> None:
+    """torch.onnx's TorchScript exporter (the default one needs onnxscript), batch axis free;
+    PRESERVE keeps batch norms as nodes, EVAL folds them into the convolutions."""
+    import torch
+
+    mode = torch.onnx.TrainingMode.PRESERVE if keep_batchnorm else torch.onnx.TrainingMode.EVAL
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, torch.zeros(1, *shape), str(path), dynamo=False,
+                          input_names=["x"], dynamic_axes={"x": {0: "batch"}},
+                          opset_version=17, training=mode)
+
+
+@pytest.fixture(scope="module")
+def torch_imports(tmp_path_factory):
+    """Each network exported, imported and written as spec + weights, and compiled."""
+    pytest.importorskip("torch")
+    import torch
+
+    out = {}
+    for index, (name, (build, shape)) in enumerate(torch_networks().items()):
+        torch.manual_seed(index)
+        net = build().eval()
+        randomise_batchnorm(net, index)
+        folder = tmp_path_factory.mktemp(name)
+        path = folder / f"{name}.onnx"
+        torch_export(net, shape, path)
+        text, params = import_onnx(path)
+        (folder / "spec.yaml").write_text(text)
+        write_weights(folder / "weights.safetensors", params)
+        model = cnncompiler.compile(folder / "spec.yaml", weights=folder / "weights.safetensors",
+                                    output_dir=folder / "build")
+        out[name] = {"net": net, "shape": shape, "onnx": path, "text": text, "params": params,
+                     "model": model, "folder": folder}
+    return out
+
+
+@needs_torch
+@pytest.mark.parametrize("name", ["resnetish", "vggish", "mobilenetish"])
+def test_torch_network_imports_and_compiles_as_onnx_runtime_computes(torch_imports, name):
+    entry = torch_imports[name]
+    x = np.random.default_rng(5).standard_normal((3, *entry["shape"])).astype(np.float32)
+    want = onnx_outputs(entry["onnx"].read_bytes(), x)
+    (expected,) = want.values()
+    assert_matches(entry["model"].predict(x), expected, rel=1e-4, what=f"{name} compiled")
+    graph = checked(entry["text"])
+    (got,) = run_reference(graph, x, entry["params"]).values()
+    assert_matches(got, expected, rel=1e-4, what=f"{name} reference")
+
+
+@needs_torch
+def test_torch_names_are_module_paths_and_weights_load_as_state_dict(torch_imports):
+    entry = torch_imports["resnetish"]
+    names = list(checked(entry["text"]).nodes)
+    assert names == [
+        "input", "conv1", "bn1", "relu", "maxpool",
+        "layer1.0.conv1", "layer1.0.bn1", "layer1.0.relu", "layer1.0.conv2", "layer1.0.bn2",
+        "layer1.0.add", "layer1.0.relu_1",
+        "layer1.1.conv1", "layer1.1.bn1", "layer1.1.relu", "layer1.1.conv2", "layer1.1.bn2",
+        "layer1.1.downsample.0", "layer1.1.downsample.1", "layer1.1.add", "layer1.1.relu_1",
+        "avgpool", "flatten", "fc"]
+    state = {k: v.numpy() for k, v in entry["net"].state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+    assert entry["params"].keys() == state.keys()
+    for key, value in state.items():
+        np.testing.assert_array_equal(entry["params"][key], value, err_msg=key)
+
+
+@needs_torch
+def test_torch_patterns_become_one_layer_each(torch_imports):
+    lines = {line.split("name: ")[1].split(",")[0]: line
+             for line in torch_imports["mobilenetish"]["text"].splitlines() if "name: " in line}
+    assert "type: relu6" in lines["stem.2"] and "type: hardswish" in lines["block.2"]
+    assert "type: silu" in lines["block.5"] and "type: gelu" in lines["left.1"]
+    assert "type: hardsigmoid" in lines["right.1"]
+    assert "type: global_avgpool" in lines["reducemean"]
+    assert "type: flatten" in lines["reducemean.flatten"]
+    vgg = torch_imports["vggish"]["text"]
+    assert "{name: reshape, type: flatten}" in vgg
+    assert "{name: features.3, type: maxpool2d, kernel: 2, ceil_mode: true}" in vgg
+    assert "{name: features.9, type: prelu, num_parameters: 16}" in vgg
+
+
+@needs_torch
+def test_folded_batchnorm_exports_import_too(tmp_path):
+    import torch
+
+    build, shape = torch_networks()["resnetish"]
+    torch.manual_seed(7)
+    net = build().eval()
+    randomise_batchnorm(net, 7)
+    path = tmp_path / "folded.onnx"
+    torch_export(net, shape, path, keep_batchnorm=False)
+    text, params = import_onnx(path)
+    assert "batchnorm" not in text and "layer1.0.conv1.bias" in params
+    x = np.random.default_rng(1).standard_normal((2, *shape)).astype(np.float32)
+    (got,) = run_reference(checked(text), x, params).values()
+    (want,) = onnx_outputs(path.read_bytes(), x).values()
+    assert_matches(got, want, rel=1e-4)
+
+
+@needs_torch
+def test_one_dimensional_torch_network(tmp_path):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv1d(4, 8, 3, dilation=2, padding=2), nn.BatchNorm1d(8), nn.ReLU(),
+                        nn.MaxPool1d(3, 2, ceil_mode=True), nn.AvgPool1d(2),
+                        nn.Conv1d(8, 6, 1), nn.AdaptiveMaxPool1d(1), nn.Flatten(),
+                        nn.Linear(6, 5), nn.BatchNorm1d(5)).eval()
+    randomise_batchnorm(net, 3)
+    path = tmp_path / "tdnnish.onnx"
+    torch_export(net, (4, 21), path)
+    text, params = import_onnx(path)
+    x = np.random.default_rng(2).standard_normal((3, 4, 21)).astype(np.float32)
+    (got,) = run_reference(checked(text), x, params).values()
+    (want,) = onnx_outputs(path.read_bytes(), x).values()
+    assert_matches(got, want, rel=1e-4)
+
+
+# -- hand-written ONNX -----------------------------------------------------------------------------------
+
+def onnx_file(path, nodes, input_shape, initializers=(), opset: int = 17, inputs=None,
+              domains=()):
+    """A model of ``nodes`` reading 'x' (batch axis 'N') and writing 'y'."""
+    inputs = inputs or [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                      ["N", *input_shape])]
+    graph = helper.make_graph(nodes, "hand", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.asarray(v), k)
+                               for k, v in dict(initializers).items()])
+    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1) for d in domains]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=8)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_matmul_add_sum_and_constant_nodes(tmp_path):
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((6, 4)).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    nodes = [helper.make_node("Constant", [], ["two"], name="two",
+                              value=numpy_helper.from_array(np.float32(2.0))),
+             helper.make_node("Mul", ["b", "two"], ["b2"], name="double_bias"),
+             helper.make_node("MatMul", ["x", "w"], ["h"], name="/fc/MatMul"),
+             helper.make_node("Add", ["h", "b2"], ["z"], name="/fc/Add"),
+             helper.make_node("Relu", ["z"], ["r"], name="/act/Relu"),
+             helper.make_node("Sum", ["r", "z", "r"], ["y"], name="total")]
+    path = onnx_file(tmp_path / "dense.onnx", nodes, [6], {"w": w, "b": b})
+    text, params = import_onnx(path)
+    assert "{name: fc, type: dense, units: 4}" in text
+    assert "{name: total, type: add, inputs: [act, fc, act]}" in text
+    np.testing.assert_array_equal(params["fc.weight"], w.T)
+    np.testing.assert_array_equal(params["fc.bias"], 2 * b)
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    (got,) = run_reference(checked(text), x, params).values()
+    assert_matches(got, onnx_outputs(path.read_bytes(), x)["y"])
+
+
+def refusal(tmp_path, nodes, input_shape=(3, 4, 4), initializers=(), **kw) -> str:
+    path = onnx_file(tmp_path / "refused.onnx", nodes, input_shape, initializers, **kw)
+    with pytest.raises(cnncompiler.CnncError) as caught:
+        import_onnx(path)
+    return str(caught.value)
+
+
+def test_unsupported_operators_are_refused_with_node_and_opset(tmp_path):
+    message = refusal(tmp_path, [helper.make_node("Relu", ["x"], ["r"], name="/a/Relu"),
+                                 helper.make_node("Exp", ["r"], ["y"], name="/b/Exp")])
+    assert "refused.onnx: node '/b/Exp' (Exp, opset 17): cnnc has no layer for this " \
+           "operator; it reads Add, AveragePool, BatchNormalization" in message
+    message = refusal(tmp_path, [helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="c")],
+                      initializers={"lo": np.float32(-1), "hi": np.float32(1)}, opset=13)
+    assert "node 'c' (Clip, opset 13): Clip(min=-1.0, max=1.0); cnnc expresses Clip(0, 6)" \
+           in message
+    message = refusal(tmp_path, [helper.make_node("LRN", ["x"], ["y"], name="n", size=4)])
+    assert "node 'n' (LRN, opset 17): size 4 is even" in message
+    message = refusal(tmp_path, [helper.make_node("Foo", ["x"], ["y"], name="f",
+                                                  domain="com.example")],
+                      domains=["com.example"])
+    assert "node 'f' (Foo, opset 17): an operator of the domain 'com.example'" in message
+    message = refusal(tmp_path, [helper.make_node("Add", ["x", "c"], ["y"], name="shift")],
+                      initializers={"c": np.ones((3, 1, 1), np.float32)})
+    assert "node 'shift' (Add, opset 17): input 1 ('c') is a constant" in message
+    message = refusal(tmp_path, [helper.make_node("MatMul", ["x", "w"], ["h"], name="/fc/MatMul"),
+                                 helper.make_node("Add", ["h", "b"], ["y"], name="/fc/Add")],
+                      initializers={"w": np.ones((4, 2), np.float32),
+                                    "b": np.ones(2, np.float32)})
+    assert "node '/fc/Gemm' (Gemm, from MatMul + Add, opset 17): its input is not a batch of " \
+           "vectors (N, F)" in message
+
+
+def test_models_cnnc_cannot_take_are_refused(tmp_path):
+    two = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3]) for n in ("a", "b")]
+    message = refusal(tmp_path, [helper.make_node("Add", ["a", "b"], ["y"])], inputs=two)
+    assert "the model has 2 inputs (a, b); cnnc imports models with one" in message
+    message = refusal(tmp_path, [helper.make_node("Identity", ["x"], ["y"])], input_shape=())
+    assert "its input 'x' has shape ('N',)" not in message and "has shape" in message
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(cnncompiler.CnncError, match="junk.onnx: not a readable ONNX model"):
+        import_onnx(tmp_path / "junk.onnx")
+    with pytest.raises(cnncompiler.CnncError, match="no ONNX model at"):
+        import_onnx(tmp_path / "none.onnx")
+
+
+def test_unknown_suffix_lists_the_formats(tmp_path):
+    with pytest.raises(cnncompiler.CnncError, match=r"'net.prototxt': no model format with the "
+                                                    r"suffix '.prototxt'; cnnc reads ONNX "
+                                                    r"\(.onnx\)"):
+        read_model("net.prototxt")
+
+
+# -- cnnc import and cnnc export --artifact --------------------------------------------------------------
+
+def cnnc(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_import_writes_spec_and_weights_and_refuses_to_overwrite(tmp_path, capsys):
+    graph, _ = cnncompiler.check(SPECS / "lenet5.yaml")
+    params, _ = calibrated_run(graph, sample(graph, 2))
+    (tmp_path / "lenet.onnx").write_bytes(onnx_model_bytes(graph, params))
+    spec = tmp_path / "out" / "lenet.yaml"
+    code, out, err = cnnc(capsys, "import", tmp_path / "lenet.onnx", "-o", spec)
+    assert code == 0, err
+    assert out.splitlines()[0] == (f"wrote {spec} and {spec.with_suffix('.safetensors')} "
+                                   "(10 tensors, 61,706 weights)")
+    imported, _ = cnncompiler.check(spec)
+    assert list(imported.nodes) == list(graph.nodes)
+
+    code, _, err = cnnc(capsys, "import", tmp_path / "lenet.onnx", "-o", spec)
+    assert code == 1 and "already exist; refusing to overwrite (give --force" in err
+    weights = tmp_path / "w.safetensors"
+    code, _, err = cnnc(capsys, "import", tmp_path / "lenet.onnx", "-o", spec, "--force",
+                        "--weights", weights)
+    assert code == 0, err
+    from cnncompiler.runtime.weights import read_weights
+    assert read_weights(weights).keys() == params.keys()
+    code, _, err = cnnc(capsys, "import", tmp_path / "lenet.caffemodel", "-o", spec)
+    assert code == 1 and "cnnc reads ONNX (.onnx)" in err
+
+
+@needs_torch
+def test_cli_export_of_an_artifact(torch_imports, tmp_path, capsys):
+    entry = torch_imports["resnetish"]
+    out = tmp_path / "again.onnx"
+    code, stdout, err = cnnc(capsys, "export", "--artifact", entry["folder"] / "build", "-o", out)
+    assert code == 0, err
+    assert "weights from the artifact" in stdout
+    x = np.random.default_rng(8).standard_normal((2, *entry["shape"])).astype(np.float32)
+    (want,) = onnx_outputs(entry["onnx"].read_bytes(), x).values()
+    (got,) = onnx_outputs(out.read_bytes(), x).values()
+    assert_matches(got, want, rel=1e-4)
