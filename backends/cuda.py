@@ -146,11 +146,17 @@ def schedule_checked(mod, target):
     from tvm import s_tir, tirx
     from tvm.s_tir import dlight as dl
 
+    from .lower import CUDA_FAMILY_ATTR
+
     # the first two passes of the s_tir lowering (s_tir.pipeline), where that check is made
     check = tvm.transform.Sequential([s_tir.transform.CanonicalizeLoop(),
                                       s_tir.transform.LowerCrossThreadReduction()])
     for gv, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False):
+            continue
+        family = func.attrs.get(CUDA_FAMILY_ATTR)
+        if family is not None and str(family) in CUDA_SCHEDULES:
+            mod[gv] = _binding_threads(gv, CUDA_SCHEDULES[str(family)]()(func))
             continue
         # a module of its own each time: dlight may rewrite the one it is given in place
         try:
@@ -158,8 +164,29 @@ def schedule_checked(mod, target):
             check(tvm.IRModule({gv: scheduled[gv]}))
         except Exception:  # noqa: BLE001 (tvm raises several kinds; Fallback is always right)
             scheduled = dl.ApplyDefaultSchedule(dl.gpu.Fallback())(tvm.IRModule({gv: func}))
-        mod[gv] = scheduled[gv]
+        mod[gv] = _binding_threads(gv, scheduled[gv])
     return mod
+
+
+def _roi_schedule():
+    from .te_roi import schedule_cuda
+
+    return schedule_cuda
+
+
+# CUDA kernel families (rules.py) with a schedule of their own, applied instead of dlight's
+# rules: the RoI kernels' reduction extents are read from other stages, which dlight's rules
+# leave unscheduled, without an error
+CUDA_SCHEDULES = {"roi": _roi_schedule}
+
+
+def _binding_threads(gv, func):
+    """``func``, refused when no loop of it is bound to GPU threads: TVM would build it as
+    host code without a word, and it would not run on the device."""
+    if "threadIdx" not in func.script():
+        raise CompileError(f"kernel '{gv.name_hint}' has no GPU schedule (no loop is bound "
+                           "to GPU threads); it would run as host code")
+    return func
 
 
 def relax_pipeline(target):

@@ -22,6 +22,8 @@ from cnncompiler.layers import BATCH
 from .rules import rules_for
 
 FLOAT = "float32"
+# the function attribute that carries a kernel's CUDA schedule family (rules.py)
+CUDA_FAMILY_ATTR = "cnnc.cuda_family"
 
 
 def input_vars(g: nx.DiGraph, n, dtype: str = FLOAT) -> dict[str, relax.Var]:
@@ -75,10 +77,19 @@ def emit_layer(bb, g, node, values, arg_vars):
     if layer.passthrough:
         return xs[0]
     try:
-        return bb.emit_te(compute, xs, args, primfunc_name_hint=kernel_name(node))
+        var = bb.emit_te(compute, xs, args, primfunc_name_hint=kernel_name(node))
     except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
         raise CompileError(f"layer '{node}' ({layer.type_name}): lowering to TVM failed: "
                            f"{exc}") from exc
+    _mark_family(bb, var, rules_for(layer, node).cuda)
+    return var
+
+
+def _mark_family(bb: relax.BlockBuilder, var, family: str) -> None:
+    """Record the layer's CUDA schedule family on its kernel, for the CUDA pipeline to give it
+    its family's schedule (cuda.schedule_checked)."""
+    gv = bb.lookup_binding(var).args[0]
+    bb.update_func(gv, bb.get()[gv].with_attr(CUDA_FAMILY_ATTR, family))
 
 
 def build_module(g: nx.DiGraph, batch_sizes=(), layouts: dict | None = None) -> tvm.IRModule:

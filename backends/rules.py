@@ -51,7 +51,8 @@ NOT_TRAINED = "not trained"                        # exists only in optimised in
 # CPU kernel families (cpu.plan picks the kernel and layout for each)
 CPU_FAMILIES = ("conv", "dense", "pool", "global_pool", "pointwise", "batchnorm", "add",
                 "concat", "passthrough", "fused", "roi", "generic")
-CUDA_FAMILIES = ("dlight",)
+# CUDA schedule families: dlight's rules, or a schedule of the family's own (cuda.CUDA_SCHEDULES)
+CUDA_FAMILIES = ("dlight", "roi")
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,8 @@ RULES: dict[type, Rules] = {
     AdaptiveMaxPool2d: Rules(a.lower_adaptive_maxpool, a.grad_adaptive_maxpool,
                              cpu="generic", cuda="dlight"),
     StatsPool: Rules(a.lower_stats_pool, a.grad_stats_pool, cpu="generic", cuda="dlight"),
-    RoIPool: Rules(d.lower_roi_pool, d.grad_roi_pool, cpu="roi", cuda="dlight"),
-    RoIAlign: Rules(d.lower_roi_align, d.grad_roi_align, cpu="roi", cuda="dlight"),
+    RoIPool: Rules(d.lower_roi_pool, d.grad_roi_pool, cpu="roi", cuda="roi"),
+    RoIAlign: Rules(d.lower_roi_align, d.grad_roi_align, cpu="roi", cuda="roi"),
     Pointwise: Rules(t.lower_pointwise, g.grad_pointwise, cpu="pointwise", cuda="dlight"),
     # its slope is a parameter, read per channel from a plain vector: te_ops' compute
     PReLU: Rules(t.lower_pointwise, g.grad_prelu, cpu="generic", cuda="dlight"),

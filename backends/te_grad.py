@@ -19,7 +19,7 @@ from tvm import te, tirx
 
 from cnncompiler.layers.pool import blur_filter
 from cnncompiler.layers.window import resolve_padding
-from cnncompiler.spec.losses import Euclidean, SigmoidCrossEntropy, SoftmaxCrossEntropy
+from cnncompiler.spec.losses import Euclidean, SigmoidCrossEntropy, SmoothL1, SoftmaxCrossEntropy
 from cnncompiler.spec.train_config import Hyper
 
 from .te_ops import TE_MATH, channel_arg, const, max_keeping_nan, pad
@@ -605,11 +605,46 @@ def euclidean(outputs, targets):
     return loss, correct, d
 
 
-# the TE form of each loss (spec/losses.py), (z, labels, label smoothing) -> (loss, correct, dz)
+def smooth_l1(outputs, targets, beta: float):
+    """Mean smooth L1 (SmoothL1Loss) over the targets that are not NaN: a NaN target is an
+    entry to ignore, in the loss, its count and the gradient."""
+    dt = outputs.dtype
+    shape = outputs.shape
+    zero, one, b = const(0.0, dt), const(1.0, dt), const(beta, dt)
+    half_beta, half_over_beta = const(0.5 * beta, dt), const(0.5 / beta, dt)
+
+    def kept(*i):
+        return tirx.isnan(targets(*i)).astype("int32") == 0
+
+    def per(*i):
+        d = tirx.abs(outputs(*i) - targets(*i))
+        return tirx.Select(kept(*i), tirx.Select(d < b, half_over_beta * d * d, d - half_beta),
+                           zero)
+
+    axes = [te.reduce_axis((0, s), name=f"r{i}") for i, s in enumerate(shape)]
+    total = te.compute((1,), lambda _: te.sum(per(*axes), axis=axes), name="sl1_total")
+    axes2 = [te.reduce_axis((0, s), name=f"q{i}") for i, s in enumerate(shape)]
+    count = te.compute((1,), lambda _: te.sum(tirx.Select(kept(*axes2), one, zero), axis=axes2),
+                       name="sl1_count")
+    loss = te.compute((1,), lambda i: total[i] / tirx.max(count[i], one), name="sl1_loss")
+    correct = te.compute((1,), lambda _: zero, name="sl1_correct")
+
+    def grad(*i):
+        d = outputs(*i) - targets(*i)
+        slope = tirx.Select(tirx.abs(d) < b, d / b,
+                            tirx.Select(d > zero, one, tirx.Select(d < zero, -one, zero)))
+        return tirx.Select(kept(*i), slope / tirx.max(count[0], one), zero)
+
+    return loss, correct, te.compute(shape, grad, name="sl1_d")
+
+
+# the TE form of each loss (spec/losses.py): (the Loss, z, labels, label smoothing) ->
+# (loss (1,), correct (1,), dz)
 LOSS_FORMS = {
-    SoftmaxCrossEntropy: softmax_cross_entropy,
-    SigmoidCrossEntropy: lambda z, y, smoothing: sigmoid_cross_entropy(z, y),
-    Euclidean: lambda z, y, smoothing: euclidean(z, y),
+    SoftmaxCrossEntropy: lambda loss, z, y, smoothing: softmax_cross_entropy(z, y, smoothing),
+    SigmoidCrossEntropy: lambda loss, z, y, smoothing: sigmoid_cross_entropy(z, y),
+    Euclidean: lambda loss, z, y, smoothing: euclidean(z, y),
+    SmoothL1: lambda loss, z, y, smoothing: smooth_l1(z, y, loss.beta),
 }
 
 

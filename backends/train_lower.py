@@ -1,7 +1,7 @@
 """Lower a layer graph's whole training step to one Relax function:
 
-    train_step(*inputs, y, hyper, *params, *buffers, *state, *masks)
-        -> (loss, correct, grad_sq, *new_params, *new_buffers, *new_state)
+    train_step(*inputs, *labels, hyper, *params, *buffers, *state, *masks)
+        -> (loss, correct, grad_sq, *new_params, *new_buffers, *new_state, term_losses)
 
 forward in training mode (batch statistics, dropout masks), the loss, the backward pass of
 every layer (te_grad), and the optimizer update, so parameters and optimizer state stay on the
@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 import networkx as nx
 from tvm import relax, te, tirx
 
-from cnncompiler.errors import CompileError
+from cnncompiler.errors import CompileError, InputError
 from cnncompiler.graph import layer_node, param_names, topo_layers
 from cnncompiler.graph.signature import kernel_name
 from cnncompiler.layers import BATCH
-from cnncompiler.spec.losses import LOSSES
+from cnncompiler.spec.losses import LossTerm, loss_terms
 from cnncompiler.spec.train_config import HYPER_SIZE
 
 from cnncompiler.layers.activation import Dropout
@@ -84,33 +84,25 @@ def _item(bb, tup, i):
     return bb.emit(relax.TupleGetItem(tup, i))
 
 
-def emit_train_step(bb: relax.BlockBuilder, g: nx.DiGraph, loss: str, optimizer: str,
+def emit_train_step(bb: relax.BlockBuilder, g: nx.DiGraph, loss, optimizer: str,
                     dtype: str = "float32", label_smoothing: float = 0.0,
                     name: str = "train_step", lowering=None) -> TrainSignature:
-    """Add the training step of graph ``g`` (one output) to the module being built.
+    """Add the training step of graph ``g`` to the module being built. ``loss``: a loss name
+    (the model's one output), or the objective's terms (``spec.losses.loss_terms``: a loss
+    per output, weighted), one labels argument each, trained on their weighted sum.
 
     ``lowering`` makes the kernels: a ``TrainLowering`` class (default: this module's plain,
     unscheduled computes, for any dtype and target) or a callable with its constructor's
     arguments (``backends.cpu.train_emit`` gives scheduled CPU kernels in blocked layouts)."""
-    if len(g.graph["outputs"]) != 1:
-        raise CompileError(f"training needs a spec with one output; this one has "
-                           f"{len(g.graph['outputs'])} ({', '.join(g.graph['outputs'])})")
+    try:
+        terms = loss_terms(loss, g.graph["outputs"])
+    except InputError as exc:
+        raise CompileError(f"training: {exc}") from None
     sig = train_signature(g, optimizer)
-    out_node = g.graph["outputs"][0]
-    out_shape = layer_node(g, out_node).shape
     n = tirx.Var("n", "int64")
     xs = input_vars(g, n, dtype)
     rows = rows_vars(g, xs, n)
-    loss_type = LOSSES[loss]
-    problem = loss_type.output_problem(out_node, out_shape)
-    if problem:
-        raise CompileError(problem)
-    # one label per row of the output: per sample, or per box after a RoI layer
-    out_rows = rows[layer_node(g, out_node).lead]
-    if loss_type.integer_labels:
-        y = relax.Var("y", relax.TensorType([out_rows], "int32"))
-    else:
-        y = relax.Var("y", relax.TensorType([out_rows, *out_shape], dtype))
+    ys = [labels_var(g, term, rows, dtype, i) for i, term in enumerate(terms)]
     hyper = relax.Var("hyper", relax.TensorType([HYPER_SIZE], dtype))
 
     def var(key, shape):
@@ -120,7 +112,7 @@ def emit_train_step(bb: relax.BlockBuilder, g: nx.DiGraph, loss: str, optimizer:
     svars = {s: var(s, sig.shapes[s]) for s in sig.state}
     mvars = {m: relax.Var(kernel_name("mask_" + m), relax.TensorType(
         [rows[layer_node(g, m).lead], *shape], dtype)) for m, shape in sig.masks}
-    inputs = [*xs.values(), y, hyper, *pvars.values(), *svars.values(), *mvars.values()]
+    inputs = [*xs.values(), *ys, hyper, *pvars.values(), *svars.values(), *mvars.values()]
     with bb.function(name, inputs):
         with bb.dataflow():
             low = (lowering or TrainLowering)(bb, g, pvars, mvars)
@@ -129,16 +121,67 @@ def emit_train_step(bb: relax.BlockBuilder, g: nx.DiGraph, loss: str, optimizer:
             for node in topo_layers(g):
                 if node not in xs:
                     low.values[node] = low.forward(node)
-            loss_v, correct, dlogits = low.loss(loss_type, low.values[out_node], y,
-                                                label_smoothing)
-            grads = _backward(low, g, {out_node: dlogits})
+            total, correct, per_term, output_grads = _objective(low, terms, ys,
+                                                                label_smoothing)
+            grads = _backward(low, g, output_grads)
             new_p, new_s = low.update(sig, optimizer, svars, grads, hyper)
             grad_sq = low.square_norms([grads[p] for p in sig.params] + new_p)
             result = bb.emit_output(relax.Tuple(
-                [loss_v, correct, grad_sq, *new_p, *[low.new_buffers[b] for b in sig.buffers],
-                 *new_s]))
+                [total, correct, grad_sq, *new_p, *[low.new_buffers[b] for b in sig.buffers],
+                 *new_s, per_term]))
         bb.emit_func_output(result)
     return sig
+
+
+def labels_var(g: nx.DiGraph, term: LossTerm, rows: dict, dtype: str, index: int):
+    """The labels argument of one term: one label per row of its output (per sample, or per
+    box after a RoI layer), class indices or targets shaped like the output."""
+    node = layer_node(g, term.output)
+    problem = term.kind.output_problem(term.output, node.shape)
+    if problem:
+        raise CompileError(problem)
+    count = rows[node.lead]
+    name = "y" if index == 0 else f"y{index}"
+    if term.kind.integer_labels:
+        return relax.Var(name, relax.TensorType([count], "int32"))
+    return relax.Var(name, relax.TensorType([count, *node.shape], dtype))
+
+
+def _objective(low, terms: list, ys: list, smoothing: float):
+    """(the weighted total loss (1,), the first classification term's correct count (1,),
+    every term's own loss (K,), {output: d total / d output})."""
+    losses, corrects, output_grads = [], [], {}
+    for term, y in zip(terms, ys):
+        loss_v, correct, d = low.loss(term.kind, low.values[term.output], y, smoothing)
+        if term.weight != 1.0:
+            d = low.from_plain(low.emit(_scaled(term.weight), low.plain(d), name="loss_weight"))
+        output_grads[term.output] = low.accumulate(term.output, output_grads.get(term.output), d)
+        losses.append(loss_v)
+        corrects.append(correct)
+    weights = [term.weight for term in terms]
+    first = next((i for i, t in enumerate(terms) if t.kind.metric), 0)
+    total = low.emit(lambda ls: _weighted_sum(ls, weights), losses, name="loss_total")
+    per_term = low.emit(lambda ls: _stacked(ls), losses, name="loss_terms")
+    return total, corrects[first], per_term, output_grads
+
+
+def _scaled(weight: float):
+    return lambda t: te.compute(t.shape, lambda *i: t(*i) * tirx.const(weight, t.dtype),
+                                name="weighted")
+
+
+def _weighted_sum(losses, weights):
+    def value(i):
+        expr = losses[0][i] * tirx.const(weights[0], losses[0].dtype)
+        for loss, w in zip(losses[1:], weights[1:]):
+            expr = expr + loss[i] * tirx.const(w, loss.dtype)
+        return expr
+
+    return te.compute((1,), value, name="total")
+
+
+def _stacked(losses):
+    return te.compute((len(losses),), lambda i: _pick(losses, i), name="terms")
 
 
 def _pick(tensors, i):
@@ -247,7 +290,7 @@ class TrainLowering:
     def loss(self, loss, out_value, y, smoothing: float):
         """(loss, correct, gradient of the output as a value) of the Loss ``loss``."""
         form = te_grad.LOSS_FORMS[type(loss)]
-        res = self.emit(lambda z, t: list(form(z, t, smoothing)), self.plain(out_value), y,
+        res = self.emit(lambda z, t: list(form(loss, z, t, smoothing)), self.plain(out_value), y,
                         name=f"loss_{loss.name}")
         return self.item(res, 0), self.item(res, 1), self.from_plain(self.item(res, 2))
 

@@ -264,7 +264,7 @@ def _train(args, out: Path, checkpoints: Path, inside: set) -> int:
     if remaining < 0:
         raise CnncError(f"the checkpoint {resume} is at epoch {model.trainer.epoch}, past "
                         f"--epochs {epochs} (the run's total); give a larger --epochs")
-    classify = model.trainer.loss != "euclidean"
+    classify = model.trainer.has_metric
     monitor = "val_accuracy" if classify else "val_loss"
     best = BestCheckpoint(checkpoints, monitor=monitor if x_val is not None else "loss",
                           mode="max" if classify and x_val is not None else "min")
@@ -311,17 +311,26 @@ def _hold_out(data, validation: float, seed: int):
 def _check_targets(graph, data, spec_path) -> None:
     """The dataset's labels fit the spec's loss and output, or a located error says why."""
     from .graph import layer_node
-    from .spec.losses import LOSSES
+    from .spec.losses import loss_terms
 
     cfg = graph.graph["train"]
-    out_shape = layer_node(graph, graph.graph["outputs"][0]).shape
+    where = cfg.loss_loc or spec_path
+    try:
+        terms = loss_terms(cfg.loss, graph.graph["outputs"], cfg.loss_weights)
+    except InputError as exc:
+        raise CnncError(f"{where}: {exc}") from None
+    if len(terms) > 1:
+        raise CnncError(f"{where}: --data gives one label per sample; this spec trains "
+                        f"{', '.join(t.output for t in terms)}: train it from Python, "
+                        "model.fit(x, {output: labels, ...})")
+    (term,) = terms
+    out_shape = layer_node(graph, term.output).shape
     for part, y in (("training", data.y_train), ("test", data.y_test)):
         try:
-            LOSSES[cfg.loss].check_labels(y, len(y), out_shape)
+            term.kind.check_labels(y, len(y), out_shape)
         except InputError as exc:
-            where = cfg.loss_loc or spec_path
             raise CnncError(f"{where}: the {part} labels of the data do not fit the loss "
-                            f"{cfg.loss}: {exc}") from None
+                            f"{term.loss}: {exc}") from None
 
 
 def _training_record(model, data, source: str, keep: str, epoch: int, epochs: int,

@@ -136,6 +136,41 @@ def test_one_device_kernel_per_layer_kernel(built, stem):
     assert not split, f"PrimFuncs that are not exactly one device kernel: {split}"
 
 
+def test_every_kernel_of_the_roi_family_runs_on_the_device(built):
+    """RoI pool and align take their own CUDA schedule (dlight's rules would leave them
+    unscheduled, built as host code): each of their PrimFuncs gives device kernels, one per
+    stage (the box tables, then the pooling)."""
+    from cnncompiler.backends.lower import build_module
+
+    directory, error = built["family_roi"]
+    assert error is None, error
+    g, _ = load_checked(directory.parent / "family_roi.yaml")
+    mod = build_module(optimize(g, level=2)[0])
+    funcs = [gv.name_hint for gv in mod.get_global_vars() if gv.name_hint != "main"]
+    kernels = device_kernels(directory)
+    missing = [f for f in funcs if not any(k.startswith(f + "_kernel") for k in kernels)]
+    assert not missing, f"PrimFuncs with no device kernel: {missing}"
+
+
+def test_a_kernel_left_without_a_gpu_schedule_is_refused():
+    from tvm import te
+
+    import tvm
+
+    from cnncompiler.backends.cuda import CUDA_SCHEDULES, _binding_threads, schedule_checked
+    from cnncompiler.backends.rules import CUDA_FAMILIES
+
+    x = te.placeholder((4, 4), name="x")
+    func = te.create_prim_func([x, te.compute((4, 4), lambda i, j: x[i, j] * 2, name="y")])
+    gv = tvm.ir.GlobalVar("double")
+    with pytest.raises(CompileError, match="kernel 'double' has no GPU schedule"):
+        _binding_threads(gv, func)
+    with tvm.target.Target({"kind": "cuda", "arch": "sm_90"}) as target:
+        scheduled = schedule_checked(tvm.IRModule({gv: func}), target)[gv]
+    assert "threadIdx" in scheduled.script()
+    assert set(CUDA_SCHEDULES) == set(CUDA_FAMILIES) - {"dlight"}
+
+
 def test_cuda_artifact_is_refused_on_the_cpu(built, never_loaded):
     directory, _ = built["lenet5"]
     with pytest.raises(ArtifactError, match="compiled for target 'cuda'.*--target cpu"):

@@ -21,6 +21,7 @@ from cnncompiler.graph import check_spec
 from cnncompiler.layers import LAYER_TYPES
 from cnncompiler.reference import init_params, run_reference
 from cnncompiler.spec import parse_spec_text
+from cnncompiler.spec.losses import loss_terms
 
 tvm = pytest.importorskip("tvm", reason="the TVM compiler is not installed")
 
@@ -180,6 +181,19 @@ layers:
   - {name: drop, type: dropout, rate: 0.2}
   - {name: fc, type: dense, units: 4}
 """, "softmax_cross_entropy", 0.0),
+    # two heads, two losses, weighted; smooth_l1 ignores its NaN targets
+    "two_heads": ("""
+name: fd_two_heads
+input: [3, 6, 6]
+layers:
+  - {name: c, type: conv2d, filters: 4, kernel: 3}
+  - {name: t, type: tanh}
+  - {name: flat, type: flatten}
+  - {name: cls, type: dense, units: 3}
+  - {name: box, type: dense, units: 4, inputs: [flat]}
+outputs: [cls, box]
+""", [{"output": "cls", "loss": "softmax_cross_entropy", "weight": 1.0},
+      {"output": "box", "loss": "smooth_l1", "weight": 2.5, "options": {"beta": 0.5}}], 0.0),
     "stats1d": ("""
 name: fd_stats1d
 input: [3, 12]
@@ -200,13 +214,21 @@ layers:
 
 # -- the reference loss ----------------------------------------------------------------------------
 
-def reference_loss(g, x, y, params, masks, loss: str, smoothing: float):
+def reference_loss(g, x, y, params, masks, loss, smoothing: float):
+    """The objective: one loss of the one output, or the weighted sum of the terms'."""
     state = {node: {"mask": mask != 0} for node, mask in masks.items()}
     out = run_reference(g, x, params, dtype=np.float64, training=True, state=state)
-    return _loss_of_outputs(out[g.graph["outputs"][0]], y, loss, smoothing), state
+    total = sum(term.weight * _loss_of_outputs(out[term.output], y[term.output], term.loss,
+                                               smoothing, **dict(term.options))
+                for term in loss_terms(loss, g.graph["outputs"]))
+    return total, state
 
 
-def _loss_of_outputs(z, y, loss: str, smoothing: float) -> float:
+def _loss_of_outputs(z, y, loss: str, smoothing: float, beta: float = 1.0) -> float:
+    if loss == "smooth_l1":   # NaN targets are ignored
+        keep = ~np.isnan(y)
+        d = np.abs(z - np.where(keep, y, 0.0))[keep]
+        return float(np.where(d < beta, 0.5 * d * d / beta, d - 0.5 * beta).sum() / keep.sum())
     if loss == "softmax_cross_entropy":
         shifted = z - z.max(axis=1, keepdims=True)
         logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
@@ -221,6 +243,20 @@ def _loss_of_outputs(z, y, loss: str, smoothing: float) -> float:
 
 
 # -- one compiled float64 step per net -------------------------------------------------------------
+
+def labels(g, term, rows: dict, rng) -> np.ndarray:
+    """One label per row of the term's output (per sample, or per box after a RoI layer);
+    smooth_l1's targets have NaN entries, which the loss ignores."""
+    out = g.nodes[term.output]
+    count = rows[out["lead"]]
+    if term.loss == "softmax_cross_entropy":
+        return rng.integers(0, out["shape"][0], count).astype(np.int32)
+    y = rng.uniform(0, 1, (count, *out["shape"]))
+    if term.loss == "smooth_l1":
+        y = y * 4 - 2                     # both sides of beta
+        y[rng.random(y.shape) < 0.3] = np.nan
+    return y
+
 
 def model_input(g, name: str, rng) -> np.ndarray:
     """A batch for a batched input; for boxes (an input without the batch axis), boxes of the
@@ -256,12 +292,8 @@ class Case:
                 self.params[k] = rng.uniform(-0.5, 0.5, self.params[k].shape)
         self.x = {name: model_input(g, name, rng) for name in g.graph["inputs"]}
         rows = {"N": BATCH, **{name: len(v) for name, v in self.x.items()}}
-        out = g.nodes[g.graph["outputs"][0]]
-        out_rows = rows[out["lead"]]   # one label per sample, or per box after a RoI layer
-        if self.loss == "softmax_cross_entropy":
-            self.y = rng.integers(0, out["shape"][0], out_rows).astype(np.int32)
-        else:
-            self.y = rng.uniform(0, 1, (out_rows, *out["shape"]))
+        self.terms = loss_terms(self.loss, g.graph["outputs"])
+        self.y = {term.output: labels(g, term, rows, rng) for term in self.terms}
         self.masks = {}
         for node, shape in self.sig.masks:
             rate = g.nodes[node]["layer"].rate
@@ -271,7 +303,7 @@ class Case:
         hyper[0], hyper[11] = 1.0, 1.0     # lr 1, first step: p_new = p - grad
         hyper[6:11] = (0.9, 0.999, 1e-8, 1.0, 1.0)
         sig = self.sig
-        args = [*self.x.values(), self.y, hyper] + \
+        args = [*self.x.values(), *self.y.values(), hyper] + \
             [self.params[k] for k in sig.params + sig.buffers] + \
             [np.zeros(sig.shapes[s]) for s in sig.state] + [self.masks[m] for m, _ in sig.masks]
         out = vm["train_step"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args])
@@ -330,9 +362,12 @@ def test_every_loss_is_covered():
     from cnncompiler.backends.te_grad import LOSS_FORMS
     from cnncompiler.spec.losses import LOSSES
 
-    assert {loss for _, loss, _ in NETS.values()} == set(LOSSES)
+    named = {t.loss for text, loss, _ in NETS.values()
+             for t in loss_terms(loss, check_spec(parse_spec_text(text))[0].graph["outputs"])}
+    assert named == set(LOSSES)
     assert {type(loss) for loss in LOSSES.values()} == set(LOSS_FORMS), "a loss without a TE form"
     assert any(s > 0 for _, loss, s in NETS.values() if loss == "softmax_cross_entropy")
+    assert any(isinstance(loss, list) for _, loss, _ in NETS.values()), "no net of two losses"
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
@@ -415,11 +450,13 @@ def test_running_statistics_move_as_the_reference(case):
 def test_correct_count_matches_the_reference(case):
     out = run_reference(case.graph, case.x, case.params, dtype=np.float64, training=True,
                         state={n: {"mask": m != 0} for n, m in case.masks.items()})
-    z = out[case.graph.graph["outputs"][0]]
-    if case.loss == "softmax_cross_entropy":
-        want = float((z.argmax(axis=1) == case.y).sum())
-    elif case.loss == "sigmoid_cross_entropy":  # per sample, the fraction of labels right
-        want = float(((z > 0) == (case.y > 0.5)).mean(axis=tuple(range(1, z.ndim))).sum())
+    # the first classification term's count (the first term's when none classifies)
+    term = next((t for t in case.terms if t.kind.metric), case.terms[0])
+    z, y = out[term.output], case.y[term.output]
+    if term.loss == "softmax_cross_entropy":
+        want = float((z.argmax(axis=1) == y).sum())
+    elif term.loss == "sigmoid_cross_entropy":  # per sample, the fraction of labels right
+        want = float(((z > 0) == (y > 0.5)).mean(axis=tuple(range(1, z.ndim))).sum())
     else:
         want = 0.0
     assert case.correct == pytest.approx(want, abs=1e-12)

@@ -15,7 +15,7 @@ import networkx as nx
 from ..errors import Diagnostic, DiagnosticSink, ShapeError, SpecError
 from ..layers import BATCH, GLOBAL, ShapeNotes, fmt_shape
 from ..spec import Spec, load_spec
-from ..spec.losses import LOSSES
+from ..spec.losses import LOSSES, loss_terms
 from .build import build_graph, topo_layers
 
 BYTES_PER_VALUE = 4
@@ -125,23 +125,30 @@ def _dead_layer_warnings(g: nx.DiGraph) -> list[Diagnostic]:
 
 
 def _loss_warnings(g: nx.DiGraph) -> list[Diagnostic]:
-    """The spec's loss applies its activation itself (softmax, sigmoid) and takes logits: a
-    model that ends in that activation would train on it twice, and learn slowly if at all."""
+    """A loss applies its activation itself (softmax, sigmoid) and takes logits: an output
+    that ends in that activation would train on it twice, and learn slowly if at all."""
     train = g.graph.get("train")
     if train is None or train.loc is None or not g.graph["outputs"]:
         return []  # no train section: a model for inference may end as it likes
-    loss = LOSSES[train.loss]
-    name = g.graph["outputs"][0]
+    if isinstance(train.loss, str) and len(g.graph["outputs"]) > 1:
+        return []  # nothing to train on until each output has its loss
+    terms = loss_terms(train.loss, g.graph["outputs"])
+    return [w for term in terms if (w := _activation_before(g, term, train)) is not None]
+
+
+def _activation_before(g: nx.DiGraph, term, train) -> Diagnostic | None:
+    loss = LOSSES[term.loss]
+    name = term.output
     while name in g and g.nodes[name]["layer"].passthrough:
         name = g.nodes[name]["inputs"][0]
     if name not in g or loss.applies is None or g.nodes[name]["layer"].type_name != loss.applies:
-        return []
-    return [Diagnostic(f"its output feeds the loss {loss.name}, which applies {loss.applies} "
-                       f"itself: training would apply it twice", g.nodes[name]["loc"], name,
-                       loss.applies, expected=f"{loss.name} takes logits (the input of this "
-                       "layer)", fix=f"remove this layer; apply {loss.applies} to predict's "
-                       "output when you want probabilities", severity="warning",
-                       notes=(f"the loss is set at {train.loss_loc}",))]
+        return None
+    return Diagnostic(f"its output feeds the loss {loss.name}, which applies {loss.applies} "
+                      f"itself: training would apply it twice", g.nodes[name]["loc"], name,
+                      loss.applies, expected=f"{loss.name} takes logits (the input of this "
+                      "layer)", fix=f"remove this layer; apply {loss.applies} to predict's "
+                      "output when you want probabilities", severity="warning",
+                      notes=(f"the loss is set at {train.loss_loc}",))
 
 
 def receptive_fields(g: nx.DiGraph) -> None:

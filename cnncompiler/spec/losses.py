@@ -4,12 +4,20 @@ the compiled training step runs, is keyed by the same class in ``backends/te_gra
 (``LOSS_FORMS``); a test checks every loss has one and that the two agree.
 
     train:
-      loss: softmax_cross_entropy          # or sigmoid_cross_entropy, euclidean
+      loss: softmax_cross_entropy          # or sigmoid_cross_entropy, euclidean, smooth_l1
       label_smoothing: 0.1
+
+A model of several outputs names a loss per output, each term weighted (default 1), and
+trains on their weighted sum::
+
+    train:
+      loss: {cls: softmax_cross_entropy, bbox: {type: smooth_l1, beta: 0.5}}
+      loss_weights: {bbox: 2.0}
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -118,5 +126,73 @@ class Euclidean(Loss):
         return {"loss": float(((z - y) ** 2).mean())}
 
 
+class SmoothL1(Loss):
+    """PyTorch's ``SmoothL1Loss``: per element 0.5 d^2 / beta where |d| < beta, else
+    |d| - 0.5 beta, averaged over the targets that are not NaN. A NaN target marks an entry to
+    ignore (a background box has no box to regress to); ``beta`` (default 1) is given as
+    ``{type: smooth_l1, beta: 0.5}``."""
+
+    name = "smooth_l1"
+    metric = None
+
+    def __init__(self, beta: float = 1.0):
+        self.beta = beta
+
+    def per_element(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
+        d = np.abs(z - y)
+        return np.where(d < self.beta, 0.5 * d * d / self.beta, d - 0.5 * self.beta)
+
+    def reference(self, z, y, smoothing=0.0):
+        z, y = np.asarray(z, np.float64), np.asarray(y, np.float64)
+        keep = ~np.isnan(y)
+        per = self.per_element(z, np.where(keep, y, z))
+        return {"loss": float(per[keep].sum() / max(int(keep.sum()), 1))}
+
+
 LOSSES: dict[str, Loss] = {cls.name: cls() for cls in (SoftmaxCrossEntropy, SigmoidCrossEntropy,
-                                                        Euclidean)}
+                                                        Euclidean, SmoothL1)}
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One output's part of the objective: the loss ``loss`` of output ``output``, weighted.
+    ``options`` are the loss's own keys (smooth_l1's beta)."""
+
+    output: str
+    loss: str
+    weight: float = 1.0
+    options: tuple = ()      # (key, value) pairs
+
+    @property
+    def kind(self) -> Loss:
+        return type(LOSSES[self.loss])(**dict(self.options))
+
+    def to_json(self) -> dict:
+        return {"output": self.output, "loss": self.loss, "weight": self.weight,
+                "options": dict(self.options)}
+
+    @staticmethod
+    def from_json(entry: dict) -> "LossTerm":
+        return LossTerm(entry["output"], entry["loss"], float(entry.get("weight", 1.0)),
+                        tuple(sorted(entry.get("options", {}).items())))
+
+
+def loss_terms(loss, outputs: list[str], weights: dict | None = None) -> list[LossTerm]:
+    """The objective's terms: from a loss name (the model's one output), a mapping of output
+    names to loss names or ``{type: name, <option>: value}``, or terms already made."""
+    weights = weights or {}
+    if isinstance(loss, (list, tuple)):
+        return [t if isinstance(t, LossTerm) else LossTerm.from_json(t) for t in loss]
+    if isinstance(loss, str):
+        if len(outputs) != 1:
+            raise InputError(f"this model has {len(outputs)} outputs ({', '.join(outputs)}); "
+                             f"name a loss for each one to train: loss: "
+                             f"{{{outputs[0]}: {loss}, ...}}")
+        return [LossTerm(outputs[0], loss, float(weights.get(outputs[0], 1.0)))]
+    terms = []
+    for output, spec in loss.items():
+        name, options = (spec, {}) if isinstance(spec, str) else \
+            (spec["type"], {k: v for k, v in spec.items() if k != "type"})
+        terms.append(LossTerm(output, name, float(weights.get(output, 1.0)),
+                              tuple(sorted(options.items()))))
+    return terms

@@ -22,6 +22,7 @@ to; parsing goes on after a bad layer so one run reports them all.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -192,6 +193,7 @@ class SpecParser:
             last = self.expand(layers, Scope(input_name=next(iter(inputs))))
         outputs = self.parse_outputs(doc, last)
         train = self.parse_train(doc.get("train"), doc.loc_of("train"))
+        train = self.resolve_loss_outputs(train, doc.get("train"), outputs)
         self.sink.raise_if_errors()
         return Spec(name, self.path, inputs, input_locs, self.decls, outputs, train, self.text,
                     self.sink.warnings, frozenset(self.unbatched))
@@ -819,6 +821,29 @@ class SpecParser:
             kwargs["schedule"] = self.parse_schedule(raw["schedule"], raw.loc_of("schedule"))
         return TrainConfig(**kwargs, loc=loc,
                            loss_loc=raw.loc_of("loss") if "loss" in raw else raw.loc)
+
+    def resolve_loss_outputs(self, train: TrainConfig, raw, outputs: list[str]) -> TrainConfig:
+        """A loss per output names outputs as ``outputs:`` does (a layer with an activation
+        key stands for its activation): each name resolved, and one of the model's outputs."""
+        if not isinstance(train.loss, dict) and not train.loss_weights:
+            return train
+        resolved = {}
+        for what in ("loss", "loss_weights"):
+            named = getattr(train, what)
+            if not isinstance(named, dict):
+                continue
+            resolved[what] = {}
+            for key, value in named.items():
+                target = self.aliases.get(key, key)
+                if target not in outputs:
+                    where = raw[what].key_loc(key) if isinstance(raw, YamlMap) and \
+                        isinstance(raw.get(what), YamlMap) else train.loss_loc
+                    self.error(f"train.{what} names '{_shorten(key)}', which is not an output",
+                               where, expected=f"one of the outputs: {', '.join(outputs)}",
+                               fix=self.did_you_mean(key, outputs) or "list it in 'outputs'")
+                    continue
+                resolved[what][target] = value
+        return dataclasses.replace(train, **resolved)
 
     def parse_optimizer(self, raw, loc):
         if raw is None:

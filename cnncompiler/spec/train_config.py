@@ -136,9 +136,57 @@ class Schedule:
     warmup_factor: float = option(start_factor, default=1 / 3)
 
 
+def _loss_name(value) -> str:
+    return choice(*LOSSES)(value)
+
+
+def _one_loss(value):
+    """A loss name, or ``{type: smooth_l1, beta: 0.5}`` with the loss's own keys."""
+    if isinstance(value, dict):
+        if "type" not in value:
+            raise FieldError(f"received {describe(value)}", "a mapping with the loss's 'type'",
+                             "write e.g. {type: smooth_l1, beta: 0.5}")
+        name = _loss_name(value["type"])
+        allowed = LOSS_OPTIONS.get(name, {})
+        options = {}
+        for key, v in value.items():
+            if key == "type":
+                continue
+            if key not in allowed:
+                raise FieldError(f"{name} takes no key '{key}'",
+                                 f"keys: {', '.join(allowed) or 'none'}")
+            options[key] = allowed[key](v)
+        return {"type": name, **options}
+    return _loss_name(value)
+
+
+def _loss(value):
+    """``softmax_cross_entropy`` for the model's one output, or a loss per output name:
+    ``{cls: softmax_cross_entropy, bbox: {type: smooth_l1, beta: 0.5}}``."""
+    if isinstance(value, dict):
+        if not value:
+            raise FieldError("received an empty mapping", "a loss per output name")
+        return {str(k): _one_loss(v) for k, v in value.items()}
+    return _one_loss(value)
+
+
+def _loss_weights(value):
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise FieldError(f"received {describe(value)}", "a weight per output name",
+                         "write e.g. loss_weights: {bbox: 2.0}")
+    return {str(k): non_negative_number(v) for k, v in value.items()}
+
+
+# the keys a loss takes beyond its name (each a field parser)
+LOSS_OPTIONS = {"smooth_l1": {"beta": positive_number}}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    loss: str = option(choice(*LOSSES), default="softmax_cross_entropy")
+    loss: object = option(_loss, default="softmax_cross_entropy")
+    loss_weights: dict = option(_loss_weights, default=None)
     optimizer: object = None
     schedule: Schedule = Schedule()
     epochs: int = option(positive_int, default=10)
@@ -150,7 +198,8 @@ class TrainConfig:
     loss_loc: object = field(default=None, compare=False)
 
 
-TRAIN_KEYS = ("loss", "optimizer", "schedule", "epochs", "batch_size", "label_smoothing")
+TRAIN_KEYS = ("loss", "loss_weights", "optimizer", "schedule", "epochs", "batch_size",
+              "label_smoothing")
 
 
 __all__ = ["HYPER_SIZE", "LOSSES", "OPTIMIZERS", "SGD", "Adam", "AdamW", "Hyper", "Schedule",

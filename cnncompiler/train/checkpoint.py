@@ -33,7 +33,9 @@ USE_EARLIER = "use an earlier checkpoint"
 
 META_SCHEMA = {
     "spec": sha256, "spec_name": str, "step": count, "epoch": count, "seed": count,
-    "state_start": optional(count), "loss": str, "optimizer": dict, "base_lr": number, "schedule": dict,
+    "state_start": optional(count), "loss": str,
+    "loss_terms": optional([{"output": str, "loss": str, "weight": number, "options": dict}]),
+    "optimizer": dict, "base_lr": number, "schedule": dict,
     "run": optional(dict), "files": {WEIGHTS: FILE_ENTRY, OPTIMIZER: FILE_ENTRY},
 }
 
@@ -55,7 +57,9 @@ def save_checkpoint(trainer, directory) -> Path:
             "spec": trainer.model.spec_key(), "spec_name": trainer.model.graph.graph["name"],
             "step": trainer.step, "epoch": trainer.epoch, "seed": trainer.seed,
             "state_start": trainer.state_start,
-            "loss": trainer.loss, "optimizer": optim.describe(trainer.optimizer),
+            "loss": trainer.terms[0].loss,
+            "loss_terms": [t.to_json() for t in trainer.terms],
+            "optimizer": optim.describe(trainer.optimizer),
             "base_lr": trainer.base_lr,
             "schedule": {k: (list(v) if isinstance(v, tuple) else v)
                          for k, v in dataclasses.asdict(trainer.schedule).items()},
@@ -157,6 +161,7 @@ def load_checkpoint(trainer, directory) -> dict:
     changes unless all of it checks."""
     from . import optim
     from ..runtime.weights import validate_weights
+    from ..spec.losses import LossTerm
     from ..spec.train_config import LOSSES
 
     directory = Path(directory)
@@ -165,9 +170,17 @@ def load_checkpoint(trainer, directory) -> dict:
         raise ArtifactError(f"{directory}: checkpoint of spec '{meta.get('spec_name')}' does not "
                             f"match this model ('{trainer.model.graph.graph['name']}': its layers "
                             "differ)")
-    if meta["loss"] not in LOSSES:
+    terms = meta.get("loss_terms") or [{"output": trainer.model.output_names[0],
+                                         "loss": meta["loss"]}]
+    if meta["loss"] not in LOSSES or meta["loss"] != terms[0]["loss"]:
         raise ArtifactError(f"{directory / META}: field 'loss' is '{meta['loss']}'; expected one "
-                            f"of {', '.join(LOSSES)}; {USE_EARLIER}")
+                            f"of {', '.join(LOSSES)}, the first of 'loss_terms'; {USE_EARLIER}")
+    for term in terms:
+        if term["loss"] not in LOSSES or term["output"] not in trainer.model.output_names:
+            raise ArtifactError(f"{directory / META}: field 'loss_terms' names loss "
+                                f"'{term['loss']}' of output '{term['output']}'; expected one "
+                                f"of {', '.join(LOSSES)} of an output of this model; "
+                                f"{USE_EARLIER}")
     optimizer = _restore("optimizer", meta, directory, optim.optimizer_from)
     schedule = _restore("schedule", meta, directory, optim.schedule_from)
     try:
@@ -180,7 +193,7 @@ def load_checkpoint(trainer, directory) -> dict:
     trainer.optimizer = optimizer
     trainer.base_lr = meta["base_lr"]
     trainer.schedule = schedule
-    trainer.loss = meta["loss"]
+    trainer.loss = [LossTerm.from_json(t) for t in terms]
     trainer.step, trainer.epoch, trainer.seed = meta["step"], meta["epoch"], meta["seed"]
     trainer.state_start = meta.get("state_start") or 0
     trainer.run_state = dict(meta.get("run") or {})

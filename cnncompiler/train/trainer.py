@@ -22,7 +22,7 @@ from ..errors import InputError, TrainingError
 from ..graph import layer_node
 from ..layers import BATCH
 from ..passes import optimize
-from ..spec.losses import LOSSES
+from ..spec.losses import loss_terms
 from . import optim
 
 
@@ -51,7 +51,8 @@ class Trainer:
     def __init__(self, model, optimizer=None, schedule=None, loss=None, seed: int = 0):
         cfg = model.graph.graph["train"]
         self.model = model
-        self.loss = loss or cfg.loss
+        self.loss = loss or cfg.loss            # a name, or a loss per output
+        self.loss_weights = cfg.loss_weights
         self.label_smoothing = cfg.label_smoothing
         self.optimizer = optim.optimizer_from(optimizer or cfg.optimizer)
         self.schedule = optim.schedule_from(schedule if schedule is not None else cfg.schedule)
@@ -69,6 +70,16 @@ class Trainer:
         self._compiled = {}           # optimizer family -> (vm, signature)
         self._device = None           # name -> device tensor (params, buffers, state)
         self._pending_state = None    # optimizer state read from a checkpoint, not yet uploaded
+
+    @property
+    def terms(self) -> list:
+        """The objective: each output's loss and weight (``spec.losses.LossTerm``)."""
+        return loss_terms(self.loss, self.model.output_names, self.loss_weights)
+
+    @property
+    def has_metric(self) -> bool:
+        """Whether a term reports accuracy (a classification loss)."""
+        return any(t.kind.metric for t in self.terms)
 
     # -- compiled step and device state ------------------------------------------------------
     def step_compiled(self) -> bool:
@@ -92,7 +103,8 @@ class Trainer:
             from tvm.runtime import vm as tvm_vm
 
             choice = TargetChoice.from_json(self.model.manifest["target"])
-            library, sig = build_train_library(self.graph, self.model.spec_key(), self.loss,
+            terms = [t.to_json() for t in self.terms]
+            library, sig = build_train_library(self.graph, self.model.spec_key(), terms,
                                                kind, choice, "float32", self.label_smoothing)
             dev = tvm.cuda(0) if choice.kind == "cuda" else tvm.cpu(0)
             vm = tvm_vm.VirtualMachine(open_library(tvm, library, "train_step.so"), dev)
@@ -169,9 +181,7 @@ class Trainer:
         """The inputs (a list, one array per model input) and labels of one batch, checked:
         one label per row of the output (per sample, or per box after a RoI layer)."""
         xs = self.model.check_inputs(x)
-        rows = self.rows(xs)
-        out_lead = layer_node(self.model.graph, self.model.output_names[0]).lead
-        return xs, self.check_labels(y, rows[out_lead])
+        return xs, self.check_labels(y, self.rows(xs))
 
     def rows(self, xs: list) -> dict:
         """The length of each kind of leading axis in these inputs: the batch's samples, and
@@ -182,11 +192,23 @@ class Trainer:
                      if name in model.unbatched})
         return rows
 
-    def check_labels(self, y, n: int):
-        """The labels of ``n`` samples, checked against the loss and the model's output."""
-        model = self.model
-        out_shape = layer_node(model.graph, model.output_names[0]).shape
-        return LOSSES[self.loss].check_labels(y, n, out_shape)
+    def check_labels(self, y, rows) -> list[np.ndarray]:
+        """The labels of each term, checked against its loss and output: ``y`` an array for
+        one term, a dict by output name for several. ``rows``: the number of samples, or the
+        length of each kind of leading axis (``rows(xs)``)."""
+        terms = self.terms
+        given = label_dict(y, terms)
+        rows = rows if isinstance(rows, dict) else {BATCH: rows}
+        out = []
+        for term in terms:
+            node = layer_node(self.model.graph, term.output)
+            try:
+                out.append(term.kind.check_labels(given[term.output], rows[node.lead],
+                                                  node.shape))
+            except InputError as exc:
+                raise InputError(str(exc) if len(terms) == 1 else
+                                 f"labels of '{term.output}': {exc}") from None
+        return out
 
     def _masks(self, sig, rows: dict) -> list[np.ndarray]:
         if not sig.masks:
@@ -204,11 +226,11 @@ class Trainer:
         """One update on one batch; returns (loss, number of correct predictions)."""
         import tvm
 
-        xs, y = self.check_batch(x, y)
+        xs, ys = self.check_batch(x, y)
         vm, sig, dev = self._step_function()
         hyper = optim.hyper_vector(self.optimizer, self.current_lr(),
                                    self.step - self.state_start)
-        args = [tvm.runtime.tensor(a, dev) for a in [*xs, y, hyper]]
+        args = [tvm.runtime.tensor(a, dev) for a in [*xs, *ys, hyper]]
         args += [self._device[k] for k in sig.params + sig.buffers + sig.state]
         args += [tvm.runtime.tensor(m, dev) for m in self._masks(sig, self.rows(xs))]
         out = vm["train_step"](*args)
@@ -222,9 +244,24 @@ class Trainer:
         names = sig.params + sig.buffers + sig.state
         for i, name in enumerate(names):
             self._device[name] = out[3 + i]
+        self.term_losses = out[3 + len(names)].numpy().astype(float).tolist()
         self.step += 1
         self.dirty = True
         return loss, float(out[1].numpy()[0])
+
+
+def label_dict(y, terms) -> dict:
+    """{output: labels}: ``y`` itself for the one term, a dict by output name for several."""
+    if len(terms) == 1 and not (isinstance(y, dict) and list(y) == [terms[0].output]):
+        return {terms[0].output: y}
+    if not isinstance(y, dict):
+        raise InputError(f"this model trains {len(terms)} outputs; give the labels as a dict by "
+                         f"output name: {{{', '.join(repr(t.output) for t in terms)}}}")
+    missing = [t.output for t in terms if t.output not in y]
+    if missing:
+        raise InputError(f"labels for {', '.join(map(repr, missing))} are missing; the "
+                         f"outputs trained are {', '.join(repr(t.output) for t in terms)}")
+    return y
 
 
 def _first_non_finite(params, grad_sq, new_sq) -> str:
@@ -262,15 +299,19 @@ def fit(trainer: Trainer, x, y, epochs=None, batch_size=None, validation_data=No
                          "by index: form the batches yourself and call train_step(x, y) for "
                          "each (its rows' indices counting within the batch)")
     xs = trainer.model.check_inputs(x)
-    y = np.asarray(y)
-    if len(y) != len(xs[0]):
-        raise InputError(f"x has {len(xs[0])} samples but y has {len(y)}")
+    y = {k: np.asarray(v) for k, v in label_dict(y, trainer.terms).items()}
+    n = len(xs[0])
+    for output, labels in y.items():
+        if len(labels) != n:
+            raise InputError(f"x has {n} samples but y has {len(labels)}" if len(y) == 1 else
+                             f"x has {n} samples but the labels of '{output}' have "
+                             f"{len(labels)}")
     if validation_split:
         if validation_data is not None:
             raise InputError("give validation_data or validation_split, not both")
         xs, y, validation_data = split_off_validation(xs, y, validation_split)
-    trainer.check_labels(y, len(y))  # wrong labels are found before the step compiles
-    n = len(y)
+        n = len(xs[0])
+    trainer.check_labels(y, n)  # wrong labels are found before the step compiles
     trainer.steps_per_epoch = -(-n // batch_size)
     trainer.total_epochs = trainer.epoch + epochs
     if epochs:
@@ -286,18 +327,20 @@ def fit(trainer: Trainer, x, y, epochs=None, batch_size=None, validation_data=No
     return history
 
 
-def split_off_validation(xs: list, y, fraction: float):
+def split_off_validation(xs: list, y: dict, fraction: float):
     """Keras's ``validation_split``: the last ``fraction`` of the samples, before shuffling,
     held out (shuffle the data first if it is ordered by class)."""
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or \
             not 0.0 < fraction < 1.0:
         raise InputError(f"validation_split must be a fraction in (0, 1); received {fraction!r}")
-    n = len(y)
+    n = len(xs[0])
     cut = n - int(round(n * fraction))
     if cut < 1 or cut == n:
         raise InputError(f"validation_split {fraction} of {n} samples leaves "
                          f"{n - cut} for validation and {cut} for training; both need one")
-    return [x[:cut] for x in xs], y[:cut], (model_input([x[cut:] for x in xs]), y[cut:])
+    held = {k: v[cut:] for k, v in y.items()}
+    return [x[:cut] for x in xs], {k: v[:cut] for k, v in y.items()}, \
+        (model_input([x[cut:] for x in xs]), held if len(held) > 1 else next(iter(held.values())))
 
 
 def model_input(xs: list):
@@ -326,10 +369,13 @@ def _train_epochs(trainer, xs, y, n, epochs, batch_size, validation_data, shuffl
         lr = trainer.current_lr()
         cbs.on_epoch_begin(epoch, {"lr": lr, "samples": n})
         total_loss, total_correct, seen, start = 0.0, 0.0, 0, time.perf_counter()
+        term_totals = np.zeros(len(trainer.terms))
         for idx in batches(n, batch_size, shuffle, trainer.seed, epoch):
             batch = [np.ascontiguousarray(x[idx]) for x in xs]
-            loss, correct = trainer.train_step(model_input(batch), y[idx])
+            labels = {k: v[idx] for k, v in y.items()}
+            loss, correct = trainer.train_step(model_input(batch), labels)
             total_loss += loss * len(idx)
+            term_totals += np.asarray(trainer.term_losses) * len(idx)
             total_correct += correct
             seen += len(idx)
             cbs.on_batch_end(trainer.step, {"loss": total_loss / seen, "seen": seen, "total": n,
@@ -338,41 +384,58 @@ def _train_epochs(trainer, xs, y, n, epochs, batch_size, validation_data, shuffl
         trainer.epoch += 1
         logs = {"loss": total_loss / max(seen, 1), "lr": lr,
                 "samples_per_second": seen / max(time.perf_counter() - start, 1e-9)}
-        if trainer.loss != "euclidean":
+        if trainer.has_metric:
             logs["accuracy"] = total_correct / max(seen, 1)
+        if len(trainer.terms) > 1:
+            logs.update({f"{t.output}_loss": float(v) / max(seen, 1)
+                         for t, v in zip(trainer.terms, term_totals)})
         if validation_data is not None:
             val = evaluate(trainer.model, *validation_data, batch_size=batch_size,
-                           loss=trainer.loss, label_smoothing=trainer.label_smoothing)
+                           terms=trainer.terms, label_smoothing=trainer.label_smoothing)
             logs.update({f"val_{k}": v for k, v in val.items()})
         history.record(epoch, logs)
         if cbs.on_epoch_end(epoch, logs) is False:
             break
 
 
-def _first_output(model, result):
-    """The output the loss reads (training takes one output)."""
-    return result[model.output_names[0]] if isinstance(result, dict) else result
+def _outputs(model, result) -> dict:
+    """The model's outputs by name."""
+    return result if isinstance(result, dict) else {model.output_names[0]: result}
 
 
-def evaluate(model, x, y, batch_size: int = 256, loss: str | None = None,
+def evaluate(model, x, y, batch_size: int = 256, terms=None,
              label_smoothing: float | None = None) -> dict:
-    """Loss (and accuracy for classification) of the model on (x, y), at inference."""
+    """The loss (and accuracy, for classification) of the model on (x, y), at inference: with
+    several loss terms, the weighted total as ``loss``, each term's as ``<output>_loss`` and
+    ``<output>_accuracy``, and the first classification term's as ``accuracy``."""
     cfg = model.graph.graph["train"]
-    loss = loss or cfg.loss
-    if loss not in LOSSES:
-        raise TrainingError(f"unknown loss '{loss}'; use one of {', '.join(LOSSES)}")
+    terms = terms or loss_terms(cfg.loss, model.output_names, cfg.loss_weights)
     smoothing = cfg.label_smoothing if label_smoothing is None else label_smoothing
     xs = model.check_inputs(x)
-    y = np.asarray(y)
-    if model.unbatched:  # rows point at samples by index: the batch runs whole
-        outs = np.asarray(_first_output(model, model.predict(model_input(xs))), np.float64)
-        if len(y) != len(outs):
-            raise InputError(f"the output has {len(outs)} rows but y has {len(y)}")
-        return LOSSES[loss].reference(outs, y, smoothing)
-    n = len(xs[0])
-    if len(y) != n:
-        raise InputError(f"x has {n} samples but y has {len(y)}")
-    outs = np.concatenate([_first_output(model, model.predict(model_input(
+    y = {k: np.asarray(v) for k, v in label_dict(y, terms).items()}
+    outs = _predicted(model, xs, batch_size)
+    result, total = {}, 0.0
+    for term in terms:
+        z = np.asarray(outs[term.output], np.float64)
+        if len(y[term.output]) != len(z):
+            raise InputError(f"the output '{term.output}' has {len(z)} rows but its labels "
+                             f"have {len(y[term.output])}")
+        metrics = term.kind.reference(z, y[term.output], smoothing)
+        if len(terms) == 1:
+            return metrics
+        total += term.weight * metrics["loss"]
+        result.update({f"{term.output}_{k}": v for k, v in metrics.items()})
+        if "accuracy" in metrics and "accuracy" not in result:
+            result["accuracy"] = metrics["accuracy"]
+    return {"loss": total, **result}
+
+
+def _predicted(model, xs: list, batch_size: int) -> dict:
+    """Every output on these inputs, run in batches (whole, when rows of an unbatched input
+    point at samples by index)."""
+    if model.unbatched:
+        return _outputs(model, model.predict(model_input(xs)))
+    parts = [_outputs(model, model.predict(model_input(
         [np.ascontiguousarray(x[i:i + batch_size]) for x in xs])))
-        for i in range(0, n, batch_size)]).astype(np.float64)
-    return LOSSES[loss].reference(outs, y, smoothing)
+        for i in range(0, len(xs[0]), batch_size)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
