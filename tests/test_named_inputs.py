@@ -299,5 +299,14 @@ def test_training_steps_take_one_label_per_row(rows_spec, tmp_path):
     assert set(model.evaluate(x, y)) == {"loss", "accuracy"}
     with pytest.raises(InputError, match=r"labels must be class indices of shape \(10,\)"):
         model.train_step(x, y[:3])
-    with pytest.raises(InputError, match="form the batches yourself and call train_step"):
+    with pytest.raises(InputError, match=r"give the batches, fit\(\[\(x, y\), ...\]\)"):
         model.fit(x, y)
+    # batches formed by the caller: the rows of each point at its own samples
+    given = [(x, y), ({"image": x["image"][:1], "boxes": x["boxes"][:4]}, y[:4])]
+    history = model.fit(given, epochs=2, validation_data=given[:1], verbose=0)
+    assert len(history["loss"]) == 2 and "val_accuracy" in history.history
+    assert model.trainer.steps_per_epoch == 2
+    by_epoch = model.fit(lambda epoch: iter(given[epoch % 2:]), epochs=2, verbose=0)
+    assert len(by_epoch["loss"]) == 2
+    with pytest.raises(InputError, match="a batch is a pair"):
+        model.fit([x], epochs=1, verbose=0)

@@ -62,14 +62,17 @@ class TrainableModel(runtime.CompiledModel):
         self._forget_training_record()
         return self.trainer.train_step(x, y)[0]
 
-    def fit(self, x, y, epochs=None, batch_size=None, validation_data=None,
+    def fit(self, x, y=None, epochs=None, batch_size=None, validation_data=None,
             validation_split=0.0, shuffle=True, seed=None, callbacks=(), verbose=1):
         """Train for ``epochs`` epochs (default: the spec's ``train.epochs``); returns a History
         with per-epoch loss, accuracy, lr, samples/s and validation metrics.
 
-        ``validation_data=(xv, yv)``, or ``validation_split=0.1`` to hold out the last tenth
-        of ``x`` (as Keras). ``verbose=1`` (the default) prints a line per epoch to stderr (a
-        live bar on a terminal); ``verbose=0`` is silent."""
+        ``fit(x, y)`` cuts arrays into shuffled batches of ``batch_size``; ``fit(batches)``
+        trains on batches you form, a list of ``(x, y)`` pairs or a function of the epoch
+        that returns them (the way for boxes that point at their batch's samples).
+        ``validation_data=(xv, yv)`` (or a list of batches), or ``validation_split=0.1`` to
+        hold out the last tenth of ``x`` (as Keras). ``verbose=1`` (the default) prints a line
+        per epoch to stderr (a live bar on a terminal); ``verbose=0`` is silent."""
         from .trainer import fit
 
         if seed is not None:

@@ -245,6 +245,10 @@ class Trainer:
         for i, name in enumerate(names):
             self._device[name] = out[3 + i]
         self.term_losses = out[3 + len(names)].numpy().astype(float).tolist()
+        self.last_samples = self.model.batch_size(xs)
+        # the rows the correct count is of: the first classification term's labels
+        metric = next((i for i, t in enumerate(self.terms) if t.kind.metric), 0)
+        self.last_rows = len(ys[metric])
         self.step += 1
         self.dirty = True
         return loss, float(out[1].numpy()[0])
@@ -293,11 +297,73 @@ def fit(trainer: Trainer, x, y, epochs=None, batch_size=None, validation_data=No
         raise InputError(f"epochs must be a non-negative integer; received {epochs!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer; received {batch_size!r}")
+    if y is None:
+        source = GivenBatches(x)
+        if validation_split:
+            raise InputError("validation_split cuts arrays; with batches given, give "
+                             "validation_data as batches too")
+    else:
+        source = _array_source(trainer, x, y, batch_size, shuffle, validation_split)
+        if validation_split:
+            if validation_data is not None:
+                raise InputError("give validation_data or validation_split, not both")
+            validation_data = source.held_out
+    trainer.steps_per_epoch = source.steps
+    trainer.total_epochs = trainer.epoch + epochs
+    if epochs:
+        _compile_step(trainer, verbose)  # before the clock starts: throughput is training's
+    cbs = CallbackList(list(callbacks) + ([ProgressBar()] if verbose else []), trainer)
+    history = History()
+    cbs.on_train_begin({})
+    try:
+        _train_epochs(trainer, source, epochs, validation_data, batch_size, cbs, history)
+    finally:
+        cbs.on_train_end({})  # also after an error: callbacks release what they hold
+    return history
+
+
+class ArrayBatches:
+    """Batches cut from arrays: a seeded shuffle per epoch, ``batch_size`` samples each."""
+
+    def __init__(self, xs: list, y: dict, batch_size: int, shuffle: bool, seed: int):
+        self.xs, self.y, self.batch_size, self.shuffle, self.seed = xs, y, batch_size, shuffle, seed
+        self.samples = len(xs[0])
+        self.steps = -(-self.samples // batch_size)
+        self.held_out = None
+
+    def batches(self, epoch: int):
+        for idx in batches(self.samples, self.batch_size, self.shuffle, self.seed, epoch):
+            yield (model_input([np.ascontiguousarray(x[idx]) for x in self.xs]),
+                   {k: v[idx] for k, v in self.y.items()})
+
+
+class GivenBatches:
+    """Batches the caller forms: a list of ``(x, y)`` pairs (the same each epoch), or a
+    function of the epoch that returns an iterable of them. The way to train a model whose
+    boxes point at the samples of their batch (an input with ``batched: false``)."""
+
+    def __init__(self, source):
+        if not callable(source) and not isinstance(source, (list, tuple)):
+            raise InputError("fit(x, y) takes arrays; fit(batches) takes a list of (x, y) "
+                             "batches or a function epoch -> iterable of (x, y); received "
+                             f"{type(source).__name__} without y")
+        self.source = source
+        self.samples = None
+        self.steps = None if callable(source) else len(source)
+
+    def batches(self, epoch: int):
+        for item in (self.source(epoch) if callable(self.source) else self.source):
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise InputError(f"a batch is a pair (x, y); received {type(item).__name__}")
+            yield item
+
+
+def _array_source(trainer, x, y, batch_size, shuffle, validation_split) -> ArrayBatches:
     if trainer.model.unbatched:
-        raise InputError(f"fit cuts the data into batches of samples, and the rows of "
-                         f"{', '.join(trainer.model.unbatched)} (batched: false) point at samples "
-                         "by index: form the batches yourself and call train_step(x, y) for "
-                         "each (its rows' indices counting within the batch)")
+        raise InputError(f"fit(x, y) cuts arrays into batches of samples, and the rows of "
+                         f"{', '.join(trainer.model.unbatched)} (batched: false) point at "
+                         "samples by index: give the batches, fit([(x, y), ...]) or "
+                         "fit(lambda epoch: ...), with each batch's indices counting within it")
     xs = trainer.model.check_inputs(x)
     y = {k: np.asarray(v) for k, v in label_dict(y, trainer.terms).items()}
     n = len(xs[0])
@@ -306,25 +372,13 @@ def fit(trainer: Trainer, x, y, epochs=None, batch_size=None, validation_data=No
             raise InputError(f"x has {n} samples but y has {len(labels)}" if len(y) == 1 else
                              f"x has {n} samples but the labels of '{output}' have "
                              f"{len(labels)}")
+    held_out = None
     if validation_split:
-        if validation_data is not None:
-            raise InputError("give validation_data or validation_split, not both")
-        xs, y, validation_data = split_off_validation(xs, y, validation_split)
-        n = len(xs[0])
-    trainer.check_labels(y, n)  # wrong labels are found before the step compiles
-    trainer.steps_per_epoch = -(-n // batch_size)
-    trainer.total_epochs = trainer.epoch + epochs
-    if epochs:
-        _compile_step(trainer, verbose)  # before the clock starts: throughput is training's
-    cbs = CallbackList(list(callbacks) + ([ProgressBar()] if verbose else []), trainer)
-    history = History()
-    cbs.on_train_begin({})
-    try:
-        _train_epochs(trainer, xs, y, n, epochs, batch_size, validation_data, shuffle, cbs,
-                      history)
-    finally:
-        cbs.on_train_end({})  # also after an error: callbacks release what they hold
-    return history
+        xs, y, held_out = split_off_validation(xs, y, validation_split)
+    trainer.check_labels(y, len(xs[0]))  # wrong labels are found before the step compiles
+    source = ArrayBatches(xs, y, batch_size, shuffle, trainer.seed)
+    source.held_out = held_out
+    return source
 
 
 def split_off_validation(xs: list, y: dict, fraction: float):
@@ -362,40 +416,57 @@ def _compile_step(trainer: Trainer, verbose: int) -> None:
               flush=True)
 
 
-def _train_epochs(trainer, xs, y, n, epochs, batch_size, validation_data, shuffle, cbs,
-                  history) -> None:
+def _train_epochs(trainer, source, epochs, validation_data, batch_size, cbs, history) -> None:
     for _ in range(epochs):
         epoch = trainer.epoch
         lr = trainer.current_lr()
-        cbs.on_epoch_begin(epoch, {"lr": lr, "samples": n})
-        total_loss, total_correct, seen, start = 0.0, 0.0, 0, time.perf_counter()
+        cbs.on_epoch_begin(epoch, {"lr": lr, "samples": source.samples})
+        total_loss, total_correct, seen, rows, start = 0.0, 0.0, 0, 0, time.perf_counter()
         term_totals = np.zeros(len(trainer.terms))
-        for idx in batches(n, batch_size, shuffle, trainer.seed, epoch):
-            batch = [np.ascontiguousarray(x[idx]) for x in xs]
-            labels = {k: v[idx] for k, v in y.items()}
-            loss, correct = trainer.train_step(model_input(batch), labels)
-            total_loss += loss * len(idx)
-            term_totals += np.asarray(trainer.term_losses) * len(idx)
+        for x, y in source.batches(epoch):
+            loss, correct = trainer.train_step(x, y)
+            count = trainer.last_samples
+            total_loss += loss * count
+            term_totals += np.asarray(trainer.term_losses) * count
             total_correct += correct
-            seen += len(idx)
-            cbs.on_batch_end(trainer.step, {"loss": total_loss / seen, "seen": seen, "total": n,
-                                            "accuracy": total_correct / seen,
+            seen += count
+            rows += trainer.last_rows
+            cbs.on_batch_end(trainer.step, {"loss": total_loss / seen, "seen": seen,
+                                            "total": source.samples,
+                                            "accuracy": total_correct / max(rows, 1),
                                             "seconds": time.perf_counter() - start})
         trainer.epoch += 1
         logs = {"loss": total_loss / max(seen, 1), "lr": lr,
                 "samples_per_second": seen / max(time.perf_counter() - start, 1e-9)}
         if trainer.has_metric:
-            logs["accuracy"] = total_correct / max(seen, 1)
+            logs["accuracy"] = total_correct / max(rows, 1)
         if len(trainer.terms) > 1:
             logs.update({f"{t.output}_loss": float(v) / max(seen, 1)
                          for t, v in zip(trainer.terms, term_totals)})
         if validation_data is not None:
-            val = evaluate(trainer.model, *validation_data, batch_size=batch_size,
-                           terms=trainer.terms, label_smoothing=trainer.label_smoothing)
+            val = _validate(trainer, validation_data, batch_size)
             logs.update({f"val_{k}": v for k, v in val.items()})
         history.record(epoch, logs)
         if cbs.on_epoch_end(epoch, logs) is False:
             break
+
+
+def _validate(trainer, validation_data, batch_size: int) -> dict:
+    """Metrics on ``(x, y)`` arrays, or averaged over a list of ``(x, y)`` batches (each
+    weighted by its number of samples)."""
+    def metrics(x, y):
+        return evaluate(trainer.model, x, y, batch_size=batch_size, terms=trainer.terms,
+                        label_smoothing=trainer.label_smoothing)
+
+    if isinstance(validation_data, tuple) and len(validation_data) == 2:
+        return metrics(*validation_data)
+    totals, count = {}, 0
+    for x, y in validation_data:
+        n = trainer.model.batch_size(trainer.model.check_inputs(x))
+        for k, v in metrics(x, y).items():
+            totals[k] = totals.get(k, 0.0) + v * n
+        count += n
+    return {k: v / max(count, 1) for k, v in totals.items()}
 
 
 def _outputs(model, result) -> dict:
