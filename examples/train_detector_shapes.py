@@ -2,7 +2,8 @@
 holds (or background) and how to move the box onto the shape. Everything is made here with
 numpy from a seed: no download.
 
-    python examples/train_detector_shapes.py                 # a few minutes on two cores
+    python examples/train_detector_shapes.py                 # about a minute on two cores,
+                                                             # a minute more the first time
     python examples/train_detector_shapes.py --epochs 4 --images 400 -o build/shapes-detector
 
 Each 64x64 image holds one to three filled squares, circles or triangles of random colour, size
@@ -250,8 +251,8 @@ def evaluate(model, data: Shapes, proposals: list[Proposals], batch_size: int = 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--images", type=int, default=600, help="training images")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--images", type=int, default=1000, help="training images")
     parser.add_argument("--test-images", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
