@@ -24,6 +24,7 @@ from .rules import rules_for
 FLOAT = "float32"
 # the function attribute that carries a kernel's CUDA schedule family (rules.py)
 CUDA_FAMILY_ATTR = "cnnc.cuda_family"
+OPAQUE = 8  # relax's OpPatternKind.kOpaque: never fused with another kernel
 
 
 def input_vars(g: nx.DiGraph, n, dtype: str = FLOAT) -> dict[str, relax.Var]:
@@ -81,15 +82,19 @@ def emit_layer(bb, g, node, values, arg_vars):
     except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
         raise CompileError(f"layer '{node}' ({layer.type_name}): lowering to TVM failed: "
                            f"{exc}") from exc
-    _mark_family(bb, var, rules_for(layer, node).cuda)
+    mark_family(bb, var, rules_for(layer, node).cuda)
     return var
 
 
-def _mark_family(bb: relax.BlockBuilder, var, family: str) -> None:
+def mark_family(bb: relax.BlockBuilder, var, family: str) -> None:
     """Record the layer's CUDA schedule family on its kernel, for the CUDA pipeline to give it
-    its family's schedule (cuda.schedule_checked)."""
+    its family's schedule (cuda.schedule_checked). A kernel of a family with a schedule of its
+    own is kept from operator fusion (opaque): fused into a neighbour, it would lose both."""
     gv = bb.lookup_binding(var).args[0]
-    bb.update_func(gv, bb.get()[gv].with_attr(CUDA_FAMILY_ATTR, family))
+    func = bb.get()[gv].with_attr(CUDA_FAMILY_ATTR, family)
+    if family != "dlight":
+        func = func.with_attr("op_pattern", OPAQUE)
+    bb.update_func(gv, func)
 
 
 def build_module(g: nx.DiGraph, batch_sizes=(), layouts: dict | None = None) -> tvm.IRModule:

@@ -66,8 +66,15 @@ def compile_train_module(g, loss: str, optimizer: str, choice, dtype="float32",
         with target:
             return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline()), sig
     mod, sig = build_train_module(g, loss, optimizer, dtype, label_smoothing)
-    target = tvm.target.Target(choice.config, host=choice.host) if choice.kind == "cuda" else \
-        tvm.target.Target(choice.config)
+    if choice.kind == "cuda":
+        from .cuda import relax_pipeline as cuda_pipeline
+
+        # the checked schedules of inference builds: each family's own (RoI), dlight's rules
+        # where they lower, and no kernel left to run on the host
+        target = tvm.target.Target(choice.config, host=choice.host)
+        with target:
+            return tvm.compile(mod, target=target, relax_pipeline=cuda_pipeline(target)), sig
+    target = tvm.target.Target(choice.config)
     with target:
         return tvm.compile(mod, target=target), sig
 

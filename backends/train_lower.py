@@ -30,7 +30,7 @@ from cnncompiler.layers.merge import Add
 from cnncompiler.layers.norm import BatchNorm
 
 from . import te_grad
-from .lower import input_vars
+from .lower import input_vars, mark_family
 from .rules import gradient_of, rules_for
 
 
@@ -235,11 +235,25 @@ class TrainLowering:
         self.values: dict = {}
         self.saved: dict = {}          # what a layer's backward needs beyond its values
         self.new_buffers: dict = {}    # batch-norm running statistics, moved
+        self.cuda_family = None        # marked on the kernels being emitted (layer_kernels)
 
     # -- values and kernels --------------------------------------------------------------------
     def emit(self, fn, *args, name: str):
-        """One kernel computing ``fn`` (TE) of ``args`` (Relax values, lists or dicts)."""
-        return self.bb.emit_te(fn, *args, primfunc_name_hint=name)
+        """One kernel computing ``fn`` (TE) of ``args`` (Relax values, lists or dicts),
+        marked with the CUDA schedule family of the layer being lowered, if any."""
+        var = self.bb.emit_te(fn, *args, primfunc_name_hint=name)
+        if self.cuda_family is not None:
+            mark_family(self.bb, var, self.cuda_family)
+        return var
+
+    def layer_kernels(self, node: str, step):
+        """Run ``step``, which emits the kernels of layer ``node``'s rule (its compute or its
+        gradient), with the layer's CUDA schedule family marked on them."""
+        self.cuda_family = rules_for(layer_node(self.g, node).layer, node).cuda
+        try:
+            return step()
+        finally:
+            self.cuda_family = None
 
     def item(self, tup, i):
         return _item(self.bb, tup, i)
@@ -284,7 +298,8 @@ class TrainLowering:
             gradient_of(layer, node)  # refuses a layer that cannot be trained, before its kernel
             lower = rules_for(layer, node).compute
             shape = data.shape
-            out = self.emit(lambda ts, a: lower(layer, ts, a, shape), xs, args, name=hint)
+            out = self.layer_kernels(node, lambda: self.emit(
+                lambda ts, a: lower(layer, ts, a, shape), xs, args, name=hint))
         return self.from_plain(out)
 
     def loss(self, loss, out_value, y, smoothing: float):
@@ -319,20 +334,32 @@ class TrainLowering:
         elif isinstance(layer, Add) or layer.passthrough:
             dxs = [dy] * len(xs)  # no kernel: each input's gradient is the output's
         else:
-            grad = gradient_of(layer, node)
-            shape = data.shape
-            y = self.plain(self.values[node])
-            dxs = [self.emit(lambda ts, yy, d, a, i=i: grad(layer, ts, yy, d, a, shape)[0][i],
-                             xs, y, dy, args, name=f"{hint}_dx{i}") if need else None
-                   for i, need in enumerate(needs_dx)]
-            local = [k for k in args if data.param_specs[k].trainable]
-            if local:
-                res = self.emit(lambda ts, yy, d, a: [grad(layer, ts, yy, d, a, shape)[1][k]
-                                                      for k in local],
-                                xs, y, dy, args, name=f"{hint}_dw")
-                # emit_te gives a tuple for several outputs, the tensor itself for one
-                for j, k in enumerate(local):
-                    grads[names[k]] = self.item(res, j) if len(local) > 1 else res
+            return self.layer_kernels(node, lambda: self.rule_backward(node, dy, needs_dx))
+        return [None if dx is None else self.from_plain(dx) for dx in dxs], grads
+
+    def rule_backward(self, node: str, dy, needs_dx: list):
+        """The backward of a layer by its rule's gradient (te_grad): input and parameter
+        gradients, one kernel each."""
+        data = layer_node(self.g, node)
+        layer = data.layer
+        xs, args = self.inputs(node), self.args(node)
+        names = param_names(self.g, node)
+        hint = kernel_name(node) + "_grad"
+        grad = gradient_of(layer, node)
+        shape = data.shape
+        y = self.plain(self.values[node])
+        dxs = [self.emit(lambda ts, yy, d, a, i=i: grad(layer, ts, yy, d, a, shape)[0][i],
+                         xs, y, dy, args, name=f"{hint}_dx{i}") if need else None
+               for i, need in enumerate(needs_dx)]
+        grads = {}
+        local = [k for k in args if data.param_specs[k].trainable]
+        if local:
+            res = self.emit(lambda ts, yy, d, a: [grad(layer, ts, yy, d, a, shape)[1][k]
+                                                  for k in local],
+                            xs, y, dy, args, name=f"{hint}_dw")
+            # emit_te gives a tuple for several outputs, the tensor itself for one
+            for j, k in enumerate(local):
+                grads[names[k]] = self.item(res, j) if len(local) > 1 else res
         return [None if dx is None else self.from_plain(dx) for dx in dxs], grads
 
     def accumulate(self, src: str, total, new):

@@ -152,6 +152,63 @@ def test_every_kernel_of_the_roi_family_runs_on_the_device(built):
     assert not missing, f"PrimFuncs with no device kernel: {missing}"
 
 
+TRAIN_WORKER = textwrap.dedent("""
+    import json, os, re, sys
+    from pathlib import Path
+    from cnncompiler.backends.cuda import find_nvcc, prepare_process
+    prepare_process()
+    os.environ["PATH"] = str(Path(find_nvcc()).parent) + os.pathsep + os.environ["PATH"]
+    from cnncompiler.backends.targets import parse_target
+    from cnncompiler.backends.train_build import compile_train_module
+    from cnncompiler.graph import load_checked
+    from cnncompiler.passes import optimize
+    from cnncompiler.spec.losses import loss_terms
+
+    g, _ = load_checked(sys.argv[1])
+    g, _ = optimize(g, passes=["eliminate-dead"])
+    train = g.graph["train"]
+    terms = [t.to_json() for t in loss_terms(train.loss, g.graph["outputs"], train.loss_weights)]
+    executable, _ = compile_train_module(g, terms, "adam", parse_target("cuda"))
+    path = Path(sys.argv[2])
+    executable.export_library(str(path))
+    data = path.read_bytes()
+    print(json.dumps(sorted({m.decode() for m in re.findall(rb"\\.text\\.([A-Za-z_]\\w*)", data)})))
+""")
+
+DETECTOR = """\
+name: two_heads_on_boxes
+inputs:
+  image: [3, 16, 16]
+  rois: {shape: [null, 5], batched: false}
+layers:
+  - {name: conv, type: conv2d, filters: 4, kernel: 3, stride: 2, padding: 1, activation: relu}
+  - {name: align, type: roi_align, inputs: [conv, rois], output_size: 3, spatial_scale: 0.5,
+     sampling_ratio: 2, aligned: true}
+  - {name: flat, type: flatten}
+  - {name: cls, type: dense, units: 3}
+  - {name: bbox, type: dense, units: 4, inputs: [flat]}
+outputs: [cls, bbox]
+train:
+  loss: {cls: softmax_cross_entropy, bbox: smooth_l1}
+"""
+
+
+@pytest.mark.slow
+def test_training_steps_build_device_code_for_every_kernel(tmp_path):
+    """The training step for CUDA goes through the same checked schedules as inference: a
+    kernel dlight would leave to the host is refused, so every kernel, the RoI layer's
+    forward and gradient among them, is device code."""
+    spec = tmp_path / "detector.yaml"
+    spec.write_text(DETECTOR)
+    proc = subprocess.run([sys.executable, "-c", TRAIN_WORKER, str(spec),
+                           str(tmp_path / "train.so")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    kernels = json.loads(proc.stdout.strip().splitlines()[-1])
+    for stem in ("align_kernel", "align_grad_dx0_kernel", "conv_kernel", "adam_update"):
+        assert any(k.startswith(stem) for k in kernels), (stem, kernels)
+
+
 def test_a_kernel_left_without_a_gpu_schedule_is_refused():
     from tvm import te
 
