@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from conftest import SPECS
-from cnncompiler.graph import param_names, topo_layers
+from cnncompiler.graph import by_input_name, param_names, topo_layers
 from cnncompiler.reference import init_params, layer_params
 
 RTOL = 1e-4
@@ -38,6 +38,29 @@ def batch_for(input_shape) -> int:
 def sample_input(input_shape, batch: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.standard_normal((batch, *input_shape)).astype(np.float32)
+
+
+def spec_inputs(g, seed: int = 0):
+    """A batch for the spec's inputs: the array of a one-input spec, else a dict by input
+    name, boxes (R, 5) for an input without the batch axis: (batch index, x1, y1, x2, y2) in
+    the first image input's coordinates, some crossing its border."""
+    names = g.graph["inputs"]
+    batch = batch_for(g.graph["input_shape"])
+    if names == ["input"]:
+        return sample_input(g.graph["input_shape"], batch, seed)
+    rng = np.random.default_rng(seed)
+    height, width = next(g.nodes[n]["shape"][-2:] for n in names if g.nodes[n]["layer"].batched)
+    out = {}
+    for name in names:
+        node = g.nodes[name]
+        if node["layer"].batched:
+            out[name] = rng.standard_normal((batch, *node["shape"])).astype(np.float32)
+            continue
+        corner = rng.uniform(-0.1, 0.8, (6, 2)) * (width, height)
+        size = rng.uniform(0.1, 0.6, (6, 2)) * (width, height)
+        out[name] = np.concatenate([rng.integers(0, batch, (6, 1)), corner, corner + size],
+                                   axis=1).astype(np.float32)
+    return out
 
 
 def assert_close(got, want, rtol: float = RTOL, what: str = "") -> None:
@@ -67,9 +90,9 @@ def lively_params(g, x: np.ndarray, seed: int = 0) -> tuple[dict, dict]:
     """
     params = init_params(g, seed)
     rng = np.random.default_rng(seed + 1)
-    values = {"input": np.asarray(x, np.float32)}
+    values = {k: np.asarray(v, np.float32) for k, v in by_input_name(g, x).items()}
     for name in topo_layers(g):
-        if name == "input":
+        if name in values:
             continue
         node = g.nodes[name]
         layer = node["layer"]

@@ -16,8 +16,7 @@ import pytest
 
 import cnncompiler as cc
 
-from compile_helpers import (as_dict, assert_close, batch_for, lively_params, sample_input,
-                             spec_path)
+from compile_helpers import as_dict, assert_close, lively_params, spec_inputs, spec_path
 from conftest import HAVE_TORCH, classic_specs
 
 pytestmark = pytest.mark.tvm
@@ -31,7 +30,7 @@ class CompiledSpec:
         self.stem = stem
         self.model = cc.compile(spec_path(stem), target="cpu")
         g = self.model.graph
-        self.x = sample_input(g.graph["input_shape"], batch_for(g.graph["input_shape"]))
+        self.x = spec_inputs(g)
         self.params, self.want = lively_params(g, self.x)
         self.model.load_params(self.params)
         self.got = as_dict(self.model.predict(self.x), self.model.output_names)
@@ -76,6 +75,8 @@ def test_spec_artifact_describes_the_model(compiled):
     m = compiled.model.manifest
     assert m["target"]["kind"] == "cpu"
     assert m["input"]["shape"] == ["N", *compiled.model.input_shape]
+    assert [i["name"] for i in m["inputs"]] == \
+        ["x" if n == "input" else n for n in compiled.model.input_names]
     assert [o["name"] for o in m["outputs"]] == compiled.model.output_names
     report = cc.runtime.model.load_report(compiled.model.directory)
     assert report["kernels"], "report.json lists no kernels"
@@ -84,5 +85,5 @@ def test_spec_artifact_describes_the_model(compiled):
     removed = {line.split("'")[1] for p in report["passes"] for line in p["applied"]
                if line.startswith("removed ")}
     for name in compiled.model.graph:
-        if name != "input":
+        if name not in compiled.model.input_names:
             assert name in computed or name in removed, f"no kernel computes layer '{name}'"

@@ -24,7 +24,8 @@ from cnncompiler.passes import LEVELS, PASSES, format_reports, optimize
 from cnncompiler.reference import run_reference
 from cnncompiler.spec import parse_spec_text
 
-from compile_helpers import assert_close, batch_for, lively_params, sample_input, spec_path
+from compile_helpers import (assert_close, batch_for, lively_params, sample_input, spec_inputs,
+                             spec_path)
 from conftest import classic_specs
 
 STEMS = [p.stem for p in classic_specs()]
@@ -50,8 +51,7 @@ def assert_computes_the_same(g, optimized, x, params, want, rtol=1e-4, what=""):
 class SpecCase:
     def __init__(self, stem: str):
         self.graph, _ = load_checked(spec_path(stem))
-        self.x = sample_input(self.graph.graph["input_shape"],
-                              batch_for(self.graph.graph["input_shape"]))
+        self.x = spec_inputs(self.graph)
         self.params, self.want = lively_params(self.graph, self.x)
 
 

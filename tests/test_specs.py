@@ -36,11 +36,20 @@ def test_spec_checks_clean(path):
     assert not warnings, "\n".join(w.format() for w in warnings)
 
 
+# specs whose twin PyTorch cannot express here, and how their layers are checked instead
+NO_TWIN = {
+    "fast_rcnn_shapes": "its roi_align is torchvision's (torchvision.ops), which does not load "
+                        "with the CPU build of torch here; RoI layers are checked against a "
+                        "loop over bins and ONNX Runtime's RoiAlign (tests/test_roi_kernels.py), "
+                        "the rest are layers every other twin covers",
+}
+
+
 @needs_torch
 def test_every_spec_has_a_torch_twin():
     from torch_models import BUILDERS
 
-    missing = sorted(set(NAMES) - set(BUILDERS))
+    missing = sorted(set(NAMES) - set(BUILDERS) - set(NO_TWIN))
     assert not missing, f"add PyTorch builders to tests/torch_models.py for: {missing}"
 
 
@@ -86,6 +95,8 @@ def twin(request) -> Twin:
     from torch_models import BUILDERS
 
     name = request.param
+    if name in NO_TWIN:
+        pytest.skip(f"specs/{name}.yaml has no PyTorch twin: {NO_TWIN[name]}")
     if name not in BUILDERS:
         pytest.skip(f"specs/{name}.yaml has no PyTorch twin (see test_every_spec_has_a_torch_twin)")
     g, _ = load_checked(SPECS / f"{name}.yaml")
