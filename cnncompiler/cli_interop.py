@@ -52,6 +52,7 @@ def _export_inputs(args):
 
 
 def cmd_export(args) -> int:
+    from .graph import is_model_input
     from .interop import format_for, write_model
 
     format_for(args.output, "writer")  # an unknown suffix is refused before any work
@@ -61,7 +62,7 @@ def cmd_export(args) -> int:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_model(graph, params, out, opset=args.opset)
-    layers = graph.number_of_nodes() - len(graph.graph.get("inputs") or ["input"])
+    layers = sum(1 for name in graph if not is_model_input(graph, name))
     print(f"wrote {out}: {graph.graph['name']}, {layers} layers, ONNX opset {args.opset}, "
           f"weights from {source}")
     return 0

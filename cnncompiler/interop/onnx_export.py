@@ -5,8 +5,9 @@
 
 The model is the unoptimised graph: each spec layer becomes one group of ONNX nodes named
 ``/<layer>/<Op>`` (as PyTorch's exporter names them), whose last output is the tensor named
-after the layer; the weights are initializers under their PyTorch names and layouts; the batch
-axis is symbolic (``N``).
+after the layer; the weights are initializers under their PyTorch names and layouts; the model's
+inputs keep the spec's input names; the batch axis is symbolic (``N``, and ``R_<input>`` for the
+rows of an input without the batch axis, as the compiled model's signature names them).
 
 ``ONNX_EXPORT`` holds one entry per layer class: the function that writes the layer's nodes,
 found by the class and then its bases, as ``backends/rules.py`` finds a layer's backend facts.
