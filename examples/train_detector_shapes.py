@@ -11,9 +11,10 @@ and place on a noisy background, with their boxes known. The proposals stand in 
 proposal network: jittered copies of each ground-truth box (labelled with its shape, and with
 the deltas that move them back onto it as box targets) and random boxes that overlap no shape
 much (background, label 0, box targets NaN, which the smooth L1 loss ignores). The model is
-specs/fast_rcnn_shapes.yaml; batches of images and their proposals, with batch indices counted
-within the batch, go to ``model.train_step`` (``fit`` forms batches of samples, and a box
-belongs to the image its index names, so batches are formed here). At the end the held-out
+specs/fast_rcnn_shapes.yaml. A box belongs to the image its batch index names, so the batches
+are formed here, images with their proposals and indices counted within the batch, and given
+to ``model.fit`` as a function of the epoch (fresh proposals and order each epoch). At the end
+the held-out
 images' proposals are classified and their boxes refined, and the refined boxes' overlap with
 the shapes is compared with the proposals'.
 """
@@ -209,18 +210,17 @@ def batch(data: Shapes, proposals: list[Proposals], index) -> tuple[dict, dict]:
 
 # -- training and evaluation ---------------------------------------------------------------------
 
-def train_epoch(model, data: Shapes, proposals: list[Proposals], batch_size: int, rng) -> dict:
-    """One pass over the images in a random order; the mean of each loss term over the steps."""
-    order = rng.permutation(len(data))
-    totals = np.zeros(3)
-    steps = 0
-    for start in range(0, len(order), batch_size):
-        x, y = batch(data, proposals, order[start:start + batch_size])
-        loss = model.train_step(x, y)
-        totals += [loss, *model.trainer.term_losses]
-        steps += 1
-    loss, cls, bbox = totals / steps
-    return {"loss": loss, "cls_loss": cls, "bbox_loss": bbox}
+def epoch_batches(data: Shapes, batch_size: int, seed: int):
+    """What ``fit`` takes: a function of the epoch giving that epoch's batches, the images in
+    a seeded order with fresh proposals (more variety from the same images)."""
+    def batches(epoch: int):
+        rng = np.random.default_rng([seed, epoch])
+        proposals = propose(data, seed=int(rng.integers(2**31)))
+        order = rng.permutation(len(data))
+        for start in range(0, len(order), batch_size):
+            yield batch(data, proposals, order[start:start + batch_size])
+
+    return batches
 
 
 def evaluate(model, data: Shapes, proposals: list[Proposals], batch_size: int = 32) -> dict:
@@ -269,15 +269,8 @@ def main(argv=None) -> int:
     print(f"{len(train)} training and {len(test)} held-out images; compiled "
           f"{model.graph.graph['name']} in {time.perf_counter() - start:.1f} s")
 
-    rng = np.random.default_rng(args.seed + 3)
-    start = time.perf_counter()
-    for epoch in range(args.epochs):
-        # fresh proposals every epoch: more variety from the same images
-        proposals = propose(train, seed=int(rng.integers(2**31)))
-        losses = train_epoch(model, train, proposals, args.batch_size, rng)
-        print(f"epoch {epoch + 1}/{args.epochs}: loss {losses['loss']:.4f} (cls "
-              f"{losses['cls_loss']:.4f}, bbox {losses['bbox_loss']:.4f}), "
-              f"{time.perf_counter() - start:.1f} s")
+    # one line per epoch: the total loss, each head's, and the classifier's accuracy
+    model.fit(epoch_batches(train, args.batch_size, args.seed + 3), epochs=args.epochs)
 
     result = evaluate(model, test, test_proposals)
     count = sum(len(p.boxes) for p in test_proposals)
