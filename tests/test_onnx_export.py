@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from compile_helpers import spec_inputs
 from conftest import SPECS, classic_specs
 
 onnx = pytest.importorskip("onnx")
@@ -38,7 +39,11 @@ def checked(text: str):
     return graph
 
 
-def sample(graph, batch: int, seed: int = 0) -> np.ndarray:
+def sample(graph, batch: int, seed: int = 0):
+    """A batch for the graph's input; for several inputs, a dict of them by name (boxes for an
+    input without the batch axis)."""
+    if graph.graph["inputs"] != ["input"]:
+        return spec_inputs(graph, seed)
     shape = (batch, *graph.graph["input_shape"])
     return (2 * np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)
 
