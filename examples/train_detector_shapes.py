@@ -5,6 +5,8 @@ numpy from a seed: no download.
     python examples/train_detector_shapes.py                 # about a minute on two cores,
                                                              # a minute more the first time
     python examples/train_detector_shapes.py --epochs 4 --images 400 -o build/shapes-detector
+    python examples/train_detector_shapes.py --save-data shapes.npz     # the same data, then
+    cnnc train specs/fast_rcnn_shapes.yaml --data shapes.npz -o build/detector
 
 Each 64x64 image holds one to three filled squares, circles or triangles of random colour, size
 and place on a noisy background, with their boxes known. The proposals stand in for a region
@@ -210,6 +212,14 @@ def batch(data: Shapes, proposals: list[Proposals], index) -> tuple[dict, dict]:
 
 # -- training and evaluation ---------------------------------------------------------------------
 
+def named_arrays(data: Shapes, proposals: list[Proposals], prefix: str = "") -> dict:
+    """The images, their proposals and labels as ``cnnc train --data`` reads them for a spec of
+    several inputs and outputs: an array per input and per output, by name, the boxes' first
+    column the index of their image."""
+    x, y = batch(data, proposals, np.arange(len(data)))
+    return {f"{prefix}{k}": v for k, v in {**x, **y}.items()}
+
+
 def epoch_batches(data: Shapes, batch_size: int, seed: int):
     """What ``fit`` takes: a function of the epoch giving that epoch's batches, the images in
     a seeded order with fresh proposals (more variety from the same images)."""
@@ -249,6 +259,19 @@ def evaluate(model, data: Shapes, proposals: list[Proposals], batch_size: int = 
             "refined_iou": mean_iou(np.concatenate(refined))}
 
 
+def save_data(args) -> int:
+    """``cnnc train specs/fast_rcnn_shapes.yaml --data shapes.npz -o build/detector``: the
+    training images with one set of proposals, and the held-out ones as its test part."""
+    train = make_shapes(args.images, seed=args.seed)
+    test = make_shapes(args.test_images, seed=args.seed + 1)
+    arrays = {**named_arrays(train, propose(train, seed=args.seed + 3)),
+              **named_arrays(test, propose(test, seed=args.seed + 2), prefix="test_")}
+    np.savez(args.save_data, **arrays)
+    print(f"wrote {len(train)} training and {len(test)} test images with their proposals to "
+          f"{args.save_data}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=10)
@@ -257,7 +280,11 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-o", "--output", help="write the trained artifact here")
+    parser.add_argument("--save-data", help="write the images, proposals and labels to this "
+                        ".npz for cnnc train, and stop")
     args = parser.parse_args(argv)
+    if args.save_data:
+        return save_data(args)
 
     import cnncompiler as cc
 

@@ -99,3 +99,53 @@ def test_training_lowers_the_loss_and_evaluates(shapes):
     assert 0 <= result["accuracy"] <= 1 and 0 <= result["foreground_accuracy"] <= 1
     assert 0 < result["proposal_iou"] <= 1 and 0 <= result["refined_iou"] <= 1
     assert result["proposal_iou"] > 0.5
+
+
+# -- cnnc train on the same data, by name ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shapes_npz(tmp_path_factory):
+    path = tmp_path_factory.mktemp("shapes") / "shapes.npz"
+    assert detector.main(["--save-data", str(path), "--images", "40",
+                          "--test-images", "12"]) == 0
+    return path
+
+
+def test_named_batches_take_each_samples_boxes_and_renumber_them(shapes_npz):
+    from cnncompiler.graph import load_checked
+    from cnncompiler.spec.losses import loss_terms
+    from cnncompiler.train.named_data import load_named_npz
+
+    g, _ = load_checked(SPECS / "fast_rcnn_shapes.yaml")
+    train = g.graph["train"]
+    terms = loss_terms(train.loss, g.graph["outputs"], train.loss_weights)
+    data, index, test, test_index = load_named_npz(shapes_npz, g, terms, 0.25, 0)
+    assert (data.samples, test.samples, len(index), len(test_index)) == (40, 12, 40, 12)
+    x, y = data.batch(np.array([7, 2]))
+    owners = data.inputs["rois"][:, 0]
+    assert len(x["rois"]) == np.isin(owners, [7, 2]).sum() == len(y["cls"]) == len(y["bbox"])
+    assert set(x["rois"][:, 0]) == {0.0, 1.0}   # image 7 is the batch's first, 2 its second
+    first = data.inputs["rois"][owners == 7]
+    np.testing.assert_array_equal(x["rois"][x["rois"][:, 0] == 0][:, 1:], first[:, 1:])
+
+
+def test_cnnc_train_takes_the_detector_data_by_name(shapes_npz, tmp_path, capsys):
+    from cnncompiler.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", str(SPECS / "fast_rcnn_shapes.yaml"), "--data", str(shapes_npz),
+                 "--epochs", "1", "-o", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "36 training, 4 validation and 12 test samples; inputs image, rois; outputs " \
+        "trained cls, bbox" in captured.err
+    record = cc.load(out).manifest["training"]
+    assert {"loss", "cls_loss", "bbox_loss", "accuracy"} <= set(record["test"])
+    assert (out / "history.json").is_file()
+    broken = tmp_path / "broken.npz"
+    arrays = dict(np.load(shapes_npz))
+    del arrays["bbox"]
+    np.savez(broken, **arrays)
+    assert main(["train", str(SPECS / "fast_rcnn_shapes.yaml"), "--data", str(broken),
+                 "-o", str(tmp_path / "r2")]) != 0
+    assert "no array for bbox" in capsys.readouterr().err

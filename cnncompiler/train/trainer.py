@@ -452,18 +452,21 @@ def _train_epochs(trainer, source, epochs, validation_data, batch_size, cbs, his
 
 
 def _validate(trainer, validation_data, batch_size: int) -> dict:
-    """Metrics on ``(x, y)`` arrays, or averaged over a list of ``(x, y)`` batches (each
-    weighted by its number of samples)."""
-    def metrics(x, y):
-        return evaluate(trainer.model, x, y, batch_size=batch_size, terms=trainer.terms,
-                        label_smoothing=trainer.label_smoothing)
-
+    """Metrics on ``(x, y)`` arrays, or over a list of ``(x, y)`` batches."""
     if isinstance(validation_data, tuple) and len(validation_data) == 2:
-        return metrics(*validation_data)
+        return evaluate(trainer.model, *validation_data, batch_size=batch_size,
+                        terms=trainer.terms, label_smoothing=trainer.label_smoothing)
+    return evaluate_batches(trainer.model, validation_data, terms=trainer.terms,
+                            label_smoothing=trainer.label_smoothing)
+
+
+def evaluate_batches(model, batches, terms=None, label_smoothing: float | None = None) -> dict:
+    """``evaluate`` over a list of ``(x, y)`` batches: each metric averaged over the batches,
+    weighted by their samples."""
     totals, count = {}, 0
-    for x, y in validation_data:
-        n = trainer.model.batch_size(trainer.model.check_inputs(x))
-        for k, v in metrics(x, y).items():
+    for x, y in batches:
+        n = model.batch_size(model.check_inputs(x))
+        for k, v in evaluate(model, x, y, terms=terms, label_smoothing=label_smoothing).items():
             totals[k] = totals.get(k, 0.0) + v * n
         count += n
     return {k: v / max(count, 1) for k, v in totals.items()}
