@@ -112,9 +112,13 @@ def _tune_commands(sub):
     register(sub)
 
 
+def _interop_commands(sub):
+    from .cli_interop import register
+    register(sub)
+
+
 # Later pipeline stages add their subcommands here.
-EXTRA_COMMANDS: list = [_build_commands, _tune_commands]
-EXTRA_COMMANDS.append(lambda sub: __import__("cnncompiler.cli_interop", fromlist=["_"]).register(sub))
+EXTRA_COMMANDS: list = [_build_commands, _tune_commands, _interop_commands]
 
 
 def _tolerant_streams() -> None:
