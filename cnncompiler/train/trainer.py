@@ -70,6 +70,9 @@ class Trainer:
         self._compiled = {}           # optimizer family -> (vm, signature)
         self._device = None           # name -> device tensor (params, buffers, state)
         self._pending_state = None    # optimizer state read from a checkpoint, not yet uploaded
+        self.term_losses: list[float] = []  # the last step's loss of each term
+        self.last_samples = 0         # the last step's samples
+        self.last_rows = 0            # and the rows its correct count is of
 
     @property
     def terms(self) -> list:
