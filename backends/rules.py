@@ -39,6 +39,7 @@ from cnncompiler.layers.norm import LRN, BatchNorm
 from cnncompiler.layers.pointwise import Pointwise
 from cnncompiler.layers.pool import (AvgPoolBase, BlurPool2d, GlobalAvgPool, GlobalMaxPool,
                                      LpPoolBase, MaxPoolBase)
+from cnncompiler.layers.resize import Upsample
 
 from . import te_adaptive as a
 from . import te_detection as d
@@ -103,6 +104,7 @@ RULES: dict[type, Rules] = {
     Concat: Rules(t.lower_concat, g.grad_concat, cpu="concat", cuda="dlight"),
     Dropout: Rules(t.lower_passthrough, TRAINING_FORM, cpu="passthrough", cuda="dlight"),
     Identity: Rules(t.lower_passthrough, g.grad_passthrough, cpu="passthrough", cuda="dlight"),
+    Upsample: Rules(t.lower_upsample, g.grad_upsample, cpu="generic", cuda="dlight"),
     Fused: Rules(t.lower_fused, NOT_TRAINED, cpu="fused", cuda="dlight"),
 }
 

@@ -511,6 +511,22 @@ def grad_passthrough(layer, xs, y, dy, args, out_shape):
     return [dy], {}
 
 
+def grad_upsample(layer, xs, y, dy, args, out_shape):
+    """Each input position's gradient is the sum over its block of the output."""
+    x = xs[0]
+    sh, sw = layer.scale
+    # a reduce axis of extent 1 is left out: dlight's GPU rules do not schedule one
+    ra = te.reduce_axis((0, sh), name="ra") if sh > 1 else 0
+    rb = te.reduce_axis((0, sw), name="rb") if sw > 1 else 0
+    axes = [r for r in (ra, rb) if not isinstance(r, int)]
+
+    def value(n, c, i, j):
+        v = dy[n, c, i * sh + ra, j * sw + rb]
+        return te.sum(v, axis=axes) if axes else v
+
+    return [te.compute(x.shape, value, name="upsample_dx")], {}
+
+
 # -- losses -------------------------------------------------------------------------------------------
 
 def softmax_cross_entropy(logits, labels, smoothing: float = 0.0):

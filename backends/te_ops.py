@@ -408,3 +408,12 @@ def lower_fused(layer, xs, args, out_shape):
                               residual)
 
     return te.compute(y.shape, epilogue, name="epilogue")
+
+
+# -- resizing ----------------------------------------------------------------------------------------
+
+def lower_upsample(layer, xs, args, out_shape):
+    x = xs[0]
+    sh, sw = layer.scale
+    return te.compute((batch(x), *out_shape), lambda n, c, i, j: x[n, c, i // sh, j // sw],
+                      name="upsample")

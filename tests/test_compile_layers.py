@@ -165,6 +165,11 @@ FAMILIES = {
         "blur_k2_zero": [{"name": "blur_k2_zero", "type": "blurpool2d", "kernel": 2,
                           "pad_mode": "zero"}],
         "blur_k7": [{"name": "blur_k7", "type": "blurpool2d", "kernel": 7}],
+        "upsample2": [{"name": "upsample2", "type": "upsample"}],
+        "upsample_3x1": [{"name": "upsample_3x1", "type": "upsample", "scale": [3, 1]}],
+        "upsample_then_max": [{"name": "upsample_then_max_a", "type": "upsample", "scale": 2},
+                              {"name": "upsample_then_max", "type": "maxpool2d", "kernel": 3,
+                               "stride": 2}],
     }),
     "pool1d": ([3, 17], {
         "max_k3_s2": [{"name": "max_k3_s2", "type": "maxpool1d", "kernel": 3, "stride": 2}],
@@ -491,6 +496,8 @@ def torch_layer(layer, xs, p):
         return sum(xs[1:], xs[0])
     if t == "concat":
         return torch.cat(xs, dim=layer.axis)
+    if t == "upsample":
+        return F.interpolate(x, scale_factor=layer.scale, mode="nearest")
     if t == "blurpool2d":  # a depthwise conv with the binomial filter, after padding
         k = layer.kernel
         row = torch.tensor([math.comb(k - 1, i) for i in range(k)], dtype=x.dtype)

@@ -807,6 +807,16 @@ def test_pool_padding_that_leaves_a_window_empty_is_refused(nd):
     assert layer.infer_shape([shape], ShapeNotes()) == (3,) + (2,) * nd
 
 
+@hand("upsample")
+def test_upsample_by_hand():
+    x = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
+    np.testing.assert_array_equal(run(make("upsample"), x)[0, 0],
+                                  [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]])
+    np.testing.assert_array_equal(run(make("upsample", scale=[1, 3]), x)[0, 0],
+                                  [[1, 1, 1, 2, 2, 2], [3, 3, 3, 4, 4, 4]])
+    np.testing.assert_array_equal(run(make("upsample", scale=1), X33), X33)
+
+
 ADAPTIVE_SIZES = [((7, 5), (3, 4)), ((6, 6), (6, 6)), ((3, 2), (5, 7)), ((9, 8), (1, 1)),
                   ((5, 5), (2, 3)), ((4, 10), (4, 3)), ((1, 1), (2, 2))]
 
@@ -826,6 +836,17 @@ def test_adaptive_pools_match_torch(dtype):
 
 def stats_pool_torch(x, eps):
     return torch.cat([x.mean(2), torch.sqrt(x.var(2, unbiased=False) + eps)], 1)
+
+
+@grid("upsample")
+@needs_torch
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_upsample_matches_torch(dtype):
+    for size, scale in [((3, 4), 2), ((5, 2), [3, 1]), ((1, 1), 4), ((4, 3), [2, 5]), ((2, 2), 1)]:
+        x = rand((2, 3, *size), dtype)
+        factor = tuple(scale) if isinstance(scale, list) else (scale, scale)
+        want = F.interpolate(t(x), scale_factor=factor, mode="nearest").numpy()
+        assert_close(run(make("upsample", scale=scale), x), want, dtype, f"{size} x {scale}")
 
 
 @grid("stats_pool")

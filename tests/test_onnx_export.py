@@ -163,6 +163,8 @@ CASES = {
     "blurpool2d_zero_even": ([3, 9, 8], ["{type: blurpool2d, kernel: 4, pad_mode: zero}"]),
     "blurpool2d_k1": ([3, 9, 8], ["{type: blurpool2d, kernel: 1}"]),
     "blurpool2d_k5_stride1": ([3, 9, 8], ["{type: blurpool2d, kernel: 5, stride: 1}"]),
+    "upsample": ([3, 4, 5], ["{type: upsample}"]),
+    "upsample_rect": ([2, 3, 4], ["{type: upsample, scale: [3, 1]}"]),
     "relu": ([3, 4, 4], ["{type: relu}"]),
     "relu6": ([3, 4, 4], ["{type: relu6}"]),
     "leaky_relu": ([3, 4, 4], ["{type: leaky_relu, alpha: 0.2}"]),

@@ -161,6 +161,22 @@ layers:
   - {name: cat, type: concat, inputs: [f1, f2, f3, f4, f5, f6]}
   - {name: fc, type: dense, units: 4}
 """, "softmax_cross_entropy", 0.0),
+    # YOLOv3's neck: a coarse map upsampled and joined to a finer one; a 3x1 factor too
+    "upsample": ("""
+name: fd_upsample
+input: [2, 6, 6]
+layers:
+  - {name: c, type: conv2d, filters: 3, kernel: 3, padding: 1}
+  - {name: t, type: tanh}
+  - {name: mp, type: maxpool2d, kernel: 2}
+  - {name: c2, type: conv2d, filters: 2, kernel: 1}
+  - {name: up, type: upsample, scale: 2}
+  - {name: cat, type: concat, inputs: [up, t]}
+  - {name: c3, type: conv2d, filters: 2, kernel: 3, stride: 2}
+  - {name: up3, type: upsample, scale: [3, 1]}
+  - {name: flat, type: flatten}
+  - {name: fc, type: dense, units: 3}
+""", "softmax_cross_entropy", 0.0),
     # boxes crossing the border, boxes smaller than a bin; tanh keeps the pooled maxima apart
     "roi": ("""
 name: fd_roi

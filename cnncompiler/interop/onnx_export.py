@@ -41,6 +41,7 @@ from ..layers.merge import Add, Concat
 from ..layers.norm import LRN, BatchNorm
 from ..layers.pool import (AvgPoolBase, BlurPool2d, GlobalAvgPool, GlobalMaxPool, LpPoolBase,
                            MaxPoolBase, blur_filter)
+from ..layers.resize import Upsample
 from ..layers.window import out_size, resolve_padding
 from ..storage import write_atomic
 
@@ -422,6 +423,14 @@ def concat_nodes(w: OnnxWriter, site: LayerSite) -> str:
     return w.op(site, "Concat", list(site.inputs), axis=site.layer.axis)
 
 
+def upsample_nodes(w: OnnxWriter, site: LayerSite) -> str:
+    """Resize in nearest mode: with asymmetric coordinates and floor rounding, output i reads
+    input floor(i / scale), exactly (PyTorch's exporter writes nn.Upsample so)."""
+    scales = w.floats(site, "scales", [1.0, 1.0, *site.layer.scale])
+    return w.op(site, "Resize", [site.x, "", scales], mode="nearest",
+                coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+
+
 # -- region-of-interest pooling --------------------------------------------------------------
 
 def valid_boxes(w: OnnxWriter, site: LayerSite) -> tuple[str, str]:
@@ -520,6 +529,7 @@ ONNX_EXPORT = {
     Flatten: flatten_nodes,
     Add: add_nodes,
     Concat: concat_nodes,
+    Upsample: upsample_nodes,
     RoIPool: roi_pool_nodes,
     RoIAlign: roi_align_nodes,
 }
