@@ -401,6 +401,41 @@ def test_unsupported_operators_are_refused_with_node_and_opset(tmp_path):
            "vectors (N, F)" in message
 
 
+@pytest.mark.parametrize("coords,rounding", [("half_pixel", "round_prefer_floor"),
+                                              ("pytorch_half_pixel", "round_prefer_ceil"),
+                                              ("asymmetric", "floor")])
+def test_nearest_resize_by_integers_is_an_upsample(tmp_path, coords, rounding):
+    """Output i reads input floor(i / s) in each of these forms, as ONNX Runtime computes."""
+    import onnxruntime
+
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], name="/up/Resize",
+                            mode="nearest", coordinate_transformation_mode=coords,
+                            nearest_mode=rounding)
+    path = onnx_file(tmp_path / "resize.onnx", [node], (2, 3, 4),
+                     {"scales": np.array([1, 1, 3, 2], np.float32)})
+    text, _ = import_onnx(path)
+    assert "type: upsample, scale: [3, 2]}" in text
+    x = np.random.default_rng(0).standard_normal((2, 2, 3, 4)).astype(np.float32)
+    want = onnxruntime.InferenceSession(str(path)).run(None, {"x": x})[0]
+    (got,) = run_reference(checked(text), x, {}).values()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_other_resizes_are_refused(tmp_path):
+    scales = {"scales": np.array([1, 1, 2, 2], np.float32)}
+    message = refusal(tmp_path, [helper.make_node("Resize", ["x", "", "scales"], ["y"],
+                                                  name="r", mode="linear")], initializers=scales)
+    assert "node 'r' (Resize, opset 17): Resize in linear mode with half_pixel coordinates" \
+        in message
+    message = refusal(tmp_path, [helper.make_node("Resize", ["x", "", "scales"], ["y"], name="r",
+                                                  coordinate_transformation_mode="asymmetric")],
+                      initializers=scales)
+    assert "asymmetric coordinates and round_prefer_floor rounding" in message
+    message = refusal(tmp_path, [helper.make_node("Resize", ["x", "", "scales"], ["y"], name="r")],
+                      initializers={"scales": np.array([1, 1, 1.5, 2], np.float32)})
+    assert "resizes (3, 4, 4) to (3, 6, 8); cnnc's upsample multiplies" in message
+
+
 def test_models_cnnc_cannot_take_are_refused(tmp_path):
     two = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3]) for n in ("a", "b")]
     message = refusal(tmp_path, [helper.make_node("Add", ["a", "b"], ["y"])], inputs=two)

@@ -401,6 +401,28 @@ def softmax_layer(r: NodeReader) -> LayerDraft:
     return r.layer("softmax", {"axis": axis})
 
 
+def resize_layer(r: NodeReader) -> LayerDraft:
+    """Resize of a (N, C, H, W) map to integer multiples of its height and width, nearest mode:
+    cnnc's upsample, where output i reads input floor(i / s). That holds for asymmetric
+    coordinates with floor rounding, and for half-pixel coordinates rounded to the nearest
+    (they land within 0.5 - 0.5 / s of the input they belong to)."""
+    mode = r.attr("mode", "nearest")
+    coords = r.attr("coordinate_transformation_mode", "half_pixel" if r.graph.opset >= 11
+                    else "asymmetric")
+    rounding = r.attr("nearest_mode", "round_prefer_floor")
+    exact = (coords == "asymmetric" and rounding == "floor") or (
+        coords in ("half_pixel", "pytorch_half_pixel") and rounding.startswith("round_"))
+    if mode != "nearest" or not exact or r.attr("axes") is not None:
+        raise r.refuse(f"Resize in {mode} mode with {coords} coordinates and {rounding} "
+                       "rounding; cnnc's upsample is nearest-neighbour by integer factors, "
+                       "output i reading input floor(i / scale)")
+    shape, out = r.sample_shape(), r.sample_shape(r.node.output[0])
+    if len(shape) != 3 or out[0] != shape[0] or any(o % i for o, i in zip(out[1:], shape[1:])):
+        raise r.refuse(f"resizes {shape} to {out}; cnnc's upsample multiplies the height and "
+                       "width of a (C, H, W) map by integers")
+    return r.layer("upsample", {"scale": compact([o // i for o, i in zip(out[1:], shape[1:])])})
+
+
 def lrn_layer(r: NodeReader) -> LayerDraft:
     size = int(r.attr("size"))
     if size % 2 == 0:
@@ -497,6 +519,7 @@ ONNX_IMPORT = {
     "Sum": add_layer,
     "Flatten": flatten_layer,
     "Reshape": reshape_layer,
+    "Resize": resize_layer,
     "Dropout": dropout_layer,
     "Identity": partial(plain_layer, type_name="identity"),
 }
