@@ -38,6 +38,7 @@ class ModelFormat:
 FORMATS = (
     ModelFormat("ONNX", (".onnx",), reader="cnncompiler.interop.onnx_import:import_onnx",
                 writer="cnncompiler.interop.onnx_export:export_onnx", package="onnx"),
+    ModelFormat("Darknet", (".cfg",), reader="cnncompiler.interop.darknet_import:import_darknet"),
 )
 
 ROLES = {"reader": ("reads", "reading"), "writer": ("writes", "writing")}
