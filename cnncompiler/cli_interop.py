@@ -1,9 +1,11 @@
 """``cnnc export`` and ``cnnc import``: a spec and its weights to and from other frameworks'
-model files (ONNX today); the format follows the file's suffix (``cnncompiler.interop``).
+model files (ONNX both ways; Caffe and Darknet in); the format follows the file's suffix
+(``cnncompiler.interop``).
 
     cnnc export specs/resnet18.yaml --weights resnet18.safetensors -o resnet18.onnx
     cnnc export --artifact build/lenet5 -o lenet5.onnx
     cnnc import resnet18.onnx -o resnet18.yaml [--weights resnet18.safetensors] [--force]
+    cnnc import deploy.prototxt --caffemodel net.caffemodel -o net.yaml
 """
 
 from __future__ import annotations
@@ -80,14 +82,16 @@ def cmd_import(args) -> int:
     from .runtime.weights import write_weights
     from .storage import write_atomic
 
-    format_for(args.model, "reader")
+    if format_for(args.model, "reader").name != "Caffe" and args.caffemodel:
+        raise CnncError("--caffemodel gives a Caffe net's weights; this model is not a Caffe net")
     spec_path = Path(args.output)
     weights_path = Path(args.weights) if args.weights else spec_path.with_suffix(".safetensors")
     if weights_path.resolve() == spec_path.resolve():
         raise CnncError(f"the spec and the weights would both be written to '{spec_path}'; "
                         "give --weights another file")
     _refuse_overwrite([spec_path, weights_path], args.force)
-    text, params = read_model(args.model)
+    options = {"caffemodel": args.caffemodel} if args.caffemodel else {}
+    text, params = read_model(args.model, **options)
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(spec_path, text.encode("utf-8"))
@@ -119,11 +123,14 @@ def register(sub) -> None:
                         "(default 0)")
     e.set_defaults(run=cmd_export)
 
-    i = sub.add_parser("import", help="write a cnnc spec and its weights from an ONNX model")
-    i.add_argument("model", help="the model file to read (.onnx)")
+    i = sub.add_parser("import", help="write a cnnc spec and its weights from an ONNX, Caffe "
+                                      "or Darknet model")
+    i.add_argument("model", help="the model file to read (.onnx, .prototxt, .cfg)")
     i.add_argument("-o", "--output", required=True, help="the YAML spec file to write")
     i.add_argument("--weights", help="the .safetensors file to write the weights to (default: "
                                      "the spec's path with .safetensors)")
+    i.add_argument("--caffemodel", help="a Caffe net's weights (default: the .prototxt's name "
+                                        "with .caffemodel, where that file exists)")
     i.add_argument("--force", action="store_true",
                    help="replace the spec and weights files if they exist")
     i.set_defaults(run=cmd_import)

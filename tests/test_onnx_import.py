@@ -450,10 +450,10 @@ def test_models_cnnc_cannot_take_are_refused(tmp_path):
 
 
 def test_unknown_suffix_lists_the_formats(tmp_path):
-    with pytest.raises(cnncompiler.CnncError, match=r"'net.prototxt': no model format with the "
-                                                    r"suffix '.prototxt'; cnnc reads ONNX "
+    with pytest.raises(cnncompiler.CnncError, match=r"'net.pb': no model format with the "
+                                                    r"suffix '.pb'; cnnc reads ONNX "
                                                     r"\(.onnx\)"):
-        read_model("net.prototxt")
+        read_model("net.pb")
 
 
 # -- cnnc import and cnnc export --artifact --------------------------------------------------------------

@@ -5,10 +5,11 @@ the file's suffix:
     spec_text, params = read_model("resnet18.onnx")       # cnnc YAML, PyTorch-named weights
     write_model(graph, params, "resnet18.onnx")           # graph from cnncompiler.check
 
-A reader is ``read(path) -> (spec_text, params)``; a writer is ``write(graph, params, path,
-**options)``. Both are named as ``"module:function"`` and imported only when used, so that
-cnnc runs without the packages they need; a format may have either or both (a Caffe
-``.prototxt`` or Darknet ``.cfg`` reader is one more entry).
+A reader is ``read(path, **options) -> (spec_text, params)`` (options such as a Caffe net's
+``caffemodel``); a writer is ``write(graph, params, path, **options)``. Both are named as
+``"module:function"`` and imported only when used, so that cnnc runs without the packages they
+need; a format may have either or both (the Caffe ``.prototxt`` and Darknet ``.cfg`` readers
+are one entry each).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class ModelFormat:
 FORMATS = (
     ModelFormat("ONNX", (".onnx",), reader="cnncompiler.interop.onnx_import:import_onnx",
                 writer="cnncompiler.interop.onnx_export:export_onnx", package="onnx"),
+    ModelFormat("Caffe", (".prototxt",), reader="cnncompiler.interop.caffe_import:import_caffe"),
     ModelFormat("Darknet", (".cfg",), reader="cnncompiler.interop.darknet_import:import_darknet"),
 )
 
@@ -69,9 +71,10 @@ def _function(fmt: ModelFormat, role: str):
     return getattr(module, name)
 
 
-def read_model(path) -> tuple[str, dict]:
-    """A cnnc spec (YAML text) and its weights (PyTorch names) from the model file ``path``."""
-    return _function(format_for(path, "reader"), "reader")(path)
+def read_model(path, **options) -> tuple[str, dict]:
+    """A cnnc spec (YAML text) and its weights (PyTorch names) from the model file ``path``
+    (``options``: the reader's own, such as a Caffe net's ``caffemodel``)."""
+    return _function(format_for(path, "reader"), "reader")(path, **options)
 
 
 def write_model(graph, params: dict, path, **options) -> Path:
