@@ -205,6 +205,7 @@ FAMILIES = {
         "hardsigmoid": [{"name": "hardsigmoid", "type": "hardsigmoid"}],
         "hardswish": [{"name": "hardswish", "type": "hardswish"}],
         "silu": [{"name": "silu", "type": "silu"}],
+        "mish": [{"name": "mish", "type": "mish"}],
         "gelu": [{"name": "gelu", "type": "gelu"}],
         "gelu_tanh": [{"name": "gelu_tanh", "type": "gelu", "approximate": "tanh"}],
         "prelu": [{"name": "prelu", "type": "prelu"}],
@@ -478,7 +479,7 @@ def torch_layer(layer, xs, p):
     if t == "leaky_relu":
         return F.leaky_relu(x, layer.alpha)
     newer = {"relu6": F.relu6, "hardsigmoid": F.hardsigmoid, "hardswish": F.hardswish,
-             "silu": F.silu}
+             "silu": F.silu, "mish": F.mish}
     if t in newer:
         return newer[t](x)
     if t == "gelu":

@@ -38,7 +38,8 @@ DARKNET19 = (NET.format(w=32, h=32) + conv(8) + pool() + conv(16) + pool() + con
 TINY_YOLO = (NET.format(w=16, h=16) + conv(4) + pool() + conv(8) + pool() + conv(8)
              + pool(2, 1) + conv(16) + conv(15, size=1, bn=0, activation="linear")
              + "[region]\nanchors=1,1, 2,2, 3,3\nclasses=0\nnum=3\n")
-RESNET = (NET.format(w=16, h=16) + conv(8) + conv(8) + conv(8, activation="linear")
+RESNET = (NET.format(w=16, h=16) + conv(8) + conv(8, activation="mish")
+          + conv(8, activation="linear")
           + "[shortcut]\nfrom=-3\nactivation=leaky\n\n" + conv(16, stride=2) + conv(16, size=1)
           + "; a residual of the strided block\n[shortcut]\nfrom=-2\nactivation=linear\n\n"
           + "[avgpool]\n\n[dropout]\nprobability=.5\n\n"
@@ -144,7 +145,8 @@ def np_maxpool(x, size, stride):
     return np.max(windows, axis=0)
 
 
-ACTIVATE = {"leaky": lambda v: np.where(v > 0, v, 0.1 * v), "linear": lambda v: v}
+ACTIVATE = {"leaky": lambda v: np.where(v > 0, v, 0.1 * v), "linear": lambda v: v,
+            "mish": lambda v: v * np.tanh(np.logaddexp(0, v))}
 
 
 def darknet_forward(text: str, values: np.ndarray, x: np.ndarray) -> list[np.ndarray]:
@@ -297,8 +299,8 @@ REFUSED = [
                           "section"),
     ("[route]\nlayers=-1\ngroups=2\ngroup_id=1\n",
      r"net.cfg:12: \[route\]: groups/group_id take a slice of the channels; cnnc has no slice"),
-    ("[convolutional]\nfilters=4\nsize=1\nactivation=mish\n",
-     r"net.cfg:13: \[convolutional\]: activation=mish is not supported \(cnnc has no mish"),
+    ("[convolutional]\nfilters=4\nsize=1\nactivation=selu\n",
+     r"net.cfg:13: \[convolutional\]: activation=selu is not supported; cnnc converts leaky"),
     ("[shortcut]\nfrom=-5\n", r"net.cfg:11: \[shortcut\]: from names layer -5, which is layer "
                               r"-4; only the layers before this one \(0 to 0\) can be read"),
     ("[maxpool]\nsize=2\nstride=2\nstride_x=1\n",

@@ -345,7 +345,7 @@ def test_activations_by_hand():
     np.testing.assert_allclose(run(make("tanh"), np.array([[math.log(2), 0.0]])), [[0.6, 0]])
 
 
-@hand("relu6", "hardsigmoid", "hardswish", "silu", "gelu", "prelu")
+@hand("relu6", "hardsigmoid", "hardswish", "silu", "gelu", "prelu", "mish")
 def test_newer_activations_by_hand():
     x = np.array([[-4.0, -3.0, 0.0, 1.5, 3.0, 7.0]])
     np.testing.assert_array_equal(run(make("relu6"), x), [[0, 0, 0, 1.5, 3, 6]])
@@ -356,6 +356,10 @@ def test_newer_activations_by_hand():
     # Phi(1) = 0.8413447460685429
     np.testing.assert_allclose(run(make("gelu"), np.array([[1.0, 0.0, -1.0]])),
                                [[0.8413447460685429, 0, -0.15865525393145707]], rtol=1e-12)
+    # x tanh(log(1 + e^x)): log(1 + e) = 1.3132616875182228, log(1 + 1/e) = 0.313261687518223
+    np.testing.assert_allclose(run(make("mish"), np.array([[1.0, 0.0, -1.0, 30.0]])),
+                               [[math.tanh(1.3132616875182228), 0, -math.tanh(0.313261687518223),
+                                 30.0]], rtol=1e-12)
     slope = {"weight": np.array([0.25])}
     np.testing.assert_array_equal(run(make("prelu"), np.array([[[-4.0], [2.0]]]),
                                       params=slope), [[[-1.0], [2.0]]])
@@ -367,14 +371,15 @@ def test_newer_activations_by_hand():
 
 NEWER = {"relu6": lambda x: F.relu6(x), "hardsigmoid": lambda x: F.hardsigmoid(x),
          "hardswish": lambda x: F.hardswish(x), "silu": lambda x: F.silu(x),
-         "gelu": lambda x: F.gelu(x), "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
+         "gelu": lambda x: F.gelu(x), "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+         "mish": lambda x: F.mish(x)}
 
 
 def _newer(name: str):
     return make("gelu", approximate="tanh") if name == "gelu_tanh" else make(name)
 
 
-@grid("relu6", "hardsigmoid", "hardswish", "silu", "gelu")
+@grid("relu6", "hardsigmoid", "hardswish", "silu", "gelu", "mish")
 @needs_torch
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", sorted(NEWER))

@@ -175,6 +175,7 @@ CASES = {
     "sigmoid": ([3, 4, 4], ["{type: sigmoid}"]),
     "tanh": ([3, 4, 4], ["{type: tanh}"]),
     "silu": ([3, 4, 4], ["{type: silu}"]),
+    "mish": ([3, 4, 4], ["{type: mish}"]),
     "hardsigmoid": ([3, 4, 4], ["{type: hardsigmoid}"]),
     "hardswish": ([3, 4, 4], ["{type: hardswish}"]),
     "gelu": ([3, 4, 4], ["{type: gelu}"]),
@@ -213,11 +214,12 @@ def test_layer_exports_as_its_reference_computes(case):
 
 
 @pytest.mark.parametrize("opset", [13, 18, 20])
-@pytest.mark.parametrize("case", ["hardswish", "gelu", "gelu_tanh", "stats_pool", "lrn_even",
-                                  "adaptive_maxpool2d_uneven", "lppool2d_ceil_overhang"])
+@pytest.mark.parametrize("case", ["hardswish", "gelu", "gelu_tanh", "mish", "stats_pool",
+                                  "lrn_even", "adaptive_maxpool2d_uneven",
+                                  "lppool2d_ceil_overhang"])
 def test_opset_dependent_forms(case, opset):
     """Reductions take their axes as an input from opset 18, Gelu is an operator from 20,
-    HardSwish from 14: each form computes the same."""
+    HardSwish from 14, Mish from 18: each form computes the same."""
     input_shape, layers = CASES[case]
     assert_export_matches(spec_text(input_shape, layers), opset=opset)
 

@@ -113,6 +113,7 @@ layers:
   - {name: c2, type: conv2d, filters: 4, kernel: 1}
   - {name: p2, type: prelu, num_parameters: 4, init: -0.3}
   - {name: s, type: silu}
+  - {name: mi, type: mish}
   - {name: g, type: gelu}
   - {name: gt, type: gelu, approximate: tanh}
   - {name: hs, type: hardswish}

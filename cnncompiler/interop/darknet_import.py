@@ -34,7 +34,7 @@ from .spec_writer import ImportedLayer, ModelImportError, write_spec
 BN_EPS = 1e-5
 ACTIVATIONS = {"leaky": ("leaky_relu", {"alpha": 0.1}), "relu": ("relu", {}),
                "logistic": ("sigmoid", {}), "tanh": ("tanh", {}), "swish": ("silu", {}),
-               "linear": None}
+               "mish": ("mish", {}), "linear": None}
 HEADS = ("yolo", "region", "detection", "cost")
 COMMENT = re.compile(r"[#;]")
 
@@ -186,8 +186,7 @@ class Converter:
     def activation(self, r: CfgReader, name: str, x: str, default: str = "logistic") -> str:
         word = r.text("activation", default)
         if word not in ACTIVATIONS:
-            hint = " (cnnc has no mish layer)" if word == "mish" else ""
-            raise r.error(f"activation={word} is not supported{hint}; cnnc converts "
+            raise r.error(f"activation={word} is not supported; cnnc converts "
                           f"{', '.join(ACTIVATIONS)}", "activation")
         if ACTIVATIONS[word] is None:
             return x

@@ -31,7 +31,7 @@ from .. import __version__
 from ..errors import CnncError
 from ..graph import layer_node, param_names, topo_layers
 from ..layers.activation import (GELU, Dropout, Hardsigmoid, Hardswish, Identity, LeakyReLU,
-                                 PReLU, ReLU, ReLU6, SiLU, Sigmoid, Softmax, Tanh)
+                                 Mish, PReLU, ReLU, ReLU6, SiLU, Sigmoid, Softmax, Tanh)
 from ..layers.adaptive import AdaptiveAvgPool2d, AdaptiveMaxPool2d, StatsPool
 from ..layers.base import BATCH
 from ..layers.conv import ConvBase, LocallyConnected2d
@@ -353,6 +353,14 @@ def silu_nodes(w: OnnxWriter, site: LayerSite) -> str:
     return w.op(site, "Mul", [site.x, w.op(site, "Sigmoid", [site.x])])
 
 
+def mish_nodes(w: OnnxWriter, site: LayerSite) -> str:
+    """Mish is an operator from opset 18; before, x * tanh(softplus(x))."""
+    if w.opset >= 18:
+        return w.op(site, "Mish", [site.x])
+    softplus = w.op(site, "Softplus", [site.x])
+    return w.op(site, "Mul", [site.x, w.op(site, "Tanh", [softplus])])
+
+
 def gelu_nodes(w: OnnxWriter, site: LayerSite) -> str:
     """ONNX's Gelu from opset 20; before it, the formula, as PyTorch's exporter writes it."""
     approximate = site.layer.approximate
@@ -520,6 +528,7 @@ ONNX_EXPORT = {
     Sigmoid: partial(single_op, op="Sigmoid"),
     Tanh: partial(single_op, op="Tanh"),
     SiLU: silu_nodes,
+    Mish: mish_nodes,
     GELU: gelu_nodes,
     Softmax: softmax_nodes,
     Dropout: dropout_nodes,

@@ -511,6 +511,7 @@ ONNX_IMPORT = {
     "HardSigmoid": hardsigmoid_layer,
     "HardSwish": partial(plain_layer, type_name="hardswish"),
     "Swish": swish_layer,
+    "Mish": partial(plain_layer, type_name="mish"),
     "Gelu": gelu_layer,
     "Softmax": softmax_layer,
     "LRN": lrn_layer,
@@ -571,6 +572,24 @@ def rewrite_gates(graph: OnnxGraph) -> None:
             if found:
                 x, gate = found
                 replace(graph, [gate, mul], make_node(op, [x], mul.output[0], [gate, mul], mul))
+                break
+
+
+def rewrite_mish(graph: OnnxGraph) -> None:
+    """x * tanh(softplus(x)), as Mish is written before opset 18: Mish."""
+    for mul in [n for n in graph.nodes if n.op_type == "Mul"]:
+        for tensor in mul.input:
+            tanh = graph.producers.get(tensor)
+            if tanh is None or tanh.op_type != "Tanh":
+                continue
+            softplus = graph.producers.get(tanh.input[0])
+            if softplus is not None and softplus.op_type == "Softplus" and \
+                    graph.sole_reader(softplus.output[0]) is tanh and \
+                    graph.sole_reader(tanh.output[0]) is mul and \
+                    other_input(mul, tanh.output[0]) == softplus.input[0]:
+                pattern = [softplus, tanh, mul]
+                replace(graph, pattern, make_node("Mish", [softplus.input[0]], mul.output[0],
+                                                  pattern, mul))
                 break
 
 
@@ -643,7 +662,7 @@ def replace(graph: OnnxGraph, nodes: list, new) -> None:
     graph.index()
 
 
-REWRITES = (rewrite_erf_gelu, rewrite_gates, rewrite_matmul_add)
+REWRITES = (rewrite_erf_gelu, rewrite_gates, rewrite_mish, rewrite_matmul_add)
 
 
 # -- the model ------------------------------------------------------------------------------------

@@ -175,6 +175,33 @@ class SiLU(Pointwise):
         return dy * s * (1 + x * (1 - s))
 
 
+@register("mish")
+class Mish(Pointwise):
+    """x * tanh(softplus(x)), PyTorch's Mish (Misra, 2019), the activation of YOLOv4's
+    backbone. YAML: ``{type: mish}``.
+
+    With n = e^x (e^x + 2), tanh(log(1 + e^x)) is n / (n + 2): no logarithm, and e^x is taken
+    of min(x, 20), past which the factor is 1 in float32 and float64 alike (PyTorch's softplus
+    returns x itself there), so it never overflows.
+    """
+
+    cost_per_element = 6
+
+    @staticmethod
+    def _factor(x, m):
+        e = m.exp(m.where(x > 20, 20.0, x))
+        n = e * (e + 2)
+        return n / (n + 2)
+
+    def forward(self, x, m, arg):
+        return x * self._factor(x, m)
+
+    def backward(self, x, y, dy, m, arg):
+        # d/dx x tanh(sp(x)) = tanh(sp(x)) + x (1 - tanh(sp(x))^2) sigmoid(x)
+        t = self._factor(x, m)
+        return dy * (t + x * (1 - t * t) * m.sigmoid(x))
+
+
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 _GELU_CUBIC = 0.044715
 
