@@ -6,6 +6,7 @@ model files (ONNX both ways; Caffe and Darknet in); the format follows the file'
     cnnc export --artifact build/lenet5 -o lenet5.onnx
     cnnc import resnet18.onnx -o resnet18.yaml [--weights resnet18.safetensors] [--force]
     cnnc import deploy.prototxt --caffemodel net.caffemodel -o net.yaml
+    cnnc import yolov3-tiny.cfg --darknet-weights yolov3-tiny.weights -o yolov3-tiny.yaml
 """
 
 from __future__ import annotations
@@ -82,15 +83,24 @@ def cmd_import(args) -> int:
     from .runtime.weights import write_weights
     from .storage import write_atomic
 
-    if format_for(args.model, "reader").name != "Caffe" and args.caffemodel:
-        raise CnncError("--caffemodel gives a Caffe net's weights; this model is not a Caffe net")
+    # a format's own weights file, where it keeps them apart from the net:
+    # format -> (flag, its value, the reader's option)
+    source_weights = {"Caffe": ("--caffemodel", args.caffemodel, "caffemodel"),
+                      "Darknet": ("--darknet-weights", args.darknet_weights, "weights")}
+    fmt = format_for(args.model, "reader").name
+    options = {}
+    for name, (flag, given, option) in source_weights.items():
+        if given and name != fmt:
+            raise CnncError(f"{flag} gives a {name} net's weights; this model is not a "
+                            f"{name} net")
+        if given:
+            options[option] = given
     spec_path = Path(args.output)
     weights_path = Path(args.weights) if args.weights else spec_path.with_suffix(".safetensors")
     if weights_path.resolve() == spec_path.resolve():
         raise CnncError(f"the spec and the weights would both be written to '{spec_path}'; "
                         "give --weights another file")
     _refuse_overwrite([spec_path, weights_path], args.force)
-    options = {"caffemodel": args.caffemodel} if args.caffemodel else {}
     text, params = read_model(args.model, **options)
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,6 +141,8 @@ def register(sub) -> None:
                                      "the spec's path with .safetensors)")
     i.add_argument("--caffemodel", help="a Caffe net's weights (default: the .prototxt's name "
                                         "with .caffemodel, where that file exists)")
+    i.add_argument("--darknet-weights", help="a Darknet net's .weights (default: the .cfg's "
+                                             "name with .weights, where that file exists)")
     i.add_argument("--force", action="store_true",
                    help="replace the spec and weights files if they exist")
     i.set_defaults(run=cmd_import)

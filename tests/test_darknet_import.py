@@ -277,6 +277,19 @@ def test_cnnc_import_reads_the_weights_beside_the_cfg(tmp_path, capsys):
     cc.check(tmp_path / "tiny.yaml")
 
 
+def test_cnnc_import_takes_weights_named_by_a_flag(tmp_path, capsys):
+    text, count, _ = CASES["resnet"]
+    (tmp_path / "res.cfg").write_text(text)
+    write_weights_file(tmp_path / "trained.weights", text, seed=2)
+    assert main(["import", str(tmp_path / "res.cfg"), "-o", str(tmp_path / "res.yaml"),
+                 "--darknet-weights", str(tmp_path / "trained.weights")]) == 0
+    assert f"{count:,} weights)" in capsys.readouterr().out
+    assert main(["import", str(tmp_path / "res.cfg"), "-o", str(tmp_path / "other.yaml"),
+                 "--caffemodel", str(tmp_path / "trained.weights")]) == 1
+    assert "--caffemodel gives a Caffe net's weights; this model is not a Caffe net" in \
+        capsys.readouterr().err
+
+
 def test_without_weights_the_spec_comes_alone(tmp_path):
     (tmp_path / "net.cfg").write_text(RESNET)
     spec, params = read_model(tmp_path / "net.cfg")
