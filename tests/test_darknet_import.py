@@ -45,7 +45,8 @@ RESNET = (NET.format(w=16, h=16) + conv(8) + conv(8, activation="mish")
           + "[avgpool]\n\n[dropout]\nprobability=.5\n\n"
           + "[connected]\noutput=5\nactivation=linear\n\n[softmax]\n")
 YOLOV3_TINY = (NET.format(w=32, h=32) + conv(8) + pool() + conv(16) + pool() + conv(32) + pool()
-               + conv(32) + pool(2, 1) + conv(64) + conv(16, size=1) + conv(32)
+               + conv(32) + pool(2, 1) + conv(64, extra="stopbackward=1")
+               + conv(16, size=1) + conv(32)
                + conv(21, size=1, bn=0, activation="linear")
                + "[yolo]\nmask=3,4,5\nanchors=1,1, 2,2, 3,3, 4,4, 5,5, 6,6\nclasses=2\nnum=6\n\n"
                + "[route]\nlayers = -4\n\n" + conv(8, size=1) + "[upsample]\nstride=2\n\n"

@@ -36,6 +36,8 @@ ACTIVATIONS = {"leaky": ("leaky_relu", {"alpha": 0.1}), "relu": ("relu", {}),
                "logistic": ("sigmoid", {}), "tanh": ("tanh", {}), "swish": ("silu", {}),
                "mish": ("mish", {}), "linear": None}
 HEADS = ("yolo", "region", "detection", "cost")
+# keys of any layer that change only training (where gradients stop, which norms train)
+TRAINING_KEYS = ("stopbackward", "train_only_bn")
 COMMENT = re.compile(r"[#;]")
 
 
@@ -54,7 +56,7 @@ class CfgReader:
 
     def __init__(self, source: str, section: Section):
         self.source, self.section = source, section
-        self.used: set[str] = set()
+        self.used: set[str] = set(TRAINING_KEYS)
 
     def where(self, key: str | None = None) -> str:
         line = self.section.keys[key][1] if key in self.section.keys else self.section.line
