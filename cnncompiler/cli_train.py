@@ -99,7 +99,8 @@ def _training_data(args, graph, validation: float, seed: int, batch_size: int):
         terms = loss_terms(cfg.loss, graph.graph["outputs"], cfg.loss_weights)
     except InputError as exc:
         raise CnncError(f"{cfg.loss_loc or args.spec}: {exc}") from None
-    if graph.graph["inputs"] == ["input"] and len(terms) == 1:
+    inputs = graph.graph["inputs"]
+    if len(inputs) == 1 and len(terms) == 1:
         return ArrayRun(args, graph, terms[0], validation, seed)
     return NamedRun(args, graph, terms, validation, seed, batch_size)
 
@@ -112,8 +113,8 @@ class ArrayRun:
         from .graph import layer_node
         from .train.data import load_data
 
-        self.data = load_data(args.data, layer_node(graph, "input").shape, args.test_fraction,
-                              seed)
+        (name,) = graph.graph["inputs"]
+        self.data = load_data(args.data, layer_node(graph, name).shape, args.test_fraction, seed)
         print(self.data.describe(), file=sys.stderr)
         _check_labels(term, layer_node(graph, term.output).shape,
                       (("training", self.data.y_train), ("test", self.data.y_test)),

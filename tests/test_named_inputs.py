@@ -310,3 +310,15 @@ def test_training_steps_take_one_label_per_row(rows_spec, tmp_path):
     assert len(by_epoch["loss"]) == 2
     with pytest.raises(InputError, match="a batch is a pair"):
         model.fit([x], epochs=1, verbose=0)
+
+
+def test_cnnc_train_feeds_a_datasets_samples_to_the_one_named_input(tmp_path, capsys):
+    pytest.importorskip("tvm", reason="the TVM compiler is not installed")
+    pytest.importorskip("sklearn", reason="scikit-learn is not installed (the digits)")
+    spec = tmp_path / "named.yaml"
+    spec.write_text("name: named\ninputs: {digit: [1, 16, 16]}\nlayers:\n"
+                    "  - {type: flatten}\n  - {name: fc, type: dense, units: 10}\n")
+    code = main(["train", str(spec), "--data", "digits", "--epochs", "1", "-o",
+                 str(tmp_path / "run"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert cc.load(tmp_path / "run").input_names == ["digit"]
