@@ -177,7 +177,9 @@ def test_cnnc_run_feeds_inputs_by_name(artifact, tmp_path, capsys):
 
 def test_cnnc_train_explains_that_data_feeds_one_input(spec_file, tmp_path, capsys):
     assert main(["train", str(spec_file), "--data", "digits", "-o", str(tmp_path / "o")]) != 0
-    assert "train it from Python" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "trains on an .npz holding each input and each trained output by name " \
+        "(image, side, fc), or from Python" in err
 
 
 def test_training_steps_match_pytorch(artifact):

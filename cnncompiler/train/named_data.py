@@ -90,7 +90,10 @@ def load_named_npz(path, graph, terms, test_fraction: float, seed: int):
     path = Path(path)
     if path.suffix != ".npz" or not path.is_file():
         raise InputError(f"'{path}': a spec of several inputs or outputs trains on an .npz "
-                         "holding each input and each trained output by name")
+                         f"holding each input and each trained output by name "
+                         f"({', '.join(list(graph.graph['inputs']) + [t.output for t in terms])}"
+                         "), or from Python: model.fit({input: array, ...}, "
+                         "{output: labels, ...})")
     names = list(graph.graph["inputs"]) + [t.output for t in terms]
     try:
         with np.load(path, allow_pickle=False) as data:
