@@ -40,6 +40,17 @@ def sample_input(input_shape, batch: int, seed: int = 0) -> np.ndarray:
     return rng.standard_normal((batch, *input_shape)).astype(np.float32)
 
 
+def random_boxes(rng, count: int, images: int, corner: tuple, size: tuple,
+                 scale=(1.0, 1.0)) -> np.ndarray:
+    """``count`` boxes (batch_index, x1, y1, x2, y2) of ``images`` images, as a RoI layer reads
+    them: corners and sizes drawn from the ranges ``corner`` and ``size`` (times ``scale`` per
+    axis), so that some cross the border and some are smaller than a bin."""
+    xy = rng.uniform(*corner, (count, 2)) * scale
+    wh = rng.uniform(*size, (count, 2)) * scale
+    index = rng.integers(0, images, (count, 1))
+    return np.concatenate([index, xy, xy + wh], axis=1)
+
+
 def spec_inputs(g, seed: int = 0):
     """A batch for the spec's inputs: the array of a one-input spec, else a dict by input
     name, boxes (R, 5) for an input without the batch axis: (batch index, x1, y1, x2, y2) in
@@ -56,10 +67,8 @@ def spec_inputs(g, seed: int = 0):
         if node["layer"].batched:
             out[name] = rng.standard_normal((batch, *node["shape"])).astype(np.float32)
             continue
-        corner = rng.uniform(-0.1, 0.8, (6, 2)) * (width, height)
-        size = rng.uniform(0.1, 0.6, (6, 2)) * (width, height)
-        out[name] = np.concatenate([rng.integers(0, batch, (6, 1)), corner, corner + size],
-                                   axis=1).astype(np.float32)
+        out[name] = random_boxes(rng, 6, batch, (-0.1, 0.8), (0.1, 0.6),
+                                 (width, height)).astype(np.float32)
     return out
 
 

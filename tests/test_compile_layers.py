@@ -20,7 +20,7 @@ from cnncompiler.layers import LAYER_TYPES
 from cnncompiler.layers.window import resolve_padding
 from cnncompiler.reference import init_params, run_reference
 
-from compile_helpers import as_dict, assert_close, write_spec
+from compile_helpers import as_dict, assert_close, random_boxes, write_spec
 from conftest import HAVE_TORCH
 
 if HAVE_TORCH:
@@ -320,10 +320,7 @@ def family_input(g, name: str, rng) -> np.ndarray:
     node = g.nodes[name]
     if node["layer"].batched:
         return rng.standard_normal((BATCH, *node["shape"])).astype(np.float32)
-    corner = rng.uniform(-6.0, 40.0, (BOXES, 2))
-    size = rng.uniform(0.5, 30.0, (BOXES, 2))
-    images = rng.integers(0, BATCH, (BOXES, 1))
-    return np.concatenate([images, corner, corner + size], axis=1).astype(np.float32)
+    return random_boxes(rng, BOXES, BATCH, (-6.0, 40.0), (0.5, 30.0)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")

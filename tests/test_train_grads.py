@@ -23,6 +23,8 @@ from cnncompiler.reference import init_params, run_reference
 from cnncompiler.spec import parse_spec_text
 from cnncompiler.spec.losses import loss_terms
 
+from compile_helpers import random_boxes
+
 tvm = pytest.importorskip("tvm", reason="the TVM compiler is not installed")
 
 pytestmark = [pytest.mark.tvm, pytest.mark.slow]
@@ -281,10 +283,7 @@ def model_input(g, name: str, rng) -> np.ndarray:
     node = g.nodes[name]
     if node["layer"].batched:
         return rng.standard_normal((BATCH, *node["shape"]))
-    corner = rng.uniform(-4.0, 20.0, (BOXES, 2))
-    size = rng.uniform(0.5, 14.0, (BOXES, 2))
-    images = rng.integers(0, BATCH, (BOXES, 1))
-    return np.concatenate([images, corner, corner + size], axis=1)
+    return random_boxes(rng, BOXES, BATCH, (-4.0, 20.0), (0.5, 14.0))
 
 class Case:
     """A compiled float64 train step of one net, run once at a fixed point."""
