@@ -107,14 +107,14 @@ class CpuTrainLowering(TrainLowering):
         schedule = schedule or self.family_schedule or (lambda f: schedule_loops(f, self.lanes))
         return emit_scheduled(self.bb, name, fn, args, schedule, self.unscheduled)
 
-    def under_family_schedule(self, kind: KernelChoice, step):
-        """Run ``step`` (the plain forward or backward) with the family's own schedule: RoI
-        pool and align bring theirs (te_roi), everything else takes the fallback."""
+    def layer_kernels(self, node: str, step):
+        """The base class's kernels of a layer's rule, under the CPU family's own schedule:
+        RoI pool and align bring theirs (te_roi), everything else takes the fallback."""
         from ..te_roi import schedule_cpu
 
-        self.family_schedule = schedule_cpu if kind.kind == "roi" else None
+        self.family_schedule = schedule_cpu if self.kinds[node].kind == "roi" else None
         try:
-            return step()
+            return super().layer_kernels(node, step)
         finally:
             self.family_schedule = None
 
@@ -152,8 +152,7 @@ class CpuTrainLowering(TrainLowering):
         self.kinds[node] = kind
         if kind.kind in ("generic", "roi"):
             self.consumed[node] = [self.values[s] for s in layer_node(self.g, node).inputs]
-            return self.under_family_schedule(kind, lambda: super(CpuTrainLowering, self)
-                                              .forward(node))
+            return super().forward(node)
         return getattr(self, f"forward_{kind.kind}")(node, kind)
 
     def forward_conv(self, node, kind):
@@ -300,8 +299,7 @@ class CpuTrainLowering(TrainLowering):
     def backward(self, node: str, dy_value, needs_dx: list):
         kind = self.kinds[node]
         if kind.kind in ("generic", "roi"):
-            return self.under_family_schedule(kind, lambda: super(CpuTrainLowering, self)
-                                              .backward(node, dy_value, needs_dx))
+            return super().backward(node, dy_value, needs_dx)
         return getattr(self, f"backward_{kind.kind}")(node, kind, dy_value, needs_dx)
 
     def conv_grad_inputs(self, node, kind, dy):
