@@ -16,7 +16,7 @@ from pathlib import Path
 from . import __version__
 from .errors import CnncError, display_path
 from .graph import check_spec, layer_node
-from .layers import BATCH
+from .graph.signature import leading_axis
 from .passes import optimize, resolve_passes
 from .reference import init_params
 from .runtime import artifact as art
@@ -36,9 +36,8 @@ def _front_end(spec_text: str, spec_path: str, opt_level: int, passes):
 def signature_json(g) -> tuple[list[dict], list[dict]]:
     """The inputs and outputs, in the compiled function's order; the batch axis is 'N'."""
     def entry(name, node):
-        data = layer_node(g, node)
-        rows = "N" if data.lead == BATCH else f"R_{data.lead}"  # an unbatched input's rows
-        return {"name": name, "shape": [rows, *data.shape], "dtype": "float32"}
+        return {"name": name, "shape": [leading_axis(g, node), *layer_node(g, node).shape],
+                "dtype": "float32"}
 
     inputs = [entry("x" if i == "input" else i, i) for i in g.graph["inputs"]]
     return inputs, [entry(o, o) for o in g.graph["outputs"]]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
+from ..layers import BATCH
 from .build import layer_node, topo_layers
 
 
@@ -45,6 +46,13 @@ def prepared_shapes(g: nx.DiGraph, node: str) -> dict[str, tuple[int, ...]]:
         return {}
     in_shapes = [layer_node(g, src).shape for src in data.inputs]
     return {k: tuple(s) for k, s in data.layer.kernel_arg_shapes(in_shapes).items()}
+
+
+def leading_axis(g: nx.DiGraph, name: str) -> str:
+    """The symbolic first axis of a node's tensor, as signatures, manifests and ONNX name it:
+    'N', the batch's samples, or 'R_<input>', the rows of an input without the batch axis."""
+    lead = layer_node(g, name).lead
+    return "N" if lead in (None, BATCH) else f"R_{lead}"
 
 
 def kernel_signature(g: nx.DiGraph) -> list[KernelArg]:

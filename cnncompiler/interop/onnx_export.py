@@ -30,10 +30,10 @@ import numpy as np
 from .. import __version__
 from ..errors import CnncError
 from ..graph import layer_node, param_names, topo_layers
+from ..graph.signature import leading_axis
 from ..layers.activation import (GELU, Dropout, Hardsigmoid, Hardswish, Identity, LeakyReLU,
                                  Mish, PReLU, ReLU, ReLU6, SiLU, Sigmoid, Softmax, Tanh)
 from ..layers.adaptive import AdaptiveAvgPool2d, AdaptiveMaxPool2d, StatsPool
-from ..layers.base import BATCH
 from ..layers.conv import ConvBase, LocallyConnected2d
 from ..layers.dense import Dense, Flatten
 from ..layers.detection import RoIAlign, RoIPool
@@ -568,13 +568,6 @@ def model_inputs(graph) -> list[str]:
     """The model's inputs, in order: the one ``input`` of an ``input:`` spec, or each of the
     graph's ``inputs``; each is an input of the ONNX model of the same name."""
     return list(graph.graph.get("inputs") or ["input"])
-
-
-def leading_axis(graph, name: str) -> str:
-    """The symbolic first axis of a tensor: 'N', the batch, or 'R_<input>', the rows of an
-    input without the batch axis (boxes), as the compiled model's signature names them."""
-    lead = layer_node(graph, name).lead
-    return "N" if lead in (None, BATCH) else f"R_{lead}"
 
 
 def check_opset(opset) -> int:

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import ArtifactError, CnncError, InputError, SpecError
 from ..graph import layer_node
 from ..layers import BATCH
-from ..graph.signature import kernel_signature
+from ..graph.signature import kernel_signature, leading_axis
 from ..native import open_library
 from ..storage import DirectoryWriter
 from . import artifact as art
@@ -98,11 +98,6 @@ def as_real_array(x, want: str) -> np.ndarray:
     return x
 
 
-def _rows(lead: str) -> str:
-    """The leading axis in a signature: N samples, or R_<input> rows of an unbatched input."""
-    return "N" if lead == BATCH else f"R_{lead}"
-
-
 class CompiledModel:
     """A model compiled for one target: run it, swap its weights, save it."""
 
@@ -133,7 +128,7 @@ class CompiledModel:
 
     # -- description ---------------------------------------------------------------------
     def signature(self) -> str:
-        outs = ", ".join(f"'{o}': float32[{_rows(layer_node(self.graph, o).lead)}"
+        outs = ", ".join(f"'{o}': float32[{leading_axis(self.graph, o)}"
                          f"{''.join(', ' + str(d) for d in layer_node(self.graph, o).shape)}]"
                          for o in self.output_names)
         return f"predict({self._expected_inputs()}) -> {{{outs}}}"
@@ -142,7 +137,7 @@ class CompiledModel:
         """``x: float32[N, 1, 32, 32]``, or each named input for a spec with several."""
         names = ["x"] if self.input_names == ["input"] else self.input_names
         return ", ".join(
-            f"{shown}: float32[{_rows(layer_node(self.graph, name).lead)}"
+            f"{shown}: float32[{leading_axis(self.graph, name)}"
             f"{''.join(', ' + str(d) for d in shape)}]"
             for shown, (name, shape) in zip(names, self.input_shapes.items()))
 
