@@ -316,3 +316,190 @@ BUILDERS = {
     "mobilenet_v1_cifar": lambda: MobileNetV1(stem_stride=1, num_classes=10),
     "tdnn": XVectorTDNN,
 }
+
+
+# -- torchvision's ImageNet classifiers, for tests/test_torchvision_import.py --------------------------
+# torchvision cannot be imported on this machine (its wheels need the CUDA build of torch), so
+# these follow the papers with torchvision's module names, so that parameter names and counts
+# are torchvision's.
+
+class TorchvisionAlexNet(nn.Module):
+    """torchvision's one-tower AlexNet (64-192-384-256-256 filters, no LRN, no groups)."""
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        conv, relu, pool = nn.Conv2d, lambda: nn.ReLU(inplace=True), lambda: nn.MaxPool2d(3, 2)
+        self.features = nn.Sequential(
+            conv(3, 64, 11, stride=4, padding=2), relu(), pool(),
+            conv(64, 192, 5, padding=2), relu(), pool(),
+            conv(192, 384, 3, padding=1), relu(), conv(384, 256, 3, padding=1), relu(),
+            conv(256, 256, 3, padding=1), relu(), pool())
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = nn.Sequential(
+            nn.Dropout(0.5), nn.Linear(256 * 6 * 6, 4096), relu(),
+            nn.Dropout(0.5), nn.Linear(4096, 4096), relu(), nn.Linear(4096, num_classes))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def conv_bn_relu6(cin: int, cout: int, kernel: int = 3, stride: int = 1,
+                  groups: int = 1) -> nn.Sequential:
+    """torchvision's Conv2dNormActivation as MobileNet-v2 uses it: conv, BN, ReLU6."""
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups,
+                                   bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
+
+
+class InvertedResidual(nn.Module):
+    """Expand by 1x1 (unless t = 1), depthwise 3x3, linear 1x1 projection; the input added
+    where the shape is kept (Sandler et al. 2018, figure 4)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        hidden = cin * expand
+        layers = [conv_bn_relu6(cin, hidden, 1)] if expand != 1 else []
+        layers += [conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
+                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    # (expansion t, channels c, repeats n, first stride s), Table 2 of the paper
+    SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                (6, 160, 3, 2), (6, 320, 1, 1)]
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        blocks, cin = [conv_bn_relu6(3, 32, stride=2)], 32
+        for t, c, n, s in self.SETTINGS:
+            for i in range(n):
+                blocks.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        blocks.append(conv_bn_relu6(cin, 1280, 1))
+        self.features = nn.Sequential(*blocks)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), (1, 1))
+        return self.classifier(torch.flatten(x, 1))
+
+
+class Fire(nn.Module):
+    """Squeeze by 1x1, then 1x1 and 3x3 expansions side by side (Iandola et al. 2016)."""
+
+    def __init__(self, cin: int, squeeze: int, expand1x1: int, expand3x3: int):
+        super().__init__()
+        self.squeeze = nn.Conv2d(cin, squeeze, 1)
+        self.squeeze_activation = nn.ReLU(inplace=True)
+        self.expand1x1 = nn.Conv2d(squeeze, expand1x1, 1)
+        self.expand1x1_activation = nn.ReLU(inplace=True)
+        self.expand3x3 = nn.Conv2d(squeeze, expand3x3, 3, padding=1)
+        self.expand3x3_activation = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        x = self.squeeze_activation(self.squeeze(x))
+        return torch.cat([self.expand1x1_activation(self.expand1x1(x)),
+                          self.expand3x3_activation(self.expand3x3(x))], 1)
+
+
+class SqueezeNet11(nn.Module):
+    """SqueezeNet 1.1: a 3x3 stem of 64 and the pools moved early; pools round up."""
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        pool = lambda: nn.MaxPool2d(3, 2, ceil_mode=True)  # noqa: E731
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, 3, stride=2), nn.ReLU(inplace=True), pool(),
+            Fire(64, 16, 64, 64), Fire(128, 16, 64, 64), pool(),
+            Fire(128, 32, 128, 128), Fire(256, 32, 128, 128), pool(),
+            Fire(256, 48, 192, 192), Fire(384, 48, 192, 192), Fire(384, 64, 256, 256),
+            Fire(512, 64, 256, 256))
+        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(512, num_classes, 1),
+                                        nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d((1, 1)))
+
+    def forward(self, x):
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+class DenseLayer(nn.Module):
+    """BN-ReLU-conv1x1 (to 4k channels), BN-ReLU-conv3x3 (to k): the k new feature maps of
+    one layer, read from all the maps before it (Huang et al. 2017)."""
+
+    def __init__(self, cin: int, growth: int, bottleneck: int):
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(cin)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(cin, bottleneck * growth, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(bottleneck * growth)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(bottleneck * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, maps):
+        x = self.conv1(self.relu1(self.norm1(torch.cat(maps, 1))))
+        return self.conv2(self.relu2(self.norm2(x)))
+
+
+class DenseBlock(nn.ModuleDict):
+    def __init__(self, layers: int, cin: int, growth: int, bottleneck: int):
+        super().__init__({f"denselayer{i + 1}": DenseLayer(cin + i * growth, growth, bottleneck)
+                          for i in range(layers)})
+
+    def forward(self, x):
+        maps = [x]
+        for layer in self.values():
+            maps.append(layer(maps))
+        return torch.cat(maps, 1)
+
+
+class Transition(nn.Sequential):
+    """BN-ReLU-conv1x1 halving the channels, then a 2x2 average pool."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.add_module("norm", nn.BatchNorm2d(cin))
+        self.add_module("relu", nn.ReLU(inplace=True))
+        self.add_module("conv", nn.Conv2d(cin, cout, 1, bias=False))
+        self.add_module("pool", nn.AvgPool2d(2, 2))
+
+
+class DenseNet(nn.Module):
+    def __init__(self, blocks=(6, 12, 24, 16), growth: int = 32, stem: int = 64,
+                 bottleneck: int = 4, num_classes: int = 1000):
+        super().__init__()
+        self.features = nn.Sequential()
+        for name, module in (("conv0", nn.Conv2d(3, stem, 7, 2, 3, bias=False)),
+                             ("norm0", nn.BatchNorm2d(stem)), ("relu0", nn.ReLU(inplace=True)),
+                             ("pool0", nn.MaxPool2d(3, 2, 1))):
+            self.features.add_module(name, module)
+        channels = stem
+        for i, layers in enumerate(blocks, start=1):
+            self.features.add_module(f"denseblock{i}",
+                                     DenseBlock(layers, channels, growth, bottleneck))
+            channels += layers * growth
+            if i != len(blocks):
+                self.features.add_module(f"transition{i}", Transition(channels, channels // 2))
+                channels //= 2
+        self.features.add_module("norm5", nn.BatchNorm2d(channels))
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(torch.relu(self.features(x)), (1, 1))
+        return self.classifier(torch.flatten(x, 1))
+
+
+# name -> (builder, the input it is tested at: the smallest size whose adaptive pools
+# torch.onnx can export, as average pools of whole windows)
+TORCHVISION = {
+    "resnet18": (lambda: ResNet([2, 2, 2, 2], cifar=False, num_classes=1000), (3, 64, 64)),
+    "alexnet": (TorchvisionAlexNet, (3, 224, 224)),
+    "vgg11_bn": (lambda: VGG("A"), (3, 224, 224)),
+    "googlenet": (GoogLeNet, (3, 64, 64)),
+    "mobilenet_v2": (MobileNetV2, (3, 64, 64)),
+    "squeezenet1_1": (SqueezeNet11, (3, 64, 64)),
+    "densenet121": (DenseNet, (3, 64, 64)),
+}
