@@ -52,8 +52,10 @@ def scheduled_on_cpu(choice, dtype: str) -> bool:
 
 
 def compile_train_module(g, loss: str, optimizer: str, choice, dtype="float32",
-                         label_smoothing: float = 0.0, unscheduled: list | None = None):
-    """(the compiled VM executable, TrainSignature) of the training step, not cached."""
+                         label_smoothing: float = 0.0, unscheduled: list | None = None,
+                         parallel=None):
+    """(the compiled VM executable, TrainSignature) of the training step, not cached;
+    ``parallel`` (``train_lower.Parallel``) makes it a data-parallel step."""
     import tvm
 
     if scheduled_on_cpu(choice, dtype):
@@ -61,11 +63,12 @@ def compile_train_module(g, loss: str, optimizer: str, choice, dtype="float32",
         from .cpu.train_emit import cpu_lowering
 
         mod, sig = build_train_module(g, loss, optimizer, dtype, label_smoothing,
-                                      lowering=cpu_lowering(choice.vector_lanes, unscheduled))
+                                      lowering=cpu_lowering(choice.vector_lanes, unscheduled),
+                                      parallel=parallel)
         target = tvm.target.Target(choice.config)
         with target:
             return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline()), sig
-    mod, sig = build_train_module(g, loss, optimizer, dtype, label_smoothing)
+    mod, sig = build_train_module(g, loss, optimizer, dtype, label_smoothing, parallel=parallel)
     if choice.kind == "cuda":
         from .cuda import relax_pipeline as cuda_pipeline
 
@@ -80,19 +83,22 @@ def compile_train_module(g, loss: str, optimizer: str, choice, dtype="float32",
 
 
 def build_train_library(g, spec_key: str, loss: str, optimizer: str, choice, dtype="float32",
-                        label_smoothing: float = 0.0) -> tuple[bytes, object]:
+                        label_smoothing: float = 0.0, parallel=None) -> tuple[bytes, object]:
     """(the compiled library's bytes, checked against the cache's record, TrainSignature)."""
     import tvm
 
     about = {"spec": spec_key, "loss": loss, "optimizer": optimizer, "dtype": dtype,
              "smoothing": label_smoothing, "target": choice.to_json(), "cnnc": __version__,
              "tvm": tvm.__version__, "lowering": _lowering_digest()}
+    if parallel:
+        about["parallel"] = parallel.to_json()
     key = hashlib.sha256(json.dumps(about, sort_keys=True).encode()).hexdigest()[:24]
     sig = train_signature(g, optimizer)
     data = read_library(CACHE_KIND, key)
     if data is not None:
         return data, sig
-    executable, sig = compile_train_module(g, loss, optimizer, choice, dtype, label_smoothing)
+    executable, sig = compile_train_module(g, loss, optimizer, choice, dtype, label_smoothing,
+                                           parallel=parallel)
     with tempfile.TemporaryDirectory(prefix="cnnc-train-") as tmp:
         path = Path(tmp) / "train_step.so"
         executable.export_library(str(path))

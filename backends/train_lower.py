@@ -1,6 +1,6 @@
 """Lower a layer graph's whole training step to one Relax function:
 
-    train_step(*inputs, *labels, hyper, *params, *buffers, *state, *masks)
+    train_step(*inputs, *labels, hyper, [replica], *params, *buffers, *state, *masks)
         -> (loss, correct, grad_sq, *new_params, *new_buffers, *new_state, term_losses)
 
 forward in training mode (batch statistics, dropout masks), the loss, the backward pass of
@@ -9,6 +9,12 @@ device between steps. ``hyper`` holds the learning rate and every other hyperpar
 runtime values. ``grad_sq`` is (2, parameters): row 0 each parameter's squared gradient norm,
 row 1 the squared norm of its updated value, each non-finite when any of its entries is; the
 trainer checks them to stop on divergence before it keeps a broken update.
+
+A data-parallel step (``parallel``) takes ``replica`` = [share, present]: this process's
+share of the global batch (n_rank / N) scales the gradient of its loss, and the parameter
+gradients are summed over the processes (``ALL_REDUCE``, in flat buckets) before the update,
+which makes them the global batch's; ``present`` is 0 on a process without a sample in this
+batch (it steps on a stand-in sample that must add nothing to any sum).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from cnncompiler.graph.signature import kernel_name
 from cnncompiler.layers import BATCH
 from cnncompiler.spec.losses import LossTerm, loss_terms
 from cnncompiler.spec.train_config import HYPER_SIZE
+from cnncompiler.train.distributed import ALL_REDUCE
 
 from cnncompiler.layers.activation import Dropout
 from cnncompiler.layers.merge import Add
@@ -84,9 +91,22 @@ def _item(bb, tup, i):
     return bb.emit(relax.TupleGetItem(tup, i))
 
 
+@dataclass(frozen=True)
+class Parallel:
+    """How a data-parallel step reduces across processes: always the gradients; with
+    ``sync_batchnorm`` also batch norm's statistics (``sync_batchnorm: true`` in the spec's
+    ``train:`` section)."""
+
+    sync_batchnorm: bool = False
+
+    def to_json(self) -> dict:
+        return {"sync_batchnorm": self.sync_batchnorm}
+
+
 def emit_train_step(bb: relax.BlockBuilder, g: nx.DiGraph, loss, optimizer: str,
                     dtype: str = "float32", label_smoothing: float = 0.0,
-                    name: str = "train_step", lowering=None) -> TrainSignature:
+                    name: str = "train_step", lowering=None,
+                    parallel: Parallel | None = None) -> TrainSignature:
     """Add the training step of graph ``g`` to the module being built. ``loss``: a loss name
     (the model's one output), or the objective's terms (``spec.losses.loss_terms``: a loss
     per output, weighted), one labels argument each, trained on their weighted sum.
@@ -104,6 +124,7 @@ def emit_train_step(bb: relax.BlockBuilder, g: nx.DiGraph, loss, optimizer: str,
     rows = rows_vars(g, xs, n)
     ys = [labels_var(g, term, rows, dtype, i) for i, term in enumerate(terms)]
     hyper = relax.Var("hyper", relax.TensorType([HYPER_SIZE], dtype))
+    replica = [relax.Var("replica", relax.TensorType([2], dtype))] if parallel else []
 
     def var(key, shape):
         return relax.Var(kernel_name(key), relax.TensorType(list(shape), dtype))
@@ -112,10 +133,13 @@ def emit_train_step(bb: relax.BlockBuilder, g: nx.DiGraph, loss, optimizer: str,
     svars = {s: var(s, sig.shapes[s]) for s in sig.state}
     mvars = {m: relax.Var(kernel_name("mask_" + m), relax.TensorType(
         [rows[layer_node(g, m).lead], *shape], dtype)) for m, shape in sig.masks}
-    inputs = [*xs.values(), *ys, hyper, *pvars.values(), *svars.values(), *mvars.values()]
+    inputs = [*xs.values(), *ys, hyper, *replica, *pvars.values(), *svars.values(),
+              *mvars.values()]
     with bb.function(name, inputs):
         with bb.dataflow():
             low = (lowering or TrainLowering)(bb, g, pvars, mvars)
+            if parallel:
+                low.replicate(replica[0], parallel)
             for name, x in xs.items():
                 low.values[name] = low.model_input(x)
             for node in topo_layers(g):
@@ -123,7 +147,11 @@ def emit_train_step(bb: relax.BlockBuilder, g: nx.DiGraph, loss, optimizer: str,
                     low.values[node] = low.forward(node)
             total, correct, per_term, output_grads = _objective(low, terms, ys,
                                                                 label_smoothing)
+            if parallel:
+                output_grads = {k: low.shared(v) for k, v in output_grads.items()}
             grads = _backward(low, g, output_grads)
+            if parallel:
+                grads = low.all_reduce_gradients(grads, sig.params)
             new_p, new_s = low.update(sig, optimizer, svars, grads, hyper)
             grad_sq = low.square_norms([grads[p] for p in sig.params] + new_p)
             result = bb.emit_output(relax.Tuple(
@@ -236,6 +264,47 @@ class TrainLowering:
         self.saved: dict = {}          # what a layer's backward needs beyond its values
         self.new_buffers: dict = {}    # batch-norm running statistics, moved
         self.cuda_family = None        # marked on the kernels being emitted (layer_kernels)
+        self.replica = None            # a data-parallel step's [share, present]
+        self.parallel: Parallel | None = None
+
+    # -- data-parallel steps -------------------------------------------------------------------
+    def replicate(self, replica, parallel: Parallel) -> None:
+        """Make this a data-parallel step (``replica``: the [share, present] argument)."""
+        if parallel.sync_batchnorm and not self.syncs_batchnorm:
+            raise CompileError("sync_batchnorm is built for the CPU's float32 training step "
+                               "only; train this spec without it (per-process batch "
+                               "statistics) or on the CPU")
+        self.replica, self.parallel = replica, parallel
+
+    syncs_batchnorm = False  # whether this lowering's batch norm can sum its statistics
+
+    def shared(self, value):
+        """A gradient of the loss scaled by this process's share of the global batch."""
+        var = self.emit(lambda t, r: te.compute(t.shape, lambda *i: t(*i) * r[0], name="share"),
+                        self.plain(value), self.replica, name="replica_share")
+        return self.from_plain(var)
+
+    def all_reduce(self, tensors: list, name: str) -> list:
+        """Each tensor summed over the processes, one collective per bucket of them; a
+        process without a sample (``present`` 0) adds zeros."""
+        out = []
+        for bucket in buckets(tensors):
+            shapes = [[int(d) for d in t.ty.shape.values] for t in bucket]
+            flat = self.emit(lambda ts, r: flatten_into_bucket(ts, r), bucket, self.replica,
+                             name=f"{name}_bucket")
+            total = self.bb.emit(relax.call_pure_packed(ALL_REDUCE, flat, ty_args=flat.ty))
+            parts = self.emit(lambda f: split_bucket(f, shapes), total, name=f"{name}_split")
+            out += [self.item(parts, i) for i in range(len(bucket))] if len(bucket) > 1 \
+                else [parts]
+        return out
+
+    def all_reduce_gradients(self, grads: dict, params: list) -> dict:
+        """The parameters' gradients summed over the processes: the global batch's."""
+        missing = [p for p in params if p not in grads]
+        if missing:
+            raise CompileError(f"parameter '{missing[0]}' gets no gradient (its layer does "
+                               "not reach the output)")
+        return dict(zip(params, self.all_reduce([grads[p] for p in params], "grads")))
 
     # -- values and kernels --------------------------------------------------------------------
     def emit(self, fn, *args, name: str):
@@ -409,8 +478,90 @@ class TrainLowering:
         return self.emit(te_grad.square_sum, tensor, name="square_sum")
 
 
+# A bucket holds at most this many tensors (its kernel reads each through a chain of
+# selects) and this many elements (16 MiB of float32, as a DDP bucket of 25 MB order).
+BUCKET_TENSORS = 8
+BUCKET_ELEMENTS = 1 << 22
+
+
+def buckets(tensors: list) -> list[list]:
+    """Consecutive groups of ``tensors`` within the bucket limits."""
+    groups, size = [[]], 0
+    for t in tensors:
+        n = _elements(t)
+        if groups[-1] and (len(groups[-1]) == BUCKET_TENSORS or size + n > BUCKET_ELEMENTS):
+            groups.append([])
+            size = 0
+        groups[-1].append(t)
+        size += n
+    return [g for g in groups if g]
+
+
+def _elements(var) -> int:
+    n = 1
+    for d in var.ty.shape.values:
+        n *= int(d)
+    return n
+
+
+def flatten_into_bucket(tensors, replica):
+    """The tensors' elements one after another, times ``present`` (replica[1])."""
+    sizes = [int(_prod(t.shape)) for t in tensors]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+
+    def value(i):
+        expr = _element(tensors[-1], i - starts[-1])
+        for t, start, end in reversed(list(zip(tensors, starts, starts[1:]))):
+            expr = tirx.Select(i < end, _element(t, i - start), expr)
+        return expr * replica[1]
+
+    return te.compute((sum(sizes),), value, name="bucket")
+
+
+def split_bucket(flat, shapes: list):
+    """The tensors of ``shapes`` read back out of a bucket."""
+    out, start = [], 0
+    for shape in shapes:
+        out.append(_read_back(flat, start, shape))
+        start += int(_prod(shape))
+    return out
+
+
+def _read_back(flat, start: int, shape):
+    return te.compute(shape, lambda *i: flat[start + _linear(i, shape)], name="unbucket")
+
+
+def _prod(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _linear(index, shape):
+    """The row-major offset of ``index`` in ``shape``."""
+    offset = index[0]
+    for i, d in zip(index[1:], shape[1:]):
+        offset = offset * int(d) + i
+    return offset
+
+
+def _element(t, flat_index):
+    """Element ``flat_index`` of ``t`` in row-major order (clamped: a Select evaluates the
+    branch it does not take too)."""
+    shape = [int(d) for d in t.shape]
+    k = tirx.max(tirx.min(flat_index, _prod(shape) - 1), 0)
+    index = []
+    for d in reversed(shape):
+        index.append(k % d)
+        k = k // d
+    return t(*reversed(index))
+
+
 def build_train_module(g: nx.DiGraph, loss: str, optimizer: str, dtype: str = "float32",
-                       label_smoothing: float = 0.0, lowering=None):
+                       label_smoothing: float = 0.0, lowering=None,
+                       parallel: Parallel | None = None):
     bb = relax.BlockBuilder()
-    sig = emit_train_step(bb, g, loss, optimizer, dtype, label_smoothing, lowering=lowering)
+    sig = emit_train_step(bb, g, loss, optimizer, dtype, label_smoothing, lowering=lowering,
+                          parallel=parallel)
     return bb.finalize(), sig

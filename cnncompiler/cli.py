@@ -134,6 +134,7 @@ def main(argv=None) -> int:
     _tolerant_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a launcher passes on
     if not getattr(args, "run", None):
         parser.print_help()
         return 2

@@ -269,6 +269,11 @@ def register(sub) -> None:
     t.add_argument("--seed", type=int, help="seed of weights, data split and order (default 0; "
                                             "a resumed run keeps its own)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--nproc", type=int,
+                   help="train on N local processes (data-parallel, torch.distributed: gloo on "
+                        "CPUs, NCCL on GPUs); --batch-size is each process's, the global batch "
+                        "N times it. Across machines, start the same command without --nproc "
+                        "under torchrun")
     t.set_defaults(run=cmd_train)
 
     b = sub.add_parser("bench", help="latency and throughput of a compiled artifact")

@@ -7,6 +7,8 @@ checkpoints, history and, at the end, the trained artifact.
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 from pathlib import Path
 
@@ -19,17 +21,90 @@ def cmd_train(args) -> int:
     """Train into ``-o DIR``: the run holds DIR while it trains, keeps its checkpoints in
     DIR/checkpoints, and writes the trained artifact into DIR at the end (replacing an earlier
     artifact's files there, nothing else). ``--epochs`` is the run's total: a resumed run
-    continues to it, with the schedule and data order the uninterrupted run would have had."""
+    continues to it, with the schedule and data order the uninterrupted run would have had.
+
+    ``--nproc N`` starts N processes under torchrun, each running this command; under torchrun
+    each joins the process group, and rank 0 alone writes (checkpoints, history, artifact)."""
     from .runtime import artifact as art
     from .storage import DirectoryWriter
+    from .train import distributed
 
+    if args.nproc is not None and not distributed.launched():
+        if args.nproc < 1:
+            raise CnncError(f"--nproc must be a positive number of processes; received "
+                            f"{args.nproc}")
+        if args.nproc > 1:
+            return _launch(args)
+    replicas = distributed.init_from_env("cuda" if args.target.startswith("cuda") else "cpu")
+    if args.nproc is not None and replicas is not None and args.nproc != replicas.world:
+        raise CnncError(f"--nproc {args.nproc} under torchrun, which started "
+                        f"{replicas.world} processes: give the count to torchrun only")
     out = Path(args.output)
     checkpoints = Path(args.checkpoint_dir) if args.checkpoint_dir else out / "checkpoints"
     inside = {checkpoints.name} if checkpoints.parent.resolve() == out.resolve() else set()
-    art.check_output_dir(out, allow=inside)
-    with DirectoryWriter(out, "training run"):
+    try:
+        if replicas is not None and not replicas.leader:
+            _say(f"rank {replicas.rank} of {replicas.world} (pid {os.getpid()}, "
+                 f"{socket.gethostname()}): training its part of each global batch; rank 0 "
+                 "reports and writes", always=True)
+            return _train(args, out, checkpoints, inside)
         art.check_output_dir(out, allow=inside)
-        return _train(args, out, checkpoints, inside)
+        with DirectoryWriter(out, "training run"):
+            art.check_output_dir(out, allow=inside)
+            return _train(args, out, checkpoints, inside)
+    finally:
+        distributed.shutdown()
+
+
+def _launch(args) -> int:
+    """Run this command in ``--nproc`` local processes under torchrun (which passes each its
+    rank, and stops the others when one fails)."""
+    import subprocess
+
+    from . import threads
+
+    argv = _without_nproc(args.argv)
+    env = dict(os.environ)
+    if threads.GIVEN is None:  # each process takes its share of the cores (threads.py)
+        env.pop(threads.ENV, None)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={args.nproc}", "-m", "cnncompiler", *argv]
+    print(f"starting {args.nproc} training processes: torchrun --standalone "
+          f"--nproc_per_node={args.nproc} -m cnncompiler {' '.join(argv)}", file=sys.stderr,
+          flush=True)
+    code = subprocess.call(command, env=env)
+    if code:
+        out = Path(args.output)
+        raise CnncError(f"a training process failed (exit status {code}; torchrun's report "
+                        "above names the rank); the run's checkpoints are intact: continue "
+                        f"it with --resume {out}")
+    return 0
+
+
+def _without_nproc(argv: list) -> list:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def _leader() -> bool:
+    from .train import distributed
+
+    replicas = distributed.current()
+    return replicas is None or replicas.leader
+
+
+def _say(message: str, always: bool = False) -> None:
+    """A line of the run's log on stderr: rank 0's alone in a data-parallel run."""
+    if always or _leader():
+        print(message, file=sys.stderr, flush=True)
 
 
 def _train(args, out: Path, checkpoints: Path, inside: set) -> int:
@@ -41,7 +116,7 @@ def _train(args, out: Path, checkpoints: Path, inside: set) -> int:
     resume = find_checkpoint(args.resume) if args.resume else None
     meta = read_meta(resume) if resume else None
     run = dict(meta.get("run") or {}) if meta else {}
-    if resume is None:
+    if resume is None and _leader():
         _refuse_earlier_run(checkpoints, out)
     seed = _run_seed(args, meta)
     graph, _ = load_checked(args.spec)
@@ -52,11 +127,12 @@ def _train(args, out: Path, checkpoints: Path, inside: set) -> int:
     keep = _keep(args.keep, validation)
     # the data is read and its labels checked against the loss before anything compiles
     data = _training_data(args, graph, validation, seed, batch_size)
-    model = compile_spec(args.spec, target=args.target, seed=seed)  # a private folder
+    with _leader_first():  # rank 0 compiles into the cache, the others then load it
+        model = compile_spec(args.spec, target=args.target, seed=seed)  # a private folder
     if resume:
         meta = model.load_checkpoint(resume)
-        print(f"resumed from {resume} at epoch {meta['epoch']} of {epochs}, step "
-              f"{meta['step']}", file=sys.stderr)
+        _say(f"resumed from {resume} at epoch {meta['epoch']} of {epochs}, step "
+             f"{meta['step']}")
         _warn_if_changed(run, args.data, args.test_fraction, validation)
     _apply_optimizer_overrides(model, args)
     model.trainer.run_state.update(epochs=epochs, batch_size=batch_size, data=args.data,
@@ -73,6 +149,8 @@ def _train(args, out: Path, checkpoints: Path, inside: set) -> int:
     history = model.fit(*data.fit_args(), epochs=remaining, batch_size=batch_size,
                         validation_data=data.validation_data, callbacks=[best],
                         verbose=0 if args.quiet else 1, seed=seed)
+    if not _leader():
+        return 0  # rank 0 chooses the epoch, evaluates the test set and writes the artifact
     kept = epochs
     if keep == "best" and best.best_epoch is not None:
         model.load_checkpoint(checkpoints / "best")
@@ -115,7 +193,7 @@ class ArrayRun:
 
         (name,) = graph.graph["inputs"]
         self.data = load_data(args.data, layer_node(graph, name).shape, args.test_fraction, seed)
-        print(self.data.describe(), file=sys.stderr)
+        _say(self.data.describe())
         _check_labels(term, layer_node(graph, term.output).shape,
                       (("training", self.data.y_train), ("test", self.data.y_test)),
                       graph.graph["train"].loss_loc or args.spec)
@@ -147,10 +225,10 @@ class NamedRun:
             raise InputError(f"{args.data}: a validation fraction of {validation} leaves {held} "
                              f"of {len(order)} training samples for validation")
         self.train_index, self.val_index = np.sort(order[held:]), np.sort(order[:held])
-        print(f"{args.data}: {len(self.train_index)} training, {len(self.val_index)} "
-              f"validation and {len(self.test_index)} test samples; inputs "
-              f"{', '.join(graph.graph['inputs'])}; outputs trained "
-              f"{', '.join(t.output for t in terms)}", file=sys.stderr)
+        _say(f"{args.data}: {len(self.train_index)} training, {len(self.val_index)} "
+             f"validation and {len(self.test_index)} test samples; inputs "
+             f"{', '.join(graph.graph['inputs'])}; outputs trained "
+             f"{', '.join(t.output for t in terms)}")
         self.validation_data = self.train.batches(self.val_index, batch_size) if held else None
 
     def fit_args(self) -> tuple:
@@ -184,8 +262,8 @@ def _hold_out(data, validation: float, seed: int):
     if not validation:
         return data.x_train, data.y_train, None, None
     x_train, y_train, x_val, y_val = data.validation_split(validation, seed)
-    print(f"validation: {len(x_val)} of the {len(data.x_train)} training samples held out "
-          f"(--validation-fraction {validation}) to choose the epoch by", file=sys.stderr)
+    _say(f"validation: {len(x_val)} of the {len(data.x_train)} training samples held out "
+         f"(--validation-fraction {validation}) to choose the epoch by")
     return x_train, y_train, x_val, y_val
 
 
@@ -242,6 +320,15 @@ def _run_seed(args, meta) -> int:
         raise CnncError(f"--seed {args.seed} differs from the resumed run's seed {meta['seed']}: "
                         "its data split and order would change; drop --seed to continue the run")
     return meta["seed"]
+
+
+def _leader_first():
+    import contextlib
+
+    from .train import distributed
+
+    replicas = distributed.current()
+    return replicas.leader_first() if replicas else contextlib.nullcontext()
 
 
 def _first_given(*values):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 ENV = "TVM_NUM_THREADS"
 TOPOLOGY = Path("/sys/devices/system/cpu")
+GIVEN = os.environ.get(ENV)  # the user's own setting, before cnnc sets it (processes it starts
+                             # choose their own count unless the user chose one)
 
 
 def physical_cores() -> int:
@@ -35,11 +37,14 @@ def physical_cores() -> int:
 
 
 def default_threads() -> int:
-    """``TVM_NUM_THREADS`` when set to a positive number, else the physical cores."""
+    """``TVM_NUM_THREADS`` when set to a positive number, else the physical cores, shared
+    among the processes torchrun started on this machine (``LOCAL_WORLD_SIZE``)."""
     value = os.environ.get(ENV, "")
     if value.isdigit() and int(value) > 0:
         return int(value)
-    return physical_cores()
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    share = int(local) if local.isdigit() and int(local) > 0 else 1
+    return max(1, physical_cores() // share)
 
 
 def ensure_thread_count() -> int:

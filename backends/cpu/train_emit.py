@@ -47,8 +47,11 @@ from .train_conv import (column_weight, columns_geometry, columns_pay_off, colum
                          spread_output_grad, weight_grad)
 from .train_dense import (column_sums, dense_weight_grad, pack_rows, schedule_column_sums,
                           schedule_dense_weight_grad)
-from .train_kernels import (ACCUMULATORS, batchnorm_apply, batchnorm_grad_apply,
-                            batchnorm_grad_sums, batchnorm_stats, bias_grad, global_pool_grad,
+from .train_kernels import (ACCUMULATORS, batchnorm_apply, batchnorm_count,
+                            batchnorm_deviation_sums, batchnorm_from_sums, batchnorm_grad_apply,
+                            batchnorm_grad_coefficients, batchnorm_grad_moments,
+                            batchnorm_grad_sums, batchnorm_param_grads, batchnorm_stats,
+                            batchnorm_sums, bias_grad, global_pool_grad,
                             schedule_lane_reductions, schedule_square_sum,
                             schedule_sums_then_loops, square_sum_rows)
 from .vector_math import CPU_MATH
@@ -100,6 +103,9 @@ class CpuTrainLowering(TrainLowering):
         self.consumed: dict[str, list] = {}   # each layer's inputs in the layouts it read
         self.input_grads: dict[str, str] = {}  # conv -> how its input gradient is computed
         self.family_schedule = None  # the schedule of a family te_grad's kernels run under
+        self.synced_counts: dict = {}  # batch norm -> its global element count (sync_batchnorm)
+
+    syncs_batchnorm = True
 
     # -- values, layouts and kernels -----------------------------------------------------------
     def emit(self, fn, *args, name: str, schedule=None):
@@ -263,12 +269,15 @@ class CpuTrainLowering(TrainLowering):
         a = self.args(node)
         channels = x.channels
         lanes = self.lanes
-        stats = self.emit(lambda t, w, b, rm, rv: batchnorm_stats(layer, t, channels, w, b, rm,
-                                                                  rv),
-                          x.var, a["weight"], a["bias"], a["running_mean"], a["running_var"],
-                          name=f"{kernel_name(node)}_stats",
-                          schedule=lambda f: schedule_sums_then_loops(f, ["bn_sum", "bn_sq"],
-                                                                      lanes))
+        if self.parallel and self.parallel.sync_batchnorm:
+            stats = self.synced_batchnorm_stats(node, x)
+        else:
+            stats = self.emit(lambda t, w, b, rm, rv: batchnorm_stats(layer, t, channels, w, b,
+                                                                      rm, rv),
+                              x.var, a["weight"], a["bias"], a["running_mean"],
+                              a["running_var"], name=f"{kernel_name(node)}_stats",
+                              schedule=lambda f: schedule_sums_then_loops(
+                                  f, ["bn_sum", "bn_sq"], lanes))
         moments, coef = self.item(stats, 0), self.item(stats, 1)
         names = param_names(self.g, node)
         self.new_buffers[names["running_mean"]] = self.item(stats, 2)
@@ -276,6 +285,25 @@ class CpuTrainLowering(TrainLowering):
         self.saved[node] = moments
         out = self.emit(batchnorm_apply, x.var, coef, name=kernel_name(node))
         return Value(out, channels, x.block)
+
+    def synced_batchnorm_stats(self, node, x: Value):
+        """``batchnorm_stats`` over the global batch: each pass's per-channel sums (and the
+        element count) summed over the processes before the next pass reads them, so the
+        statistics are the ones a single process would compute from the whole batch."""
+        layer = layer_node(self.g, node).layer
+        a, channels, lanes, hint = self.args(node), x.channels, self.lanes, kernel_name(node)
+        local = self.emit(lambda t: [batchnorm_sums(t), batchnorm_count(t)], x.var,
+                          name=f"{hint}_sums",
+                          schedule=lambda f: schedule_sums_then_loops(f, ["bn_sum"], lanes))
+        sums, count = self.all_reduce([self.item(local, 0), self.item(local, 1)], "bn_sums")
+        squares = self.emit(lambda t, s, c: batchnorm_deviation_sums(t, s, c[0]),
+                            x.var, sums, count, name=f"{hint}_squares",
+                            schedule=lambda f: schedule_sums_then_loops(f, ["bn_sq"], lanes))
+        (squares,) = self.all_reduce([squares], "bn_squares")
+        self.synced_counts[node] = count
+        return self.emit(lambda s, q, c, w, b, rm, rv: batchnorm_from_sums(
+            layer, s, q, c[0], channels, w, b, rm, rv), sums, squares, count, a["weight"],
+            a["bias"], a["running_mean"], a["running_var"], name=f"{hint}_stats")
 
     def forward_pool(self, node, kind):
         data = layer_node(self.g, node)
@@ -437,13 +465,36 @@ class CpuTrainLowering(TrainLowering):
         names = param_names(self.g, node)
         hint = kernel_name(node) + "_grad"
         channels, lanes = x.channels, self.lanes
-        res = self.emit(lambda t, d, m, w: batchnorm_grad_sums(layer, t, d, m, w, channels),
-                        x.var, dy.var, self.saved[node], a["weight"], name=f"{hint}_sums",
-                        schedule=lambda f: schedule_sums_then_loops(f, ["bn_grad"], lanes))
-        coef = self.item(res, 0)
-        grads = {names["weight"]: self.item(res, 1), names["bias"]: self.item(res, 2)}
+        if node in self.synced_counts:
+            coef, dw, db = self.synced_batchnorm_grad(node, x, dy)
+        else:
+            res = self.emit(lambda t, d, m, w: batchnorm_grad_sums(layer, t, d, m, w, channels),
+                            x.var, dy.var, self.saved[node], a["weight"], name=f"{hint}_sums",
+                            schedule=lambda f: schedule_sums_then_loops(f, ["bn_grad"], lanes))
+            coef, dw, db = (self.item(res, i) for i in range(3))
+        grads = {names["weight"]: dw, names["bias"]: db}
         dx = self.emit(batchnorm_grad_apply, x.var, dy.var, coef, name=f"{hint}_dx")
         return [Value(dx, channels, x.block)], grads
+
+    def synced_batchnorm_grad(self, node, x: Value, dy: Value):
+        """(coef, d weight, d bias) of a batch norm with global statistics: the input
+        gradient's sums are summed over the processes (every sample's output moved the
+        statistics); the parameter gradients are this process's part (the step sums them with
+        the other gradients)."""
+        layer = layer_node(self.g, node).layer
+        a, channels, lanes = self.args(node), x.channels, self.lanes
+        hint = kernel_name(node) + "_grad"
+        moments = self.saved[node]
+        sums = self.emit(lambda t, d, m: batchnorm_grad_moments(t, d, m), x.var, dy.var,
+                         moments, name=f"{hint}_sums",
+                         schedule=lambda f: schedule_sums_then_loops(f, ["bn_grad"], lanes))
+        params = self.emit(lambda s, m: batchnorm_param_grads(layer, s, m, channels), sums,
+                           moments, name=f"{hint}_params")
+        (total,) = self.all_reduce([sums], "bn_grad_sums")
+        coef = self.emit(lambda s, m, w, c: batchnorm_grad_coefficients(
+            layer, s, m, w, channels, c[0]), total, moments, a["weight"],
+            self.synced_counts[node], name=f"{hint}_coef")
+        return coef, self.item(params, 0), self.item(params, 1)
 
     def backward_pool(self, node, kind, dy, needs_dx):
         data = layer_node(self.g, node)

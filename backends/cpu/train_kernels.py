@@ -174,9 +174,28 @@ def batchnorm_stats(layer, x, channels: int, weight, bias, running_mean, running
     the squared deviations from it, as PyTorch). Returns ``moments`` (C/b, 2, b): the batch
     mean and biased variance; ``coef`` (C/b, 2, b): the scale and shift that normalise; the
     moved running mean and variance (C,) (with the unbiased variance, as PyTorch)."""
-    block = int(x.shape[-1])
     count = count_of(x)
-    sums = channel_sums([lambda n, cb, sp, j: x[(n, cb, *sp, j)]], x, "bn_sum")
+    sums = batchnorm_sums(x)
+    squares = batchnorm_deviation_sums(x, sums, count)
+    return batchnorm_from_sums(layer, sums, squares, count, channels, weight, bias,
+                               running_mean, running_var)
+
+
+def batchnorm_sums(x):
+    """Per-channel sums of a blocked value, (C/b, 1, b): the first pass of its statistics."""
+    return channel_sums([lambda n, cb, sp, j: x[(n, cb, *sp, j)]], x, "bn_sum")
+
+
+def batchnorm_count(x):
+    """(1,): the elements per channel of a blocked value, as a tensor (summed over the
+    processes of a data-parallel step with the sums)."""
+    return te.compute((1,), lambda i: count_of(x), name="bn_count")
+
+
+def batchnorm_deviation_sums(x, sums, count):
+    """Per-channel sums of the squared deviations from the mean ``sums / count``, (C/b, 1, b):
+    the second pass."""
+    block = int(x.shape[-1])
     mean = te.compute((sums.shape[0], block), lambda cb, j: sums[cb, 0, j] / count,
                       name="bn_mean")
 
@@ -184,9 +203,15 @@ def batchnorm_stats(layer, x, channels: int, weight, bias, running_mean, running
         d = x[(n, cb, *sp, j)] - mean[cb, j]
         return d * d
 
-    squares = channel_sums([deviation], x, "bn_sq")
+    return channel_sums([deviation], x, "bn_sq")
+
+
+def batchnorm_from_sums(layer, sums, squares, count, channels: int, weight, bias, running_mean,
+                        running_var):
+    """``batchnorm_stats``' results from the two passes' sums over ``count`` elements."""
+    block = int(sums.shape[-1])
     moments = te.compute((sums.shape[0], 2, block), lambda cb, m, j: tirx.Select(
-        m == 0, mean[cb, j], squares[cb, 0, j] / count), name="bn_moments")
+        m == 0, sums[cb, 0, j] / count, squares[cb, 0, j] / count), name="bn_moments")
     gamma, beta = per_channel(weight, channels, block), per_channel(bias, channels, block)
     eps = _c(layer.eps)
 
@@ -214,11 +239,21 @@ def batchnorm_grad_sums(layer, x, dy, moments, weight, channels: int):
     """The per-channel sums of batch norm's gradient in one pass over x and dy: S0 = sum dy,
     S1 = sum dy (x - mean). Returns ``coef`` (C/b, 3, b) with dx = k dy + q x + r, and the
     gradients of the weight (S1 / std) and the bias (S0), plain (C,)."""
-    block = int(x.shape[-1])
-    count = count_of(x)
-    sums = channel_sums([lambda n, cb, sp, j: dy[(n, cb, *sp, j)],
+    sums = batchnorm_grad_moments(x, dy, moments)
+    coef = batchnorm_grad_coefficients(layer, sums, moments, weight, channels, count_of(x))
+    return [coef, *batchnorm_param_grads(layer, sums, moments, channels)]
+
+
+def batchnorm_grad_moments(x, dy, moments):
+    """(C/b, 2, b): S0 = sum dy and S1 = sum dy (x - mean) per channel."""
+    return channel_sums([lambda n, cb, sp, j: dy[(n, cb, *sp, j)],
                          lambda n, cb, sp, j: dy[(n, cb, *sp, j)] * (
                              x[(n, cb, *sp, j)] - moments[cb, 0, j])], x, "bn_grad")
+
+
+def batchnorm_grad_coefficients(layer, sums, moments, weight, channels: int, count):
+    """(C/b, 3, b): k, q, r of dx = k dy + q x + r from the sums S0, S1 over ``count``."""
+    block = int(sums.shape[-1])
     gamma = per_channel(weight, channels, block)
     eps = _c(layer.eps)
 
@@ -229,11 +264,16 @@ def batchnorm_grad_sums(layer, x, dy, moments, weight, channels: int):
         r = -k * sums[cb, 0, j] / count - q * moments[cb, 0, j]
         return tirx.Select(m == 0, k, tirx.Select(m == 1, q, r))
 
-    coef = te.compute((sums.shape[0], 3, block), coefficients, name="bn_grad_coef")
+    return te.compute((sums.shape[0], 3, block), coefficients, name="bn_grad_coef")
+
+
+def batchnorm_param_grads(layer, sums, moments, channels: int):
+    """[d weight = S1 / std, d bias = S0], plain (C,)."""
+    block = int(sums.shape[-1])
+    eps = _c(layer.eps)
     dgamma = te.compute((channels,), lambda c: sums[c // block, 1, c % block] / tirx.sqrt(
         moments[c // block, 1, c % block] + eps), name="bn_dgamma")
-    dbeta = unblock(sums, channels, 0, name="bn_dbeta")
-    return [coef, dgamma, dbeta]
+    return [dgamma, unblock(sums, channels, 0, name="bn_dbeta")]
 
 
 def batchnorm_grad_apply(x, dy, coef):

@@ -192,6 +192,8 @@ class TrainConfig:
     epochs: int = option(positive_int, default=10)
     batch_size: int = option(positive_int, default=32)
     label_smoothing: float = option(fraction, default=0.0)
+    # data-parallel runs: batch statistics over the global batch (else each process's own)
+    sync_batchnorm: bool = option(boolean, default=False)
     # where the spec wrote its train section and its loss (None: not written, defaults used),
     # so that advice about training points at the line
     loc: object = field(default=None, compare=False)
@@ -199,7 +201,7 @@ class TrainConfig:
 
 
 TRAIN_KEYS = ("loss", "loss_weights", "optimizer", "schedule", "epochs", "batch_size",
-              "label_smoothing")
+              "label_smoothing", "sync_batchnorm")
 
 
 __all__ = ["HYPER_SIZE", "LOSSES", "OPTIMIZERS", "SGD", "Adam", "AdamW", "Hyper", "Schedule",

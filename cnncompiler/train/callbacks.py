@@ -154,7 +154,8 @@ class BestCheckpoint(Callback):
         state = self.trainer.run_state.get("best")
         if isinstance(state, dict) and state.get("monitor") == self.monitor:
             self.best, self.best_epoch = state["value"], state["epoch"]
-        self._writer = DirectoryWriter(self.directory, "checkpoints").__enter__()
+        if self.trainer.writes:  # in a data-parallel run, rank 0 holds and writes the folder
+            self._writer = DirectoryWriter(self.directory, "checkpoints").__enter__()
 
     def on_train_end(self, logs):
         if self._writer is not None:

@@ -41,9 +41,13 @@ META_SCHEMA = {
 
 
 def save_checkpoint(trainer, directory) -> Path:
+    """Write the checkpoint atomically; in a data-parallel run only rank 0 writes (every
+    process holds the same weights and state), the others return its path."""
     from . import optim
 
     out = Path(directory)
+    if not trainer.writes:
+        return out
     if out.is_dir() and visible_entries(out) and not (out / META).exists():
         raise ArtifactError(f"'{out}' is not empty and not a cnnc checkpoint; refusing to "
                             "overwrite it")

@@ -13,6 +13,7 @@ checkpoint continues exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -23,7 +24,7 @@ from ..graph import layer_node
 from ..layers import BATCH
 from ..passes import optimize
 from ..spec.losses import loss_terms
-from . import optim
+from . import distributed, optim
 
 
 class History:
@@ -84,6 +85,16 @@ class Trainer:
         """Whether a term reports accuracy (a classification loss)."""
         return any(t.kind.metric for t in self.terms)
 
+    @property
+    def replicas(self):
+        """This process's ``distributed.Replicas`` in a data-parallel run, else None."""
+        return distributed.current()
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes checkpoints (rank 0 of a data-parallel run)."""
+        return self.replicas is None or self.replicas.leader
+
     # -- compiled step and device state ------------------------------------------------------
     def step_compiled(self) -> bool:
         """Whether the current optimizer family's step is built (the next step runs at once)."""
@@ -107,13 +118,27 @@ class Trainer:
 
             choice = TargetChoice.from_json(self.model.manifest["target"])
             terms = [t.to_json() for t in self.terms]
-            library, sig = build_train_library(self.graph, self.model.spec_key(), terms,
-                                               kind, choice, "float32", self.label_smoothing)
-            dev = tvm.cuda(0) if choice.kind == "cuda" else tvm.cpu(0)
+            replicas = self.replicas
+            parallel = self._parallel()
+            # rank 0 builds into the shared cache first; the others then load its library
+            with replicas.leader_first() if replicas else _nothing():
+                library, sig = build_train_library(self.graph, self.model.spec_key(), terms,
+                                                   kind, choice, "float32",
+                                                   self.label_smoothing, parallel=parallel)
+            dev = tvm.cuda(replicas.local_rank if replicas else 0) \
+                if choice.kind == "cuda" else tvm.cpu(0)
             vm = tvm_vm.VirtualMachine(open_library(tvm, library, "train_step.so"), dev)
             self._compiled[kind] = (vm, sig, dev)
             self._upload(sig, dev)
         return self._compiled[kind]
+
+    def _parallel(self):
+        """The data-parallel form of the step this process runs (None: it trains alone)."""
+        if self.replicas is None:
+            return None
+        from cnncompiler.backends.train_lower import Parallel
+
+        return Parallel(sync_batchnorm=self.model.graph.graph["train"].sync_batchnorm)
 
     def _upload(self, sig, dev):
         """Weights from the model, optimizer state kept (or restored from a checkpoint)."""
@@ -131,6 +156,20 @@ class Trainer:
                 value = restored.get(s, np.zeros(sig.shapes[s], np.float32))
                 self._device[s] = tvm.runtime.tensor(np.ascontiguousarray(value, np.float32), dev)
         self._pending_state = None
+        if self.replicas:  # every process starts from rank 0's weights and state
+            self.replicas.broadcast([self._device[k] for k in sig.params + sig.buffers +
+                                     sig.state])
+
+    def agree_buffers(self) -> None:
+        """Rank 0's batch-norm running statistics on every process (each moved its own on its
+        part of the batches: PyTorch DDP's broadcast_buffers), before they are evaluated or
+        saved; with sync_batchnorm they already agree."""
+        replicas = self.replicas
+        if replicas is None or not self._compiled or \
+                self.model.graph.graph["train"].sync_batchnorm:
+            return
+        vm, sig, dev = next(iter(self._compiled.values()))
+        replicas.broadcast([self._device[b] for b in sig.buffers])
 
     def push_params(self) -> None:
         """The model's weights were replaced (load_params): send them to the device."""
@@ -225,19 +264,25 @@ class Trainer:
             out.append((keep / (1.0 - rate)).astype(np.float32))
         return out
 
-    def train_step(self, x, y) -> tuple[float, float]:
-        """One update on one batch; returns (loss, number of correct predictions)."""
+    def train_step(self, x, y, present: bool = True) -> tuple[float, float]:
+        """One update on one batch; returns (loss, number of correct predictions). In a
+        data-parallel run the batch is this process's part of the global batch, and the
+        results are the global batch's (``present=False``: a stand-in batch that adds
+        nothing, for a process without samples in this one)."""
         import tvm
 
         xs, ys = self.check_batch(x, y)
         vm, sig, dev = self._step_function()
         hyper = optim.hyper_vector(self.optimizer, self.current_lr(),
                                    self.step - self.state_start)
-        args = [tvm.runtime.tensor(a, dev) for a in [*xs, *ys, hyper]]
+        replica = self._replica_vector(self.model.batch_size(xs), present)
+        args = [tvm.runtime.tensor(a, dev) for a in [*xs, *ys, hyper, *replica]]
         args += [self._device[k] for k in sig.params + sig.buffers + sig.state]
         args += [tvm.runtime.tensor(m, dev) for m in self._masks(sig, self.rows(xs))]
-        out = vm["train_step"](*args)
-        loss = float(out[0].numpy()[0])
+        out = self._run_step(vm, args)
+        metric = next((i for i, t in enumerate(self.terms) if t.kind.metric), 0)
+        loss, correct, samples, rows, terms = self._step_totals(
+            out, replica, self.model.batch_size(xs), len(ys[metric]))
         grad_sq, new_sq = out[2].numpy()
         if not math.isfinite(loss) or not np.all(np.isfinite(grad_sq) & np.isfinite(new_sq)):
             raise TrainingError(f"training diverged at step {self.step + 1} (epoch "
@@ -247,14 +292,52 @@ class Trainer:
         names = sig.params + sig.buffers + sig.state
         for i, name in enumerate(names):
             self._device[name] = out[3 + i]
-        self.term_losses = out[3 + len(names)].numpy().astype(float).tolist()
-        self.last_samples = self.model.batch_size(xs)
+        self.term_losses = terms
+        self.last_samples = samples
         # the rows the correct count is of: the first classification term's labels
-        metric = next((i for i, t in enumerate(self.terms) if t.kind.metric), 0)
-        self.last_rows = len(ys[metric])
+        self.last_rows = rows
         self.step += 1
         self.dirty = True
-        return loss, float(out[1].numpy()[0])
+        return loss, correct
+
+    def _replica_vector(self, samples: int, present: bool) -> list:
+        """[] for a process training alone; else the step's [share, present] argument, this
+        process's share of the global batch (its samples over every process's)."""
+        if self.replicas is None:
+            if not present:
+                raise InputError("present=False is for a process of a data-parallel run")
+            return []
+        mine = samples if present else 0
+        total = self.replicas.sum([mine])[0]
+        return [np.array([mine / total, float(present)], np.float32)]
+
+    def _run_step(self, vm, args):
+        try:
+            return vm["train_step"](*args)
+        except Exception as exc:
+            if distributed.failure is None:
+                raise
+            failure, distributed.failure = distributed.failure, None
+            raise TrainingError(distributed.lost_contact(
+                self.replicas.rank, self.replicas.world, failure)) from exc
+
+    def _step_totals(self, out, replica: list, samples: int, rows: int):
+        """(loss, correct, samples, rows, each term's loss) of the step: this process's, or the
+        global batch's summed over the processes (the loss weighted by the shares)."""
+        loss, correct = float(out[0].numpy()[0]), float(out[1].numpy()[0])
+        terms = out[-1].numpy().astype(float).tolist()
+        if not replica:
+            return loss, correct, samples, rows, terms
+        share, present = (float(v) for v in replica[0])
+        total = self.replicas.sum([loss * share, correct * present, samples * present,
+                                   rows * present, *(t * share for t in terms)])
+        return (float(total[0]), float(total[1]), int(total[2]), int(total[3]),
+                total[4:].tolist())
+
+
+@contextlib.contextmanager
+def _nothing():
+    yield
 
 
 def label_dict(y, terms) -> dict:
@@ -300,8 +383,11 @@ def fit(trainer: Trainer, x, y, epochs=None, batch_size=None, validation_data=No
         raise InputError(f"epochs must be a non-negative integer; received {epochs!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer; received {batch_size!r}")
+    replicas = trainer.replicas
+    if replicas is not None and not replicas.leader:
+        verbose = 0  # rank 0 reports (the global batch's numbers)
     if y is None:
-        source = GivenBatches(x)
+        source = GivenBatches(x, replicas)
         if validation_split:
             raise InputError("validation_split cuts arrays; with batches given, give "
                              "validation_data as batches too")
@@ -313,6 +399,13 @@ def fit(trainer: Trainer, x, y, epochs=None, batch_size=None, validation_data=No
             validation_data = source.held_out
     trainer.steps_per_epoch = source.steps
     trainer.total_epochs = trainer.epoch + epochs
+    if replicas is not None and verbose:
+        import sys
+
+        print(f"data-parallel: {replicas.world} processes ({replicas.backend}) x "
+              f"{batch_size} samples = global batch {replicas.world * batch_size}"
+              f"{'; batch norm synchronised' if cfg.sync_batchnorm else ''}",
+              file=sys.stderr, flush=True)
     if epochs:
         _compile_step(trainer, verbose)  # before the clock starts: throughput is training's
     cbs = CallbackList(list(callbacks) + ([ProgressBar()] if verbose else []), trainer)
@@ -326,18 +419,24 @@ def fit(trainer: Trainer, x, y, epochs=None, batch_size=None, validation_data=No
 
 
 class ArrayBatches:
-    """Batches cut from arrays: a seeded shuffle per epoch, ``batch_size`` samples each."""
+    """Batches cut from arrays: a seeded shuffle per epoch, ``batch_size`` samples each. In a
+    data-parallel run every process draws the same shuffle and takes its part of each global
+    batch of ``batch_size`` x world samples, so each sample is seen once per epoch."""
 
-    def __init__(self, xs: list, y: dict, batch_size: int, shuffle: bool, seed: int):
-        self.xs, self.y, self.batch_size, self.shuffle, self.seed = xs, y, batch_size, shuffle, seed
+    def __init__(self, xs: list, y: dict, batch_size: int, shuffle: bool, seed: int,
+                 replicas=None):
+        self.xs, self.y, self.shuffle, self.seed = xs, y, shuffle, seed
+        self.replicas = replicas
+        self.batch_size = batch_size * (replicas.world if replicas else 1)  # the global batch
         self.samples = len(xs[0])
-        self.steps = -(-self.samples // batch_size)
+        self.steps = -(-self.samples // self.batch_size)
         self.held_out = None
 
     def batches(self, epoch: int):
         for idx in batches(self.samples, self.batch_size, self.shuffle, self.seed, epoch):
+            idx, present = self.replicas.part(idx) if self.replicas else (idx, True)
             yield (model_input([np.ascontiguousarray(x[idx]) for x in self.xs]),
-                   {k: v[idx] for k, v in self.y.items()})
+                   {k: v[idx] for k, v in self.y.items()}, present)
 
 
 class GivenBatches:
@@ -345,20 +444,31 @@ class GivenBatches:
     function of the epoch that returns an iterable of them. The way to train a model whose
     boxes point at the samples of their batch (an input with ``batched: false``)."""
 
-    def __init__(self, source):
+    def __init__(self, source, replicas=None):
         if not callable(source) and not isinstance(source, (list, tuple)):
             raise InputError("fit(x, y) takes arrays; fit(batches) takes a list of (x, y) "
                              "batches or a function epoch -> iterable of (x, y); received "
                              f"{type(source).__name__} without y")
-        self.source = source
+        self.source, self.replicas = source, replicas
         self.samples = None
-        self.steps = None if callable(source) else len(source)
+        self.steps = None if callable(source) else -(-len(source) // self.world)
+
+    @property
+    def world(self) -> int:
+        return self.replicas.world if self.replicas else 1
 
     def batches(self, epoch: int):
-        for item in (self.source(epoch) if callable(self.source) else self.source):
+        """(x, y, present): in a data-parallel run each process takes every world-th batch
+        (a global batch is one from each); one left without a batch in the last round steps
+        on a stand-in that adds nothing."""
+        items = list(self.source(epoch) if callable(self.source) else self.source)
+        for item in items:
             if not isinstance(item, (tuple, list)) or len(item) != 2:
                 raise InputError(f"a batch is a pair (x, y); received {type(item).__name__}")
-            yield item
+        rank = self.replicas.rank if self.replicas else 0
+        for start in range(0, len(items), self.world):
+            round_ = items[start:start + self.world]
+            yield (*round_[rank], True) if rank < len(round_) else (*round_[0], False)
 
 
 def _array_source(trainer, x, y, batch_size, shuffle, validation_split) -> ArrayBatches:
@@ -379,7 +489,7 @@ def _array_source(trainer, x, y, batch_size, shuffle, validation_split) -> Array
     if validation_split:
         xs, y, held_out = split_off_validation(xs, y, validation_split)
     trainer.check_labels(y, len(xs[0]))  # wrong labels are found before the step compiles
-    source = ArrayBatches(xs, y, batch_size, shuffle, trainer.seed)
+    source = ArrayBatches(xs, y, batch_size, shuffle, trainer.seed, trainer.replicas)
     source.held_out = held_out
     return source
 
@@ -426,8 +536,8 @@ def _train_epochs(trainer, source, epochs, validation_data, batch_size, cbs, his
         cbs.on_epoch_begin(epoch, {"lr": lr, "samples": source.samples})
         total_loss, total_correct, seen, rows, start = 0.0, 0.0, 0, 0, time.perf_counter()
         term_totals = np.zeros(len(trainer.terms))
-        for x, y in source.batches(epoch):
-            loss, correct = trainer.train_step(x, y)
+        for x, y, present in source.batches(epoch):
+            loss, correct = trainer.train_step(x, y, present)
             count = trainer.last_samples
             total_loss += loss * count
             term_totals += np.asarray(trainer.term_losses) * count
@@ -439,6 +549,7 @@ def _train_epochs(trainer, source, epochs, validation_data, batch_size, cbs, his
                                             "accuracy": total_correct / max(rows, 1),
                                             "seconds": time.perf_counter() - start})
         trainer.epoch += 1
+        trainer.agree_buffers()
         logs = {"loss": total_loss / max(seen, 1), "lr": lr,
                 "samples_per_second": seen / max(time.perf_counter() - start, 1e-9)}
         if trainer.has_metric:
@@ -455,12 +566,48 @@ def _train_epochs(trainer, source, epochs, validation_data, batch_size, cbs, his
 
 
 def _validate(trainer, validation_data, batch_size: int) -> dict:
-    """Metrics on ``(x, y)`` arrays, or over a list of ``(x, y)`` batches."""
+    """Metrics on ``(x, y)`` arrays, or over a list of ``(x, y)`` batches; in a data-parallel
+    run each process evaluates its part and the metrics are combined by samples."""
+    replicas = trainer.replicas
     if isinstance(validation_data, tuple) and len(validation_data) == 2:
-        return evaluate(trainer.model, *validation_data, batch_size=batch_size,
-                        terms=trainer.terms, label_smoothing=trainer.label_smoothing)
-    return evaluate_batches(trainer.model, validation_data, terms=trainer.terms,
+        x, y = validation_data
+        if replicas is None or len(_first_array(x)) < replicas.world:
+            return evaluate(trainer.model, x, y, batch_size=batch_size, terms=trainer.terms,
                             label_smoothing=trainer.label_smoothing)
+        part = replicas.evaluation_part(len(_first_array(x)))
+        metrics = evaluate(trainer.model, _cut(x, part), _cut(y, part), batch_size=batch_size,
+                           terms=trainer.terms, label_smoothing=trainer.label_smoothing)
+        return _combined(replicas, metrics, part.stop - part.start)
+    batches = list(validation_data)
+    if replicas is None or len(batches) < replicas.world:
+        return evaluate_batches(trainer.model, batches, terms=trainer.terms,
+                                label_smoothing=trainer.label_smoothing)
+    mine = batches[replicas.rank::replicas.world]
+    metrics = evaluate_batches(trainer.model, mine, terms=trainer.terms,
+                               label_smoothing=trainer.label_smoothing)
+    count = sum(trainer.model.batch_size(trainer.model.check_inputs(x)) for x, _ in mine)
+    return _combined(replicas, metrics, count)
+
+
+def _first_array(x):
+    return x[0] if isinstance(x, (list, tuple)) else next(iter(x.values())) \
+        if isinstance(x, dict) else x
+
+
+def _cut(value, part: slice):
+    """Samples ``part`` of an array, or of each array in a list or dict."""
+    if isinstance(value, dict):
+        return {k: v[part] for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [v[part] for v in value]
+    return value[part]
+
+
+def _combined(replicas, metrics: dict, count: int) -> dict:
+    """Each process's averages over its ``count`` samples, as averages over all of them."""
+    keys = sorted(metrics)
+    totals = replicas.sum([count, *(metrics[k] * count for k in keys)])
+    return {k: float(v / max(totals[0], 1)) for k, v in zip(keys, totals[1:])}
 
 
 def evaluate_batches(model, batches, terms=None, label_smoothing: float | None = None) -> dict:
