@@ -696,15 +696,25 @@ def fix_batch_size(model) -> None:
             dims[0].dim_value = 1
 
 
-def model_input(graph: OnnxGraph) -> tuple[str, tuple[int, ...]]:
-    """The model's one input and its shape per sample (the first axis is the batch)."""
+def model_inputs(graph: OnnxGraph) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The model's inputs: ONNX tensor -> (the spec's name for it, its shape per sample; the
+    first axis is the batch). One input is the spec's ``input``; several keep their ONNX names
+    (made into spec names), written as cnnc's ``inputs: {x: [3, 32, 32], side: [8]}``."""
+    if not graph.inputs:
+        raise ModelImportError(f"{graph.source}: the model has no inputs; cnnc imports models "
+                               "that compute from at least one")
+    taken: set[str] = set()
+    found = {}
+    for value in graph.inputs:
+        name = "input" if len(graph.inputs) == 1 else unique_name(value.name, "input", taken)
+        found[value.name] = (name, input_shape(graph, value))
+    return found
+
+
+def input_shape(graph: OnnxGraph, value) -> tuple[int, ...]:
+    """One input's shape per sample, once it is float32 with every size but the batch's known."""
     from onnx import TensorProto
 
-    names = [i.name for i in graph.inputs]
-    if len(names) != 1:
-        raise ModelImportError(f"{graph.source}: the model has {len(names)} inputs "
-                               f"({', '.join(names) or 'none'}); cnnc imports models with one")
-    (value,) = graph.inputs
     shape = graph.shape(value.name)
     if value.type.tensor_type.elem_type != TensorProto.FLOAT:
         raise ModelImportError(f"{graph.source}: its input '{value.name}' is not float32; cnnc "
@@ -712,7 +722,7 @@ def model_input(graph: OnnxGraph) -> tuple[str, tuple[int, ...]]:
     if shape is None or len(shape) < 2 or any(d is None for d in shape[1:]):
         raise ModelImportError(f"{graph.source}: its input '{value.name}' has shape {shape}; "
                                "cnnc needs (batch, *sizes) with every size but the batch's known")
-    return value.name, tuple(shape[1:])
+    return tuple(shape[1:])
 
 
 def needed_nodes(graph: OnnxGraph) -> set[int]:
@@ -771,10 +781,10 @@ def rule_for(graph: OnnxGraph, node):
     return rule
 
 
-def convert(graph: OnnxGraph, input_name: str) -> list[tuple[object, list[LayerDraft]]]:
+def convert(graph: OnnxGraph, input_names) -> list[tuple[object, list[LayerDraft]]]:
     """Each needed node, in order, as the layers it is (constant ones evaluated)."""
     needed = needed_nodes(graph)
-    activations = {input_name}
+    activations = set(input_names)
     converted = []
     for node in graph.nodes:
         if id(node) not in needed:
@@ -786,9 +796,9 @@ def convert(graph: OnnxGraph, input_name: str) -> list[tuple[object, list[LayerD
         converted.append((node, drafts if isinstance(drafts, list) else [drafts]))
         activations.add(node.output[0])
     for tensor in graph.outputs:
-        if tensor not in activations or tensor == input_name:
+        if tensor not in activations or tensor in input_names:
             raise ModelImportError(f"{graph.source}: its output '{tensor}' is "
-                                   + ("the input itself" if tensor == input_name else
+                                   + ("an input itself" if tensor in input_names else
                                       "a constant") + "; cnnc's outputs are layers")
     return converted
 
@@ -830,13 +840,13 @@ def unique_name(text: str, fallback: str, taken: set[str]) -> str:
     return name
 
 
-def layer_names(converted) -> list[str]:
+def layer_names(converted, input_names) -> list[str]:
     """One readable name per converted node: its module's path where the module holds this
-    node alone, else the path and the operator."""
+    node alone, else the path and the operator (never one of the spec's input names)."""
     scopes = [scope_and_tag(node) for node, _ in converted]
     counts = Counter(scope for scope, _ in scopes if scope)
     containers = {scope[:i] for scope, _ in scopes for i in range(1, len(scope))}
-    taken = {"input"}
+    taken = {"input", *input_names}
     names = []
     for (scope, tag), (_, drafts) in zip(scopes, converted):
         path = module_path(scope)
@@ -846,12 +856,13 @@ def layer_names(converted) -> list[str]:
     return names
 
 
-def imported_layers(converted, input_name: str, outputs: list[str]):
-    """The spec's layers, named, each reading layers by name; and the output layers."""
-    by_tensor = {input_name: "input"}
+def imported_layers(converted, input_names: dict[str, str], outputs: list[str]):
+    """The spec's layers, named, each reading layers (or inputs: ONNX tensor -> spec name in
+    ``input_names``) by name; and the output layers."""
+    by_tensor = dict(input_names)
     taken = set()
     layers = []
-    for (node, drafts), name in zip(converted, layer_names(converted)):
+    for (node, drafts), name in zip(converted, layer_names(converted, input_names.values())):
         taken.add(name)
         previous = None
         for i, draft in enumerate(drafts):
@@ -873,14 +884,17 @@ def import_onnx(path) -> tuple[str, dict[str, np.ndarray]]:
     fold_constants(graph)
     for rewrite in REWRITES:
         rewrite(graph)
-    input_name, input_shape = model_input(graph)
-    converted = convert(graph, input_name)
-    layers, outputs = imported_layers(converted, input_name, graph.outputs)
+    inputs = model_inputs(graph)
+    converted = convert(graph, inputs)
+    layers, outputs = imported_layers(converted, {t: name for t, (name, _) in inputs.items()},
+                                      graph.outputs)
+    shapes = {name: shape for name, shape in inputs.values()}
     producer = " ".join(p for p in (model.producer_name, model.producer_version) if p)
     header = (f"Imported from {path.name} (ONNX opset {graph.opset}"
               + (f", written by {producer}" if producer else "") + ") by cnnc import.")
-    return write_spec(safe_name(path.stem, "model"), input_shape, layers, outputs, str(path),
-                      header)
+    return write_spec(safe_name(path.stem, "model"),
+                      shapes if len(shapes) > 1 else next(iter(shapes.values())), layers,
+                      outputs, str(path), header)
 
 
 __all__ = ["ONNX_IMPORT", "import_onnx"]

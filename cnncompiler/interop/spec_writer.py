@@ -8,6 +8,9 @@ Any reader (ONNX, or a Caffe or Darknet one) builds a list of :class:`ImportedLa
     layers = [ImportedLayer("conv1", "conv2d", {"filters": 16, "kernel": 3, "padding": 1},
                             {"weight": w, "bias": b}, ["input"]), ...]
     text, params = write_spec("net", (3, 32, 32), layers, ["fc"], source="net.onnx")
+
+A model of several inputs passes them by name, ``{"image": (3, 64, 64), "side": (8,)}``, and
+its layers read them by those names.
 """
 
 from __future__ import annotations
@@ -89,11 +92,27 @@ def layer_line(layer: ImportedLayer, previous: str) -> str:
     return "  - {" + ", ".join(f"{key}: {yaml_value(value)}" for key, value in fields) + "}"
 
 
-def spec_text(name: str, input_shape, layers: list[ImportedLayer], outputs: list[str],
+def input_lines(inputs) -> list[str]:
+    """The spec's input: one shape as ``input: [3, 32, 32]`` (layers read it as 'input'), or
+    several by name as cnnc's named-inputs form::
+
+        inputs:
+          image: [3, 32, 32]
+          side: [8]
+    """
+    if not isinstance(inputs, dict):
+        return [f"input: {yaml_value(list(inputs))}"]
+    return ["inputs:"] + [f"  {yaml_value(name)}: {yaml_value(list(shape))}"
+                          for name, shape in inputs.items()]
+
+
+def spec_text(name: str, inputs, layers: list[ImportedLayer], outputs: list[str],
               header: str = "") -> str:
+    """``inputs``: one shape (C, H, W), or a dict of them by input name (first: what the
+    first layer reads unless it says otherwise)."""
     lines = [f"# {line}" for line in header.splitlines()]
-    lines += [f"name: {yaml_value(name)}", f"input: {yaml_value(list(input_shape))}", "layers:"]
-    previous = "input"
+    lines += [f"name: {yaml_value(name)}", *input_lines(inputs), "layers:"]
+    previous = next(iter(inputs)) if isinstance(inputs, dict) else "input"
     for layer in layers:
         lines.append(layer_line(layer, previous))
         previous = layer.name
@@ -108,14 +127,15 @@ def spec_params(layers: list[ImportedLayer]) -> dict[str, np.ndarray]:
             for layer in layers for local, value in layer.params.items()}
 
 
-def write_spec(name: str, input_shape, layers: list[ImportedLayer], outputs: list[str],
+def write_spec(name: str, inputs, layers: list[ImportedLayer], outputs: list[str],
                source: str, header: str = "") -> tuple[str, dict[str, np.ndarray]]:
-    """(spec text, weights) for ``layers``, once the spec checks and the weights fit it."""
+    """(spec text, weights) for ``layers``, once the spec checks and the weights fit it
+    (``inputs``: one shape, or a dict of shapes by input name)."""
     from ..graph import check_spec
     from ..runtime.weights import validate_weights
     from ..spec import parse_spec_text
 
-    text = spec_text(name, input_shape, layers, outputs, header)
+    text = spec_text(name, inputs, layers, outputs, header)
     params = spec_params(layers)
     try:
         graph, _ = check_spec(parse_spec_text(text, f"<spec written from {source}>"))
