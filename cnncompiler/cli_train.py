@@ -62,7 +62,13 @@ def _launch(args) -> int:
     import subprocess
 
     from . import threads
+    from .graph import load_checked
+    from .runtime import artifact as art
 
+    # what every process would refuse is refused once, here
+    load_checked(args.spec)
+    if not args.resume:
+        art.check_output_dir(Path(args.output), allow={"checkpoints"})
     argv = _without_nproc(args.argv)
     env = dict(os.environ)
     if threads.GIVEN is None:  # each process takes its share of the cores (threads.py)
@@ -142,6 +148,9 @@ def _train(args, out: Path, checkpoints: Path, inside: set) -> int:
     if remaining < 0:
         raise CnncError(f"the checkpoint {resume} is at epoch {model.trainer.epoch}, past "
                         f"--epochs {epochs} (the run's total); give a larger --epochs")
+    replicas = model.trainer.replicas
+    if replicas is not None and args.quiet:  # else fit states it
+        _say(replicas.describe(batch_size, cfg.sync_batchnorm))
     classify = model.trainer.has_metric
     monitor = "val_accuracy" if classify else "val_loss"
     best = BestCheckpoint(checkpoints, monitor=monitor if validation else "loss",

@@ -45,6 +45,12 @@ class Replicas:
         """Rank 0: the one process that writes checkpoints, artifacts and logs."""
         return self.rank == 0
 
+    def describe(self, batch_size: int, sync_batchnorm: bool) -> str:
+        """The log line that states the global batch."""
+        return (f"data-parallel: {self.world} processes ({self.backend}) x {batch_size} samples "
+                f"= global batch {self.world * batch_size}"
+                f"{'; batch norm synchronised' if sync_batchnorm else ''}")
+
     def __repr__(self) -> str:
         return f"Replicas(rank {self.rank} of {self.world}, {self.backend})"
 

@@ -402,10 +402,7 @@ def fit(trainer: Trainer, x, y, epochs=None, batch_size=None, validation_data=No
     if replicas is not None and verbose:
         import sys
 
-        print(f"data-parallel: {replicas.world} processes ({replicas.backend}) x "
-              f"{batch_size} samples = global batch {replicas.world * batch_size}"
-              f"{'; batch norm synchronised' if cfg.sync_batchnorm else ''}",
-              file=sys.stderr, flush=True)
+        print(replicas.describe(batch_size, cfg.sync_batchnorm), file=sys.stderr, flush=True)
     if epochs:
         _compile_step(trainer, verbose)  # before the clock starts: throughput is training's
     cbs = CallbackList(list(callbacks) + ([ProgressBar()] if verbose else []), trainer)
