@@ -40,6 +40,7 @@ from cnncompiler.layers.pointwise import Pointwise
 from cnncompiler.layers.pool import (AvgPoolBase, BlurPool2d, GlobalAvgPool, GlobalMaxPool,
                                      LpPoolBase, MaxPoolBase)
 from cnncompiler.layers.resize import Upsample
+from cnncompiler.layers.slice import Slice
 
 from . import te_adaptive as a
 from . import te_detection as d
@@ -105,6 +106,7 @@ RULES: dict[type, Rules] = {
     Dropout: Rules(t.lower_passthrough, TRAINING_FORM, cpu="passthrough", cuda="dlight"),
     Identity: Rules(t.lower_passthrough, g.grad_passthrough, cpu="passthrough", cuda="dlight"),
     Upsample: Rules(t.lower_upsample, g.grad_upsample, cpu="generic", cuda="dlight"),
+    Slice: Rules(t.lower_slice, g.grad_slice, cpu="generic", cuda="dlight"),
     Fused: Rules(t.lower_fused, NOT_TRAINED, cpu="fused", cuda="dlight"),
 }
 

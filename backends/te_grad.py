@@ -527,6 +527,23 @@ def grad_upsample(layer, xs, y, dy, args, out_shape):
     return [te.compute(x.shape, value, name="upsample_dx")], {}
 
 
+
+def grad_slice(layer, xs, y, dy, args, out_shape):
+    """The input's gradient is the output's at the positions taken, and zero between them."""
+    x = xs[0]
+    axis = layer.sample_axis(len(out_shape)) + 1
+    taken = layer.positions(int(x.shape[axis]))
+    first, step, count = taken.start, taken.step, len(taken)
+
+    def value(*i):
+        offset = i[axis] - first
+        k = tirx.max(tirx.min(tirx.indexdiv(offset, step), count - 1), 0)  # in bounds always
+        hit = tirx.all(offset >= 0, offset < count * step, tirx.indexmod(offset, step) == 0)
+        picked = dy(*[k if a == axis else v for a, v in enumerate(i)])
+        return tirx.Select(hit, picked, tirx.const(0, dy.dtype))
+
+    return [te.compute(x.shape, value, name="slice_dx")], {}
+
 # -- losses -------------------------------------------------------------------------------------------
 
 def softmax_cross_entropy(logits, labels, smoothing: float = 0.0):

@@ -417,3 +417,17 @@ def lower_upsample(layer, xs, args, out_shape):
     sh, sw = layer.scale
     return te.compute((batch(x), *out_shape), lambda n, c, i, j: x[n, c, i // sh, j // sw],
                       name="upsample")
+
+
+# -- slicing -----------------------------------------------------------------------------------------
+
+def lower_slice(layer, xs, args, out_shape):
+    """Output position k of the sliced axis reads input position first + k * step."""
+    x = xs[0]
+    axis = layer.sample_axis(len(out_shape)) + 1
+    first = layer.positions(int(x.shape[axis])).start
+
+    def value(*i):
+        return x(*[first + v * layer.step if a == axis else v for a, v in enumerate(i)])
+
+    return te.compute((batch(x), *out_shape), value, name="slice")

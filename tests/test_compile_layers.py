@@ -170,6 +170,15 @@ FAMILIES = {
         "upsample_then_max": [{"name": "upsample_then_max_a", "type": "upsample", "scale": 2},
                               {"name": "upsample_then_max", "type": "maxpool2d", "kernel": 3,
                                "stride": 2}],
+        "slice_channels": [{"name": "slice_channels", "type": "slice", "start": 1, "stop": 4}],
+        "slice_rows_step": [{"name": "slice_rows_step", "type": "slice", "axis": "rows",
+                             "start": -6, "step": 2}],
+        "slice_cols_then_add": [{"name": "slice_cols_a", "type": "slice", "axis": "cols",
+                                 "start": 1, "stop": 5},
+                                {"name": "slice_cols_b", "type": "slice", "axis": "cols",
+                                 "stop": 4, "inputs": ["input"]},
+                                {"name": "slice_cols_then_add", "type": "add",
+                                 "inputs": ["slice_cols_a", "slice_cols_b"]}],
     }),
     "pool1d": ([3, 17], {
         "max_k3_s2": [{"name": "max_k3_s2", "type": "maxpool1d", "kernel": 3, "stride": 2}],
@@ -496,6 +505,10 @@ def torch_layer(layer, xs, p):
         return torch.cat(xs, dim=layer.axis)
     if t == "upsample":
         return F.interpolate(x, scale_factor=layer.scale, mode="nearest")
+    if t == "slice":  # torch's own indexing, x[:, start:stop:step] on the layer's axis
+        index = [slice(None)] * x.ndim
+        index[layer.sample_axis(x.ndim - 1) + 1] = slice(layer.start, layer.stop, layer.step)
+        return x[tuple(index)]
     if t == "blurpool2d":  # a depthwise conv with the binomial filter, after padding
         k = layer.kernel
         row = torch.tensor([math.comb(k - 1, i) for i in range(k)], dtype=x.dtype)

@@ -28,8 +28,9 @@ from cnncompiler.train.distributed import Replicas
 from cnncompiler.train.trainer import GivenBatches
 
 dist = pytest.importorskip("torch.distributed")
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is needed")
+pytestmark = [pytest.mark.tvm, pytest.mark.torch,
+              pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                 reason="torch.distributed with gloo is needed")]
 
 ROOT = Path(__file__).resolve().parents[1]
 LENET = ROOT / "specs" / "lenet5.yaml"
@@ -96,6 +97,7 @@ def lenet_alone(tmp_path_factory) -> dict:
 
 # -- end to end -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_processes_train_as_one_with_the_global_batch(tmp_path, lenet_alone):
     run = tmp_path / "two"
     result = cnnc("train", LENET, "-o", run, "--batch-size", 32, "--nproc", 2, *COMMON)
@@ -105,6 +107,7 @@ def test_two_processes_train_as_one_with_the_global_batch(tmp_path, lenet_alone)
     assert (run / "checkpoints" / "last" / META).is_file()
 
 
+@pytest.mark.slow
 def test_synchronised_batch_norm_trains_as_one_process(tmp_path, bn_specs):
     alone, two, unsynced = tmp_path / "alone", tmp_path / "two", tmp_path / "unsynced"
     cnnc("train", bn_specs[True], "-o", alone, "--batch-size", 64, *COMMON)
@@ -122,6 +125,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_nodes_on_localhost_train_as_one_process(tmp_path, lenet_alone):
     """torchrun --nnodes 2: two node agents meeting at one rendezvous endpoint, as on two
     machines (one process each)."""
@@ -141,6 +145,7 @@ def test_two_nodes_on_localhost_train_as_one_process(tmp_path, lenet_alone):
     assert largest_difference(lenet_alone, weights(run)) < 1e-5
 
 
+@pytest.mark.slow
 def test_a_killed_worker_stops_the_run_and_its_checkpoint_resumes(tmp_path):
     """Kill rank 1 after the first checkpoint: the launcher exits with an error naming the
     rank, the checkpoint verifies, and the run resumes on one process."""

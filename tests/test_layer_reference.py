@@ -822,6 +822,45 @@ def test_upsample_by_hand():
     np.testing.assert_array_equal(run(make("upsample", scale=1), X33), X33)
 
 
+
+@hand("slice")
+def test_slice_by_hand():
+    from cnncompiler.errors import ShapeError
+
+    x = np.arange(1.0, 7.0).reshape(1, 6, 1, 1)  # channels 1..6
+    np.testing.assert_array_equal(run(make("slice", stop=2), x).ravel(), [1, 2])
+    np.testing.assert_array_equal(run(make("slice", start=1, step=2), x).ravel(), [2, 4, 6])
+    np.testing.assert_array_equal(run(make("slice", start=-2, stop=99), x).ravel(), [5, 6])
+    np.testing.assert_array_equal(run(make("slice", axis="rows", start=1), X33)[0, 0],
+                                  [[4, 5, 6], [7, 8, 9]])
+    np.testing.assert_array_equal(run(make("slice", axis="cols", step=2), X33)[0, 0],
+                                  [[1, 3], [4, 6], [7, 9]])
+    np.testing.assert_array_equal(run(make("slice", axis=-1, start=1, stop=-1), X33)[0, 0],
+                                  [[2], [5], [8]])
+    with pytest.raises(ShapeError, match=r"takes nothing from axis 1 of size 6 \(start 4, "
+                                         r"stop 2, step 1\)"):
+        make("slice", start=4, stop=2).infer_shape([(6, 1, 1)], ShapeNotes())
+    with pytest.raises(ShapeError, match="axis 3 is not an axis of a sample of rank 2"):
+        make("slice", axis="cols").infer_shape([(6, 5)], ShapeNotes())
+    with pytest.raises(ShapeError, match="axis 0 is not an axis"):
+        make("slice", axis=0).infer_shape([(6, 5)], ShapeNotes())
+
+
+@grid("slice")
+@needs_torch
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_slice_matches_torch(dtype):
+    x = rand((2, 6, 5, 7), dtype)
+    for axis in (1, 2, 3, -1):
+        for start, stop, step in [(0, None, 1), (1, 4, 1), (-3, None, 2), (2, 99, 3),
+                                  (-99, -1, 2), (4, 5, 1)]:
+            index = [slice(None)] * 4
+            index[axis] = slice(start, stop, step)
+            want = t(x)[tuple(index)].numpy()
+            got = run(make("slice", axis=axis, start=start, stop=stop, step=step), x)
+            assert_close(got, want, dtype, f"axis {axis} [{start}:{stop}:{step}]")
+    assert_close(run(make("slice", start=2, stop=5), x[:, :, 0, 0]), x[:, 2:5, 0, 0], dtype)
+
 ADAPTIVE_SIZES = [((7, 5), (3, 4)), ((6, 6), (6, 6)), ((3, 2), (5, 7)), ((9, 8), (1, 1)),
                   ((5, 5), (2, 3)), ((4, 10), (4, 3)), ((1, 1), (2, 2))]
 

@@ -57,6 +57,11 @@ NOT_RUN = {
     # the CI creates .venv and runs this suite, this test included: run from here, it would
     # recurse and reinstall the environment the tests are running in
     "bash .ci/run": "it is the CI itself, which runs these tests",
+    # tests/test_distributed.py runs two torchrun node agents on localhost the same way
+    **{f"torchrun --nnodes 2 --node_rank {rank} --nproc_per_node 1 --rdzv-backend c10d "
+       "--rdzv-endpoint HOST:29500 -m cnncompiler train specs/lenet5.yaml --data digits "
+       "-o build/lenet5-2n": "one of two machines' commands, each waiting for the other"
+       for rank in (0, 1)},
 }
 
 # files a reader brings to a command: made in the shared working folder before any command

@@ -180,6 +180,24 @@ layers:
   - {name: flat, type: flatten}
   - {name: fc, type: dense, units: 3}
 """, "softmax_cross_entropy", 0.0),
+    # Darknet's route groups (a channel half) and a shortcut from a larger map (rows and
+    # columns sampled with a stride, channels cut to the smaller map's)
+    "slice": ("""
+name: fd_slice
+input: [2, 7, 6]
+layers:
+  - {name: c, type: conv2d, filters: 4, kernel: 3, padding: 1}
+  - {name: t, type: tanh}
+  - {name: half, type: slice, axis: channels, start: 2}
+  - {name: c2, type: conv2d, filters: 3, kernel: 3, stride: 2, padding: 1}
+  - {name: rows, type: slice, axis: rows, step: 2, inputs: [t]}
+  - {name: cols, type: slice, axis: cols, step: 2}
+  - {name: part, type: slice, axis: channels, stop: 3}
+  - {name: join, type: add, inputs: [c2, part]}
+  - {name: tail, type: slice, axis: -1, start: -2, inputs: [join]}
+  - {name: flat, type: flatten}
+  - {name: fc, type: dense, units: 3}
+""", "softmax_cross_entropy", 0.0),
     # boxes crossing the border, boxes smaller than a bin; tanh keeps the pooled maxima apart
     "roi": ("""
 name: fd_roi

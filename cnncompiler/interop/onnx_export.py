@@ -42,6 +42,7 @@ from ..layers.norm import LRN, BatchNorm
 from ..layers.pool import (AvgPoolBase, BlurPool2d, GlobalAvgPool, GlobalMaxPool, LpPoolBase,
                            MaxPoolBase, blur_filter)
 from ..layers.resize import Upsample
+from ..layers.slice import Slice
 from ..layers.window import out_size, resolve_padding
 from ..storage import write_atomic
 
@@ -439,6 +440,18 @@ def upsample_nodes(w: OnnxWriter, site: LayerSite) -> str:
                 coordinate_transformation_mode="asymmetric", nearest_mode="floor")
 
 
+
+def slice_nodes(w: OnnxWriter, site: LayerSite) -> str:
+    """Slice on one axis, with the bounds resolved against the input's size (ONNX clips them
+    the same way, but written resolved the node reads plainly in Netron)."""
+    layer = site.layer
+    axis = layer.sample_axis(len(site.in_shape))
+    taken = layer.positions(site.in_shape[axis])
+    end = taken.start + len(taken) * taken.step  # past the last position taken
+    return w.op(site, "Slice", [site.x, w.ints(site, "starts", [taken.start]),
+                                w.ints(site, "ends", [end]), w.ints(site, "axes", [axis + 1]),
+                                w.ints(site, "steps", [taken.step])])
+
 # -- region-of-interest pooling --------------------------------------------------------------
 
 def valid_boxes(w: OnnxWriter, site: LayerSite) -> tuple[str, str]:
@@ -539,6 +552,7 @@ ONNX_EXPORT = {
     Add: add_nodes,
     Concat: concat_nodes,
     Upsample: upsample_nodes,
+    Slice: slice_nodes,
     RoIPool: roi_pool_nodes,
     RoIAlign: roi_align_nodes,
 }

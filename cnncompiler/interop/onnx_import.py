@@ -472,6 +472,51 @@ def reshape_layer(r: NodeReader) -> LayerDraft:
 
 reshape_layer.unread_inputs = (1,)  # the target shape: the inferred output shape says it
 
+def slice_bounds(r: NodeReader) -> list[tuple[int, int, int, int]]:
+    """(axis, start, end, step) per sliced axis, as written (inputs from opset 10, attributes
+    before it); axes default to 0, 1, ... and steps to 1."""
+    if r.graph.opset < 10:
+        starts, ends = r.attr("starts"), r.attr("ends")
+        axes, steps = r.attr("axes", list(range(len(starts)))), [1] * len(starts)
+    else:
+        starts, ends = r.constant(1, "starts"), r.constant(2, "ends")
+        axes = r.optional_constant(3, "axes")
+        axes = range(len(starts)) if axes is None else axes
+        steps = r.optional_constant(4, "steps")
+        steps = [1] * len(starts) if steps is None else steps
+    return [tuple(int(v) for v in b) for b in zip(axes, np.ravel(starts), np.ravel(ends),
+                                                    np.ravel(steps))]
+
+
+def slice_layers(r: NodeReader) -> list[LayerDraft]:
+    """Slice: one cnnc slice per axis it cuts (x[:, 2:10, ::2] is two), the bounds resolved
+    against the input's size as ONNX clips them; an axis taken whole needs none."""
+    shape = r.sample_shape()
+    rank = len(shape) + 1
+    drafts = []
+    for axis, start, end, step in slice_bounds(r):
+        axis %= rank
+        size = shape[axis - 1] if axis else None
+        if step < 1:
+            raise r.refuse(f"a slice with step {step}; cnnc's slice steps forward (step >= 1)")
+        if axis == 0:
+            if (start, step) != (0, 1) or end < 2 ** 31 - 1:
+                raise r.refuse("a slice of the batch axis; cnnc's slice cuts a sample's axes")
+            continue
+        taken = range(*slice(start, end, step).indices(size))
+        if not taken:
+            raise r.refuse(f"takes nothing from axis {axis} of size {size} (starts {start}, "
+                           f"ends {end}, steps {step})")
+        if len(taken) == size:
+            continue
+        stop = taken[-1] + 1
+        named = ("channels", "rows", "cols")[axis - 1] if len(shape) == 3 else axis
+        keys = {"axis": named, "start": taken.start, "stop": stop if stop < size else None,
+                "step": step}
+        drafts.append(LayerDraft("slice", keys, inputs=[] if drafts else [r.data(0)]))
+    return drafts or [r.layer("identity", {})]
+
+
 
 def dropout_layer(r: NodeReader) -> LayerDraft:
     r.only_first_output_used()
@@ -521,6 +566,7 @@ ONNX_IMPORT = {
     "Flatten": flatten_layer,
     "Reshape": reshape_layer,
     "Resize": resize_layer,
+    "Slice": slice_layers,
     "Dropout": dropout_layer,
     "Identity": partial(plain_layer, type_name="identity"),
 }

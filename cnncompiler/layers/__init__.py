@@ -6,7 +6,7 @@ A layer type declared outside the package (see ``layers.custom``) uses what is e
 for its keys, ``ParamSpec`` for its weights.
 """
 
-from . import activation, adaptive, conv, dense, detection, fused, merge, norm, pool, resize  # noqa: F401,E501  (registers the types)
+from . import activation, adaptive, conv, dense, detection, fused, merge, norm, pool, resize, slice  # noqa: F401,E501  (registers the types)
 from .base import (BATCH, GLOBAL, LAYER_TYPES, Layer, ParamSpec, Shape, ShapeNotes, Window,
                    fmt_shape, register)
 from .fields import (boolean, choice, int_tuple, integer, non_negative_int, non_negative_number,
