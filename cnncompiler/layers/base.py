@@ -218,5 +218,15 @@ def expect_rank(shape: Shape, ranks: tuple[int, ...], what: str) -> None:
                          f"{what} expects {want} per sample")
 
 
+def sample_axis(axis: int, rank: int, fix: str) -> int:
+    """``axis`` (counting the batch axis as 0, negative from the end, as torch's dim) as an axis
+    of one sample's shape of ``rank``; a ShapeError, with ``fix``, for the batch axis or one out
+    of range."""
+    full = rank + 1
+    if not -full <= axis < full or axis % full == 0:
+        raise ShapeError(f"axis {axis} is not an axis of a sample of rank {rank}",
+                         f"an axis from 1 to {rank} (1 = channels), or -1 to -{rank}", fix)
+    return axis % full - 1
+
 def fmt_shape(shape: Shape) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from ..errors import ShapeError
-from .base import Layer, register
+from .base import Layer, register, sample_axis
 from .fields import integer, option
 
 
@@ -68,12 +68,7 @@ class Concat(Layer):
 
     def sample_axis(self, rank: int) -> int:
         """The axis within one sample's shape, or raise if it is the batch or out of range."""
-        full = rank + 1
-        if not -full <= self.axis < full or self.axis % full == 0:
-            raise ShapeError(f"axis {self.axis} is not an axis of a sample of rank {rank}",
-                             f"an axis from 1 to {rank} (1 = channels), or -1 to -{rank}",
-                             "leave axis out to concatenate channels")
-        return self.axis % full - 1
+        return sample_axis(self.axis, rank, "leave axis out to concatenate channels")
 
     def infer_shape(self, in_shapes, notes):
         first = in_shapes[0]

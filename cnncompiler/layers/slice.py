@@ -6,7 +6,7 @@ different sizes samples the larger one with a stride."""
 from __future__ import annotations
 
 from ..errors import ShapeError
-from .base import Layer, register
+from .base import Layer, register, sample_axis
 from .fields import FieldError, integer, option, positive_int
 
 AXIS_NAMES = {"channels": 1, "rows": 2, "cols": 3}
@@ -54,12 +54,7 @@ class Slice(Layer):
 
     def sample_axis(self, rank: int) -> int:
         """The axis within one sample's shape, or raise if it is the batch or out of range."""
-        full = rank + 1
-        if not -full <= self.axis < full or self.axis % full == 0:
-            raise ShapeError(f"axis {self.axis} is not an axis of a sample of rank {rank}",
-                             f"an axis from 1 to {rank} (1 = channels), or -1 to -{rank}",
-                             "write axis: channels (1), rows (2) or cols (3)")
-        return self.axis % full - 1
+        return sample_axis(self.axis, rank, "write axis: channels (1), rows (2) or cols (3)")
 
     def positions(self, size: int) -> range:
         """The positions taken from an axis of ``size``."""
