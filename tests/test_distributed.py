@@ -182,6 +182,43 @@ def test_a_killed_worker_stops_the_run_and_its_checkpoint_resumes(tmp_path):
     assert (run / "weights.safetensors").is_file()
 
 
+FIT_SCRIPT = """\
+import sys
+import numpy as np
+import cnncompiler as cc
+
+rng = np.random.default_rng(0)
+x = rng.standard_normal((49, 1, 16, 16)).astype(np.float32)
+y = rng.integers(0, 10, 49)
+model = cc.compile(sys.argv[1], target="cpu", seed=0)
+model.fit(x, y, epochs=1, batch_size=int(sys.argv[2]), verbose=0)
+from cnncompiler.train import distributed
+if distributed.current() is None or distributed.current().leader:
+    np.savez(sys.argv[3], **model.trainer.pull_params())
+"""
+
+
+@pytest.mark.slow
+def test_fit_in_a_script_torchrun_started_joins_the_run(tmp_path, bn_specs):
+    """fit() in each process of ``torchrun --nproc_per_node 2 script.py`` trains as one
+    process with the global batch; the last global batch has one sample, so the second
+    process steps on a stand-in that must add nothing (to the gradients, or to the
+    synchronised batch statistics)."""
+    script = tmp_path / "train.py"
+    script.write_text(FIT_SCRIPT)
+    spec = bn_specs[True]
+    env = dict(os.environ, TVM_NUM_THREADS="1")
+    subprocess.run([sys.executable, str(script), str(spec), "16", str(tmp_path / "one.npz")],
+                   check=True, timeout=PROCESS_TIMEOUT, env=env)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node=2", str(script), str(spec), "8",
+                             str(tmp_path / "two.npz")], capture_output=True, text=True,
+                            timeout=PROCESS_TIMEOUT, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    assert largest_difference(dict(one), dict(two)) < 1e-5
+
+
 # -- the parts ----------------------------------------------------------------------------------
 
 def test_a_spec_error_is_reported_once_before_any_process_starts(tmp_path):

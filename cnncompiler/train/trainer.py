@@ -313,13 +313,24 @@ class Trainer:
 
     def _run_step(self, vm, args):
         try:
-            return vm["train_step"](*args)
+            with self._collective_stream(args[0].device):
+                return vm["train_step"](*args)
         except Exception as exc:
             if distributed.failure is None:
                 raise
             failure, distributed.failure = distributed.failure, None
             raise TrainingError(distributed.lost_contact(
                 self.replicas.rank, self.replicas.world, failure)) from exc
+
+    def _collective_stream(self, device):
+        """On a GPU of a data-parallel run, TVM's kernels on torch's current stream, where
+        the step's all-reduces (NCCL) run: they then read the gradients after the kernels
+        that write them, with no host synchronisation."""
+        if self.replicas is None or device.dlpack_device_type() != 2:  # 2: kDLCUDA
+            return _nothing()
+        import tvm_ffi
+
+        return tvm_ffi.use_torch_stream()
 
     def _step_totals(self, out, replica: list, samples: int, rows: int):
         """(loss, correct, samples, rows, each term's loss) of the step: this process's, or the
@@ -383,6 +394,8 @@ def fit(trainer: Trainer, x, y, epochs=None, batch_size=None, validation_data=No
         raise InputError(f"epochs must be a non-negative integer; received {epochs!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer; received {batch_size!r}")
+    if distributed.launched():  # a process torchrun started joins the others
+        distributed.init_from_env(trainer.model.manifest["target"].get("kind", "cpu"))
     replicas = trainer.replicas
     if replicas is not None and not replicas.leader:
         verbose = 0  # rank 0 reports (the global batch's numbers)
