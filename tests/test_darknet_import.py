@@ -1,8 +1,10 @@
 """Darknet import: small cfgs written here in Darknet's format (a darknet19-like classifier, a
-tiny-YOLO-like backbone with a size-2 stride-1 max pool, a residual net with shortcuts, and a
-YOLOv3-tiny-like net with route, upsample and two heads) are imported and checked; a
-``.weights`` file written here loads, and the compiled model computes what a numpy reading of
-Darknet's layers computes; sections and keys cnnc cannot express are refused with their line.
+tiny-YOLO-like backbone with a size-2 stride-1 max pool, a residual net with shortcuts, a
+YOLOv3-tiny-like net with route, upsample and two heads, a YOLOv4-tiny-like net whose routes
+take channel groups, and a resnet whose shortcuts join maps of different shapes) are imported
+and checked; a ``.weights`` file written here loads, and the compiled model computes what a
+numpy reading of Darknet's layers computes; sections and keys cnnc cannot express are refused
+with their line.
 """
 
 from __future__ import annotations
@@ -53,6 +55,26 @@ YOLOV3_TINY = (NET.format(w=32, h=32) + conv(8) + pool() + conv(16) + pool() + c
                + "[route]\nlayers = -1, 4\n\n" + conv(32)
                + conv(21, size=1, bn=0, activation="linear")
                + "[yolo]\nmask=0,1,2\nanchors=1,1, 2,2, 3,3, 4,4, 5,5, 6,6\nclasses=2\nnum=6\n")
+# YOLOv4-tiny's CSP blocks: a route takes the second half of a layer's channels (groups=2,
+# group_id=1), and of two layers at once; a quarter of a layer too
+YOLOV4_TINY = (NET.format(w=32, h=32) + conv(8, stride=2) + conv(16, stride=2) + conv(16)
+               + "[route]\nlayers=-1\ngroups=2\ngroup_id=1\n\n" + conv(8) + conv(8)
+               + "[route]\nlayers = -1,-2\n\n" + conv(16, size=1)
+               + "[route]\nlayers = -6,-1\n\n"
+               + "[route]\nlayers = -1, -2\ngroups=4\ngroup_id=2\n\n" + pool() + conv(16)
+               + conv(21, size=1, bn=0, activation="linear")
+               + "[yolo]\nmask=0,1,2\nanchors=1,1, 2,2, 3,3\nclasses=2\nnum=3\n")
+# Darknet's resnet18/resnet50 shortcuts between maps of different shapes: from a larger map with
+# fewer channels (stride 2), from one with more channels, from a larger map cropped (6x6 onto
+# 4x4: stride 1), and one sampled with a stride (12x12 onto 2x2: rows and columns 0 and 6)
+RESNET_SHAPES = (NET.format(w=24, h=24) + conv(8) + pool() + conv(8) + conv(8, activation="linear")
+                 + "[shortcut]\nfrom=-3\nactivation=leaky\n\n"
+                 + conv(16, stride=2) + conv(16, activation="linear")
+                 + "[shortcut]\nfrom=-3\nactivation=leaky\n\n"
+                 + conv(8, size=1, activation="linear") + "[shortcut]\nfrom=-2\n\n"
+                 + "[maxpool]\nsize=3\nstride=1\npadding=0\n\n" + "[shortcut]\nfrom=-2\n\n"
+                 + pool() + "[shortcut]\nfrom=4\nactivation=leaky\n\n"
+                 + "[avgpool]\n\n[connected]\noutput=5\nactivation=linear\n\n[softmax]\n")
 
 # Every float of the .weights file is one of the spec's weights. A convolution with batch norm
 # holds filters * in * k * k + 4 * filters (beta, gamma, mean, variance); without, + filters.
@@ -71,6 +93,15 @@ CASES = {
     # 16->8 1x1: 128 + 32 = 160; (8 + 32)->32: 11520 + 128 = 11648; 32->21 1x1: 693
     "yolov3_tiny": (YOLOV3_TINY, 248 + 1216 + 4736 + 9344 + 18688 + 1088 + 4736 + 693 + 160
                     + 11648 + 693, {"conv11": (21, 4, 4), "conv18": (21, 8, 8)}),
+    # 3->8 s2: 248; 8->16 s2: 1216; 16->16: 2304 + 64 = 2368; 8->8 twice: 608 each;
+    # (8 + 8)->16 1x1: 256 + 64 = 320; the quarter-route takes 8 of layer 8's 32 channels and
+    # 4 of layer 7's 16: 12->16: 1728 + 64 = 1792; 16->21 1x1 with bias: 357
+    "yolov4_tiny": (YOLOV4_TINY, 248 + 1216 + 2368 + 608 + 608 + 320 + 1792 + 357,
+                    {"conv12": (21, 4, 4)}),
+    # 3->8: 248; 8->8 twice: 608 each; 8->16 s2: 1216; 16->16: 2304 + 64 = 2368; 16->8 1x1:
+    # 128 + 32 = 160; connected 8->5: 40 + 5 = 45
+    "resnet_shapes": (RESNET_SHAPES, 248 + 608 + 608 + 1216 + 2368 + 160 + 45,
+                      {"softmax16": (5,)}),
 }
 
 
@@ -93,7 +124,8 @@ def weight_segments(text: str) -> list[tuple[str, int]]:
             channels = f
         elif section.kind == "route":
             refs = [int(v) for v in keys["layers"].split(",")]
-            channels = sum(widths[len(widths) + r if r < 0 else r] for r in refs)
+            channels = sum(widths[len(widths) + r if r < 0 else r] for r in refs) // \
+                int(keys.get("groups", 1))
         widths.append(channels)
     return segments
 
@@ -133,9 +165,9 @@ def np_conv(x, w, stride, pad):
     return y
 
 
-def np_maxpool(x, size, stride):
-    """Darknet: padding size - 1 in all, (size - 1) // 2 of it before; -inf outside."""
-    padding = size - 1
+def np_maxpool(x, size, stride, padding=None):
+    """Darknet: padding (default size - 1) in all, padding // 2 of it before; -inf outside."""
+    padding = size - 1 if padding is None else padding
     before = padding // 2
     n, c, h, w = x.shape
     oh, ow = (h + padding - size) // stride + 1, (w + padding - size) // stride + 1
@@ -144,6 +176,32 @@ def np_maxpool(x, size, stride):
     windows = [xp[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
                for i in range(size) for j in range(size)]
     return np.max(windows, axis=0)
+
+
+def np_shortcut(out: np.ndarray, add: np.ndarray) -> np.ndarray:
+    """Darknet's shortcut of ``add`` (C1, H1, W1) onto ``out`` (C2, H2, W2): over the first
+    min(C1, C2) channels and min(H1, H2) x min(W1, W2) positions, out at (j, i) * sample gains
+    add at (j, i) * stride, stride = W1 // W2 and sample = W2 // W1 (each at least 1)."""
+    (c2, h2, w2), (c1, h1, w1) = out.shape[1:], add.shape[1:]
+    stride, sample = max(w1 // w2, 1), max(w2 // w1, 1)
+    assert stride == max(h1 // h2, 1) and sample == max(h2 // h1, 1)
+    c, h, w = min(c1, c2), min(h1, h2), min(w1, w2)
+    out = out.copy()
+    out[:, :c, 0:h * sample:sample, 0:w * sample:sample] += \
+        add[:, :c, 0:h * stride:stride, 0:w * stride:stride]
+    return out
+
+
+def np_route(sources: list[np.ndarray], groups: int, group_id: int) -> np.ndarray:
+    """Darknet's route: of each sample of each source, the group_id-th of ``groups`` equal
+    stretches of its values in memory order, joined."""
+    parts = []
+    for x in sources:
+        flat = x.reshape(len(x), -1)
+        size = flat.shape[1] // groups
+        part = flat[:, size * group_id:size * (group_id + 1)]
+        parts.append(part.reshape(len(x), x.shape[1] // groups, *x.shape[2:]))
+    return np.concatenate(parts, axis=1)
 
 
 ACTIVATE = {"leaky": lambda v: np.where(v > 0, v, 0.1 * v), "linear": lambda v: v,
@@ -182,7 +240,8 @@ def darknet_forward(text: str, values: np.ndarray, x: np.ndarray) -> list[np.nda
                     gamma[:, None, None]
             x = ACTIVATE[keys["activation"]](x + bias[:, None, None])
         elif kind == "maxpool":
-            x = np_maxpool(x, int(keys["size"]), int(keys["stride"]))
+            padding = int(keys["padding"]) if "padding" in keys else None
+            x = np_maxpool(x, int(keys["size"]), int(keys["stride"]), padding)
         elif kind == "avgpool":
             x = x.mean(axis=(2, 3))
         elif kind == "connected":
@@ -194,10 +253,13 @@ def darknet_forward(text: str, values: np.ndarray, x: np.ndarray) -> list[np.nda
             z = np.exp(x - x.max(axis=1, keepdims=True))
             x = z / z.sum(axis=1, keepdims=True)
         elif kind == "shortcut":
-            x = ACTIVATE[keys["activation"]](x + outs[len(outs) + int(keys["from"])])
+            ref = int(keys["from"])
+            x = np_shortcut(x, outs[len(outs) + ref if ref < 0 else ref])
+            x = ACTIVATE[keys.get("activation", "linear")](x)
         elif kind == "route":
             refs = [int(v) for v in keys["layers"].split(",")]
-            x = np.concatenate([outs[len(outs) + r if r < 0 else r] for r in refs], axis=1)
+            x = np_route([outs[len(outs) + r if r < 0 else r] for r in refs],
+                         int(keys.get("groups", 1)), int(keys.get("group_id", 0)))
         elif kind == "upsample":
             s = int(keys["stride"])
             x = x.repeat(s, axis=2).repeat(s, axis=3)
@@ -245,6 +307,29 @@ def test_the_spec_reads_as_darknet_numbers_its_layers(imported):
     assert "- {name: route16, type: concat, inputs: [upsample15, conv4.leaky_relu]}" in spec
     assert "- {name: upsample15, type: upsample}" in spec
     assert "[yolo]: layer 12 is a yolo head" in spec
+
+
+def test_route_groups_and_shortcuts_of_other_shapes_are_slices(imported):
+    spec = imported["yolov4_tiny"][0].read_text()
+    assert "- {name: route3, type: slice, start: 8}" in spec
+    assert "- {name: route9.group0, type: slice, start: 16, stop: 24}" in spec
+    assert "- {name: route9.group1, type: slice, start: 8, stop: 12, inputs: " \
+        "[conv7.leaky_relu]}" in spec
+    spec = imported["resnet_shapes"][0].read_text()
+    for line in [
+            "{name: shortcut7.from.rows, type: slice, axis: rows, stop: 11, step: 2, "
+            "inputs: [shortcut4.leaky_relu]}",
+            "{name: shortcut7.from.cols, type: slice, axis: cols, stop: 11, step: 2}",
+            "{name: shortcut7.head, type: slice, stop: 8, inputs: [conv6.bn]}",
+            "{name: shortcut7.sum, type: add, inputs: [shortcut7.head, shortcut7.from.cols]}",
+            "{name: shortcut7.tail, type: slice, start: 8, inputs: [conv6.bn]}",
+            "{name: shortcut7, type: concat, inputs: [shortcut7.sum, shortcut7.tail]}",
+            "{name: shortcut9.from.channels, type: slice, stop: 8, inputs: "
+            "[shortcut7.leaky_relu]}",
+            "{name: shortcut11.from.rows, type: slice, axis: rows, stop: 4, inputs: [shortcut9]}",
+            "{name: shortcut13.from.rows, type: slice, axis: rows, stop: 7, step: 6, "
+            "inputs: [shortcut4.leaky_relu]}"]:
+        assert f"  - {line}\n" in spec, line
 
 
 @pytest.mark.tvm
@@ -312,7 +397,17 @@ REFUSED = [
     ("[local]\nsize=3\n", r"net.cfg:10: \[local\]: layer 1: cnnc cannot convert a \[local\] "
                           "section"),
     ("[route]\nlayers=-1\ngroups=2\ngroup_id=1\n",
-     r"net.cfg:12: \[route\]: groups/group_id take a slice of the channels; cnnc has no slice"),
+     r"net.cfg:12: \[route\]: groups=2 does not divide the 3 channels of \(3, 8, 8\); "
+     "Darknet's part would cut through a channel"),
+    ("[route]\nlayers=-1\ngroups=2\ngroup_id=2\n",
+     r"net.cfg:13: \[route\]: groups=2, group_id=2: Darknet takes group group_id \(0 to "
+     r"groups - 1\)"),
+    ("[maxpool]\nsize=2\nstride=2\n\n[upsample]\nstride=2\n\n[shortcut]\nfrom=-2\n",
+     r"net.cfg:18: \[shortcut\]: adds a map of shape \(3, 4, 4\) onto one of shape "
+     r"\(3, 8, 8\); Darknet adds a smaller map into every"),
+    ("[maxpool]\nsize=2\nstride=2\n\n[maxpool]\nsize=2\nstride=2\n\n[shortcut]\nfrom=-1,-2\n",
+     r"net.cfg:19: \[shortcut\]: adds layers of shapes \(3, 2, 2\), \(3, 4, 4\) to one of "
+     r"shape \(3, 2, 2\); cnnc adds several layers of one shape, or one of another shape"),
     ("[convolutional]\nfilters=4\nsize=1\nactivation=selu\n",
      r"net.cfg:13: \[convolutional\]: activation=selu is not supported; cnnc converts leaky"),
     ("[shortcut]\nfrom=-5\n", r"net.cfg:11: \[shortcut\]: from names layer -5, which is layer "

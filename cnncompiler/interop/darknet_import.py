@@ -7,7 +7,9 @@ A ``.cfg`` is a list of sections in order (``[net]``, then one per layer, names 
 of ``key=value`` lines; ``#`` and ``;`` start comments. Darknet numbers its layers from 0 after
 ``[net]``, and ``[route]`` and ``[shortcut]`` name others by that number (or counting back from
 their own, when negative); the spec's layers are named after it (``conv3``, ``conv3.bn``,
-``conv3.leaky_relu``, ``route9``). A detection head (``[yolo]``, ``[region]``, ``[detection]``)
+``conv3.leaky_relu``, ``route9``). A route's ``groups`` and a shortcut between maps of
+different shapes are slices of their inputs (then an add, and a concat of the channels the
+shortcut leaves alone), as the original Darknet computes them. A detection head (``[yolo]``, ``[region]``, ``[detection]``)
 or a ``[cost]`` is not converted: the layer it reads becomes an output of the spec, and a note
 names the section and its line. A section or key cnnc cannot express is refused with its line.
 
@@ -299,18 +301,72 @@ class Converter:
         r.expect("weights_type", "none", "cnnc adds without weights")
         r.expect("weights_normalization", "none", "cnnc adds without weights")
         others = [self.source_of(r, "from", ref, i) for ref in refs]
-        for _, other in others:
-            if other != shape:
-                raise r.error(f"adds a layer of shape {other} to one of shape {shape}; cnnc "
-                              "adds layers of one shape only", "from")
-        y = self.add(f"shortcut{i}", "add", {}, [x, *(name for name, _ in others)])
-        return self.activation(r, f"shortcut{i}", y, default="linear"), shape
+        name = f"shortcut{i}"
+        if len(others) == 1 and others[0][1] != shape:
+            y = self.shortcut_of_shapes(r, name, x, shape, *others[0])
+        else:
+            for _, other in others:
+                if other != shape:
+                    raise r.error(f"adds layers of shapes {', '.join(str(s) for _, s in others)}"
+                                  f" to one of shape {shape}; cnnc adds several layers of one "
+                                  "shape, or one of another shape", "from")
+            y = self.add(name, "add", {}, [x, *(n for n, _ in others)])
+        return self.activation(r, name, y, default="linear"), shape
+
+    def shortcut_of_shapes(self, r: CfgReader, name: str, x: str, shape: tuple, other: str,
+                           other_shape: tuple) -> str:
+        """Darknet's shortcut from a map (C1, H1, W1) onto the previous layer's (C2, H2, W2),
+        as the original Darknet computes it: over the first min(C1, C2) channels, the previous
+        layer's (j, i) gains the other's (j * s, i * s), s = W1 // W2 (the larger map sampled
+        with a stride); channels past the other's stay as they were. YAML it becomes, for a
+        (64, 8, 8) map added onto a (128, 4, 4) one::
+
+            - {name: shortcut9.from.rows, type: slice, axis: rows, stop: 7, step: 2,
+               inputs: [conv5]}
+            - {name: shortcut9.from.cols, type: slice, axis: cols, stop: 7, step: 2}
+            - {name: shortcut9.head, type: slice, stop: 64, inputs: [conv8]}
+            - {name: shortcut9.sum, type: add, inputs: [shortcut9.head, shortcut9.from.cols]}
+            - {name: shortcut9.tail, type: slice, start: 64, inputs: [conv8]}
+            - {name: shortcut9, type: concat, inputs: [shortcut9.sum, shortcut9.tail]}
+        """
+        if len(shape) != 3 or len(other_shape) != 3:
+            raise r.error(f"adds a layer of shape {other_shape} to one of shape {shape}; cnnc "
+                          "adds maps of different sizes only when both are (C, H, W)", "from")
+        (c2, h2, w2), (c1, h1, w1) = shape, other_shape
+        stride = w1 // w2
+        if h1 < h2 or w1 < w2 or h1 // h2 != stride:
+            raise r.error(f"adds a map of shape {other_shape} onto one of shape {shape}; Darknet "
+                          "adds a smaller map into every (H2 / H1)-th position of the larger, "
+                          "which cnnc cannot express (it samples a larger 'from' map with one "
+                          "stride for rows and columns)", "from")
+        keep = min(c1, c2)
+        y = other
+        for axis, size, other_size in (("rows", h2, h1), ("cols", w2, w1)):
+            if other_size != size:
+                keys = {"axis": axis, "stop": (size - 1) * stride + 1, "step": stride}
+                y = self.add(f"{name}.from.{axis}", "slice", keys, [y])
+        if c1 > keep:
+            y = self.add(f"{name}.from.channels", "slice", {"stop": keep}, [y])
+        if c2 == keep:
+            return self.add(name, "add", {}, [x, y])
+        head = self.add(f"{name}.head", "slice", {"stop": keep}, [x])
+        total = self.add(f"{name}.sum", "add", {}, [head, y])
+        tail = self.add(f"{name}.tail", "slice", {"start": keep}, [x])
+        return self.add(name, "concat", {}, [total, tail])
 
     def route(self, r: CfgReader, i: int, x: str, shape: tuple) -> tuple[str, tuple]:
-        if r.int("groups", 1) != 1 or r.int("group_id", 0) != 0:
-            raise r.error("groups/group_id take a slice of the channels; cnnc has no slice "
-                          "layer", "groups" if "groups" in r.section.keys else "group_id")
+        groups, group_id = r.int("groups", 1), r.int("group_id", 0)
+        if groups < 1 or not 0 <= group_id < groups:
+            raise r.error(f"groups={groups}, group_id={group_id}: Darknet takes group group_id "
+                          "(0 to groups - 1) of each layer's channels",
+                          "group_id" if groups >= 1 else "groups")
         sources = [self.source_of(r, "layers", ref, i) for ref in self.indices(r, "layers")]
+        if groups > 1:  # each source's group_id-th of groups equal parts, its channels
+            sources = [self.channel_group(r, f"route{i}" if len(sources) == 1 else
+                                          f"route{i}.group{k}", *source, groups, group_id)
+                       for k, source in enumerate(sources)]
+            if len(sources) == 1:
+                return sources[0]
         if len(sources) == 1:  # one layer: its output, as it is
             return self.add(f"route{i}", "identity", {}, [sources[0][0]]), sources[0][1]
         shapes = [s for _, s in sources]
@@ -319,6 +375,22 @@ class Converter:
                           "concatenates maps of one height and width", "layers")
         out = (sum(s[0] for s in shapes), *shapes[0][1:])
         return self.add(f"route{i}", "concat", {}, [n for n, _ in sources]), out
+
+    def channel_group(self, r: CfgReader, name: str, source: str, shape: tuple, groups: int,
+                      group_id: int) -> tuple[str, tuple]:
+        """Darknet copies the group_id-th of ``groups`` equal stretches of each sample's values:
+        whole channels when the channels divide evenly (YOLOv4-tiny's CSP halves)::
+
+            - {name: route3, type: slice, start: 32, inputs: [conv2.leaky_relu]}
+        """
+        channels = shape[0]
+        if channels % groups:
+            raise r.error(f"groups={groups} does not divide the {channels} channels of "
+                          f"{shape}; Darknet's part would cut through a channel", "groups")
+        part = channels // groups
+        keys = {"start": part * group_id, "stop": part * (group_id + 1) if group_id + 1 < groups
+                else None}
+        return self.add(name, "slice", keys, [source]), (part, *shape[1:])
 
     def upsample(self, r: CfgReader, i: int, x: str, shape: tuple) -> tuple[str, tuple]:
         c, h, w = self.spatial(r, shape)
