@@ -211,6 +211,18 @@ def vector_registers(lanes: int) -> int:
     return 32 if lanes >= 16 else 16
 
 
+def register_tile(widths, blocks: int, registers: int) -> tuple[int, int]:
+    """(ro, rw): ``ro`` output channel blocks (a divisor of ``blocks``) x ``rw`` columns (one
+    of ``widths``) of accumulators, with registers left for ``ro`` weight vectors and one
+    broadcast input, the most accumulators (at most 16), then the fewest loads per FMA."""
+    max_acc = min(MAX_ACCUMULATORS, registers - 4)
+    return best_register_tile((((ro, rw), ro * rw, ro + rw)
+                               for rw in widths
+                               for ro in divisors(blocks)
+                               if ro * rw + ro + 1 <= registers
+                               and (ro * rw <= max_acc or ro == 1)), default=(1, 1))
+
+
 def choose_tile(geo: ConvGeometry, registers: int = 32) -> ConvTile:
     """A tile that needs no tuning.
 
@@ -224,13 +236,8 @@ def choose_tile(geo: ConvGeometry, registers: int = 32) -> ConvTile:
     """
     width = geo.out_spatial[-1]
     blocks = geo.out_blocks if geo.groups == 1 else geo.group_out_blocks
-    max_acc = min(MAX_ACCUMULATORS, registers - 4)
     widest = 16 if max(d for d in divisors(width) if d <= 8) < 4 else 8
-    ro, rw = best_register_tile((((ro, rw), ro * rw, ro + rw)
-                                 for rw in divisors(width) if rw <= widest
-                                 for ro in divisors(blocks)
-                                 if ro * rw + ro + 1 <= registers
-                                 and (ro * rw <= max_acc or ro == 1)), default=(1, 1))
+    ro, rw = register_tile([d for d in divisors(width) if d <= widest], blocks, registers)
     kernel = math.prod(geo.kernel)
     vector_bytes = geo.ob * 4
     task_weights = ro * vector_bytes * geo.group_in_blocks * geo.ib * kernel

@@ -34,6 +34,7 @@ from .dense import dense_blocked, schedule_dense
 from .plan import KernelChoice, plan_kernels
 from .pool import depthwise_blocked, global_pool_blocked, pool_blocked, schedule_window
 from .schedules import schedule_loops
+from .winograd import schedule_winograd, winograd_conv
 from .vector_math import CPU_MATH
 
 FLOAT = "float32"
@@ -185,6 +186,15 @@ class CpuEmitter:
         return self._emit_conv_like(node, data, choice, xs, conv_blocked,
                                     functools.partial(schedule_conv, geo=choice.geometry,
                                                       registers=registers))
+
+    def emit_winograd(self, node, data, choice, xs):
+        """A 3x3 stride-1 conv by Winograd F(m x m, 3 x 3), its weights transformed at load
+        time (the layout ``winograd:m:ib:ob``)."""
+        registers = vector_registers(self.lanes)
+        return self._emit_conv_like(node, data, choice, xs,
+                                    functools.partial(winograd_conv, m=choice.tile),
+                                    functools.partial(schedule_winograd, geo=choice.geometry,
+                                                      m=choice.tile, registers=registers))
 
     def emit_depthwise(self, node, data, choice, xs):
         width = choice.geometry.out_spatial[-1]

@@ -12,7 +12,7 @@ the model's output. The model's input stays plain: the first conv reads it direc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import networkx as nx
 
@@ -25,6 +25,7 @@ from ..rules import rules_for
 
 from .blocking import PLAIN, block_for
 from .conv import ConvGeometry
+from .winograd import choose_conv_algorithm
 
 @dataclass(frozen=True)
 class KernelChoice:
@@ -38,6 +39,7 @@ class KernelChoice:
     layouts: dict = field(default_factory=dict)
     geometry: ConvGeometry | None = None
     note: str = ""
+    tile: int = 0   # a Winograd kernel's output tile m (F(m x m, 3 x 3))
 
 
 def _base(layer):
@@ -133,7 +135,20 @@ def _dense(g, node, blocks, lanes, keys, training) -> KernelChoice:
 
 
 def _conv(g, node, blocks, lanes, keys, training) -> KernelChoice:
-    return choose_conv(g, node, keys, blocks, lanes)
+    choice = choose_conv(g, node, keys, blocks, lanes)
+    if training or choice.kind != "conv":  # the training kernels are direct ones
+        return choice
+    return with_algorithm(choice, choose_conv_algorithm(choice.geometry))
+
+
+def with_algorithm(choice: KernelChoice, tile: int) -> KernelChoice:
+    """``choice`` (a direct conv) computed by Winograd F(tile x tile, 3 x 3) instead, its
+    weights transformed at load time; ``tile`` 0 keeps the direct kernel."""
+    if not tile:
+        return choice
+    geo = choice.geometry
+    return replace(choice, kind="winograd", tile=tile,
+                   layouts={**choice.layouts, "weight": f"winograd:{tile}:{geo.ib}:{geo.ob}"})
 
 
 def _window_pool(kind: str):

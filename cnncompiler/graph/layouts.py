@@ -13,6 +13,7 @@ zero.
     apply_layout("blocked_oihw:1:16", w)     # (6, 1, 5, 5) -> (1, 1, 5, 5, 1, 16), zero-padded
     apply_layout("blocked_vector:16", b)     # (120,) -> (8, 16), zero-padded
     apply_layout("blocked_rows:16", w)       # dense (1000, 512) -> (63, 512, 16), zero-padded
+    apply_layout("winograd:4:16:16", w)      # (64, 64, 3, 3) -> (36, 4, 4, 16, 16): G g G^T
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ArtifactError
+from . import winograd
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,26 @@ def _blocked_rows(w, b):
     return w.reshape(-1, b, k).transpose(0, 2, 1)
 
 
+def _winograd_shape(shape, m, ib, ob):
+    o, i, *k = shape
+    if tuple(k) != (3, 3) or m not in winograd.TILES:
+        raise ArtifactError(f"weight layout 'winograd:{m}:{ib}:{ob}' needs a 3x3 conv weight and "
+                            f"a tile size in {winograd.TILES}; received a weight of shape "
+                            f"{tuple(shape)}; recompile the model with this cnnc")
+    return ((m + 2) ** 2, _blocks(o, ob), _blocks(i, ib), ib, ob)
+
+
+def _winograd(w, m, ib, ob):
+    """(O, I, 3, 3) -> ((m+2)^2, O/ob, I/ib, ib, ob): each filter's Winograd transform
+    ``G g G^T`` (F(m x m, 3 x 3)), its (m+2)^2 positions outermost, then blocked channels."""
+    o, i = w.shape[:2]
+    e = _winograd_shape(w.shape, m, ib, ob)[0]
+    u = winograd.transform_weight(w, m).reshape(o, i, e).transpose(2, 0, 1)
+    u = _pad_axis(_pad_axis(u, 1, _blocks(o, ob) * ob), 2, _blocks(i, ib) * ib)
+    u = u.reshape(e, _blocks(o, ob), ob, _blocks(i, ib), ib).transpose(0, 1, 3, 4, 2)
+    return u.astype(np.float32)
+
+
 LAYOUTS = {layout.name: layout for layout in (
     Layout("blocked_oihw", _blocked_oihw_shape, _blocked_oihw,
            "conv weight (O, I, *K) as (O/ob, I/ib, *K, ib, ob); args ib, ob"),
@@ -90,6 +112,8 @@ LAYOUTS = {layout.name: layout for layout in (
            "per-channel vector (C,) as (C/b, b); arg b"),
     Layout("blocked_rows", _blocked_rows_shape, _blocked_rows,
            "dense weight (O, K) as (O/b, K, b); arg b"),
+    Layout("winograd", _winograd_shape, _winograd,
+           "3x3 conv weight as G g G^T, ((m+2)^2, O/ob, I/ib, ib, ob); args m, ib, ob"),
 )}
 
 

@@ -1,0 +1,267 @@
+"""Winograd convolution F(m x m, 3 x 3) in the blocked layout NC[b]c, with its epilogue, as one
+scheduled kernel, for 3x3 convs of stride 1, dilation 1, one group.
+
+The output is cut in tiles of m x m pixels (the last row and column of tiles may overhang the
+output: the overhang is computed from zero padding and never written). With ``alpha = m + 2``
+and ``E = alpha^2``, three stages run inside each parallel task, one band of tile rows:
+
+- input transform: ``V[e, tile, c] = (B^T d B)[e]`` of each tile's (alpha x alpha) input
+  patch, one vector of ``ib`` channels at a time (zero padding read as zeros);
+- E matrix products, ``M[e, tile, o] = sum_c V[e, tile, c] U[e, o, c]``, with ``U`` the
+  weights transformed once at load time (layout ``winograd:m:ib:ob``, graph/winograd.py),
+  register-tiled as the direct conv: ``ro`` output channel blocks x ``rt`` tiles;
+- output transform ``A^T M A`` fused into the epilogue (bias, batch norm, residual,
+  activation): each output pixel is computed from its tile's E products and written once.
+
+``V`` and ``M`` exist only per task (a band of tile rows), so they stay in cache.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tvm import te, tirx
+
+from cnncompiler.graph.winograd import TILES, matrices
+
+from .blocking import ceil_div
+from .conv import ConvGeometry, blocked_epilogue, divisors, register_tile
+from .schedules import MIN_PARALLEL_MACS, scheduled, static_extent
+
+FLOAT = "float32"
+TASK_BYTES = 384 << 10   # V and M of one task (a band of tile rows) kept within L2
+
+
+def eligible(geo: ConvGeometry) -> str | None:
+    """Why Winograd cannot compute this conv, or None when it can."""
+    if geo.kernel != (3, 3):
+        return f"kernel {geo.kernel} is not 3x3"
+    if geo.stride != (1, 1) or geo.dilation != (1, 1):
+        return "strided or dilated"
+    if geo.groups != 1:
+        return "grouped"
+    if geo.in_plain:
+        return "reads the plain input"
+    return None
+
+
+# The rule below, from benchmarks/winograd_layers.py on this project's machine (2 threads,
+# AVX-512, batch 1, bias epilogue, median of 5 interleaved rounds; time relative to the
+# direct kernel, F(2) / F(4); t2, t4: tiles per image):
+#   64->64 at 32x32: 0.55 / 0.37    128->128 at 16: 0.60 / 0.57 (t4 16)
+#   256->256 at 8: 0.99 (t2 16) / 1.53 (t4 4)     512->512 at 4: 1.94 / 2.20
+#   64->64 at 56: 0.58 / 0.38       128->128 at 28: 0.80 / 0.57
+#   256->256 at 14: 0.81 (t2 49) / 0.83 (t4 16)   512->512 at 7: 1.30 (t2 16) / 1.34
+#   64->128 at 112: 0.45 / 0.32     128->256 at 56: 0.60 / 0.50   256->256 at 56: 0.67 / 0.63
+#   256->512 at 28: 0.97 / 0.68     512->512 at 28: 0.84 / 1.05   512->512 at 14: 0.62 / 0.71
+#   16->16 at 32: 0.96 / 0.60       32->32 at 16: 0.72 / 0.52
+# Winograd loses where a few tiles share big transformed weights (each task reads all of
+# them: E C O floats), and F(4)'s 36 products per tile lose to F(2)'s 16 when C O reaches
+# 512 x 512. Below 32 channels the gain is under 0.04 ms a layer; such convs stay direct.
+MIN_CHANNELS = 32
+MIN_TILES = {4: 16, 2: 32}         # tiles per image (batch 1) for the products to pay off
+MAX_F4_WEIGHTS = 256 * 512         # C x O beyond which F(2) beats F(4)
+
+
+def choose_conv_algorithm(geo: ConvGeometry) -> int:
+    """Winograd's output tile m for this conv (4 or 2), or 0 for the direct kernel: the
+    measured rule above, for convs Winograd can compute (``eligible``)."""
+    if eligible(geo) is not None or min(geo.cin, geo.cout) < MIN_CHANNELS:
+        return 0
+    for m in (4, 2):
+        if m == 4 and geo.cin * geo.cout > MAX_F4_WEIGHTS:
+            continue
+        if math.prod(tiles(geo, m)) >= MIN_TILES[m]:
+            return m
+    return 0
+
+
+def tiles(geo: ConvGeometry, m: int) -> tuple[int, int]:
+    """Tile rows and columns of the output."""
+    return ceil_div(geo.out_spatial[0], m), ceil_div(geo.out_spatial[1], m)
+
+
+def _pick(index, values):
+    """``values[index]`` for a loop variable ``index`` the schedule unrolls: a Select chain
+    that folds to one branch once ``index`` is a constant."""
+    expr = values[-1]
+    for k in range(len(values) - 2, -1, -1):
+        expr = tirx.Select(index == k, values[k], expr)
+    return expr
+
+
+def _linear(coefs, terms):
+    """sum coefs[i] * terms[i] over the nonzero coefficients, without multiplying by +-1."""
+    out = None
+    for c, t in zip(coefs, terms):
+        if c == 0:
+            continue
+        term = t if abs(c) == 1 else t * tirx.const(abs(float(c)), FLOAT)
+        if out is None:
+            out = term if c > 0 else -term
+        else:
+            out = out + term if c > 0 else out - term
+    return out if out is not None else tirx.const(0.0, FLOAT)
+
+
+def _rows(mat, index, read):
+    """(mat X)[index] of the column ``read(r)`` for a loop variable ``index`` the schedule
+    unrolls: one row of a transform, its zero coefficients skipped."""
+    terms = [read(r) for r in range(mat.shape[1])]
+    return _pick(index, [_linear(row, terms) for row in mat])
+
+
+def winograd_conv(x, weight, bias, geo: ConvGeometry, fused=None, epilogue_args=None,
+                  residual=None, *, m: int):
+    """(N, C/ib, H, W, ib) -> (N, O/ob, OH, OW, ob) then the epilogue of ``fused``, as
+    ``conv.conv_blocked``; ``weight`` is ``(alpha^2, O/ob, C/ib, ib, ob)`` (layout
+    ``winograd:m:ib:ob``)."""
+    bt, _, at = matrices(m)
+    alpha = m + 2
+    th, tw = tiles(geo, m)
+    (pt, _), (pl, _) = geo.pads
+    height, width = geo.in_spatial
+    batch = x.shape[0]
+
+    def read(n, cb, h, w, i):
+        conds = []
+        if pt:
+            conds.append(h >= pt)
+        if th * m + 2 > height + pt:
+            conds.append(h < height + pt)
+        if pl:
+            conds.append(w >= pl)
+        if tw * m + 2 > width + pl:
+            conds.append(w < width + pl)
+        if not conds:
+            return x[n, cb, h, w, i]
+        hh = tirx.max(tirx.min(h - pt, height - 1), 0)
+        ww = tirx.max(tirx.min(w - pl, width - 1), 0)
+        return tirx.if_then_else(tirx.all(*conds), x[n, cb, hh, ww, i], tirx.const(0.0, FLOAT))
+
+    # every extent in the batch's integer type: a mix of int64 and int32 loops, once fused,
+    # makes the bindings non-affine and the schedule fails
+    def dims(*sizes):
+        return [tirx.IntImm(index, s) if isinstance(s, int) else s for s in sizes]
+
+    index = str(batch.ty) if hasattr(batch, "ty") else "int32"
+    # B^T d B as two one-dimensional transforms: the columns of the patch, then its rows
+    # (one expression per matrix row, where the 2-D form would need one per pair of rows)
+    columns = te.compute(dims(alpha, batch, th, tw, alpha, geo.in_blocks, geo.ib),
+                         lambda a, n, ty, tx, s, cb, i: _rows(
+                             bt, a, lambda r: read(n, cb, ty * m + r, tx * m + s, i)),
+                         name="winograd_input_columns")
+    v = te.compute(dims(alpha * alpha, batch, th, tw, geo.in_blocks, geo.ib),
+                   lambda e, n, ty, tx, cb, i: _rows(
+                       bt, e % alpha, lambda s: columns[e // alpha, n, ty, tx, s, cb, i]),
+                   name="winograd_input")
+    cb = te.reduce_axis(dims(0, geo.in_blocks), name="cb")
+    ci = te.reduce_axis(dims(0, geo.ib), name="ci")
+    prod = te.compute(dims(alpha * alpha, batch, th, tw, geo.out_blocks, geo.ob),
+                      lambda e, n, ty, tx, ob, j: te.sum(v[e, n, ty, tx, cb, ci] *
+                                                         weight[e, ob, cb, ci, j], axis=[cb, ci]),
+                      name="winograd_product")
+    # A^T M A the same way: the m output rows of each tile, then each pixel of a row
+    out_rows = te.compute(dims(batch, geo.out_blocks, th, tw, m, alpha, geo.ob),
+                          lambda n, ob, ty, tx, a, e2, j: _rows(
+                              at, a, lambda e1: prod[e1 * alpha + e2, n, ty, tx, ob, j]),
+                          name="winograd_output_rows")
+    y = te.compute(dims(batch, geo.out_blocks, *geo.out_spatial, geo.ob),
+                   lambda n, ob, h, w, j: _rows(
+                       at, w % m, lambda e2: out_rows[n, ob, h // m, w // m, h % m, e2, j]),
+                   name="winograd_output")
+    return blocked_epilogue(y, bias, fused, epilogue_args, residual, channels=geo.cout)
+
+
+# -- the schedule -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WinogradTile:
+    """``m``: the output tile; each parallel task computes ``rh`` rows of tiles, with ``ro``
+    output channel blocks x ``rt`` tiles of accumulators in vector registers."""
+
+    m: int
+    ro: int
+    rt: int
+    rh: int
+
+
+def choose_winograd_tile(geo: ConvGeometry, m: int, registers: int = 32,
+                         batch: int | None = None) -> WinogradTile:
+    """A register tile as the direct conv's rule picks one (tiles for output columns), and
+    the most tile rows per task whose V and M fit ``TASK_BYTES``, keeping at least two tasks
+    for the two threads when there are two tile rows (``batch`` of None: any batch)."""
+    th, tw = tiles(geo, m)
+    ro, rt = register_tile([d for d in divisors(tw) if d <= 8], geo.out_blocks, registers)
+    e = (m + 2) ** 2
+    row_bytes = e * tw * (geo.in_blocks * geo.ib + geo.out_blocks * geo.ob) * 4
+    fits = [d for d in divisors(th) if d * row_bytes <= TASK_BYTES or d == 1]
+    if (batch or 1) == 1 and th > 1:
+        fits = [d for d in fits if d < th] or [1]
+    return WinogradTile(m, ro, rt, max(fits))
+
+
+def schedule_winograd(func, geo: ConvGeometry, m: int, registers: int = 32,
+                      tile: WinogradTile | None = None):
+    """Parallel bands of tile rows; in each, the input transform, the register-tiled
+    products and the output transform with the epilogue, one after the other."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    # the epilogue drives: each task a band of whole tile rows of the output, every channel
+    sch.compute_inline(sch.get_sblock("winograd_output"))
+    epi = sch.get_sblock("epilogue")
+    n, ob, h, w, j = sch.get_loops(epi)
+    batch = static_extent(sch, n)
+    tile = tile or choose_winograd_tile(geo, m, registers, batch)
+    band, h_in = sch.split(h, [None, tile.rh * m])
+    h_o, hm = sch.split(h_in, [tile.rh, m])
+    w_o, wm = sch.split(w, [None, m])
+    sch.reorder(n, band, ob, h_o, w_o, hm, wm, j)
+    _transform_at(sch, "winograd_output_rows", w_o)
+    par = sch.fuse(n, band)
+    flops = 2 * (m + 2) ** 2 * math.prod(tiles(geo, m)) * geo.cin * geo.cout
+    if batch is None or batch * flops // 2 >= MIN_PARALLEL_MACS:
+        sch.parallel(par)
+    sch.unroll(hm)
+    sch.unroll(wm)
+    sch.vectorize(j)
+    # the band's products, accumulated in registers and written back once per register tile
+    gemm = sch.get_sblock("winograd_product")
+    sch.compute_at(gemm, par, preserve_unit_loops=True)
+    e, _, ty, tx, ob, j, cb, ci = sch.get_loops(gemm)[-8:]
+    ob_o, ob_i = sch.split(ob, [None, tile.ro])
+    tx_o, tx_i = sch.split(tx, [None, tile.rt])
+    sch.reorder(ob_o, e, ty, tx_o, cb, ci, ob_i, tx_i, j)
+    acc = sch.cache_write(gemm, 0, "local")
+    sch.reverse_compute_at(acc, tx_o)
+    sch.unroll(ob_i)
+    sch.unroll(tx_i)
+    sch.vectorize(j)
+    sch.decompose_reduction(gemm, cb)
+    sch.vectorize(sch.get_loops(acc)[-1])
+    # the band's input transform, first
+    v = sch.get_sblock("winograd_input")
+    sch.compute_at(v, par, preserve_unit_loops=True)
+    ve, _, vty, vtx, vcb, vi = sch.get_loops(v)[-6:]
+    sch.reorder(vty, vtx, vcb, ve, vi)
+    sch.unroll(ve)
+    sch.vectorize(vi)
+    _transform_at(sch, "winograd_input_columns", vcb)
+    return scheduled(sch)
+
+
+def _transform_at(sch, name: str, loop) -> None:
+    """The one-dimensional transform stage ``name`` computed for one tile at ``loop``: its
+    two tile axes unrolled (the coefficients become constants), its channels one vector."""
+    block = sch.get_sblock(name)
+    sch.compute_at(block, loop, preserve_unit_loops=True)
+    first, second, lanes = sch.get_loops(block)[-3:]
+    sch.unroll(first)
+    sch.unroll(second)
+    sch.vectorize(lanes)
+
+
+__all__ = ["TILES", "WinogradTile", "choose_conv_algorithm", "choose_winograd_tile",
+           "eligible", "schedule_winograd", "tiles", "winograd_conv"]
