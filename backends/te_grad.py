@@ -405,20 +405,45 @@ def batchnorm_train(layer, x, weight, bias, running_mean, running_var):
     """Training-mode batch norm: normalise with the batch's mean and (biased) variance; return
     the output, the batch statistics, and the running statistics moved by ``momentum`` (with
     the unbiased variance, as PyTorch)."""
+    count = _count(x)
+    total = _sum_over_batch_and_space(x, "bn_sum")
+    sq = batchnorm_square_sums(x, total, count)
+    return batchnorm_normalize(layer, x, total, sq, count, weight, bias, running_mean,
+                               running_var)
+
+
+def _count(x):
+    """Elements per channel of (N, C, *spatial), as a float expression."""
     spatial = [int(s) for s in x.shape[2:]]
     count = x.shape[0] * math.prod(spatial) if spatial else x.shape[0]
-    count_f = count.astype(x.dtype) if not isinstance(count, int) else const(count, x.dtype)
-    total = _sum_over_batch_and_space(x, "bn_sum")
-    mean = te.compute(total.shape, lambda c: total[c] / count_f, name="bn_mean")
-    sq = _sum_over_batch_and_space(x, "bn_sqsum", lambda n, c, *sp: (x[(n, c, *sp)] - mean[c]) *
-                                   (x[(n, c, *sp)] - mean[c]))
-    var = te.compute(total.shape, lambda c: sq[c] / count_f, name="bn_var")
+    return count.astype(x.dtype) if not isinstance(count, int) else const(count, x.dtype)
+
+
+def batchnorm_sums(x):
+    """[per-channel sums (C,), the element count (1,)]: the first pass, as tensors (a
+    data-parallel step sums both over its processes)."""
+    return [_sum_over_batch_and_space(x, "bn_sum"),
+            te.compute((1,), lambda i: _count(x), name="bn_count")]
+
+
+def batchnorm_square_sums(x, total, count):
+    """Per-channel sums of squared deviations from the mean ``total / count``: the second
+    pass (two passes, as PyTorch: no cancellation in E[x^2] - E[x]^2)."""
+    mean = te.compute(total.shape, lambda c: total[c] / count, name="bn_mean")
+    return _sum_over_batch_and_space(x, "bn_sqsum", lambda n, c, *sp: (
+        x[(n, c, *sp)] - mean[c]) * (x[(n, c, *sp)] - mean[c]))
+
+
+def batchnorm_normalize(layer, x, total, sq, count, weight, bias, running_mean, running_var):
+    """``batchnorm_train``'s results from the two passes' sums over ``count`` elements."""
+    mean = te.compute(total.shape, lambda c: total[c] / count, name="bn_mean")
+    var = te.compute(total.shape, lambda c: sq[c] / count, name="bn_var")
     eps = const(layer.eps, x.dtype)
     out = te.compute(x.shape, lambda n, c, *sp: (x[(n, c, *sp)] - mean[c]) /
                      tirx.sqrt(var[c] + eps) * weight[c] + bias[c], name="bn_train")
     m = const(layer.momentum, x.dtype)
     one = const(1.0, x.dtype)
-    unbias = count_f / tirx.max(count_f - one, one)
+    unbias = count / tirx.max(count - one, one)
     new_mean = te.compute(total.shape, lambda c: (one - m) * running_mean[c] + m * mean[c],
                           name="bn_running_mean")
     new_var = te.compute(total.shape, lambda c: (one - m) * running_var[c] + m * var[c] * unbias,
@@ -428,21 +453,32 @@ def batchnorm_train(layer, x, weight, bias, running_mean, running_var):
 
 def grad_batchnorm(layer, x, dy, weight, mean, var):
     """dx, dgamma, dbeta of training-mode batch norm from the saved batch statistics."""
-    spatial = [int(s) for s in x.shape[2:]]
-    count = x.shape[0] * math.prod(spatial) if spatial else x.shape[0]
-    count_f = count.astype(x.dtype) if not isinstance(count, int) else const(count, x.dtype)
-    eps = const(layer.eps, x.dtype)
-
-    def xhat(n, c, *sp):
-        return (x[(n, c, *sp)] - mean[c]) / tirx.sqrt(var[c] + eps)
-
-    dbeta = _sum_over_batch_and_space(dy, "bn_dbeta")
-    dgamma = _sum_over_batch_and_space(dy, "bn_dgamma",
-                                       lambda n, c, *sp: dy[(n, c, *sp)] * xhat(n, c, *sp))
-    dx = te.compute(x.shape, lambda n, c, *sp: weight[c] / tirx.sqrt(var[c] + eps) * (
-        dy[(n, c, *sp)] - dbeta[c] / count_f - xhat(n, c, *sp) * dgamma[c] / count_f),
-        name="bn_dx")
+    dgamma, dbeta = batchnorm_grad_sums(layer, x, dy, mean, var)
+    dx = batchnorm_grad_input(layer, x, dy, weight, mean, var, dbeta, dgamma, _count(x))
     return dx, dgamma, dbeta
+
+
+def batchnorm_grad_sums(layer, x, dy, mean, var):
+    """[sum dy * xhat, sum dy] per channel: the weight's and the bias's gradients, and what
+    the input's gradient reads."""
+    xhat = _xhat(layer, x, mean, var)
+    return [_sum_over_batch_and_space(dy, "bn_dgamma",
+                                      lambda n, c, *sp: dy[(n, c, *sp)] * xhat(n, c, *sp)),
+            _sum_over_batch_and_space(dy, "bn_dbeta")]
+
+
+def batchnorm_grad_input(layer, x, dy, weight, mean, var, dbeta, dgamma, count):
+    """dx from the per-channel sums over ``count`` elements."""
+    eps = const(layer.eps, x.dtype)
+    xhat = _xhat(layer, x, mean, var)
+    return te.compute(x.shape, lambda n, c, *sp: weight[c] / tirx.sqrt(var[c] + eps) * (
+        dy[(n, c, *sp)] - dbeta[c] / count - xhat(n, c, *sp) * dgamma[c] / count),
+        name="bn_dx")
+
+
+def _xhat(layer, x, mean, var):
+    eps = const(layer.eps, x.dtype)
+    return lambda n, c, *sp: (x[(n, c, *sp)] - mean[c]) / tirx.sqrt(var[c] + eps)
 
 
 def grad_lrn(layer, xs, y, dy, args, out_shape):

@@ -266,17 +266,42 @@ class TrainLowering:
         self.cuda_family = None        # marked on the kernels being emitted (layer_kernels)
         self.replica = None            # a data-parallel step's [share, present]
         self.parallel: Parallel | None = None
+        self.synced_counts: dict = {}  # batch norm -> its global element count (sync_batchnorm)
 
     # -- data-parallel steps -------------------------------------------------------------------
     def replicate(self, replica, parallel: Parallel) -> None:
         """Make this a data-parallel step (``replica``: the [share, present] argument)."""
-        if parallel.sync_batchnorm and not self.syncs_batchnorm:
-            raise CompileError("sync_batchnorm is built for the CPU's float32 training step "
-                               "only; train this spec without it (per-process batch "
-                               "statistics) or on the CPU")
         self.replica, self.parallel = replica, parallel
 
-    syncs_batchnorm = False  # whether this lowering's batch norm can sum its statistics
+    def synced_batchnorm(self, node: str, x, args):
+        """``te_grad.batchnorm_train`` over the global batch: each pass's per-channel sums
+        (and the element count) summed over the processes before the next pass reads them."""
+        layer = layer_node(self.g, node).layer
+        hint = kernel_name(node)
+        local = self.emit(te_grad.batchnorm_sums, x, name=f"{hint}_sums")
+        total, count = self.all_reduce([self.item(local, 0), self.item(local, 1)], "bn_sums")
+        squares = self.emit(lambda t, s, c: te_grad.batchnorm_square_sums(t, s, c[0]),
+                            x, total, count, name=f"{hint}_squares")
+        (squares,) = self.all_reduce([squares], "bn_squares")
+        self.synced_counts[node] = count
+        return self.emit(lambda t, s, q, c, a: list(te_grad.batchnorm_normalize(
+            layer, t, s, q, c[0], a["weight"], a["bias"], a["running_mean"],
+            a["running_var"])), x, total, squares, count, args, name=hint)
+
+    def synced_batchnorm_grad(self, node: str, x, dy, weight, mean, var):
+        """(dx, d weight, d bias) of a batch norm with global statistics: the sums dx reads
+        summed over the processes; the parameter gradients this process's part (the step sums
+        them with the other gradients)."""
+        layer = layer_node(self.g, node).layer
+        hint = kernel_name(node) + "_grad"
+        local = self.emit(lambda t, d, m, v: te_grad.batchnorm_grad_sums(layer, t, d, m, v),
+                          x, dy, mean, var, name=f"{hint}_sums")
+        dgamma, dbeta = self.item(local, 0), self.item(local, 1)
+        total_dgamma, total_dbeta = self.all_reduce([dgamma, dbeta], "bn_grad_sums")
+        dx = self.emit(lambda t, d, w, m, v, g, b, c: te_grad.batchnorm_grad_input(
+            layer, t, d, w, m, v, b, g, c[0]), x, dy, weight, mean, var, total_dgamma,
+            total_dbeta, self.synced_counts[node], name=f"{hint}_dx")
+        return dx, dgamma, dbeta
 
     def shared(self, value):
         """A gradient of the loss scaled by this process's share of the global batch."""
@@ -350,9 +375,12 @@ class TrainLowering:
         args = self.args(node)
         hint = kernel_name(node)
         if isinstance(layer, BatchNorm):
-            res = self.emit(lambda t, a: list(te_grad.batchnorm_train(
-                layer, t, a["weight"], a["bias"], a["running_mean"], a["running_var"])),
-                xs[0], args, name=hint)
+            if self.parallel and self.parallel.sync_batchnorm:
+                res = self.synced_batchnorm(node, xs[0], args)
+            else:
+                res = self.emit(lambda t, a: list(te_grad.batchnorm_train(
+                    layer, t, a["weight"], a["bias"], a["running_mean"], a["running_var"])),
+                    xs[0], args, name=hint)
             out, mean, var, rm, rv = (self.item(res, i) for i in range(5))
             self.saved[node] = (mean, var)
             names = param_names(self.g, node)
@@ -392,11 +420,16 @@ class TrainLowering:
         grads = {}
         if isinstance(layer, BatchNorm):
             mean, var = self.saved[node]
-            res = self.emit(lambda t, d, w, m, v: list(te_grad.grad_batchnorm(layer, t, d, w, m,
-                                                                                v)),
-                            xs[0], dy, args["weight"], mean, var, name=hint)
-            grads[names["weight"]], grads[names["bias"]] = self.item(res, 1), self.item(res, 2)
-            dxs = [self.item(res, 0)]
+            if node in self.synced_counts:
+                dx, grads[names["weight"]], grads[names["bias"]] = self.synced_batchnorm_grad(
+                    node, xs[0], dy, args["weight"], mean, var)
+                dxs = [dx]
+            else:
+                res = self.emit(lambda t, d, w, m, v: list(te_grad.grad_batchnorm(
+                    layer, t, d, w, m, v)), xs[0], dy, args["weight"], mean, var, name=hint)
+                grads[names["weight"]], grads[names["bias"]] = self.item(res, 1), \
+                    self.item(res, 2)
+                dxs = [self.item(res, 0)]
         elif isinstance(layer, Dropout):
             dxs = [dy if node not in self.mvars else self.emit(
                 masked("dropout_dx"), dy, self.mvars[node], name=hint)]

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -279,6 +280,65 @@ def test_gradient_buckets_round_trip_and_add_nothing_when_absent():
         np.testing.assert_array_equal(outs[0].numpy(), expected)
         for value, out in zip(values, outs[1:]):
             np.testing.assert_array_equal(out.numpy(), value * present)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_parallel_step_of_one_process_is_the_plain_step(dtype, bn_specs, monkeypatch):
+    """With the all-reduce of one process (the identity), share 1 and present 1, the
+    data-parallel step with synchronised batch norm computes what the plain step does: the
+    CPU's scheduled lowering (float32) and the plain lowering CUDA builds use (float64 here)."""
+    import tvm
+    from tvm.runtime import vm as tvm_vm
+
+    from cnncompiler.backends.targets import parse_target
+    from cnncompiler.backends.train_build import compile_train_module
+    from cnncompiler.backends.train_lower import Parallel
+    from cnncompiler.graph import load_checked
+    from cnncompiler.passes import optimize
+    from cnncompiler.spec.losses import loss_terms
+    from cnncompiler.train import distributed, optim
+
+    calls = []
+
+    def one_process_sum(bucket):
+        calls.append(bucket.shape)
+        return tvm.runtime.tensor(bucket.numpy(), bucket.device)
+
+    tvm.register_global_func(distributed.ALL_REDUCE, one_process_sum, override=True)
+    monkeypatch.setattr(distributed, "_registered", False)  # the real one is registered anew
+    g, _ = load_checked(bn_specs[True])
+    g, _ = optimize(g, passes=["eliminate-dead"])
+    train = g.graph["train"]
+    terms = [t.to_json() for t in loss_terms(train.loss, g.graph["outputs"], train.loss_weights)]
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 1, 16, 16)).astype(dtype)
+    y = rng.integers(0, 10, 6).astype(np.int32)
+    hyper = optim.hyper_vector(optim.optimizer_from({"type": "sgd", "lr": 0.1,
+                                                     "momentum": 0.9}), 0.1, 0).astype(dtype)
+    results = []
+    for parallel in (None, Parallel(sync_batchnorm=True)):
+        executable, sig = compile_train_module(g, terms, "sgd", parse_target("cpu"), dtype,
+                                               parallel=parallel)
+        vm = tvm_vm.VirtualMachine(executable, tvm.cpu())
+        values = {k: rng_like(k, sig.shapes[k], dtype) for k in sig.params + sig.buffers +
+                  sig.state}
+        replica = [np.array([1.0, 1.0], dtype)] if parallel else []
+        args = [tvm.runtime.tensor(a) for a in [x, y, hyper, *replica,
+                                                *(values[k] for k in values)]]
+        results.append([o.numpy() for o in vm["train_step"](*args)])
+    assert calls, "the parallel step made no all-reduce call"
+    for plain, parallel in zip(*results):
+        np.testing.assert_allclose(parallel, plain, rtol=1e-5 if dtype == "float32" else 1e-12,
+                                   atol=1e-6 if dtype == "float32" else 1e-12)
+
+
+def rng_like(name: str, shape, dtype) -> np.ndarray:
+    """Parameters away from their defaults, the same for every build (seeded by the name)."""
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    if name.endswith("running_var"):
+        return rng.uniform(0.5, 2.0, shape).astype(dtype)
+    return (rng.standard_normal(shape) * 0.3).astype(dtype)
 
 
 def test_buckets_respect_their_limits(monkeypatch):

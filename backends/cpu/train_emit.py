@@ -103,9 +103,6 @@ class CpuTrainLowering(TrainLowering):
         self.consumed: dict[str, list] = {}   # each layer's inputs in the layouts it read
         self.input_grads: dict[str, str] = {}  # conv -> how its input gradient is computed
         self.family_schedule = None  # the schedule of a family te_grad's kernels run under
-        self.synced_counts: dict = {}  # batch norm -> its global element count (sync_batchnorm)
-
-    syncs_batchnorm = True
 
     # -- values, layouts and kernels -----------------------------------------------------------
     def emit(self, fn, *args, name: str, schedule=None):
