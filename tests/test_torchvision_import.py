@@ -61,8 +61,11 @@ def build_twin(name: str, seed: int):
 
 @needs_torch
 @pytest.mark.torch
+@pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMS))
 def test_torchvision_network_imports_and_compiles_as_onnx_runtime_computes(tmp_path, name):
+    pytest.importorskip("tvm", reason="the TVM compiler is not installed")
     net, shape = build_twin(name, seed=sorted(TORCHVISION_PARAMS).index(name))
     assert sum(p.numel() for p in net.parameters()) == TORCHVISION_PARAMS[name]
     state = {k: tuple(v.shape) for k, v in net.state_dict().items()
