@@ -231,6 +231,17 @@ def test_a_spec_error_is_reported_once_before_any_process_starts(tmp_path):
     assert result.stderr.count("unknown layer type 'conv2dd'") == 1
 
 
+def test_a_lost_peer_is_reported_with_the_rank_and_the_cause():
+    from cnncompiler.train.distributed import lost_contact
+
+    gloo = RuntimeError("[/src/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:9961: "
+                        "Connection reset by peer. This is typically caused by a remote worker")
+    message = lost_contact(0, 2, gloo)
+    assert message.startswith("rank 0 of 2: another training process stopped")
+    assert "(Read error [127.0.0.1]:9961: Connection reset by peer)" in message
+    assert "--resume" in message
+
+
 def test_nproc_must_be_positive(tmp_path):
     result = cnnc("train", LENET, "-o", tmp_path / "run", "--nproc", 0, *COMMON, check=False)
     assert result.returncode != 0 and "--nproc must be a positive number" in result.stderr

@@ -109,10 +109,20 @@ class Replicas:
 
 
 def lost_contact(rank: int, world: int, exc: Exception) -> str:
-    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    first = _first_sentence(str(exc)) or type(exc).__name__
     return (f"rank {rank} of {world}: another training process stopped or cannot be reached "
             f"({first}); the run stops here, and its last checkpoint is intact (resume it "
             "with --resume)")
+
+
+def _first_sentence(message: str) -> str:
+    """The part of a gloo/NCCL error a user reads: its first line without the source location
+    (``[.../pair.cc:537] Read error [127.0.0.1]:9961: Connection reset by peer. This is ...``
+    gives ``Read error [127.0.0.1]:9961: Connection reset by peer``)."""
+    line = message.strip().splitlines()[0] if message.strip() else ""
+    if line.startswith("[") and "] " in line:
+        line = line.split("] ", 1)[1]
+    return line.split(". ")[0].rstrip(".")[:300]
 
 
 _current: Replicas | None = None
