@@ -63,7 +63,8 @@ def run_kernel(geo, m: int, batch: int = 2, seed: int = 0):
     wb = np.ascontiguousarray(apply_layout(f"winograd:{m}:{geo.ib}:{geo.ob}", w))
     xt, wt = te.placeholder(xb.shape, name="x"), te.placeholder(wb.shape, name="w")
     y = winograd_conv(xt, wt, None, geo, m=m)
-    func = schedule_winograd(te.create_prim_func([xt, wt, y]), geo, m)
+    registers = 32 if geo.ob >= 16 else 16
+    func = schedule_winograd(te.create_prim_func([xt, wt, y]), geo, m, registers)
     target = tvm.target.Target(parse_target("cpu").config)
     with target:
         lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=target)
@@ -96,6 +97,13 @@ def test_kernel_matches_reference(case, m):
     assert_close(got, want, what=f"{case} F({m}x{m}, 3x3)")
     text = func.script()
     assert "T.parallel" in text or "T.vectorized" in text
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_avx2_blocks(m):
+    """AVX2's 8-lane blocks and 16 registers: other register tiles, the same results."""
+    got, want, _ = run_kernel(geometry(20, 40, (7, 10), ib=8, ob=8), m)
+    assert_close(got, want, what=f"8-lane blocks F({m}x{m}, 3x3)")
 
 
 @pytest.mark.parametrize("m", [2, 4])
