@@ -559,6 +559,57 @@ def test_slice_of_opset_9_reads_its_attributes(tmp_path):
     assert "- {name: s, type: slice, axis: rows, start: 1, stop: 3}" in text
 
 
+
+@needs_torch
+@pytest.mark.parametrize("opset", [11, 17])
+def test_torch_split_imports_as_a_slice_per_part(tmp_path, opset):
+    """torch.split as a Split node (sizes as an attribute before opset 13, an input from it):
+    a slice per part that is read, compared with ONNX Runtime."""
+    import torch
+    from torch import nn
+
+    class Parts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            first, middle, last = torch.split(y, [3, 4, 1], dim=1)
+            _, bottom = torch.split(y, 4, dim=2)
+            return torch.cat([first, last], 1), middle, bottom
+
+    torch.manual_seed(0)
+    path = tmp_path / "split.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Parts().eval(), torch.zeros(1, 3, 7, 6), str(path), dynamo=False,
+                          input_names=["x"], dynamic_axes={"x": {0: "batch"}},
+                          opset_version=opset)
+    text, params = import_onnx(path)
+    assert "{name: split_0, type: slice, stop: 3}" in text
+    assert "{name: split_1_1, type: slice, axis: rows, start: 4, inputs: [conv]}" in text
+    x = np.random.default_rng(1).standard_normal((2, 3, 7, 6)).astype(np.float32)
+    got = run_reference(checked(text), x, params)
+    want = onnx_outputs(path.read_bytes(), x)
+    for g, w in zip(got.values(), want.values()):
+        assert_matches(g, w, rel=1e-5)
+
+
+def test_split_into_equal_parts_rounds_as_onnx_does(tmp_path):
+    """Opset 18's num_outputs: parts of ceil(size / n), the last one smaller (7 into 3, 3, 1)."""
+    import onnxruntime
+
+    node = helper.make_node("Split", ["x"], ["a", "b", "y"], name="parts", axis=3,
+                            num_outputs=3)
+    path = onnx_file(tmp_path / "split18.onnx", [node], (6, 5, 7), opset=18)
+    text, _ = import_onnx(path)
+    assert "- {name: parts_2, type: slice, axis: cols, start: 6}" in text
+    x = np.random.default_rng(0).standard_normal((2, 6, 5, 7)).astype(np.float32)
+    want = onnxruntime.InferenceSession(str(path)).run(["y"], {"x": x})[0]
+    (got,) = run_reference(checked(text), x, {}).values()
+    np.testing.assert_array_equal(got, want)
+
 def test_slices_cnnc_cannot_take_are_refused(tmp_path):
     def bounds(starts, ends, axes, steps):
         return {k: np.array(v, np.int64) for k, v in zip(("starts", "ends", "axes", "steps"),

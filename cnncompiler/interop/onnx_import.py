@@ -5,10 +5,10 @@
 The model's shapes are inferred first (onnx's shape inference). Then the operators cnnc can
 express become layers, one entry per operator type in ``ONNX_IMPORT``; what PyTorch's exporter
 writes as several operators is first rewritten into the one it stands for (x * sigmoid(x) is
-Swish, the error-function formula is Gelu, MatMul and a constant Add are Gemm); nodes whose
-inputs are all constants are evaluated (weight-sharing Identity nodes, reshaped slopes). Any
-other operator that the outputs depend on is refused with the node's name, its operator and
-the model's opset: nothing is dropped.
+Swish, the error-function formula is Gelu, MatMul and a constant Add are Gemm), and a Split
+into a Slice per output; nodes whose inputs are all constants are evaluated (weight-sharing
+Identity nodes, reshaped slopes). Any other operator that the outputs depend on is refused
+with the node's name, its operator and the model's opset: nothing is dropped.
 
 Layer names come from the node names, which PyTorch's exporter makes from the module paths:
 ``/layer1/layer1.0/conv1/Conv`` is ``layer1.0.conv1``; a node of a module that holds other
@@ -708,7 +708,52 @@ def replace(graph: OnnxGraph, nodes: list, new) -> None:
     graph.index()
 
 
-REWRITES = (rewrite_erf_gelu, rewrite_gates, rewrite_mish, rewrite_matmul_add)
+def split_sizes(graph: OnnxGraph, split) -> list[int] | None:
+    """The sizes a Split cuts its axis into (given, or equal parts as ONNX rounds them), or
+    None where they are not known before the model runs (left to be refused as a Split)."""
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in split.attribute}
+    shape = graph.shape(split.input[0])
+    axis = attrs.get("axis", 0)
+    if shape is None or not -len(shape) <= axis < len(shape) or shape[axis] is None:
+        return None
+    if len(split.input) > 1 and split.input[1]:
+        given = graph.constants.get(split.input[1])
+        return None if given is None else [int(v) for v in np.ravel(given)]
+    if "split" in attrs:
+        return [int(v) for v in attrs["split"]]
+    parts = len(split.output)
+    step = -(-shape[axis] // parts)  # opset 18's num_outputs: the last part may be smaller
+    return [min(step, shape[axis] - step * i) for i in range(parts)]
+
+
+def rewrite_split(graph: OnnxGraph) -> None:
+    """Split (torch.split, torch.chunk): a Slice per output, each taking its stretch of the
+    axis, so that each output is a layer of its own."""
+    from onnx import helper
+
+    for split in [n for n in graph.nodes if n.op_type == "Split"]:
+        sizes = split_sizes(graph, split)
+        if sizes is None or len(sizes) != len(split.output):
+            continue
+        axis = next((a.i for a in split.attribute if a.name == "axis"), 0)
+        slices, start = [], 0
+        for i, (output, size) in enumerate(zip(split.output, sizes)):
+            bounds = []
+            for what, value in (("starts", start), ("ends", start + size), ("axes", axis)):
+                bounds.append(f"{split.name or 'split'}_{i}_{what}")
+                graph.constants[bounds[-1]] = np.array([value], np.int64)
+            slices.append(helper.make_node("Slice", [split.input[0], *bounds], [output],
+                                           name=f"{split.name or 'Split'}_{i}",
+                                           doc_string="from Split"))
+            start += size
+        at = next(i for i, n in enumerate(graph.nodes) if n is split)
+        graph.nodes[at:at + 1] = slices
+        graph.index()
+
+
+REWRITES = (rewrite_erf_gelu, rewrite_gates, rewrite_mish, rewrite_matmul_add, rewrite_split)
 
 
 # -- the model ------------------------------------------------------------------------------------
