@@ -65,8 +65,9 @@ class Slice(Layer):
         ax = self.sample_axis(len(shape))
         taken = len(self.positions(shape[ax]))
         if taken == 0:
+            stop = "null" if self.stop is None else self.stop  # as the spec writes it
             raise ShapeError(f"takes nothing from axis {self.axis} of size {shape[ax]} "
-                             f"(start {self.start}, stop {self.stop}, step {self.step})",
+                             f"(start {self.start}, stop {stop}, step {self.step})",
                              "at least one position", "check start and stop against the size")
         return shape[:ax] + (taken,) + shape[ax + 1:]
 
