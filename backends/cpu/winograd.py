@@ -3,17 +3,19 @@ scheduled kernel, for 3x3 convs of stride 1, dilation 1, one group.
 
 The output is cut in tiles of m x m pixels (the last row and column of tiles may overhang the
 output: the overhang is computed from zero padding and never written). With ``alpha = m + 2``
-and ``E = alpha^2``, three stages run inside each parallel task, one band of tile rows:
+and ``E = alpha^2``, each parallel task (a band of tile rows) runs:
 
 - input transform: ``V[e, tile, c] = (B^T d B)[e]`` of each tile's (alpha x alpha) input
   patch, one vector of ``ib`` channels at a time (zero padding read as zeros);
-- E matrix products, ``M[e, tile, o] = sum_c V[e, tile, c] U[e, o, c]``, with ``U`` the
-  weights transformed once at load time (layout ``winograd:m:ib:ob``, graph/winograd.py),
-  register-tiled as the direct conv: ``ro`` output channel blocks x ``rt`` tiles;
-- output transform ``A^T M A`` fused into the epilogue (bias, batch norm, residual,
-  activation): each output pixel is computed from its tile's E products and written once.
+- then for each ``ro`` output channel blocks, the E matrix products
+  ``M[e, tile, o] = sum_c V[e, tile, c] U[e, o, c]``, with ``U`` the weights transformed once
+  at load time (layout ``winograd:m:ib:ob``, graph/winograd.py), register-tiled as the direct
+  conv: ``ro`` output channel blocks x ``rt`` tiles; and right after them the output transform
+  ``A^T M A`` fused into the epilogue (bias, batch norm, residual, activation): each output
+  pixel computed from its tile's E products and written once.
 
-``V`` and ``M`` exist only per task (a band of tile rows), so they stay in cache.
+``V`` (the band's) and ``M`` (the band's, for ``ro`` channel blocks) exist only per task, so
+they stay in cache.
 """
 
 from __future__ import annotations
@@ -49,19 +51,20 @@ def eligible(geo: ConvGeometry) -> str | None:
 # The rule below, from benchmarks/winograd_layers.py on this project's machine (2 threads,
 # AVX-512, batch 1, bias epilogue, median of 5 interleaved rounds; time relative to the
 # direct kernel, F(2) / F(4); t2, t4: tiles per image):
-#   64->64 at 32x32: 0.55 / 0.37    128->128 at 16: 0.60 / 0.57 (t4 16)
-#   256->256 at 8: 0.99 (t2 16) / 1.53 (t4 4)     512->512 at 4: 1.94 / 2.20
-#   64->64 at 56: 0.58 / 0.38       128->128 at 28: 0.80 / 0.57
-#   256->256 at 14: 0.81 (t2 49) / 0.83 (t4 16)   512->512 at 7: 1.30 (t2 16) / 1.34
-#   64->128 at 112: 0.45 / 0.32     128->256 at 56: 0.60 / 0.50   256->256 at 56: 0.67 / 0.63
-#   256->512 at 28: 0.97 / 0.68     512->512 at 28: 0.84 / 1.05   512->512 at 14: 0.62 / 0.71
-#   16->16 at 32: 0.96 / 0.60       32->32 at 16: 0.72 / 0.52
+#   64->64 at 32x32: 0.46 / 0.32    128->128 at 16: 0.61 / 0.59 (t4 16)
+#   256->256 at 8: 0.96 (t2 16) / 1.39 (t4 4)     512->512 at 4: 1.92 / 4.20
+#   512->512 at 7: 1.08 (t2 16) / 1.68 (t4 4)
+#   64->64 at 56: 0.54 / 0.41       128->128 at 28: 0.69 / 0.54
+#   256->256 at 14: 0.76 / 0.55 (t4 16)           512->512 at 14: 0.54 / 0.61 (t4 16)
+#   64->128 at 112: 0.51 / 0.33     128->256 at 56: 0.58 / 0.56
+#   256->512 at 28: 0.91 / 0.59 (t4 49)           512->512 at 28: 0.95 / 0.58 (t4 49)
+#   32->32 at 16: 0.72 / 0.50       (16->16 at 32: 0.96 / 0.60, in an earlier run)
 # Winograd loses where a few tiles share big transformed weights (each task reads all of
-# them: E C O floats), and F(4)'s 36 products per tile lose to F(2)'s 16 when C O reaches
-# 512 x 512. Below 32 channels the gain is under 0.04 ms a layer; such convs stay direct.
+# them: E C O floats): F(4) wants 16 tiles, and 32 once C O passes 256 x 256; F(2) wants 32.
+# Below 32 channels the gain is under 0.04 ms a layer; such convs stay direct.
 MIN_CHANNELS = 32
 MIN_TILES = {4: 16, 2: 32}         # tiles per image (batch 1) for the products to pay off
-MAX_F4_WEIGHTS = 256 * 512         # C x O beyond which F(2) beats F(4)
+BIG_WEIGHTS = 256 * 256            # C x O beyond which F(4) wants twice the tiles
 
 
 def choose_conv_algorithm(geo: ConvGeometry) -> int:
@@ -70,9 +73,8 @@ def choose_conv_algorithm(geo: ConvGeometry) -> int:
     if eligible(geo) is not None or min(geo.cin, geo.cout) < MIN_CHANNELS:
         return 0
     for m in (4, 2):
-        if m == 4 and geo.cin * geo.cout > MAX_F4_WEIGHTS:
-            continue
-        if math.prod(tiles(geo, m)) >= MIN_TILES[m]:
+        wanted = MIN_TILES[m] * (2 if m == 4 and geo.cin * geo.cout > BIG_WEIGHTS else 1)
+        if math.prod(tiles(geo, m)) >= wanted:
             return m
     return 0
 
@@ -190,12 +192,12 @@ class WinogradTile:
 def choose_winograd_tile(geo: ConvGeometry, m: int, registers: int = 32,
                          batch: int | None = None) -> WinogradTile:
     """A register tile as the direct conv's rule picks one (tiles for output columns), and
-    the most tile rows per task whose V and M fit ``TASK_BYTES``, keeping at least two tasks
+    the most tile rows per task whose V (and M of ``ro`` channel blocks) fit ``TASK_BYTES``, keeping at least two tasks
     for the two threads when there are two tile rows (``batch`` of None: any batch)."""
     th, tw = tiles(geo, m)
     ro, rt = register_tile([d for d in divisors(tw) if d <= 8], geo.out_blocks, registers)
     e = (m + 2) ** 2
-    row_bytes = e * tw * (geo.in_blocks * geo.ib + geo.out_blocks * geo.ob) * 4
+    row_bytes = e * tw * (geo.in_blocks * geo.ib + ro * geo.ob) * 4
     fits = [d for d in divisors(th) if d * row_bytes <= TASK_BYTES or d == 1]
     if (batch or 1) == 1 and th > 1:
         fits = [d for d in fits if d < th] or [1]
@@ -218,7 +220,8 @@ def schedule_winograd(func, geo: ConvGeometry, m: int, registers: int = 32,
     band, h_in = sch.split(h, [None, tile.rh * m])
     h_o, hm = sch.split(h_in, [tile.rh, m])
     w_o, wm = sch.split(w, [None, m])
-    sch.reorder(n, band, ob, h_o, w_o, hm, wm, j)
+    ob_o, ob_i = sch.split(ob, [None, tile.ro])
+    sch.reorder(n, band, ob_o, ob_i, h_o, w_o, hm, wm, j)
     _transform_at(sch, "winograd_output_rows", w_o)
     par = sch.fuse(n, band)
     flops = 2 * (m + 2) ** 2 * math.prod(tiles(geo, m)) * geo.cin * geo.cout
@@ -227,13 +230,13 @@ def schedule_winograd(func, geo: ConvGeometry, m: int, registers: int = 32,
     sch.unroll(hm)
     sch.unroll(wm)
     sch.vectorize(j)
-    # the band's products, accumulated in registers and written back once per register tile
+    # the products of the band and of ``ro`` output channel blocks, just before their output
+    # transform: accumulated in registers, written back once per register tile
     gemm = sch.get_sblock("winograd_product")
-    sch.compute_at(gemm, par, preserve_unit_loops=True)
-    e, _, ty, tx, ob, j, cb, ci = sch.get_loops(gemm)[-8:]
-    ob_o, ob_i = sch.split(ob, [None, tile.ro])
+    sch.compute_at(gemm, ob_o, preserve_unit_loops=True)
+    e, _, ty, tx, ob_i, j, cb, ci = sch.get_loops(gemm)[-8:]
     tx_o, tx_i = sch.split(tx, [None, tile.rt])
-    sch.reorder(ob_o, e, ty, tx_o, cb, ci, ob_i, tx_i, j)
+    sch.reorder(e, ty, tx_o, cb, ci, ob_i, tx_i, j)
     acc = sch.cache_write(gemm, 0, "local")
     sch.reverse_compute_at(acc, tx_o)
     sch.unroll(ob_i)
