@@ -133,10 +133,12 @@ def gpu_rules():
             dl.gpu.Fallback())
 
 
-def schedule_checked(mod, target):
+def schedule_checked(mod, target, precision: str = "fp32", tensor_core: list | None = None):
     """Each PrimFunc scheduled by dlight's rules, then checked by lowering its cross-thread
     reductions; where that fails, scheduled by the Fallback rule alone (one thread per output
-    element: correct, slower).
+    element: correct, slower). Under precision ``mixed`` a conv or dense kernel gets its
+    tensor-core schedule instead (``cuda_tensorcore``); its name is appended to
+    ``tensor_core``.
 
     NOTE: dlight's Reduction rules accept a grouped convolution (groups > 1, more than one
     channel per group) and give a schedule whose cross-thread reduction TVM cannot lower
@@ -146,6 +148,7 @@ def schedule_checked(mod, target):
     from tvm import s_tir, tirx
     from tvm.s_tir import dlight as dl
 
+    from .cuda_tensorcore import schedule_tensor_core
     from .lower import CUDA_FAMILY_ATTR
 
     # the first two passes of the s_tir lowering (s_tir.pipeline), where that check is made
@@ -158,6 +161,13 @@ def schedule_checked(mod, target):
         if family is not None and str(family) in CUDA_SCHEDULES:
             mod[gv] = _binding_threads(gv, CUDA_SCHEDULES[str(family)]()(func))
             continue
+        if precision == "mixed":
+            scheduled = schedule_tensor_core(gv, func, target)
+            if scheduled is not None:
+                mod[gv] = _binding_threads(gv, scheduled)
+                if tensor_core is not None:
+                    tensor_core.append(gv.name_hint)
+                continue
         # a module of its own each time: dlight may rewrite the one it is given in place
         try:
             scheduled = dl.ApplyDefaultSchedule(*gpu_rules())(tvm.IRModule({gv: func}))
@@ -189,15 +199,15 @@ def _binding_threads(gv, func):
     return func
 
 
-def relax_pipeline(target):
+def relax_pipeline(target, precision: str = "fp32", tensor_core: list | None = None):
     """TVM's default CUDA pipeline, with dlight's schedules checked kernel by kernel
-    (``schedule_checked``)."""
+    (``schedule_checked``), and tensor-core schedules under precision ``mixed``."""
     import tvm
     from tvm.relax.backend.cuda import pipeline as cuda
 
     @tvm.transform.module_pass(opt_level=0, name="cnnc.CheckedGpuSchedule")
     def checked(mod, _ctx):
-        return schedule_checked(mod, target)
+        return schedule_checked(mod, target, precision, tensor_core)
 
     # the default legalization ends with dlight's ApplyDefaultSchedule: ours replaces it
     *legalize, _ = cuda.legalize_passes(target)
@@ -214,7 +224,8 @@ def relax_pipeline(target):
 
 
 def build_cuda(mod, choice, lib_path: Path) -> dict:
-    """Compile a Relax module for CUDA (dlight GPU schedules) and export it with device code."""
+    """Compile a Relax module for CUDA (dlight GPU schedules; tensor-core schedules for conv
+    and dense under ``choice.precision == "mixed"``) and export it with device code."""
     nvcc = find_nvcc()
     os.environ["PATH"] = str(Path(nvcc).parent) + os.pathsep + os.environ.get("PATH", "")
     if not sidecar_loaded():
@@ -222,14 +233,19 @@ def build_cuda(mod, choice, lib_path: Path) -> dict:
     import tvm
 
     target = tvm.target.Target(choice.config, host=choice.host)
+    precision = choice.precision
+    tensor_core: list[str] = []
     with target:
-        executable = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target))
+        executable = tvm.compile(mod, target=target,
+                                 relax_pipeline=relax_pipeline(target, precision, tensor_core))
     executable.export_library(str(lib_path))
     data = Path(lib_path).read_bytes()
     kernels = any(isinstance(f, tvm.tirx.PrimFunc) for _, f in mod.functions_items())
     if not kernels:  # every layer was removed as the identity: the model copies its input
-        return {"device_code": "none", "nvcc": nvcc}
+        return {"device_code": "none", "nvcc": nvcc, "precision": precision,
+                "tensor_core_kernels": []}
     if FATBIN_MAGIC not in data:
         raise CompileError("CUDA compilation produced no device code (no fatbin in the library)")
-    return {"device_code": "fatbin", "nvcc": nvcc}
+    return {"device_code": "fatbin", "nvcc": nvcc, "precision": precision,
+            "tensor_core_kernels": sorted(set(tensor_core))}
 

@@ -25,7 +25,8 @@ DEFAULT_CUDA_ARCH = "sm_90"
 
 @dataclass(frozen=True)
 class TargetChoice:
-    """A resolved target: ``kind`` is 'cpu' or 'cuda'; ``config`` is TVM's target dict."""
+    """A resolved target: ``kind`` is 'cpu' or 'cuda'; ``config`` is TVM's target dict;
+    ``precision`` the build's precision policy (``backends.precision``)."""
 
     kind: str
     config: dict
@@ -34,6 +35,7 @@ class TargetChoice:
     vector_lanes: int = 8
     arch: str | None = None
     extra: dict = field(default_factory=dict)
+    precision: str = "fp32"
 
     def describe(self) -> str:
         if self.kind == "cuda":

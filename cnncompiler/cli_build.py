@@ -42,6 +42,7 @@ def cmd_compile(args) -> int:
                          batch_sizes=_int_list(args.batch_sizes) if args.batch_sizes else (),
                          seed=args.seed, weights=args.weights, tune_budget=args.tune_budget,
                          tuning_cache=False if args.no_tuned else args.cache,
+                         precision=args.precision,
                          progress=lambda line: print(line, file=sys.stderr, flush=True))
     seconds = time.perf_counter() - start
     report = load_report(args.output)
@@ -213,6 +214,9 @@ def register(sub) -> None:
     c.add_argument("--target", default="cpu",
                    help="cpu (this machine), \"llvm -mcpu=NAME\", or cuda (default: cpu)")
     c.add_argument("--arch", help="CUDA architecture, e.g. sm_80 (default sm_90)")
+    c.add_argument("--precision", choices=("fp32", "mixed"), default="fp32",
+                   help="fp32 (default), or mixed (CUDA: conv and dense on tensor cores with "
+                        "float16 operands and float32 accumulation)")
     c.add_argument("-O", dest="opt_level", type=int, default=2, choices=(0, 1, 2),
                    help="optimisation level: 0 none, 1 cleanups + batch-norm folding, 2 + fusion")
     c.add_argument("--passes", help="comma-separated passes to run instead of a level")

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import tempfile
@@ -73,7 +74,7 @@ def tuning_hook(choice, tuning_cache):
 def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str, *,
                    arch: str | None = None, opt_level: int = 2, passes=None, batch_sizes=(),
                    seed: int = 0, weights: str | None = None, tune_budget=None,
-                   tuning_cache=None, progress=None) -> dict:
+                   tuning_cache=None, progress=None, precision: str | None = None) -> dict:
     """Compile a spec into an artifact directory; returns the manifest.
 
     The files are built inside ``output_dir`` and committed whole at the end, so a failed or
@@ -82,14 +83,17 @@ def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str,
     batch-specialised functions first (``progress`` gets a line per kernel); the build then
     uses every cached schedule measured faster than cnnc's default (``tuning_cache``: the
     cache directory, default ``$CNNC_CACHE/tuning`` or ~/.cache/cnnc/tuning; False: none).
+    ``precision``: 'fp32' (default) or 'mixed' (CUDA: ``backends.precision``).
     """
     from cnncompiler.backends import build_library, require_compiler
+    from cnncompiler.backends.precision import check_fp16_weights, check_precision
     from cnncompiler.backends.targets import parse_target
 
     require_compiler("compiling")
     import tvm
 
     choice = parse_target(target, arch)
+    choice = dataclasses.replace(choice, precision=check_precision(precision, choice.kind))
     budget_s = check_tuning(choice, tune_budget, batch_sizes)
     out = Path(output_dir)
     art.check_output_dir(out)  # before any tuning budget is spent
@@ -108,6 +112,8 @@ def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str,
             params = validate_weights(graph, read_weights(weights), {}, strict=True, copy=False)
         else:
             params = init_params(graph, seed)
+        if choice.precision == "mixed":
+            check_fp16_weights(optimized, params)
         from .runtime.weights import write_weights
         write_weights(staging / art.WEIGHTS, params)
         start = time.perf_counter()
@@ -119,7 +125,9 @@ def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str,
         report = {"passes": [r.to_json() for r in reports],
                   "warnings": [w.format() for w in warnings],
                   "kernels": kernel_report(optimized, tuned["tuned"]),
-                  "tuning": {**tuned, "search": search}}
+                  "tuning": {**tuned, "search": search},
+                  "precision": {"policy": choice.precision,
+                                "tensor_core_kernels": build.get("tensor_core_kernels", [])}}
         (staging / art.REPORT).write_text(json.dumps(report, indent=2) + "\n")
         inputs, outputs = signature_json(graph)
         manifest = {
@@ -127,6 +135,7 @@ def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "spec": {"name": graph.graph["name"], "file": art.SPEC, "source": spec_path},
             "target": choice.to_json(),
+            "precision": choice.precision,
             "optimization": {"level": opt_level if passes is None else None, "passes": chosen},
             "input": inputs[0], "inputs": inputs, "outputs": outputs,
             "batch_sizes": sorted(set(int(b) for b in batch_sizes)),
@@ -174,7 +183,7 @@ def kernel_report(g, tuned=()) -> list[dict]:
 
 def compile(spec, target: str = "cpu", output_dir=None, *, arch: str | None = None,
             opt_level: int = 2, passes=None, batch_sizes=(), seed: int = 0, weights=None,
-            tune_budget=None, tuning_cache=None, progress=None):
+            tune_budget=None, tuning_cache=None, progress=None, precision: str | None = None):
     """Compile a spec file to a model ready to run (CPU) or to ship (CUDA).
 
     ``output_dir=None`` compiles into a temporary directory that lives as long as the model.
@@ -182,7 +191,8 @@ def compile(spec, target: str = "cpu", output_dir=None, *, arch: str | None = No
     On the CPU their kernels use the tuned schedules the tuning cache holds where those were
     measured faster than cnnc's own (``tuning_cache``: a directory, or False for none);
     ``tune_budget`` (``"10m"``, ``"90s"``, or seconds) tunes them first, reporting each
-    kernel to ``progress``.
+    kernel to ``progress``. ``precision``: 'fp32' (default) or, for CUDA, 'mixed' (conv and
+    dense on tensor cores, float16 operands, float32 accumulation).
     """
     from .train.model import load
 
@@ -202,8 +212,10 @@ def compile(spec, target: str = "cpu", output_dir=None, *, arch: str | None = No
                    passes=list(passes) if passes is not None else None,
                    batch_sizes=list(batch_sizes), seed=seed,
                    weights=str(weights) if weights is not None else None,
-                   tuning_cache=str(tuning_cache) if tuning_cache else tuning_cache)
+                   tuning_cache=str(tuning_cache) if tuning_cache else tuning_cache,
+                   precision=precision)
     from cnncompiler.backends import compiler_ready, cuda
+    from cnncompiler.backends.precision import check_precision
 
     from .compile_worker import compile_in_worker
 
@@ -216,6 +228,7 @@ def compile(spec, target: str = "cpu", output_dir=None, *, arch: str | None = No
     from cnncompiler.backends.targets import parse_target
 
     choice = parse_target(target, arch)
+    check_precision(precision, choice.kind)
     check_tuning(choice, tune_budget, batch_sizes)
     if choice.kind == "cuda":
         cuda.find_nvcc()

@@ -107,6 +107,15 @@ def test_spec_compiles_to_device_code(built, stem):
     assert "nvcc" in manifest["build"]
 
 
+def test_cuda_builds_default_to_fp32(built):
+    """Precision ``mixed`` (tests/test_cuda_mixed.py) is asked for; the default is fp32."""
+    directory, error = built["resnet_tiny"]
+    assert error is None, error
+    assert art.verify(directory, "cuda")["precision"] == "fp32"
+    report = json.loads((directory / art.REPORT).read_text())
+    assert report["precision"] == {"policy": "fp32", "tensor_core_kernels": []}
+
+
 def device_kernels(directory: Path) -> set[str]:
     """The names of the device functions in the library's fatbin (its cubin's .text.NAME)."""
     data = (directory / art.LIBRARY).read_bytes()

@@ -1,0 +1,110 @@
+"""The precision policy of a build: which kernels compute in what.
+
+    fp32    every kernel reads, computes and accumulates in float32 (the default everywhere)
+    mixed   CUDA only: convolutions (groups 1) and dense layers run on tensor cores, their
+            operands rounded to float16 and their products accumulated in float32; the fused
+            epilogue (bias, folded batch norm, scale and shift, residual add, activation) and
+            every other layer stay float32, and so do the activations stored between layers
+
+Under ``mixed`` a kernel argument that float16 cannot hold (a prepared weight with
+``|w| > 65504``, batch norm folded in) is refused at compile time, naming its layer: it would
+silently become an infinity.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnncompiler.errors import CompileError
+
+PRECISIONS = ("fp32", "mixed")
+DEFAULT_PRECISION = "fp32"
+FP16_MAX = float(np.finfo(np.float16).max)  # 65504
+
+
+def check_precision(precision: str | None, target_kind: str) -> str:
+    """The precision policy to build with, or a CompileError saying what is accepted."""
+    precision = precision or DEFAULT_PRECISION
+    if precision not in PRECISIONS:
+        raise CompileError(f"unknown precision '{precision}'; use one of "
+                           f"{', '.join(PRECISIONS)}")
+    if precision == "mixed" and target_kind != "cuda":
+        raise CompileError("precision 'mixed' is a CUDA policy (float16 operands on tensor "
+                           f"cores); received target '{target_kind}'; compile with --target "
+                           "cuda, or use --precision fp32 on the CPU")
+    return precision
+
+
+def runs_on_tensor_cores(layer) -> bool:
+    """Does ``mixed`` compute this layer (a conv or dense, possibly fused) on tensor cores?
+    Grouped and depthwise convolutions keep their float32 schedules."""
+    from cnncompiler.layers.conv import ConvBase
+    from cnncompiler.layers.dense import Dense
+    from cnncompiler.layers.fused import Fused
+
+    base = layer.base if isinstance(layer, Fused) else layer
+    if isinstance(base, Dense):
+        return True
+    return isinstance(base, ConvBase) and getattr(base, "groups", 1) == 1
+
+
+def tensor_core_layers(g) -> list[str]:
+    """The optimised graph's layers that ``mixed`` runs on tensor cores, in graph order."""
+    from cnncompiler.graph import layer_node, topo_layers
+
+    return [name for name in topo_layers(g) if name not in g.graph["inputs"]
+            and runs_on_tensor_cores(layer_node(g, name).layer)]
+
+
+def check_fp16_weights(g, params: dict) -> None:
+    """Refuse weights float16 cannot hold, in the form the kernels read them (batch norm
+    folded into the conv's weight), naming the layer and its largest magnitude."""
+    from cnncompiler.graph import layer_node, param_names
+
+    for name in tensor_core_layers(g):
+        names = param_names(g, name)
+        local = {k: params[glob] for k, glob in names.items()}
+        weight = np.asarray(layer_node(g, name).layer.prepare(local)["weight"], np.float64)
+        largest = float(np.abs(weight).max()) if weight.size else 0.0
+        if not largest <= FP16_MAX:
+            raise CompileError(
+                f"layer '{name}': a weight of magnitude {largest:.6g} (batch norm folded in) "
+                f"is outside float16's range (|w| <= {FP16_MAX:g}), which precision 'mixed' "
+                "casts its conv and dense weights to; rescale the weights, or compile with "
+                "--precision fp32")
+
+
+def round_fp16(a: np.ndarray) -> np.ndarray:
+    """``a`` rounded to float16 (to nearest even), back in float32."""
+    return np.asarray(a, np.float32).astype(np.float16).astype(np.float32)
+
+
+def run_mixed_reference(g, x, params: dict) -> dict[str, np.ndarray]:
+    """What a ``mixed`` build computes, in numpy on the CPU: the optimised graph run in
+    float32, each tensor-core layer's input and prepared weight rounded to float16 and its
+    products accumulated in float32 (numpy's float32 matmul), its epilogue in float32.
+
+        outputs = run_mixed_reference(optimized_graph, x, params)  # {output name: array}
+    """
+    from cnncompiler.graph import by_input_name, layer_node, param_names, topo_layers
+    from cnncompiler.layers.fused import Fused
+
+    values = {k: np.asarray(v, np.float32) for k, v in by_input_name(g, x).items()}
+    for name in topo_layers(g):
+        if name in values:
+            continue
+        node = layer_node(g, name)
+        layer = node.layer
+        xs = [values[s] for s in node.inputs]
+        local = {k: np.asarray(params[glob], np.float32)
+                 for k, glob in param_names(g, name).items()}
+        if not runs_on_tensor_cores(layer):
+            values[name] = np.asarray(layer.reference(xs, local), np.float32)
+            continue
+        args = dict(layer.prepare(local))
+        args["weight"] = round_fp16(args["weight"])
+        xs = [round_fp16(xs[0]), *xs[1:]]
+        y = layer.kernel_reference(xs, args) if isinstance(layer, Fused) else \
+            layer.reference(xs, args)
+        values[name] = np.asarray(y, np.float32)
+    return {out: values[out] for out in g.graph["outputs"]}

@@ -1,0 +1,288 @@
+"""Precision ``mixed`` for CUDA, checked without a GPU: conv (groups 1) and dense kernels are
+scheduled on tensor cores (WMMA calls in their TIR, HMMA instructions in the fatbin's SASS),
+every other kernel keeps its float32 schedule; its numerics, emulated with numpy (float16
+operands, float32 accumulation), stay within the bound the README states; the CPU refuses it;
+a weight float16 cannot hold is refused naming its layer.
+
+One worker process builds every artifact (TVM must load its CUDA runtime when it is imported,
+and importing TVM's tensor-core intrinsics alone takes about a minute on two cores).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cnncompiler as cc
+from cnncompiler.backends.precision import (FP16_MAX, check_fp16_weights, check_precision,
+                                            run_mixed_reference, tensor_core_layers)
+from cnncompiler.errors import CnncError, CompileError
+from cnncompiler.graph import load_checked
+from cnncompiler.graph.signature import kernel_name
+from cnncompiler.passes import optimize
+from cnncompiler.reference import init_params, run_reference
+from cnncompiler.runtime import artifact as art
+
+from compile_helpers import lively_params, sample_input, spec_path
+from conftest import HAVE_NVCC, ROOT
+from test_compile_layers import family_spec
+
+needs_nvcc = pytest.mark.skipif(not HAVE_NVCC, reason="nvcc (the CUDA toolkit) is not installed")
+
+# small specs that hold every kind of tensor-core kernel: strided, padded, dilated, 1x1,
+# rectangular and 1-D convs, grouped and depthwise ones (which stay float32), fused conv +
+# batch norm + residual add + relu, dense layers
+MIXED_SPECS = {"resnet_tiny": None, "family_conv2d": "conv2d", "family_conv1d": "conv1d",
+               "family_dense": "dense"}
+# the documented bound of mixed against float64: max |error| / max |logit|
+MIXED_RTOL = 1e-2
+
+WORKER = textwrap.dedent("""
+    import json, sys
+    from cnncompiler.backends.cuda import prepare_process
+    prepare_process()
+    import tvm
+    from cnncompiler.backends.cuda import schedule_checked
+    from cnncompiler.backends.cuda_tensorcore import uses_tensor_cores
+    from cnncompiler.backends.lower import build_module
+    from cnncompiler.compiler import build_artifact
+    from cnncompiler.graph import load_checked
+    from cnncompiler.passes import optimize
+    from cnncompiler.spec import load_spec
+
+    jobs = json.loads(sys.argv[1])
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
+    results = {}
+    for stem, (path, out) in jobs.items():
+        spec = load_spec(path)
+        build_artifact(spec.text, spec.path, "cuda", out, precision="mixed")
+        g, _ = load_checked(path)
+        with target:
+            mod = schedule_checked(build_module(optimize(g, level=2)[0]), target, "mixed")
+        results[stem] = {gv.name_hint: uses_tensor_cores(f) for gv, f in mod.functions_items()
+                         if isinstance(f, tvm.tirx.PrimFunc)}
+    print(json.dumps(results))
+""")
+
+
+def spec_file(root: Path, stem: str) -> Path:
+    family = MIXED_SPECS[stem]
+    if family is None:
+        return spec_path(stem)
+    path = root / f"{stem}.yaml"
+    path.write_text(family_spec(family))
+    return path
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """stem -> (spec path, artifact directory, {kernel: computes on tensor cores in TIR})."""
+    root = tmp_path_factory.mktemp("mixed")
+    jobs = {stem: (str(spec_file(root, stem)), str(root / stem)) for stem in MIXED_SPECS}
+    proc = subprocess.run([sys.executable, "-c", WORKER, json.dumps(jobs)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    tir = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {stem: (Path(path), Path(out), tir[stem]) for stem, (path, out) in jobs.items()}
+
+
+def expected_tensor_core_kernels(path: Path) -> set[str]:
+    g, _ = load_checked(path)
+    return {kernel_name(n) for n in tensor_core_layers(optimize(g, level=2)[0])}
+
+
+# -- the schedules -----------------------------------------------------------------------------
+
+@needs_nvcc
+@pytest.mark.tvm
+@pytest.mark.parametrize("stem", list(MIXED_SPECS))
+def test_every_conv_and_dense_kernel_calls_tensor_cores_in_its_tir(mixed, stem):
+    path, directory, tir = mixed[stem]
+    want = expected_tensor_core_kernels(path)
+    assert want, "the spec has no conv or dense kernel"
+    on_tensor_cores = {k for k, uses in tir.items() if uses}
+    assert on_tensor_cores == want
+    manifest = art.verify(directory, "cuda")
+    assert manifest["precision"] == "mixed"
+    report = json.loads((directory / art.REPORT).read_text())
+    assert report["precision"] == {"policy": "mixed", "tensor_core_kernels": sorted(want)}
+
+
+@needs_nvcc
+@pytest.mark.tvm
+def test_grouped_and_depthwise_convs_keep_their_float32_schedules(mixed):
+    _, _, tir = mixed["family_conv2d"]
+    for kernel in ("groups2", "depthwise", "depthwise_x2_stride2"):
+        assert tir[kernel] is False
+
+
+def cuda_tool(name: str) -> str | None:
+    """cuobjdump / nvdisasm: from the CUDA toolkit or the pip packages nvidia-cuda-*."""
+    found = shutil.which(name)
+    if found:
+        return found
+    try:
+        import nvidia
+    except ImportError:
+        return None
+    for root in getattr(nvidia, "__path__", []):
+        for candidate in Path(root).glob(f"*/bin/{name}"):
+            return str(candidate)
+    return None
+
+
+def fatbin(library: Path) -> bytes:
+    """The fatbin TVM embeds in its own device blob (not in .nv_fatbin): magic 0xBA55ED50,
+    a 16-byte header whose u64 at offset 8 is the payload size."""
+    data = library.read_bytes()
+    start = data.find(struct.pack("<I", 0xBA55ED50))
+    assert start >= 0, "no fatbin in the library"
+    size = struct.unpack_from("<Q", data, start + 8)[0]
+    return data[start:start + 16 + size]
+
+
+def sass_by_function(directory: Path, tmp_path: Path) -> dict[str, str]:
+    tool = cuda_tool("cuobjdump")
+    if tool is None:
+        pytest.skip("cuobjdump is not installed (pip install nvidia-cuda-cuobjdump)")
+    blob = tmp_path / "model.fatbin"
+    blob.write_bytes(fatbin(directory / art.LIBRARY))
+    out = subprocess.run([tool, "-sass", str(blob)], capture_output=True, text=True,
+                         check=True).stdout
+    parts = re.split(r"^\s*Function : (\S+)\s*$", out, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+@needs_nvcc
+@pytest.mark.tvm
+@pytest.mark.parametrize("stem", ["resnet_tiny", "family_conv2d"])
+def test_tensor_core_kernels_hold_hmma_instructions(mixed, stem, tmp_path):
+    path, directory, _ = mixed[stem]
+    want = expected_tensor_core_kernels(path)
+    sass = sass_by_function(directory, tmp_path)
+    with_hmma = {f for f, text in sass.items() if re.search(r"\bHMMA\.", text)}
+    owners = {k for k in want if any(f.startswith(k + "_kernel") for f in with_hmma)}
+    assert owners == want
+    others = [f for f in with_hmma if not any(f.startswith(k + "_kernel") for k in want)]
+    assert not others, f"HMMA in kernels that should stay float32: {others}"
+
+
+# -- numerics, emulated on the CPU -------------------------------------------------------------
+
+def mixed_and_fp32_errors(stem: str) -> tuple[dict, dict, dict]:
+    """Each output's error (max |error| / max |float64 output|) under mixed (emulated) and in
+    float32, against float64, with batch norms calibrated as tests/compile_helpers does; and
+    whether mixed keeps float64's top-1."""
+    g, _ = load_checked(spec_path(stem))
+    x = sample_input(g.graph["input_shape"], 2)
+    params, _ = lively_params(g, x)
+    optimized = optimize(g, level=2)[0]
+    want = run_reference(g, x.astype(np.float64), params, dtype=np.float64)
+    fp32 = run_reference(optimized, x, params)
+    mixed = run_mixed_reference(optimized, x, params)
+
+    def error(got):
+        return {k: float(np.abs(got[k] - want[k]).max() / np.abs(want[k]).max()) for k in want}
+
+    top1 = {k: bool((mixed[k].argmax(-1) == want[k].argmax(-1)).all()) for k in want}
+    return error(mixed), error(fp32), top1
+
+
+@pytest.mark.parametrize("stem", ["lenet5", "resnet_tiny", "resnet18_cifar"])
+def test_mixed_stays_within_the_documented_bound(stem):
+    """float16 operands and float32 accumulation: within MIXED_RTOL of the largest logit,
+    with float64's top-1, and measurably not float32 (the rounding happens)."""
+    mixed, fp32, top1 = mixed_and_fp32_errors(stem)
+    for name, error in mixed.items():
+        assert 100 * fp32[name] < error < MIXED_RTOL, (name, error, fp32[name])
+        assert top1[name]
+
+
+@pytest.mark.parametrize("stem", ["mobilenet_v1_cifar", "tdnn"])
+def test_mixed_loses_at_most_float16s_share_more_than_float32(stem):
+    """Where a net amplifies rounding (random calibrated batch norms on a net that float32
+    already leaves 1e-5 off), mixed may pass MIXED_RTOL, but by no more than the ratio of
+    float16's unit roundoff to float32's (2**13) over float32's own error."""
+    mixed, fp32, top1 = mixed_and_fp32_errors(stem)
+    for name, error in mixed.items():
+        assert error < 2 ** 13 * fp32[name], (name, error, fp32[name])
+        assert top1[name]
+
+
+def test_rounding_to_float16_is_applied_to_tensor_core_layers_only():
+    g, _ = load_checked(spec_path("mobilenet_v1_cifar"))
+    names = tensor_core_layers(optimize(g, level=2)[0])
+    assert names and not any("dw" in n and "pw" not in n for n in names)
+
+
+# -- the policy's errors -----------------------------------------------------------------------
+
+def test_the_cpu_refuses_mixed_as_a_cuda_policy(tmp_path):
+    with pytest.raises(CompileError, match="precision 'mixed' is a CUDA policy.*--target cuda"):
+        cc.compile(spec_path("lenet5"), target="cpu", precision="mixed",
+                   output_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(CompileError, match="unknown precision 'fp8'; use one of fp32, mixed"):
+        check_precision("fp8", "cuda")
+    assert check_precision(None, "cpu") == "fp32"
+
+
+def test_the_cli_refuses_mixed_on_the_cpu(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cnncompiler", "compile",
+                           str(spec_path("lenet5")), "--precision", "mixed",
+                           "-o", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode != 0
+    assert "is a CUDA policy" in proc.stderr
+
+
+def big_weight_params(g, layer: str, value: float) -> dict:
+    params = init_params(g, 0)
+    key = f"{layer}.weight"
+    params[key] = params[key].copy()
+    params[key].flat[3] = value
+    return params
+
+
+def test_a_weight_outside_float16_is_refused_naming_its_layer():
+    g, _ = load_checked(spec_path("resnet_tiny"))
+    optimized = optimize(g, level=2)[0]
+    check_fp16_weights(optimized, init_params(g, 0))
+    with pytest.raises(CompileError, match=r"layer 'layer1\.0\.conv2': a weight of magnitude "
+                       r"(69999\.\d|70000)\b.*outside float16's range \(\|w\| <= 65504\)"):
+        check_fp16_weights(optimized, big_weight_params(g, "layer1.0.conv2", 70000.0))
+
+
+def test_a_weight_that_batch_norm_folding_takes_past_float16_is_refused():
+    g, _ = load_checked(spec_path("resnet_tiny"))
+    params = big_weight_params(g, "layer1.0.conv1", 7000.0)
+    var = "layer1.0.bn1.running_var"
+    params[var] = np.full_like(params[var], 1e-2)  # the folded scale is 1 / sqrt(var) = 10
+    assert 7000.0 < FP16_MAX
+    with pytest.raises(CompileError, match=r"layer 'layer1\.0\.conv1'.*batch norm folded"):
+        check_fp16_weights(optimize(g, level=2)[0], params)
+
+
+@needs_nvcc
+@pytest.mark.tvm
+def test_compiling_mixed_with_out_of_range_weights_fails_before_building(tmp_path):
+    from cnncompiler.runtime.weights import write_weights
+
+    g, _ = load_checked(spec_path("lenet5"))
+    params = init_params(g, 0)
+    first = next(k for k in params if k.endswith(".weight"))
+    params[first] = params[first] * 0 + 1e5
+    write_weights(tmp_path / "w.safetensors", params)
+    with pytest.raises(CnncError, match=r"outside float16's range"):
+        cc.compile(spec_path("lenet5"), target="cuda", precision="mixed",
+                   weights=tmp_path / "w.safetensors", output_dir=tmp_path / "out")
+    assert not (tmp_path / "out" / art.MANIFEST).exists()
