@@ -1,14 +1,20 @@
 """Run cnnc's CUDA artifacts on a GPU and compare them with PyTorch on the same weights.
 
-    # where nvcc is (no GPU needed): one artifact per spec, weights optional
-    for s in specs/*.yaml; do cnnc compile $s --target cuda -o build/cuda/$(basename $s .yaml); done
+    # where nvcc is (no GPU needed): one artifact per spec and precision, weights optional
+    for s in specs/*.yaml; do n=$(basename $s .yaml)
+      cnnc compile $s --target cuda -o build/cuda/$n
+      cnnc compile $s --target cuda --precision mixed -o build/cuda/$n.mixed
+    done
     # on the GPU machine (TVM's runtime is enough; TVM_SITE may point at a copy of it):
     python benchmarks/cuda_vs_torch.py cuda build/cuda
 
-For each artifact: build the spec's PyTorch twin (tests/torch_models.py), calibrate its batch
-norms on the input, write its state_dict as the artifact's weights and re-record the manifest,
-load it with cnnc's runtime (TVM runtime only), run, and compare with PyTorch in float64 on the
-CPU and in float32 on the GPU; time both on the GPU. Results go to $OUT (default /tmp/gpu_out).
+For each artifact (DIR/<spec> and DIR/<spec>.<anything>; its manifest says its precision):
+build the spec's PyTorch twin (tests/torch_models.py), calibrate its batch norms on the input,
+write its state_dict as the artifact's weights and re-record the manifest, load it with cnnc's
+runtime (TVM runtime only), run, and compare with PyTorch in float64 on the CPU and in float32
+on the GPU; time both on the GPU. A spec's fp32 and mixed artifacts are printed side by side,
+mixed checked against its bound (MIXED_RTOL of the largest logit, the same top-1). Results go
+to $OUT (default /tmp/gpu_out).
 """
 
 import json
@@ -37,6 +43,8 @@ ARTIFACTS = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "build" / "cuda"
 OUT = Path(os.environ.get("OUT", "/tmp/gpu_out"))
 OUT.mkdir(parents=True, exist_ok=True)
 WORK = Path("/tmp/cnnc_gpu_work")
+BATCHES = (1, 16)
+MIXED_RTOL = 1e-2  # README, Compiling: mixed against float64, relative to the largest logit
 
 
 def lively(model, x):
@@ -71,8 +79,10 @@ def check(name):
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(src, work)
     torch.manual_seed(0)
-    model = BUILDERS[name]()
+    stem = name.split(".")[0]
+    model = BUILDERS[stem]()
     manifest = json.loads((work / art.MANIFEST).read_text())
+    precision = manifest.get("precision", "fp32")
     shape = manifest["input"]["shape"][1:]
     batch = 2
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32))
@@ -92,9 +102,13 @@ def check(name):
         xd = x.to(dev)
         want32 = tm(xd).float().cpu().numpy()
     scale = max(np.abs(want64).max(), 1e-12)
-    row = {"spec": name, "max_rel_err_vs_fp64": float(np.abs(ours - want64).max() / scale),
-           "max_rel_err_vs_torch_fp32": float(np.abs(ours - want32).max() / scale)}
-    for b in (1, 16):
+    row = {"spec": stem, "precision": precision,
+           "max_rel_err_vs_fp64": float(np.abs(ours - want64).max() / scale),
+           "max_rel_err_vs_torch_fp32": float(np.abs(ours - want32).max() / scale),
+           "same_top1": bool((ours.argmax(-1) == want64.argmax(-1)).all())}
+    if precision == "mixed":
+        row["within_bound"] = row["max_rel_err_vs_fp64"] < MIXED_RTOL and row["same_top1"]
+    for b in BATCHES:
         xb = np.ascontiguousarray(np.repeat(xn, b // batch + 1, axis=0)[:b])
         xt = torch.from_numpy(xb).to(dev)
 
@@ -110,7 +124,9 @@ def check(name):
 
 
 def main():
-    names = sorted(p.name for p in ARTIFACTS.iterdir() if (p / "manifest.json").exists())
+    # a spec's artifacts together, fp32 ("resnet18") before mixed ("resnet18.mixed")
+    names = sorted((p.name for p in ARTIFACTS.iterdir() if (p / "manifest.json").exists()),
+                   key=lambda n: (n.split(".")[0], n))
     rows = []
     for name in names:
         try:
@@ -121,15 +137,18 @@ def main():
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "trace"}), flush=True)
     (OUT / "gpu_results.json").write_text(json.dumps(rows, indent=2))
-    print(f"\n{'spec':20s} {'rel err fp64':>12s} {'vs torch32':>10s} {'cnnc b1':>8s} "
-          f"{'torch b1':>8s} {'cnnc b16':>8s} {'torch b16':>9s}")
+    times = "".join(f" {'cnnc b' + str(b):>9s} {'torch b' + str(b):>9s}" for b in BATCHES)
+    print(f"\n{'spec':20s} {'precision':9s} {'rel err fp64':>12s} {'vs torch32':>10s} "
+          f"{'bound':>5s}{times}")
     for r in rows:
         if "error" in r:
             print(f"{r['spec']:20s} ERROR {r['error'][:100]}")
             continue
-        print(f"{r['spec']:20s} {r['max_rel_err_vs_fp64']:12.2e} {r['max_rel_err_vs_torch_fp32']:10.2e} "
-              f"{r['cnnc_ms_b1']:8.3f} {r['torch_ms_b1']:8.3f} {r['cnnc_ms_b16']:8.3f} "
-              f"{r['torch_ms_b16']:9.3f}")
+        bound = {True: "ok", False: "OVER"}.get(r.get("within_bound"), "-")
+        print(f"{r['spec']:20s} {r['precision']:9s} {r['max_rel_err_vs_fp64']:12.2e} "
+              f"{r['max_rel_err_vs_torch_fp32']:10.2e} {bound:>5s}"
+              + "".join(f" {r[f'cnnc_ms_b{b}']:9.3f} {r[f'torch_ms_b{b}']:9.3f}"
+                        for b in BATCHES))
 
 
 if __name__ == "__main__":
