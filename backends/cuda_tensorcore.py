@@ -52,8 +52,17 @@ def gemm_block(sch):
     return None if channel.name in a_vars else blocks[0]
 
 
-def to_mixed(func):
-    """``func`` with its GEMM's operands read as float16 (None: not a tensor-core kernel)."""
+def gemm_form(func):
+    """The kernel as the padded float16 GEMM the tensor cores compute, before any tiling
+    (steps 1-3 above), or None when it is not a conv or dense kernel: plain loops that a CPU
+    runs too, so tests check the casts, the re-indexing and the padding against the float32
+    kernel on float16-rounded operands."""
+    found = _gemm_schedule(func)
+    return None if found is None else found[0].mod["main"]
+
+
+def _gemm_schedule(func):
+    """(schedule, GEMM block) after steps 1-3, or None for a kernel that is no GEMM."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
@@ -63,7 +72,10 @@ def to_mixed(func):
     for operand in (0, 1):
         stage = sch.cache_read(block, operand, "global")
         sch.unsafe_set_dtype(stage, 0, "float16")
-    return sch.mod["main"]
+    _as_padded_gemm(sch, block)
+    for producer in sch.get_producers(block):
+        _inline_producers(sch, producer)
+    return sch, block
 
 
 # A thread block computes a TILE_ROWS x TILE_COLS tile of C with WARPS_ROWS x WARPS_COLS
@@ -82,25 +94,24 @@ def schedule_tensor_core(gv, func, target):
     """The tensor-core schedule of a conv or dense kernel, or None when the kernel is not one
     (dlight's rules then schedule it in float32). A GEMM kernel that cannot be tensorized
     is a CompileError: ``mixed`` never quietly runs it another way."""
-    mixed = to_mixed(func)
-    if mixed is None:
+    if gemm_block(_schedule_of(func)) is None:
         return None
     try:
-        return _schedule_gemm(mixed)
+        return _schedule_gemm(func)
     except Exception as exc:  # noqa: BLE001 (tvm raises several kinds)
         raise CompileError(f"kernel '{gv.name_hint}': the tensor-core schedule failed: "
                            f"{str(exc).strip().splitlines()[-1]}; compile with "
                            "--precision fp32") from exc
 
 
-def _schedule_gemm(func):
+def _schedule_of(func):
     from tvm import s_tir
 
-    sch = s_tir.Schedule(func)
-    block = gemm_block(sch)
-    _as_padded_gemm(sch, block)
-    for producer in sch.get_producers(block):
-        _inline_producers(sch, producer)
+    return s_tir.Schedule(func)
+
+
+def _schedule_gemm(func):
+    sch, block = _gemm_schedule(func)
     outer, k0, k1, warp = _tile(sch, block)
     for operand in (0, 1):
         _stage_in_shared(sch, outer, operand, k0)

@@ -176,6 +176,61 @@ def test_tensor_core_kernels_hold_hmma_instructions(mixed, stem, tmp_path):
     assert not others, f"HMMA in kernels that should stay float32: {others}"
 
 
+# -- the GEMM form, run on the CPU --------------------------------------------------------------
+
+def kernels_of(path: Path) -> dict:
+    from cnncompiler.backends.lower import build_module
+
+    g, _ = load_checked(path)
+    mod = build_module(optimize(g, level=2)[0])
+    return {gv.name_hint: f for gv, f in mod.functions_items() if gv.name_hint != "main"}
+
+
+def run_on_cpu(func, arrays: list[np.ndarray], out_shape) -> np.ndarray:
+    import tvm
+
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                      target="llvm")
+    dev = tvm.cpu(0)
+    out = tvm.runtime.tensor(np.zeros(out_shape, np.float32), dev)
+    lib["main"](*[tvm.runtime.tensor(a, dev) for a in arrays], out)
+    return out.numpy()
+
+
+GEMM_KERNELS = {"family_conv2d": ["k3_stride2", "asym_pad", "dilation_2x3_same", "valid",
+                                  "k1_stride3", "stride_2x1"],
+                "family_conv1d": ["k5_dilation2"], "resnet_tiny": ["layer1_0_conv2", "fc"]}
+
+
+@pytest.mark.tvm
+@pytest.mark.parametrize("stem", list(GEMM_KERNELS))
+def test_the_padded_float16_gemm_computes_the_kernel_on_rounded_operands(stem, tmp_path):
+    """Steps 1-3 of the tensor-core schedule (float16 operands, the GEMM re-indexing with the
+    batch as its own axis, padding to whole tiles, producers inlined), built for the CPU:
+    the same output as the float32 kernel given the input and weight rounded to float16."""
+    from tvm import tirx
+
+    from cnncompiler.backends.cuda_tensorcore import gemm_form
+    from cnncompiler.backends.precision import round_fp16
+
+    kernels = kernels_of(spec_file(tmp_path, stem))
+    rng = np.random.default_rng(0)
+    batch = 3
+    for name in GEMM_KERNELS[stem]:
+        func = kernels[name]
+        *ins, out = func.params  # buffers, the symbolic batch in their shapes
+        shapes = [[int(d) if isinstance(d, tirx.IntImm) else batch for d in b.shape]
+                  for b in (*ins, out)]
+        arrays = [rng.standard_normal(shape).astype(np.float32) for shape in shapes[:-1]]
+        rounded = [round_fp16(a) if i == 0 or b.name.endswith("_weight") else a
+                   for i, (a, b) in enumerate(zip(arrays, ins))]
+        want = run_on_cpu(func, rounded, shapes[-1])
+        got = run_on_cpu(gemm_form(func), arrays, shapes[-1])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
+        plain = run_on_cpu(func, arrays, shapes[-1])
+        assert np.abs(plain - want).max() > 1e-4, f"{name}: no rounding happened"
+
+
 # -- numerics, emulated on the CPU -------------------------------------------------------------
 
 def mixed_and_fp32_errors(stem: str) -> tuple[dict, dict, dict]:
