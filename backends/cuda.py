@@ -162,7 +162,7 @@ def schedule_checked(mod, target, precision: str = "fp32", tensor_core: list | N
             mod[gv] = _binding_threads(gv, CUDA_SCHEDULES[str(family)]()(func))
             continue
         if precision == "mixed":
-            scheduled = schedule_tensor_core(gv, func, target)
+            scheduled = schedule_tensor_core(gv, func)
             if scheduled is not None:
                 mod[gv] = _binding_threads(gv, scheduled)
                 if tensor_core is not None:

@@ -7,9 +7,9 @@ reduction block, then bias and epilogue blocks. ``schedule_tensor_core``:
 1. reads each operand of the reduction through a stage whose buffer is float16
    (``unsafe_set_dtype``), so the block computes ``C += f32(f16(x)) * f32(f16(w))``: the
    pattern TVM's WMMA intrinsics (``tvm.s_tir.tensor_intrin.cuda``) describe;
-2. re-indexes the reduction as a GEMM (dlight's ``get_index_map``): rows = batch x output
-   pixels, columns = output channels, depth = input channels x kernel window; pads it to
-   whole tiles (the row count is symbolic with the batch);
+2. re-indexes the reduction as a GEMM per sample (dlight's iterator analysis, the batch
+   kept as its own grid axis): rows = output pixels (a dense layer's: the batch), columns =
+   output channels, depth = input channels x kernel window; pads it to whole tiles;
 3. inlines every operand producer (zero padding, the float16 casts, the re-indexing) into one
    guarded read of the kernel's arguments, staged through shared memory per depth tile;
 4. computes each warp's fragments with WMMA ``load_matrix_sync`` / ``mma_sync`` and keeps the
@@ -27,8 +27,6 @@ from cnncompiler.errors import CompileError
 
 # the reduction blocks te_ops names its conv and dense computes by
 GEMM_BLOCKS = ("conv", "dense")
-# the calls a tensorized kernel's TIR makes (tests look for them)
-TENSOR_CORE_CALLS = ("tvm_mma_sync", "tvm_load_matrix_sync", "tvm_store_matrix_sync")
 
 
 def gemm_block(sch):
@@ -90,11 +88,13 @@ TILE_ROWS = FRAG * WARPS_ROWS * FRAGS
 TILE_COLS = FRAG * WARPS_COLS * FRAGS
 
 
-def schedule_tensor_core(gv, func, target):
+def schedule_tensor_core(gv, func):
     """The tensor-core schedule of a conv or dense kernel, or None when the kernel is not one
     (dlight's rules then schedule it in float32). A GEMM kernel that cannot be tensorized
     is a CompileError: ``mixed`` never quietly runs it another way."""
-    if gemm_block(_schedule_of(func)) is None:
+    from tvm import s_tir
+
+    if gemm_block(s_tir.Schedule(func)) is None:
         return None
     try:
         return _schedule_gemm(func)
@@ -102,12 +102,6 @@ def schedule_tensor_core(gv, func, target):
         raise CompileError(f"kernel '{gv.name_hint}': the tensor-core schedule failed: "
                            f"{str(exc).strip().splitlines()[-1]}; compile with "
                            "--precision fp32") from exc
-
-
-def _schedule_of(func):
-    from tvm import s_tir
-
-    return s_tir.Schedule(func)
 
 
 def _schedule_gemm(func):

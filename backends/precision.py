@@ -22,7 +22,7 @@ DEFAULT_PRECISION = "fp32"
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 
-def check_precision(precision: str | None, target_kind: str) -> str:
+def check_precision(precision: str | None, target_kind: str, arch: str | None = None) -> str:
     """The precision policy to build with, or a CompileError saying what is accepted."""
     precision = precision or DEFAULT_PRECISION
     if precision not in PRECISIONS:
@@ -32,6 +32,10 @@ def check_precision(precision: str | None, target_kind: str) -> str:
         raise CompileError("precision 'mixed' is a CUDA policy (float16 operands on tensor "
                            f"cores); received target '{target_kind}'; compile with --target "
                            "cuda, or use --precision fp32 on the CPU")
+    digits = "".join(c for c in (arch or "") if c.isdigit())
+    if precision == "mixed" and digits and int(digits) < 70:
+        raise CompileError(f"precision 'mixed' needs tensor cores (sm_70 or newer); received "
+                           f"--arch {arch}; use --precision fp32 for it")
     return precision
 
 

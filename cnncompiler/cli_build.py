@@ -60,10 +60,13 @@ def cmd_compile(args) -> int:
         print(format_tuning(report.get("tuning") or {}))
     m = model.manifest
     tuned = m["build"].get("tuned_kernels")
+    on_tensor_cores = m["build"].get("tensor_core_kernels")
     print(f"compiled {m['spec']['name']} for {m['target']['kind']} "
           f"({m['target']['tvm'].get('mcpu') or m['target'].get('arch')}) in {seconds:.1f} s: "
           f"{len(report['kernels'])} kernels" + (f" ({tuned} with tuned schedules)" if tuned
-                                                 else "") + f" -> {args.output}")
+                                                 else "")
+          + (f", {len(on_tensor_cores)} on tensor cores (precision mixed)" if on_tensor_cores
+             else "") + f" -> {args.output}")
     return 0
 
 

@@ -93,7 +93,8 @@ def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str,
     import tvm
 
     choice = parse_target(target, arch)
-    choice = dataclasses.replace(choice, precision=check_precision(precision, choice.kind))
+    choice = dataclasses.replace(choice, precision=check_precision(precision, choice.kind,
+                                                                   choice.arch))
     budget_s = check_tuning(choice, tune_budget, batch_sizes)
     out = Path(output_dir)
     art.check_output_dir(out)  # before any tuning budget is spent
@@ -228,7 +229,7 @@ def compile(spec, target: str = "cpu", output_dir=None, *, arch: str | None = No
     from cnncompiler.backends.targets import parse_target
 
     choice = parse_target(target, arch)
-    check_precision(precision, choice.kind)
+    check_precision(precision, choice.kind, choice.arch)
     check_tuning(choice, tune_budget, batch_sizes)
     if choice.kind == "cuda":
         cuda.find_nvcc()

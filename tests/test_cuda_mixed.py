@@ -289,6 +289,9 @@ def test_the_cpu_refuses_mixed_as_a_cuda_policy(tmp_path):
     with pytest.raises(CompileError, match="unknown precision 'fp8'; use one of fp32, mixed"):
         check_precision("fp8", "cuda")
     assert check_precision(None, "cpu") == "fp32"
+    with pytest.raises(CompileError, match=r"needs tensor cores \(sm_70 or newer\).*sm_61"):
+        check_precision("mixed", "cuda", "sm_61")
+    assert check_precision("mixed", "cuda", "sm_80") == "mixed"
 
 
 def test_the_cli_refuses_mixed_on_the_cpu(tmp_path):
