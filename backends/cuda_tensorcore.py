@@ -35,6 +35,7 @@ def gemm_block(sch):
     channel); else None."""
     from tvm import tirx
     from tvm.s_tir.dlight.analysis import collect_vars_used_in_prim_expr, get_root_block
+    from tvm.s_tir.dlight.gpu.matmul import detect_iter_traits
 
     blocks = [b for b in sch.get_child_blocks(get_root_block(sch))
               if sch.get(b).name_hint in GEMM_BLOCKS]
@@ -47,7 +48,11 @@ def gemm_block(sch):
     a_vars = set()
     for r in block.reads[0].region:
         a_vars |= {v.name for v in collect_vars_used_in_prim_expr(r.min)}
-    return None if channel.name in a_vars else blocks[0]
+    if channel.name in a_vars:
+        return None
+    # NOTE: a GEMM of one row (a dense layer in a function specialised for batch 1) has no
+    # row axis to tile: a matrix-vector product, which dlight's float32 rules do better
+    return blocks[0] if detect_iter_traits(block) is not None else None
 
 
 def gemm_form(func):

@@ -231,6 +231,27 @@ def test_the_padded_float16_gemm_computes_the_kernel_on_rounded_operands(stem, t
         assert np.abs(plain - want).max() > 1e-4, f"{name}: no rounding happened"
 
 
+@pytest.mark.tvm
+def test_a_one_row_gemm_keeps_its_float32_schedule():
+    """Specialised for batch 1, a dense layer (and a conv with one output pixel) is a
+    matrix-vector product: no rows to put on tensor cores; at batch 4 they have them."""
+    from tvm import tirx
+
+    from cnncompiler.backends.cuda_tensorcore import gemm_form
+    from cnncompiler.backends.lower import build_module
+
+    g, _ = load_checked(spec_path("lenet5"))
+    mod = build_module(optimize(g, level=2)[0], batch_sizes=(1, 4))
+    on_tensor_cores = {}
+    for gv, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc) and gv.name_hint.startswith(("c5", "f6", "output")):
+            rows = func.params[-1].shape[0]
+            batch = int(rows) if isinstance(rows, tirx.IntImm) else "n"
+            on_tensor_cores[(gv.name_hint.rstrip("0123456789"), batch)] = \
+                gemm_form(func) is not None
+    assert on_tensor_cores == {(k, b): b != 1 for k in ("c", "f", "output") for b in (1, 4, "n")}
+
+
 # -- numerics, emulated on the CPU -------------------------------------------------------------
 
 def mixed_and_fp32_errors(stem: str) -> tuple[dict, dict, dict]:
