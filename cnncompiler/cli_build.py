@@ -65,8 +65,8 @@ def cmd_compile(args) -> int:
           f"({m['target']['tvm'].get('mcpu') or m['target'].get('arch')}) in {seconds:.1f} s: "
           f"{len(report['kernels'])} kernels" + (f" ({tuned} with tuned schedules)" if tuned
                                                  else "")
-          + (f", {len(on_tensor_cores)} on tensor cores (precision mixed)" if on_tensor_cores
-             else "") + f" -> {args.output}")
+          + (f", {len(on_tensor_cores)} kernel functions on tensor cores (precision mixed)"
+             if on_tensor_cores else "") + f" -> {args.output}")
     return 0
 
 
