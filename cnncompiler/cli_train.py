@@ -116,6 +116,7 @@ def _say(message: str, always: bool = False) -> None:
 def _train(args, out: Path, checkpoints: Path, inside: set) -> int:
     from .compiler import compile as compile_spec
     from .graph import load_checked
+    from .train import distributed
     from .train.callbacks import BestCheckpoint
     from .train.checkpoint import find_checkpoint, read_meta
 
@@ -158,8 +159,12 @@ def _train(args, out: Path, checkpoints: Path, inside: set) -> int:
     history = model.fit(*data.fit_args(), epochs=remaining, batch_size=batch_size,
                         validation_data=data.validation_data, callbacks=[best],
                         verbose=0 if args.quiet else 1, seed=seed)
-    if not _leader():
-        return 0  # rank 0 chooses the epoch, evaluates the test set and writes the artifact
+    leader = _leader()
+    # training is over: the processes part, and rank 0 alone chooses the epoch, evaluates
+    # the test set and writes the artifact (loading 'best' must not wait for the others)
+    distributed.shutdown()
+    if not leader:
+        return 0
     kept = epochs
     if keep == "best" and best.best_epoch is not None:
         model.load_checkpoint(checkpoints / "best")
