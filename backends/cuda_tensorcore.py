@@ -23,6 +23,7 @@ and are rounded to float16 as they are staged into shared memory, as the activat
 
 from __future__ import annotations
 
+from cnncompiler.cache import read_library, write_library
 from cnncompiler.errors import CompileError
 
 # the reduction blocks te_ops names its conv and dense computes by
@@ -212,10 +213,7 @@ def _split_fragments(sch, block):
 
 
 def _tensorize(sch, block, init, accumulator, fragments) -> None:
-    from tvm.s_tir.tensor_intrin.cuda import get_wmma_intrin_group
-
-    wmma = get_wmma_intrin_group(load_scope="shared.dyn", store_scope="shared.dyn",
-                                 in_dtype="float16", out_dtype="float32", trans_b=True)
+    wmma = wmma_intrinsics()
     for fragment, intrin in zip(fragments, ("load_a", "load_b")):
         i0, j0, inner = _split_fragments(sch, fragment)
         sch.unroll(i0)
@@ -225,6 +223,50 @@ def _tensorize(sch, block, init, accumulator, fragments) -> None:
     sch.tensorize(inner, wmma["store"])
     sch.tensorize(sch.get_loops(init)[-2], wmma["init"])
     sch.tensorize(sch.get_loops(block)[-3], wmma["compute"])
+
+
+# the WMMA intrinsics of float16 fragments in shared memory, float32 accumulator, B transposed,
+# by role, named as tvm.s_tir.tensor_intrin.cuda's get_wmma_intrin_group names them
+WMMA = {"init": "wmma_fill_16x16x16_f32",
+        "load_a": "wmma_load_16x16x16_f16_a_shared_dyn",
+        "load_b": "wmma_load_16x16x16_f16_b_trans_shared_dyn",
+        "compute": "wmma_sync_16x16x16_f16f16f32_trans",
+        "store": "wmma_store_16x16x16_f32_shared_dyn"}
+INTRINSICS_CACHE = "tensor-intrin"
+
+
+def wmma_intrinsics() -> dict[str, str]:
+    """The WMMA intrinsics the schedule tensorizes with, registered with TVM: their names by
+    role.
+
+    NOTE: importing tvm.s_tir.tensor_intrin.cuda registers its 91 intrinsics by parsing
+    TVMScript, which takes a minute on two cores; the five used here are kept in cnnc's
+    cache (TVM's JSON of their description and implementation, one entry per TVM version,
+    vouched for by its record) and registered from there by later compiles."""
+    import tvm
+    from tvm.s_tir import TensorIntrin
+
+    if all(TensorIntrin.get(name, allow_missing=True) for name in WMMA.values()):
+        return dict(WMMA)
+    key = f"wmma-{tvm.__version__}"
+    data = read_library(INTRINSICS_CACHE, key)
+    if data is not None:
+        funcs = tvm.ir.load_json(data.decode())
+        for i, name in enumerate(WMMA.values()):
+            if not TensorIntrin.get(name, allow_missing=True):
+                TensorIntrin.register(name, funcs[2 * i], funcs[2 * i + 1])
+        return dict(WMMA)
+    from tvm.s_tir.tensor_intrin.cuda import get_wmma_intrin_group
+
+    group = get_wmma_intrin_group(load_scope="shared.dyn", store_scope="shared.dyn",
+                                  in_dtype="float16", out_dtype="float32", trans_b=True)
+    if group != WMMA:
+        return group  # this TVM names them otherwise: use its names, cache nothing
+    intrinsics = [TensorIntrin.get(name) for name in WMMA.values()]
+    funcs = [f for intrin in intrinsics for f in (intrin.desc, intrin.impl)]
+    write_library(INTRINSICS_CACHE, key, tvm.ir.save_json(funcs).encode(),
+                  {"intrinsics": list(WMMA.values())})
+    return dict(WMMA)
 
 
 def _store_with_epilogue(sch, to_global) -> None:

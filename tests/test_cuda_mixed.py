@@ -11,6 +11,7 @@ and importing TVM's tensor-core intrinsics alone takes about a minute on two cor
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import struct
@@ -70,7 +71,8 @@ WORKER = textwrap.dedent("""
             mod = schedule_checked(build_module(optimize(g, level=2)[0]), target, "mixed")
         results[stem] = {gv.name_hint: uses_tensor_cores(f) for gv, f in mod.functions_items()
                          if isinstance(f, tvm.tirx.PrimFunc)}
-    print(json.dumps(results))
+    print(json.dumps({"tir": results,
+                      "imported": "tvm.s_tir.tensor_intrin.cuda" in sys.modules}))
 """)
 
 
@@ -85,14 +87,24 @@ def spec_file(root: Path, stem: str) -> Path:
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
-    """stem -> (spec path, artifact directory, {kernel: computes on tensor cores in TIR})."""
+    """stem -> (spec path, artifact directory, {kernel: computes on tensor cores in TIR}),
+    and "imported": whether each worker imported TVM's tensor-core intrinsics module. The
+    first worker builds one spec with an empty intrinsics cache, the second the others."""
     root = tmp_path_factory.mktemp("mixed")
     jobs = {stem: (str(spec_file(root, stem)), str(root / stem)) for stem in MIXED_SPECS}
-    proc = subprocess.run([sys.executable, "-c", WORKER, json.dumps(jobs)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    tir = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {stem: (Path(path), Path(out), tir[stem]) for stem, (path, out) in jobs.items()}
+    cache = root / "cache"
+    results, imported = {}, []
+    for part in (list(jobs)[-1:], list(jobs)[:-1]):
+        proc = subprocess.run([sys.executable, "-c", WORKER,
+                               json.dumps({stem: jobs[stem] for stem in part})],
+                              cwd=ROOT, capture_output=True, text=True, timeout=1200,
+                              env={**os.environ, "CNNC_CACHE": str(cache)})
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        results |= out["tir"]
+        imported.append(out["imported"])
+    built = {stem: (Path(path), Path(out), results[stem]) for stem, (path, out) in jobs.items()}
+    return built | {"imported": imported}
 
 
 def expected_tensor_core_kernels(path: Path) -> set[str]:
@@ -123,6 +135,15 @@ def test_grouped_and_depthwise_convs_keep_their_float32_schedules(mixed):
     _, _, tir = mixed["family_conv2d"]
     for kernel in ("groups2", "depthwise", "depthwise_x2_stride2"):
         assert tir[kernel] is False
+
+
+@needs_nvcc
+@pytest.mark.tvm
+def test_later_compiles_register_the_intrinsics_from_the_cache(mixed):
+    """The first worker imported TVM's tensor-core intrinsics (a minute) and kept the five
+    it uses in the cache; the second registered them from there, without that import, and
+    its kernels passed the TIR and SASS tests above like the first's."""
+    assert mixed["imported"] == [True, False]
 
 
 def cuda_tool(name: str) -> str | None:
