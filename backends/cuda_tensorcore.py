@@ -106,8 +106,14 @@ def schedule_tensor_core(gv, func):
         return _schedule_gemm(func)
     except Exception as exc:  # noqa: BLE001 (tvm raises several kinds)
         raise CompileError(f"kernel '{gv.name_hint}': the tensor-core schedule failed: "
-                           f"{str(exc).strip().splitlines()[-1]}; compile with "
-                           "--precision fp32") from exc
+                           f"{_reason(exc)}; compile with --precision fp32") from exc
+
+
+def _reason(exc: Exception) -> str:
+    """A TVM schedule error's own message, without the IR it prints before it."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    said = [line.split(":", 1)[1].strip() for line in lines if line.startswith("Error message:")]
+    return said[0] if said else (lines[-1] if lines else type(exc).__name__)
 
 
 def _schedule_gemm(func):

@@ -273,6 +273,25 @@ def test_a_one_row_gemm_keeps_its_float32_schedule():
     assert on_tensor_cores == {(k, b): b != 1 for k in ("c", "f", "output") for b in (1, 4, "n")}
 
 
+@pytest.mark.tvm
+def test_a_gemm_kernel_the_schedule_fails_on_is_a_compile_error(monkeypatch, tmp_path):
+    """mixed never quietly runs a conv or dense kernel in float32: a failure names it."""
+    import tvm
+
+    from cnncompiler.backends import cuda_tensorcore
+
+    def fail(func):
+        raise RuntimeError("# the IR\n  ^^^\nError message: The scope is not a stage pipeline.\n"
+                           "Definition of a scope that is a stage pipeline:\n- ...")
+
+    monkeypatch.setattr(cuda_tensorcore, "_schedule_gemm", fail)
+    kernels = kernels_of(spec_path("resnet_tiny"))
+    with pytest.raises(CompileError, match="kernel 'fc': the tensor-core schedule failed: The "
+                       "scope is not a stage pipeline.; compile with --precision fp32"):
+        cuda_tensorcore.schedule_tensor_core(tvm.ir.GlobalVar("fc"), kernels["fc"])
+    assert cuda_tensorcore.schedule_tensor_core(tvm.ir.GlobalVar("l_3"), kernels["l_3"]) is None
+
+
 # -- numerics, emulated on the CPU -------------------------------------------------------------
 
 def mixed_and_fp32_errors(stem: str) -> tuple[dict, dict, dict]:
