@@ -274,7 +274,7 @@ def test_a_one_row_gemm_keeps_its_float32_schedule():
 
 
 @pytest.mark.tvm
-def test_a_gemm_kernel_the_schedule_fails_on_is_a_compile_error(monkeypatch, tmp_path):
+def test_a_gemm_kernel_the_schedule_fails_on_is_a_compile_error(monkeypatch):
     """mixed never quietly runs a conv or dense kernel in float32: a failure names it."""
     import tvm
 
