@@ -30,7 +30,6 @@ from cnncompiler.graph.signature import kernel_name
 from cnncompiler.layers import BATCH
 from cnncompiler.spec.losses import LossTerm, loss_terms
 from cnncompiler.spec.train_config import HYPER_SIZE
-from cnncompiler.train.distributed import ALL_REDUCE
 
 from cnncompiler.layers.activation import Dropout
 from cnncompiler.layers.merge import Add
@@ -89,6 +88,12 @@ def rows_vars(g: nx.DiGraph, xs: dict, n) -> dict:
 
 def _item(bb, tup, i):
     return bb.emit(relax.TupleGetItem(tup, i))
+
+
+# The packed function a data-parallel step calls with each flat bucket and whose result (the
+# bucket summed over the processes) it uses: registered with TVM by whoever runs the step
+# (cnncompiler.train.distributed, on torch.distributed).
+ALL_REDUCE = "cnnc.all_reduce_sum"
 
 
 @dataclass(frozen=True)

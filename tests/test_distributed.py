@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnncompiler.backends.train_lower import buckets, flatten_into_bucket, split_bucket
+from cnncompiler.backends.train_lower import (ALL_REDUCE, buckets, flatten_into_bucket,
+                                              split_bucket)
 from cnncompiler.train.checkpoint import META
 from cnncompiler.train.distributed import Replicas
 from cnncompiler.train.trainer import GivenBatches
@@ -319,7 +320,7 @@ def test_a_parallel_step_of_one_process_is_the_plain_step(dtype, bn_specs, monke
         calls.append(bucket.shape)
         return tvm.runtime.tensor(bucket.numpy(), bucket.device)
 
-    tvm.register_global_func(distributed.ALL_REDUCE, one_process_sum, override=True)
+    tvm.register_global_func(ALL_REDUCE, one_process_sum, override=True)
     monkeypatch.setattr(distributed, "_registered", False)  # the real one is registered anew
     g, _ = load_checked(bn_specs[True])
     g, _ = optimize(g, passes=["eliminate-dead"])

@@ -13,7 +13,8 @@ all-reduced too (forward and backward), which makes the batch statistics the glo
 
 The collectives run on the tensors where they lie (``torch.from_dlpack`` shares a TVM tensor's
 memory; gloo on CPUs, NCCL on GPUs); the compiled step calls them through a function registered
-with TVM (``ALL_REDUCE``), so a step never leaves its device for a reduction.
+with TVM (``backends.train_lower.ALL_REDUCE``), so a step never leaves its device for a
+reduction.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import numpy as np
 
 from ..errors import CnncError, TrainingError
 
-ALL_REDUCE = "cnnc.all_reduce_sum"   # the packed function the compiled step calls
 TIMEOUT_ENV = "CNNC_DISTRIBUTED_TIMEOUT"
 DEFAULT_TIMEOUT_S = 60               # a collective waits this long for a rank that stopped
 
@@ -177,13 +177,15 @@ def init_from_env(device_kind: str = "cpu") -> Replicas | None:
 
 
 def register_all_reduce() -> None:
-    """Register ``ALL_REDUCE`` with TVM: the compiled step calls it with a flat bucket and
-    uses the sum it returns (a new tensor on the same device: the step's values are
-    immutable)."""
+    """Register the step's ``ALL_REDUCE`` with TVM: the compiled step calls it with a flat
+    bucket and uses the sum it returns (a new tensor on the same device: the step's values
+    are immutable)."""
     global _registered
     if _registered:
         return
     import tvm
+
+    from cnncompiler.backends.train_lower import ALL_REDUCE
 
     @tvm.register_global_func(ALL_REDUCE, override=True)
     def _all_reduce_sum(bucket):
@@ -214,5 +216,5 @@ def shutdown() -> None:
     _current = None
 
 
-__all__ = ["ALL_REDUCE", "Replicas", "current", "init_from_env", "launched",
+__all__ = ["Replicas", "current", "init_from_env", "launched",
            "register_all_reduce", "shutdown"]
