@@ -536,15 +536,12 @@ def buckets(tensors: list) -> list[list]:
 
 
 def _elements(var) -> int:
-    n = 1
-    for d in var.ty.shape.values:
-        n *= int(d)
-    return n
+    return _prod(var.ty.shape.values)
 
 
 def flatten_into_bucket(tensors, replica):
     """The tensors' elements one after another, times ``present`` (replica[1])."""
-    sizes = [int(_prod(t.shape)) for t in tensors]
+    sizes = [_prod(t.shape) for t in tensors]
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
 
     def value(i):
@@ -561,7 +558,7 @@ def split_bucket(flat, shapes: list):
     out, start = [], 0
     for shape in shapes:
         out.append(_read_back(flat, start, shape))
-        start += int(_prod(shape))
+        start += _prod(shape)
     return out
 
 

@@ -29,19 +29,19 @@ def cmd_train(args) -> int:
     from .storage import DirectoryWriter
     from .train import distributed
 
+    out = Path(args.output)
+    checkpoints = Path(args.checkpoint_dir) if args.checkpoint_dir else out / "checkpoints"
+    inside = {checkpoints.name} if checkpoints.parent.resolve() == out.resolve() else set()
     if args.nproc is not None and not distributed.launched():
         if args.nproc < 1:
             raise CnncError(f"--nproc must be a positive number of processes; received "
                             f"{args.nproc}")
         if args.nproc > 1:
-            return _launch(args)
+            return _launch(args, inside)
     replicas = distributed.init_from_env("cuda" if args.target.startswith("cuda") else "cpu")
     if args.nproc is not None and replicas is not None and args.nproc != replicas.world:
         raise CnncError(f"--nproc {args.nproc} under torchrun, which started "
                         f"{replicas.world} processes: give the count to torchrun only")
-    out = Path(args.output)
-    checkpoints = Path(args.checkpoint_dir) if args.checkpoint_dir else out / "checkpoints"
-    inside = {checkpoints.name} if checkpoints.parent.resolve() == out.resolve() else set()
     try:
         if replicas is not None and not replicas.leader:
             _say(f"rank {replicas.rank} of {replicas.world} (pid {os.getpid()}, "
@@ -56,7 +56,7 @@ def cmd_train(args) -> int:
         distributed.shutdown()
 
 
-def _launch(args) -> int:
+def _launch(args, inside: set) -> int:
     """Run this command in ``--nproc`` local processes under torchrun (which passes each its
     rank, and stops the others when one fails)."""
     import subprocess
@@ -68,7 +68,7 @@ def _launch(args) -> int:
     # what every process would refuse is refused once, here
     load_checked(args.spec)
     if not args.resume:
-        art.check_output_dir(Path(args.output), allow={"checkpoints"})
+        art.check_output_dir(Path(args.output), allow=inside)
     argv = _without_nproc(args.argv)
     env = dict(os.environ)
     if threads.GIVEN is None:  # each process takes its share of the cores (threads.py)

@@ -103,9 +103,10 @@ class Replicas:
         return (mine, True) if len(mine) else (indices[:1], False)
 
     def evaluation_part(self, count: int) -> slice:
-        """This rank's contiguous part of ``count`` evaluation samples."""
-        bounds = np.linspace(0, count, self.world + 1).round().astype(int)
-        return slice(int(bounds[self.rank]), int(bounds[self.rank + 1]))
+        """This rank's contiguous part of ``count`` evaluation samples (cut as ``part`` cuts
+        a batch)."""
+        mine = np.array_split(np.arange(count), self.world)[self.rank]
+        return slice(int(mine[0]), int(mine[-1]) + 1) if len(mine) else slice(0, 0)
 
 
 def lost_contact(rank: int, world: int, exc: Exception) -> str:

@@ -14,6 +14,7 @@ checkpoint continues exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 
@@ -275,14 +276,15 @@ class Trainer:
         vm, sig, dev = self._step_function()
         hyper = optim.hyper_vector(self.optimizer, self.current_lr(),
                                    self.step - self.state_start)
-        replica = self._replica_vector(self.model.batch_size(xs), present)
+        samples = self.model.batch_size(xs)
+        replica = self._replica_vector(samples, present)
         args = [tvm.runtime.tensor(a, dev) for a in [*xs, *ys, hyper, *replica]]
         args += [self._device[k] for k in sig.params + sig.buffers + sig.state]
         args += [tvm.runtime.tensor(m, dev) for m in self._masks(sig, self.rows(xs))]
         out = self._run_step(vm, args)
         metric = next((i for i, t in enumerate(self.terms) if t.kind.metric), 0)
-        loss, correct, samples, rows, terms = self._step_totals(
-            out, replica, self.model.batch_size(xs), len(ys[metric]))
+        loss, correct, samples, rows, terms = self._step_totals(out, replica, samples,
+                                                                len(ys[metric]))
         grad_sq, new_sq = out[2].numpy()
         if not math.isfinite(loss) or not np.all(np.isfinite(grad_sq) & np.isfinite(new_sq)):
             raise TrainingError(f"training diverged at step {self.step + 1} (epoch "
@@ -471,14 +473,17 @@ class GivenBatches:
         """(x, y, present): in a data-parallel run each process takes every world-th batch
         (a global batch is one from each); one left without a batch in the last round steps
         on a stand-in that adds nothing."""
-        items = list(self.source(epoch) if callable(self.source) else self.source)
-        for item in items:
-            if not isinstance(item, (tuple, list)) or len(item) != 2:
-                raise InputError(f"a batch is a pair (x, y); received {type(item).__name__}")
+        items = iter(self.source(epoch) if callable(self.source) else self.source)
         rank = self.replicas.rank if self.replicas else 0
-        for start in range(0, len(items), self.world):
-            round_ = items[start:start + self.world]
+        # a round at a time: a generator's batches are not all held at once
+        while round_ := [_checked_pair(item) for item in itertools.islice(items, self.world)]:
             yield (*round_[rank], True) if rank < len(round_) else (*round_[0], False)
+
+
+def _checked_pair(item):
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise InputError(f"a batch is a pair (x, y); received {type(item).__name__}")
+    return item
 
 
 def _array_source(trainer, x, y, batch_size, shuffle, validation_split) -> ArrayBatches:
