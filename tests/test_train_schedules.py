@@ -113,6 +113,16 @@ FAMILIES = {
         "gap": ([layer("gap", "global_avgpool")], {"gap": "global_pool"}),
         "stats": ([layer("stats", "stats_pool")], {"stats": "generic"}),
     }),
+    # 3x3 stride-1 convs with 32+ channels and enough tiles: Winograd forward and input
+    # gradient, F(4x4) at 16x16 (16 tiles), F(2x2) at 12x12 (9 tiles of 4, 36 of 2), 40
+    # channels filling two and a half blocks
+    "winograd": ([3, 16, 16], [conv("stem", 32, padding=1), layer("stem_t", "tanh")], {
+        "w4": ([conv("w4", 32, padding=1)], {"w4": "winograd/winograd"}),
+        "w2": ([layer("w2_pool", "avgpool2d", kernel=5, stride=1),
+                conv("w2", 40, padding=1, bias=False), layer("w2_bn", "batchnorm"),
+                layer("w2_r", "relu")], {"w2_pool": "pool", "w2": "winograd/winograd",
+                                         "w2_bn": "batchnorm"}),
+    }),
     # a residual block, pools, dropout and the layers without blocked kernels
     "blocks": ([3, 12, 12], [conv("stem", 16, padding=1, bias=False),
                              layer("stem_bn", "batchnorm"), layer("stem_r", "relu")], {
@@ -308,8 +318,8 @@ def test_kernels_are_scheduled(family):
     fast, _ = steps(family)
     low = fast.lowering
     kinds = {kernel_name(n): k.kind for n, k in low.kinds.items()}
-    transposed = {kernel_name(n) for n, how in low.input_grads.items() if how == "transposed"
-                  and low.kinds[n].kind == "conv"}
+    transposed = {kernel_name(n) for n, how in low.input_grads.items()
+                  if how in ("transposed", "winograd") and low.kinds[n].kind != "depthwise"}
     parallel = vector = 0
     for gv, func in fast.module.functions_items():
         if not isinstance(func, tvm.tirx.PrimFunc):

@@ -136,14 +136,15 @@ def _dense(g, node, blocks, lanes, keys, training) -> KernelChoice:
 
 def _conv(g, node, blocks, lanes, keys, training) -> KernelChoice:
     choice = choose_conv(g, node, keys, blocks, lanes)
-    if training or choice.kind != "conv":  # the training kernels are direct ones
+    if choice.kind != "conv":
         return choice
     return with_algorithm(choice, choose_conv_algorithm(choice.geometry))
 
 
 def with_algorithm(choice: KernelChoice, tile: int) -> KernelChoice:
     """``choice`` (a direct conv) computed by Winograd F(tile x tile, 3 x 3) instead, its
-    weights transformed at load time; ``tile`` 0 keeps the direct kernel."""
+    weights transformed at load time (a training step transforms them every step, and
+    ``layouts`` are not used there); ``tile`` 0 keeps the direct kernel."""
     if not tile:
         return choice
     geo = choice.geometry

@@ -55,6 +55,8 @@ from .train_kernels import (ACCUMULATORS, batchnorm_apply, batchnorm_count,
                             schedule_lane_reductions, schedule_square_sum,
                             schedule_sums_then_loops, square_sum_rows)
 from .vector_math import CPU_MATH
+from .winograd import (choose_conv_algorithm, schedule_winograd, schedule_winograd_weight,
+                       winograd_conv, winograd_weight)
 
 FLOAT = "float32"
 
@@ -160,19 +162,36 @@ class CpuTrainLowering(TrainLowering):
 
     def forward_conv(self, node, kind):
         geo = kind.geometry
+        registers = self.registers
+        return self.conv_forward(
+            node, kind, lambda w: pack_weight(forward_weight(w, geo), geo), None,
+            lambda t, w, b: conv_blocked(t, w, b, geo),
+            lambda f: schedule_conv(f, geo, registers=registers))
+
+    def forward_winograd(self, node, kind):
+        """Winograd F(m x m, 3 x 3) as at inference, the weights transformed every step."""
+        geo, m = kind.geometry, kind.tile
+        registers = self.registers
+        return self.conv_forward(
+            node, kind, lambda w: winograd_weight(pack_weight(forward_weight(w, geo), geo), m),
+            schedule_winograd_weight, lambda t, w, b: winograd_conv(t, w, b, geo, m=m),
+            lambda f: schedule_winograd(f, geo, m, registers=registers))
+
+    def conv_forward(self, node, kind, pack, pack_schedule, compute, schedule):
+        """A conv's forward: its weights packed by ``pack`` (scheduled by ``pack_schedule``;
+        None: the fallback), then ``compute(x, packed, bias)`` scheduled by ``schedule``."""
+        geo = kind.geometry
         x = self.value_in(layer_node(self.g, node).inputs[0], geo.ib if not geo.in_plain else PLAIN)
         self.consumed[node] = [x]
         args = self.args(node)
-        packed = self.emit(lambda w: pack_weight(forward_weight(w, geo), geo), args["weight"],
-                           name=f"{kernel_name(node)}_pack")
+        packed = self.emit(pack, args["weight"], name=f"{kernel_name(node)}_pack",
+                           schedule=pack_schedule)
         inputs = [x.var, packed]
         if "bias" in args:
             inputs.append(self.emit(lambda b: pack_bias(b, geo.cout, geo.ob), args["bias"],
                                     name=f"{kernel_name(node)}_pack_bias"))
-        registers = self.registers
-        out = self.emit(lambda t, w, *b: conv_blocked(t, w, b[0] if b else None, geo), *inputs,
-                        name=kernel_name(node),
-                        schedule=lambda f: schedule_conv(f, geo, registers=registers))
+        out = self.emit(lambda t, w, *b: compute(t, w, b[0] if b else None), *inputs,
+                        name=kernel_name(node), schedule=schedule)
         return Value(out, geo.cout, geo.ob)
 
     def forward_depthwise(self, node, kind):
@@ -344,6 +363,9 @@ class CpuTrainLowering(TrainLowering):
             if columns_pay_off(geo):
                 self.input_grads[node] = "columns"
                 dxs = [self.columns_input_grad(node, geo, dy, out_block)]
+            elif self.winograd_input_grad(grad):
+                self.input_grads[node] = "winograd"
+                dxs = [self.winograd_transposed(geo, grad, dy, args["weight"], hint)]
             elif grad.geo.supported() is None:
                 self.input_grads[node] = "transposed"
                 packed = self.emit(lambda w: pack_weight(flipped_weight(w, geo), grad.geo),
@@ -366,6 +388,28 @@ class CpuTrainLowering(TrainLowering):
         if "bias" in args:
             grads[names["bias"]] = self.channel_grad(dy, geo.cout, f"{hint}_db")
         return dxs, grads
+
+    backward_winograd = backward_conv
+
+    @staticmethod
+    def winograd_input_grad(grad) -> int:
+        """Winograd's tile for the transposed conv ``grad`` (0: the direct kernel): the
+        inference rule, for a stride-1 forward conv whose transposed conv needs no spread dy."""
+        if grad.zero_insert or grad.geo.supported() is not None:
+            return 0
+        return choose_conv_algorithm(grad.geo)
+
+    def winograd_transposed(self, geo, grad, dy: Value, weight, hint: str) -> Value:
+        """dx as the transposed conv of dy by Winograd, its flipped weights transformed."""
+        m = self.winograd_input_grad(grad)
+        registers = self.registers
+        packed = self.emit(
+            lambda w: winograd_weight(pack_weight(flipped_weight(w, geo), grad.geo), m),
+            weight, name=f"{hint}_pack", schedule=schedule_winograd_weight)
+        var = self.emit(lambda d, w: winograd_conv(d, w, None, grad.geo, m=m), dy.var, packed,
+                        name=f"{hint}_dx",
+                        schedule=lambda f: schedule_winograd(f, grad.geo, m, registers=registers))
+        return Value(var, geo.cin, grad.geo.ob)
 
     def input_grad_geometry(self, geo):
         """(block, InputGrad) of the transposed conv computing dx: in the input's block where

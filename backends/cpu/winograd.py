@@ -23,6 +23,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from tvm import te, tirx
 
 from cnncompiler.graph.winograd import TILES, matrices
@@ -179,6 +181,41 @@ def winograd_conv(x, weight, bias, geo: ConvGeometry, fused=None, epilogue_args=
     return blocked_epilogue(y, bias, fused, epilogue_args, residual, channels=geo.cout)
 
 
+def winograd_weight(packed, m: int, name: str = "winograd_weight"):
+    """Blocked 3x3 weights ``(O/ob, C/ib, 3, 3, ib, ob)`` (``train_conv.pack_weight``) as the
+    Winograd kernel reads them, ``((m+2)^2, O/ob, C/ib, ib, ob)``: ``G g G^T`` of each filter,
+    one vector of ``ob`` output channels at a time. For a training step, whose weights change
+    every step; inference transforms its weights once, with numpy, when they are loaded."""
+    _, g, _ = matrices(m)
+    alpha = m + 2
+    # the transform of position e = (a, b) is sum over (r, s) of G[a, r] G[b, s] g[r, s]
+    coefficients = [np.outer(g[a], g[b]).ravel() for a in range(alpha) for b in range(alpha)]
+
+    def compute(e, ob, cb, i, j):
+        taps = [packed[ob, cb, r, s, i, j] for r in range(3) for s in range(3)]
+        return _pick(e, [_linear(c, taps) for c in coefficients])
+
+    blocks = (packed.shape[0], packed.shape[1], packed.shape[4], packed.shape[5])
+    return te.compute((alpha * alpha, *blocks), compute, name=name)
+
+
+def schedule_winograd_weight(func):
+    """The packing inlined; parallel over channel blocks, the (m+2)^2 positions unrolled (each
+    one's coefficients become constants), one vector of output channels."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(block).name_hint != "winograd_weight":
+            sch.compute_inline(block)
+    e, ob, cb, i, j = sch.get_loops(sch.get_sblock("winograd_weight"))
+    sch.reorder(ob, cb, i, e, j)
+    sch.parallel(sch.fuse(ob, cb))
+    sch.unroll(e)
+    sch.vectorize(j)
+    return scheduled(sch)
+
+
 # -- the schedule -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -270,4 +307,5 @@ def _transform_at(sch, name: str, loop) -> None:
 
 
 __all__ = ["TILES", "WinogradTile", "choose_conv_algorithm", "choose_winograd_tile",
-           "eligible", "schedule_winograd", "tiles", "winograd_conv"]
+           "eligible", "schedule_winograd", "schedule_winograd_weight", "tiles",
+           "winograd_conv", "winograd_weight"]
