@@ -39,7 +39,8 @@ def build_cpu(g, choice, lib_path: Path, batch_sizes=(), schedule_hook=None) -> 
 
 
 def relax_pipeline():
-    """Relax's default pipeline, then every PrimFunc marked ``tirx.noalias``.
+    """Relax's default build pipeline with cnnc's arena packing (``planning_passes``), then
+    every PrimFunc marked ``tirx.noalias``.
 
     NOTE: the pipeline adds a host function, ``shape_func``, without that mark, and one such
     function in the module makes LLVM code generation drop ``noalias`` from every kernel: the
@@ -56,4 +57,21 @@ def relax_pipeline():
                 mod[gv] = func.with_attr("tirx.noalias", True)
         return mod
 
-    return tvm.transform.Sequential([relax.get_pipeline("default"), mark_noalias])
+    t = relax.transform
+    rest = [t.RewriteCUDAGraph(), t.LowerAllocTensor(), t.KillAfterLastUse(),
+            t.LowerRuntimeBuiltin(), t.ComputePrimValue(), t.VMShapeLower(),
+            t.AttachGlobalSymbol()]
+    return tvm.transform.Sequential([*planning_passes(), *rest, mark_noalias])
+
+
+def planning_passes() -> list:
+    """Relax's default build pipeline (``tvm.relax.pipeline.default_build_pipeline``, TVM 0.27)
+    up to its memory planning, then ``arena.pack_arena``: what ``relax_pipeline`` compiles and
+    what ``memory.planned_memory`` measures, so the reported plan is the built one."""
+    from tvm.relax import backend, transform as t
+
+    from .arena import pack_arena
+
+    return [backend.DispatchSampling(), backend.DispatchSortScan(), t.LegalizeOps(),
+            t.RewriteDataflowReshape(), t.ToNonDataflow(), t.RemovePurityChecking(),
+            t.CallTIRRewrite(), t.StaticPlanBlockMemory(), pack_arena()]

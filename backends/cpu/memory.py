@@ -1,16 +1,20 @@
-"""Peak activation memory of the compiled functions, from Relax's own memory planning.
+"""Peak activation memory of the compiled functions, from the build's own memory planning.
 
 ``StaticPlanBlockMemory`` assigns every intermediate tensor of a function to a storage it
-reuses where lifetimes allow; the function's outputs get their own allocations. Peak
-activation memory is then the planned storages, plus the outputs, plus the largest scratch
-memory one kernel allocates while it runs (the padded rows of a conv, per thread). The input
-and the weights are not counted.
+reuses where lifetimes allow, and ``arena.pack_arena`` then packs a function with static sizes
+into one arena; the function's outputs get their own allocations. The passes are the build's
+(``planning_passes``), so this is what the compiled functions allocate. Peak activation memory
+is the planned storages, plus the outputs, plus the largest scratch memory one kernel
+allocates while it runs (the padded rows of a conv, per thread). The input and the weights are
+not counted. ``relax_storages`` is what Relax's plan alone would allocate, and ``plan`` says
+which of the two the function uses (with the reason where the arena was declined).
 
 For ``main``, whose batch size is symbolic, the storages are sizes in ``n``; they are evaluated
 at n=1 and n=2 and reported as ``fixed + per_sample * n`` (Relax plans them proportional to n).
 
     planned_memory(mod, target, (1, 64))
-    {"main_b1": {"storages": ..., "outputs": ..., "scratch": ..., "total": ...},
+    {"main_b1": {"storages": ..., "outputs": ..., "scratch": ..., "total": ...,
+                 "relax_storages": ..., "plan": "arena"},
      "main_b64": {...}, "main": {"fixed": ..., "per_sample": ...}}
 """
 
@@ -22,9 +26,9 @@ import tvm_ffi
 from tvm import relax, s_tir, tirx
 from tvm.sym.analyzer import Analyzer
 
-PLAN_PASSES = (relax.transform.LegalizeOps, relax.transform.ToNonDataflow,
-               relax.transform.RemovePurityChecking, relax.transform.CallTIRRewrite,
-               relax.transform.StaticPlanBlockMemory)
+from . import planning_passes
+from .arena import PLAN_ATTR
+
 # The TIR lowering up to flat buffers: enough to see each kernel's own allocations, compacted.
 SCRATCH_PASSES = (s_tir.transform.CanonicalizeLoop, s_tir.transform.LowerInitBlock,
                   s_tir.transform.PlanAndUpdateBufferAllocationLocation,
@@ -103,8 +107,10 @@ def _children(stmt):
 
 def planned_memory(mod: tvm.IRModule, target, batch_sizes=(), threads: int = 2) -> dict:
     """Peak activation bytes of ``main_b<N>`` for each batch size, and of ``main`` per sample."""
+    *relax_plan, pack = planning_passes()
     with target:
-        planned = tvm.transform.Sequential([p() for p in PLAN_PASSES])(mod)
+        relax_planned = tvm.transform.Sequential(relax_plan)(mod)
+        planned = pack(relax_planned)
     scratch = 0
     for gv, func in mod.functions_items():
         if isinstance(func, tirx.PrimFunc):
@@ -114,10 +120,13 @@ def planned_memory(mod: tvm.IRModule, target, batch_sizes=(), threads: int = 2) 
                 pass
     out = {}
     for b in batch_sizes:
-        sizes = _function_bytes(planned[f"main_b{b}"])
+        name = f"main_b{b}"
+        sizes = _function_bytes(planned[name])
         if sizes:
-            out[f"main_b{b}"] = sizes | {"scratch": scratch,
-                                         "total": sizes["storages"] + sizes["outputs"] + scratch}
+            out[name] = sizes | {"scratch": scratch,
+                                 "total": sizes["storages"] + sizes["outputs"] + scratch,
+                                 "relax_storages": _function_bytes(relax_planned[name])["storages"],
+                                 "plan": str(planned[name].attrs[PLAN_ATTR])}
     one, two = (_function_bytes(planned["main"], n) for n in (1, 2))
     if one and two:
         per_sample = sum(two.values()) - sum(one.values())
