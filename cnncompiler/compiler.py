@@ -83,8 +83,10 @@ def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str,
     batch-specialised functions first (``progress`` gets a line per kernel); the build then
     uses every cached schedule measured faster than cnnc's default (``tuning_cache``: the
     cache directory, default ``$CNNC_CACHE/tuning`` or ~/.cache/cnnc/tuning; False: none).
-    ``precision``: 'fp32' (default) or 'mixed' (CUDA: ``backends.precision``).
+    ``precision``: 'fp32' (default) or 'mixed' (CUDA: ``backends.precision``). The tune
+    budget counts from this call to its return, the build after tuning included.
     """
+    started = time.monotonic()  # the tune budget's clock
     from cnncompiler.backends import build_library, require_compiler
     from cnncompiler.backends.precision import check_fp16_weights, check_precision
     from cnncompiler.backends.targets import parse_target
@@ -104,7 +106,7 @@ def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str,
         hook = tuning_hook(choice, tuning_cache)
         search = None
         if budget_s is not None:
-            search = _tune(optimized, choice, batch_sizes, budget_s, hook, progress)
+            search = _tune(optimized, choice, batch_sizes, budget_s, hook, progress, started)
             art.check_output_dir(out)  # again: tuning ran for minutes, the user may have too
         staging = writer.staging()
         (staging / art.SPEC).write_text(spec_text)
@@ -152,7 +154,7 @@ def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str,
     return manifest
 
 
-def _tune(optimized, choice, batch_sizes, budget_s, hook, progress) -> dict:
+def _tune(optimized, choice, batch_sizes, budget_s, hook, progress, started) -> dict:
     from cnncompiler.backends.tuning.search import tune_model
 
     cache = hook.cache if hook else None
@@ -160,7 +162,7 @@ def _tune(optimized, choice, batch_sizes, budget_s, hook, progress) -> dict:
         raise CnncError("tuning needs a cache to keep its results in; do not turn the "
                         "tuning cache off when giving a tune budget")
     return tune_model(optimized, choice, tuple(batch_sizes), budget_s, cache,
-                      progress=progress).to_json()
+                      progress=progress, started=started, build_after=True).to_json()
 
 
 def kernel_report(g, tuned=()) -> list[dict]:

@@ -7,7 +7,8 @@ and use them in later builds only where they were measured faster than cnnc's de
 The pipeline: ``tasks`` finds the distinct kernels of the batch-specialised functions;
 ``search`` shares the budget among them by FLOPs and, for each, first times the other tiles of
 cnnc's own schedule rule (``space``), then gives what is left of the kernel's share to TVM's
-MetaSchedule (``metaschedule``), every candidate timed the same way (``measure``: TVM's
+MetaSchedule (``metaschedule``, in a worker process stopped at the kernel's deadline, so the
+budget is a deadline for the whole run), every candidate timed the same way (``measure``: TVM's
 runtime, the model's thread count); ``cache`` keeps one record per (kernel workload, target);
 ``apply`` is the schedule hook a build uses.
 

@@ -9,6 +9,14 @@ checked to compute the same output before its time is recorded. A kernel already
 is skipped (``retune`` searches it again); one whose search the budget cut short carries on
 where it stopped.
 
+The budget is a deadline for the whole call, from ``started`` (default: the call) to its
+return: finding the kernels, timing tiles and confirming a winner all look at the time left,
+a kernel's search keeps back what timing its best candidate will take (estimated from how
+long building and timing its default took), and MetaSchedule runs in a worker process that
+is stopped at the kernel's deadline (metaschedule.py). ``build_after`` leaves time for building
+the whole model afterwards, estimated from the kernels' own build times, as ``cnnc compile
+--tune-budget`` does.
+
     summary = tune_model(g, choice, (1, 64), budget_s=600, cache=TuningCache(),
                          progress=print)
 """
@@ -25,18 +33,22 @@ from .budget import format_seconds
 from .cache import WIN_MARGIN, Record, TuningCache, describe_config
 from .measure import KernelBench, use_threads
 from .space import apply_config
-from .tasks import KernelTask, extract_tasks, target_key
+from .tasks import KernelTask, find_tasks, target_key
 
 MIN_FLOPS = 4_000_000    # below this a kernel runs in microseconds: not worth a search
 MIN_SHARE_S = 1.0        # a kernel's search gets at least this long, while the budget lasts
 CONFIRM_ROUNDS = 3
+CONFIRM_STEPS = 2        # a confirmation takes about as long as this many candidates
 STRATEGY_NAMES = {"both": "cnnc's tiles, then MetaSchedule",
                   "tiles": "cnnc's tiles", "metaschedule": "MetaSchedule"}
 STRATEGIES = tuple(STRATEGY_NAMES)
 # MetaSchedule runs on a kernel when this much of its share is left: its first round (search
 # space, cost model and worker pools set up, 8 candidates built and run) took about a minute on
-# a 2-core machine whatever the kernel, and cannot be cut short
+# a 2-core machine whatever the kernel; a worker stopped before it ends has found nothing
 MIN_METASCHEDULE_S = 90.0
+# a kernel's share of building a model: ResNet-18 CIFAR's 46 kernel functions (batch 1 and the
+# symbolic batch) were compiled and linked in 18.7 s on a 2-core machine
+BUILD_S_PER_KERNEL = 0.4
 
 
 @dataclass
@@ -47,6 +59,14 @@ class KernelResult:
     record: Record | None = None
     trials: int = 0
     seconds: float = 0.0
+
+
+@dataclass
+class KernelSearch:
+    record: Record         # what to cache
+    trials: int            # run now
+    note: str              # what went wrong or was cut short ("" when nothing was)
+    build_s: float         # how long building the kernel's default schedule took
 
 
 @dataclass
@@ -90,30 +110,35 @@ def format_flops(flops: int) -> str:
 
 
 def search_kernel(task: KernelTask, seconds: float, target, target_id: str, threads: int,
-                  previous: Record | None = None,
-                  strategy: str = "both") -> tuple[Record, int, str]:
-    """Search ``task`` for ``seconds``: the tiles of cnnc's rule (``strategy`` tiles or
-    both), then MetaSchedule with the time left (metaschedule or both). Returns the record to
-    cache, the trials run now, and a note on what went wrong ("" when nothing did)."""
+                  previous: Record | None = None, strategy: str = "both", *,
+                  work_dir) -> KernelSearch:
+    """Search ``task`` for at most about ``seconds``: the tiles of cnnc's rule (``strategy``
+    tiles or both), then MetaSchedule with the time left (metaschedule or both), its worker's
+    files under ``work_dir``. Time to build and time the best candidate once more is kept
+    back: each step is estimated from how long the default schedule took."""
     start = time.monotonic()
     deadline = start + seconds
     rule, func = task.rule, task.func
     bench = KernelBench(func, target)
     default_config = rule.default_config(func)
     default = bench.build(rule.schedule(func))   # exactly what the build uses untuned
+    build_s = time.monotonic() - start
     reference = bench.output(default)
     default_ms = bench.time(default)
+    step_s = time.monotonic() - start             # a candidate's build and timing, about
     carried = previous is not None and previous.default_config == default_config
     tried = [list(t) for t in previous.trials] if carried else []
     done = {_key(c) for c, _ in tried} | {_key(default_config)}
     fresh = {}                                    # config key -> ms, measured in this run
     complete = carried and previous.complete
+    # the confirmation (a build and interleaved timings) and re-timing the previous best
+    reserve_s = step_s * (CONFIRM_STEPS + int(carried))
     if strategy in ("tiles", "both"):
         complete = True
         for config in rule.candidates(func, tried, baseline=(default_config, default_ms)):
             if _key(config) in done:
                 continue
-            if time.monotonic() >= deadline:
+            if time.monotonic() + step_s + reserve_s >= deadline:
                 complete = False
                 break
             ms = _time_config(bench, rule, func, config)
@@ -122,14 +147,14 @@ def search_kernel(task: KernelTask, seconds: float, target, target_id: str, thre
             fresh[_key(config)] = ms
     tile_trials = len(fresh)
     ms_trials, note = 0, ""
-    left = deadline - time.monotonic()
+    left = deadline - time.monotonic() - reserve_s - step_s   # step_s: timing what it finds
     if strategy in ("metaschedule", "both") and left >= MIN_METASCHEDULE_S:
         from .metaschedule import metaschedule_search
 
-        found = metaschedule_search(func, target, left, threads)
+        found = metaschedule_search(func, target, left, threads, work_dir=work_dir)
         # a failed run counts as one trial, so the next run does not repeat it
         ms_trials = max(found.trials, 1 if found.error else 0)
-        note = f"MetaSchedule: {found.error}" if found.error else ""
+        note = _metaschedule_note(found)
         if found.config is not None:
             ms = _time_config(bench, rule, func, found.config)
             tried.append([found.config, ms])
@@ -154,7 +179,17 @@ def search_kernel(task: KernelTask, seconds: float, target, target_id: str, thre
                     seconds=spent + (previous.seconds if carried else 0.0),
                     metaschedule_trials=ms_trials + (previous.metaschedule_trials
                                                      if carried else 0))
-    return record, tile_trials + ms_trials, note
+    return KernelSearch(record, tile_trials + ms_trials, note, build_s)
+
+
+def _metaschedule_note(found) -> str:
+    if found.error:
+        return f"MetaSchedule: {found.error}"
+    if found.cut_short:
+        return ("MetaSchedule stopped at the deadline, "
+                + (f"{found.trials} trial{'s' * (found.trials != 1)} kept" if found.trials
+                   else "before its first round ended"))
+    return ""
 
 
 def _time_config(bench, rule, func, config: dict) -> float | None:
@@ -182,21 +217,25 @@ def _confirm(bench, default, reference, rule, func, config, default_config):
 
 def tune_model(g, choice, batch_sizes, budget_s: float, cache: TuningCache, *,
                threads: int | None = None, retune: bool = False, min_flops: int = MIN_FLOPS,
-               strategy: str = "both", progress=None) -> TuneSummary:
+               strategy: str = "both", progress=None, started: float | None = None,
+               build_after: bool = False) -> TuneSummary:
     """Tune the kernels of the batch-specialised functions of ``g`` within ``budget_s``
-    seconds of wall-clock time, recording every result in ``cache``. ``strategy``: "tiles"
-    (cnnc's schedule rules with other tiles), "metaschedule", or "both" (tiles, then
-    MetaSchedule with the rest of each kernel's share)."""
+    seconds of wall-clock time from ``started`` (time.monotonic(); default: now), recording
+    every result in ``cache``; with ``build_after``, time to build the model is left at the
+    end. ``strategy``: "tiles" (cnnc's schedule rules with other tiles), "metaschedule", or
+    "both" (tiles, then MetaSchedule with the rest of each kernel's share)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown tuning strategy {strategy!r}; expected one of {STRATEGIES}")
     say = progress or (lambda line: None)
-    start = time.monotonic()
+    start = time.monotonic() if started is None else started
+    deadline = start + budget_s
     threads = use_threads(threads)
     target = tvm.target.Target(choice.config)
     target_id = target_key(choice)
     summary = TuneSummary(budget_s, threads=threads, cache_dir=str(cache.dir))
     cache.check_writable()  # before the budget is spent, not after
-    tasks = extract_tasks(g, choice, batch_sizes)
+    tasks, kernel_count = find_tasks(g, choice, batch_sizes)
+    build = BuildEstimate(kernel_count if build_after else 0)
     big = [t for t in tasks if t.flops >= min_flops]
     summary.tiny = len(tasks) - len(big)
     todo, previous = [], {}
@@ -212,9 +251,12 @@ def tune_model(g, choice, batch_sizes, budget_s: float, cache: TuningCache, *,
         f"{','.join(map(str, batch_sizes))}, {threads} threads: {len(todo)} kernels to tune"
         + (f", {cached} already tuned in the cache" if cached else "")
         + (f", {summary.tiny} too small to tune" if summary.tiny else "")
-        + f"; budget {format_seconds(budget_s)}, search: {STRATEGY_NAMES[strategy]}")
+        + f"; budget {format_seconds(budget_s)}"
+        + (f" (about {format_seconds(build.seconds())} of it kept to build the model)"
+           if build_after else "")
+        + f", search: {STRATEGY_NAMES[strategy]}")
     for i, task in enumerate(todo):
-        left = budget_s - (time.monotonic() - start)
+        left = deadline - build.seconds() - time.monotonic()
         if left < MIN_SHARE_S:
             summary.kernels.append(KernelResult(task.label, task.flops, "out of budget"))
             continue
@@ -232,21 +274,23 @@ def tune_model(g, choice, batch_sizes, budget_s: float, cache: TuningCache, *,
             continue
         kernel_start = time.monotonic()
         try:
-            record, trials, note = search_kernel(task, share, target, target_id, threads,
-                                                 record, strategy)
-            cache.put(record)
+            found = search_kernel(task, share, target, target_id, threads, record, strategy,
+                                  work_dir=cache.dir)
+            cache.put(found.record)
         except Exception as exc:  # noqa: BLE001 (one kernel TVM cannot build or time)
             why = _one_line(exc)
             summary.kernels.append(KernelResult(task.label, task.flops, f"failed: {why}"))
             say(f"{head}: failed ({why}); it keeps cnnc's default schedule")
             continue
+        build.timed(found.build_s)
+        record, trials = found.record, found.trials
         result = KernelResult(task.label, task.flops, "tuned", record, trials,
                               time.monotonic() - kernel_start)
         summary.kernels.append(result)
         say(f"{head}: {format_flops(task.flops)}, {format_seconds(result.seconds)}, "
             f"{trials} trial{'s' * (trials != 1)}"
             f"{'' if record.complete else ' (budget ran out first)'}; {_verdict(record)}"
-            + (f" [{note}]" if note else ""))
+            + (f" [{found.note}]" if found.note else ""))
     summary.spent_s = time.monotonic() - start
     left_out = summary.count("out of budget")
     failed = sum(k.status.startswith("failed") for k in summary.kernels)
@@ -256,6 +300,24 @@ def tune_model(g, choice, batch_sizes, budget_s: float, cache: TuningCache, *,
         + (f"; {failed} failed (see above)" if failed else "")
         + f"; cache {cache.dir}")
     return summary
+
+
+class BuildEstimate:
+    """How long building the model's ``kernels`` kernel functions will take: each as long as
+    ``BUILD_S_PER_KERNEL`` (measured on a quiet 2-core machine, the model's own compile
+    passes and linking included), or as the kernels tuned so far each took to build alone
+    where that is longer: a busy machine builds slower."""
+
+    def __init__(self, kernels: int):
+        self.kernels = kernels
+        self.builds: list[float] = []
+
+    def timed(self, build_s: float) -> None:
+        self.builds.append(build_s)
+
+    def seconds(self) -> float:
+        each = sum(self.builds) / len(self.builds) if self.builds else 0.0
+        return self.kernels * max(each, BUILD_S_PER_KERNEL)
 
 
 def _one_line(exc: Exception) -> str:

@@ -60,11 +60,20 @@ def make_task(name: str, func, schedule) -> KernelTask | None:
 
 def extract_tasks(g, choice, batch_sizes) -> list[KernelTask]:
     """Every tunable kernel workload of the batch-specialised functions, most work first."""
+    return find_tasks(g, choice, batch_sizes)[0]
+
+
+def find_tasks(g, choice, batch_sizes) -> tuple[list[KernelTask], int]:
+    """``extract_tasks`` and the number of kernel functions the model's build compiles (every
+    function's, the symbolic batch's included): what building it costs follows that count."""
     from ..cpu.emit import build_cpu_module
 
     tasks: dict[str, KernelTask] = {}
+    kernels = 0
 
     def collect(name, func, schedule):
+        nonlocal kernels
+        kernels += 1
         task = make_task(name, func, schedule)
         if task is not None:
             if task.workload in tasks:
@@ -75,4 +84,4 @@ def extract_tasks(g, choice, batch_sizes) -> list[KernelTask]:
         return func  # the module built here is thrown away: no need to schedule it
 
     build_cpu_module(g, choice.vector_lanes, tuple(batch_sizes), [], schedule_hook=collect)
-    return sorted(tasks.values(), key=lambda t: -t.work)
+    return sorted(tasks.values(), key=lambda t: -t.work), kernels
