@@ -40,6 +40,7 @@ MODELS = {b.key: b for b in (
     Bench("alexnet", "AlexNet (3x227x227)", (1, 8)),
     Bench("googlenet", "GoogLeNet (3x224x224)", (1, 8)),
     Bench("vgg11_bn", "VGG-11-BN (3x224x224)", (1, 8)),
+    Bench("vgg16_bn", "VGG-16-BN (3x224x224)", (1, 8)),
     Bench("mobilenet_v1", "MobileNet-v1 (3x224x224)", (1, 8)),
     Bench("resnet34_cifar", "ResNet-34 CIFAR (3x32x32)", (1, 64)),
     Bench("tdnn", "x-vector TDNN (30x200)", (1, 64)),

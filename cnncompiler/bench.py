@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CnncError, InputError
+from .runtime.model import planned_activation_bytes
 from .threads import default_threads
 
 
@@ -42,17 +43,6 @@ def time_runs(predict, x, warmup: int, repeat: int) -> dict:
         predict(x)
         times.append(time.perf_counter() - start)
     return {"median_ms": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3}
-
-
-def planned_activation_bytes(manifest: dict, batch: int) -> int | None:
-    """Peak activation memory the compiled function for ``batch`` plans (from the build's
-    memory planning: the specialised ``main_b<N>``, else ``main``'s per-sample figure)."""
-    memory = manifest.get("build", {}).get("memory", {})
-    if f"main_b{batch}" in memory:
-        return memory[f"main_b{batch}"]["total"]
-    if "main" in memory:
-        return memory["main"]["fixed"] + memory["main"]["per_sample"] * batch
-    return None
 
 
 # -- memory --------------------------------------------------------------------------------------

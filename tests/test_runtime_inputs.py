@@ -44,15 +44,32 @@ def test_a_batch_beyond_the_memory_bound_runs_in_pieces_with_the_same_result(len
     model = cc.load(lenet)
     x = np.random.default_rng(0).standard_normal((11, 1, 32, 32)).astype(np.float32)
     whole = model.predict(x).copy()
-    monkeypatch.setattr(runtime_model, "CHUNK_BYTES", 5 * model._sample_bytes)
+    monkeypatch.setattr(runtime_model, "CHUNK_BYTES", model.activation_bytes(5))
     assert model.chunk_size() == 4, "a compiled batch size that fits is preferred"
     calls = []
     real = model._run
     monkeypatch.setattr(model, "_run", lambda parts: calls.append(len(parts[0])) or real(parts))
     np.testing.assert_array_equal(model.predict(x), whole)
     assert calls == [4, 4, 3]
-    monkeypatch.setattr(runtime_model, "CHUNK_BYTES", 3 * model._sample_bytes)
+    monkeypatch.setattr(runtime_model, "CHUNK_BYTES", model.activation_bytes(3))
+    assert model.activation_bytes(4) > runtime_model.CHUNK_BYTES
     assert model.chunk_size() == 3
+
+
+def test_the_bound_is_the_memory_the_build_planned(lenet, monkeypatch):
+    """A batch runs whole where its planned activations fit the bound, though its layers'
+    outputs together would not; the compiled batch size's own plan counts for it."""
+    model = cc.load(lenet)
+    memory = model.manifest["build"]["memory"]
+    assert model.activation_bytes(4) == memory["main_b4"]["total"]
+    assert model.activation_bytes(7) == memory["main"]["fixed"] + 7 * memory["main"]["per_sample"]
+    assert model.activation_bytes(7) < 7 * model._sample_bytes
+    monkeypatch.setattr(runtime_model, "CHUNK_BYTES", model.activation_bytes(7))
+    calls = []
+    real = model._run
+    monkeypatch.setattr(model, "_run", lambda parts: calls.append(len(parts[0])) or real(parts))
+    model.predict(np.zeros((7, 1, 32, 32), np.float32))
+    assert calls == [7]
 
 
 def test_compile_works_with_the_runtime_only_variable_set(tmp_path):
