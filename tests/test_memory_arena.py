@@ -154,8 +154,9 @@ def network_spec(stem: str, tmp_path_factory):
 
 
 class ArenaBuild:
-    """A network compiled with a function specialised for its test batch (which the arena
-    plans), run on that batch, with its reference outputs and its Relax module as built."""
+    """A network compiled with a function specialised for its test batch and the symbolic-batch
+    ``main``, both planned in an arena: run on that batch (``main_b<N>``) and on one sample more
+    (``main``), with the reference outputs and the Relax module as built."""
 
     def __init__(self, path):
         import cnncompiler as cc
@@ -166,7 +167,11 @@ class ArenaBuild:
         self.params, self.want = lively_params(self.model.graph, self.x)
         self.model.load_params(self.params)
         self.got = as_dict(self.model.predict(self.x), self.model.output_names)
-        self.memory = self.model.manifest["build"]["memory"][f"main_b{self.batch}"]
+        # inference treats samples apart, so a repeated sample must give its output again
+        more = np.concatenate([self.x, self.x[:1]])
+        self.got_main = as_dict(self.model.predict(more), self.model.output_names)
+        self.want_main = {k: np.concatenate([w, w[:1]]) for k, w in self.want.items()}
+        self.memory = self.model.manifest["build"]["memory"]
         self.planned = planned_module(path, (self.batch,))
 
 
@@ -203,12 +208,30 @@ def built(request, tmp_path_factory):
 
 def test_arena_build_matches_reference(built):
     for name, want in built.want.items():
-        assert_close(built.got[name], want, rtol=RTOL, what=f"output '{name}'")
+        assert_close(built.got[name], want, rtol=RTOL, what=f"main_b{built.batch}: '{name}'")
+    for name, want in built.want_main.items():
+        assert_close(built.got_main[name], want, rtol=RTOL, what=f"main: '{name}'")
 
 
 def test_arena_plans_no_more_than_relax(built):
-    assert built.memory["plan"] == "arena"
-    assert built.memory["storages"] <= built.memory["relax_storages"]
+    fixed = built.memory[f"main_b{built.batch}"]
+    assert fixed["plan"] == "arena"
+    assert fixed["storages"] <= fixed["relax_storages"]
+    main = built.memory["main"]
+    assert main["plan"] == "arena"
+    assert main["per_sample"] <= main["relax_storages_per_sample"]
+
+
+def at_one(expr) -> int:
+    """A size or offset of the symbolic-batch ``main`` at n=1: every one is ``k * n``, so two
+    ranges that are apart at n=1 are apart for every n."""
+    import tvm_ffi
+    from tvm import tirx
+    from tvm.sym.analyzer import Analyzer
+
+    one = tvm_ffi.structural_map(expr, (tvm.ir.Var, lambda v: tirx.const(1, v.ty.dtype)),
+                                 order="post")
+    return int(Analyzer().simplify(one))
 
 
 def kernel_argument_ranges(func):
@@ -222,8 +245,8 @@ def kernel_argument_ranges(func):
             v = b.value
             op = v.op.name if isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op) else None
             if op == "relax.memory.alloc_tensor":
-                offset = int(v.args[1])
-                size = np.prod([int(d) for d in v.args[2].values]) * \
+                offset = at_one(v.args[1])
+                size = np.prod([at_one(d) for d in v.args[2].values]) * \
                     tvm.DataType(str(v.args[3].value)).bits // 8
                 where[b.var] = (b.var, offset, offset + int(size))
             elif op in ("relax.memory.ensure_zero_offset", "relax.reshape"):
@@ -231,28 +254,59 @@ def kernel_argument_ranges(func):
                     where[b.var] = where[v.args[0]]
             elif isinstance(v, relax.Var) and v in where:
                 where[b.var] = where[v]
-            elif isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.GlobalVar):
+            elif isinstance(v, relax.Call) and isinstance(v.op, (tvm.ir.GlobalVar,
+                                                                 relax.ExternFunc)):
                 ranges = {where[a][0]: where[a][1:] for a in v.args if a in where}
-                yield v.op.name_hint, ranges
+                yield str(getattr(v.op, "name_hint", None) or v.op.global_symbol), ranges
 
 
-def test_no_kernel_gets_overlapping_arguments(built):
-    func = built.planned[f"main_b{built.batch}"]
-    calls = list(kernel_argument_ranges(func))
+@pytest.mark.parametrize("function", ["main_b", "main"])
+def test_no_kernel_gets_overlapping_arguments(built, function):
+    name = f"main_b{built.batch}" if function == "main_b" else "main"
+    calls = list(kernel_argument_ranges(built.planned[name]))
     assert any(len(r) > 1 for _, r in calls), "no kernel reads one arena tensor into another"
     for kernel, ranges in calls:
         for (a, (lo_a, hi_a)), (b, (lo_b, hi_b)) in itertools.combinations(ranges.items(), 2):
             assert hi_a <= lo_b or hi_b <= lo_a, \
-                f"{kernel}: {a.name} [{lo_a}, {hi_a}) and {b.name} [{lo_b}, {hi_b}) overlap"
+                f"{name}, {kernel}: {a.name} [{lo_a}, {hi_a}) and {b.name} [{lo_b}, {hi_b}) overlap"
 
 
-def test_symbolic_batch_is_left_to_relax(built):
-    from cnncompiler.backends.cpu.arena import PLAN_ATTR
+def _chain_function(last_size=None):
+    """x -> t0 -> t1 -> t2 -> out through a kernel, each ``t`` in a storage of its own as Relax
+    plans symbolic sizes; the last storage holds ``last_size`` bytes (default: 64 * n, as the
+    others)."""
+    from tvm import relax, tirx
 
-    plan = str(built.planned["main"].attrs[PLAN_ATTR])
-    assert plan.startswith("relax: ") and "not a constant" in plan
-    with pytest.raises(ArenaDeclined, match="not a constant"):
-        arena_function(built.planned["main"])
+    n = tirx.Var("n", "int64")
+    x = relax.Var("x", relax.TensorType((n, 16), "float32"))
+    bb = relax.BlockBuilder()
+    kernel = relax.ExternFunc("kernel")
+    with bb.function("f", [x], pure=False):
+        previous = x
+        for size in (64 * n, 64 * n, 64 * n if last_size is None else last_size):
+            storage = bb.emit(relax.op.memory.alloc_storage(relax.ShapeExpr([size]), 0,
+                                                            "global", "float32"))
+            t = bb.emit(relax.op.memory.alloc_tensor(storage, 0, relax.ShapeExpr([n, 16]),
+                                                     "float32"))
+            bb.emit(relax.Call(kernel, [previous, t]))
+            previous = t
+        out = bb.emit(relax.op.builtin.alloc_tensor(relax.ShapeExpr([n, 16]), "float32", 0))
+        bb.emit(relax.Call(kernel, [previous, out]))
+        bb.emit_func_output(out)
+    return bb.finalize()["f"]
+
+
+def test_per_sample_sizes_pack_at_offsets_in_n():
+    packed = arena_function(_chain_function())
+    pairs = [sorted(r.values()) for _, r in kernel_argument_ranges(packed) if len(r) == 2]
+    # t0 and t2 share bytes: t0 is dead once t1 is written
+    assert pairs == [[(0, 64), (64, 128)], [(0, 64), (64, 128)]]
+    assert "R.shape([128 * n])" in packed.script()
+
+
+def test_mixed_fixed_and_per_sample_sizes_are_left_to_relax():
+    with pytest.raises(ArenaDeclined, match="scales with"):
+        arena_function(_chain_function(last_size=4096))
 
 
 def test_resnet18_cifar_batch_64_plans_its_live_peak():

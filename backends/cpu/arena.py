@@ -2,13 +2,17 @@
 
 Relax's ``StaticPlanBlockMemory`` gives each intermediate tensor a storage and reuses a storage
 for a later tensor of no greater size, but it never places two small tensors side by side in
-one freed large storage. ResNet-18 CIFAR at batch 64: Relax's storages take 40.1 MiB, the arena
-32.0 MiB, which is what two of its 16 MiB tensors live at once need (tests/test_memory_arena.py).
-``PackArena`` runs right after it and, for a function whose storages all have static sizes (the
-batch-specialised ``main_b<N>``), replaces them by one arena: each tensor lives from the binding
-that allocates it to the last binding that uses it or any value derived from it, and ``pack``
-places the tensors by greedy-by-size best fit (as ONNX Runtime and TFLite plan their arenas),
-each at a multiple of ``ALIGN`` bytes, so that no two tensors live at once share a byte.
+one freed large storage, and where sizes are symbolic it reuses nothing. ResNet-18 CIFAR at
+batch 64: Relax's storages take 40.1 MiB, the arena 32.0 MiB, which is what two of its 16 MiB
+tensors live at once need (tests/test_memory_arena.py). ``pack_arena`` runs right after it and
+replaces a function's storages by one arena: each tensor lives from the binding that allocates
+it to the last binding that uses it or any value derived from it, and ``pack`` places the
+tensors by greedy-by-size best fit (as ONNX Runtime and TFLite plan their arenas), each at a
+multiple of ``ALIGN`` bytes, so that no two tensors live at once share a byte.
+
+Sizes are either all constant (the batch-specialised ``main_b<N>``) or all proportional to one
+size variable (``n`` in the symbolic-batch ``main``): then the packing is done in bytes per
+sample and every offset is ``k * n``, so it holds for every batch size.
 
 Lifetimes are closed intervals of binding indices: a kernel's output is allocated before the
 call and its inputs are used by the call, so the two intervals meet at the call and the tensors
@@ -21,10 +25,10 @@ into a view whose data pointer is moved instead (on the CPU a view, not a copy: 
 tests/test_memory_arena.py).
 
 The pass leaves a function to Relax's plan, unchanged, when it finds anything it does not model
-(``ArenaDeclined`` says what): a storage whose size is symbolic (the symbolic-batch ``main``),
-nested control flow or match-casts, a storage used other than by ``alloc_tensor``, a nonzero
-offset already, a planned tensor reaching the function's result, or a packing no smaller than
-Relax's storages.
+(``ArenaDeclined`` says what, in the function's ``PLAN_ATTR``): a size neither constant nor
+proportional to the same one variable as the others, nested control flow or match-casts, a
+storage used other than by ``alloc_tensor``, a nonzero offset already, a planned tensor
+reaching the function's result, or a packing no smaller than Relax's storages.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import tvm
+import tvm_ffi
 from tvm import relax, tirx
+from tvm.sym.analyzer import Analyzer
 
 ALIGN = 64  # bytes: the alignment TVM's CPU allocator gives a storage, and kernels assume
 
@@ -102,13 +108,54 @@ def _static_int(expr, what: str) -> int:
     return int(expr.value)
 
 
-def _static_size(shape, what: str) -> int:
+def _scaled_size(shape, what: str) -> tuple[int, tirx.Var | None]:
+    """The product of a shape's dimensions (a storage's shape is its size in bytes): (c, None)
+    where it is the constant ``c``, (c, v) where it is ``c * v`` with ``v`` the one size variable
+    in it (the batch ``n`` of the symbolic-batch ``main``)."""
     if not isinstance(shape, relax.ShapeExpr):
         raise ArenaDeclined(f"{what} is not a shape expression")
-    size = 1
+    total = tirx.const(1, "int64")
     for dim in shape.values:
-        size *= _static_int(dim, what)
-    return size
+        total = total * dim
+    total = Analyzer().simplify(total)
+    free = list(tirx.analysis.undefined_vars(total))
+    if not free:
+        return _static_int(total, what), None
+    if len(free) == 1:
+        (v,) = free
+        per_unit = Analyzer().simplify(tvm_ffi.structural_map(
+            total, (tvm.ir.Var, lambda var: tirx.const(1, var.ty.dtype) if var.same_as(v)
+                    else var), order="post"))
+        if isinstance(per_unit, tirx.IntImm) and \
+                _is_zero(Analyzer().simplify(total - int(per_unit) * v)):
+            return int(per_unit), v
+    raise ArenaDeclined(f"{what} ({total}) is neither a constant nor proportional to one size "
+                        "variable")
+
+
+def _is_zero(expr) -> bool:
+    return isinstance(expr, tirx.IntImm) and int(expr) == 0
+
+
+class _Scale:
+    """The one size variable all of a function's planned sizes are proportional to, or none:
+    offsets packed in bytes per unit of it are then valid for every value it takes (and
+    multiples of ``ALIGN`` for all of them)."""
+
+    def __init__(self):
+        self.var = None
+        self.seen = False
+
+    def unit(self, sized: tuple[int, tirx.Var | None], what: str) -> int:
+        c, v = sized
+        if self.seen and not (v is None and self.var is None or
+                              v is not None and self.var is not None and v.same_as(self.var)):
+            raise ArenaDeclined(f"{what} scales with {v}, other sizes with {self.var}")
+        self.var, self.seen = v, True
+        return c
+
+    def times(self, c: int):
+        return c if self.var is None or c == 0 else tirx.const(c, self.var.ty.dtype) * self.var
 
 
 @dataclass
@@ -135,8 +182,9 @@ def _bindings(func: relax.Function) -> list:
     return out
 
 
-def _tensors(func: relax.Function) -> tuple[dict, dict]:
-    """The storages (var -> binding) and the tensors allocated in them, with lifetimes."""
+def _tensors(func: relax.Function, scale: _Scale) -> tuple[dict, dict]:
+    """The storages (var -> bytes per unit of ``scale``) and the tensors allocated in them,
+    with lifetimes."""
     storages: dict = {}
     tensors: dict = {}
     roots: dict = {}  # var -> the planned tensors whose memory it may reach
@@ -146,16 +194,17 @@ def _tensors(func: relax.Function) -> tuple[dict, dict]:
         if op == "relax.memory.alloc_storage":
             if str(b.value.args[2].value) != "global":
                 raise ArenaDeclined(f"storage {b.var.name} has scope {b.value.args[2].value}")
-            _static_size(b.value.args[0], f"the size of storage {b.var.name}")
             if _static_int(b.value.args[1], "a virtual device index") != 0:
                 raise ArenaDeclined(f"storage {b.var.name} is not on the function's device")
-            storages[b.var] = b
+            what = f"the size of storage {b.var.name}"
+            storages[b.var] = scale.unit(_scaled_size(b.value.args[0], what), what)
             continue
         if op == "relax.memory.alloc_tensor" and b.value.args[0] in storages:
             _, offset, shape, dtype = b.value.args[:4]
             if _static_int(offset, f"the offset of {b.var.name}") != 0:
                 raise ArenaDeclined(f"{b.var.name} already has an offset in its storage")
-            size = _static_size(shape, f"the shape of {b.var.name}")
+            what = f"the shape of {b.var.name}"
+            size = scale.unit(_scaled_size(shape, what), what)
             size *= tvm.DataType(str(dtype.value)).bits // 8
             tensors[b.var] = _Tensor(b.var, size, index, index)
             roots[b.var] = {b.var}
@@ -174,33 +223,34 @@ def _tensors(func: relax.Function) -> tuple[dict, dict]:
 
 def arena_function(func: relax.Function) -> relax.Function:
     """``func`` with its storages replaced by one arena; raises ArenaDeclined where it can't."""
-    storages, tensors = _tensors(func)
+    scale = _Scale()
+    storages, tensors = _tensors(func, scale)
     if not tensors:
         raise ArenaDeclined("no planned tensors")
     order = list(tensors.values())
     offsets, size = pack([Lifetime(t.size, t.first, t.last) for t in order])
-    relax_bytes = sum(_static_size(b.value.args[0], "") for b in storages.values())
+    relax_bytes = sum(storages.values())
     if size >= relax_bytes:
-        raise ArenaDeclined(f"the arena ({size} bytes) is no smaller than Relax's storages "
-                            f"({relax_bytes} bytes)")
+        raise ArenaDeclined(f"the arena ({scale.times(size)} bytes) is no smaller than Relax's "
+                            f"storages ({scale.times(relax_bytes)} bytes)")
     offset_of = {t.var: o for t, o in zip(order, offsets)}
-    first_storage = next(iter(storages.values()))
-    arena = relax.Var("arena", first_storage.var.ty)
+    first_storage = next(iter(storages))
+    arena = relax.Var("arena", first_storage.ty)
     bb = relax.BlockBuilder()
     blocks = []
     for block in func.body.blocks:
         bindings = []
         for b in block.bindings:
-            if b.var.same_as(first_storage.var):
+            if b.var.same_as(first_storage):
                 bindings.append(relax.VarBinding(arena, bb.normalize(
-                    relax.op.memory.alloc_storage(relax.ShapeExpr([size]), 0, "global",
-                                                  "uint8"))))
+                    relax.op.memory.alloc_storage(relax.ShapeExpr([scale.times(size)]), 0,
+                                                  "global", "uint8"))))
             if b.var in storages:
                 continue
             if b.var in offset_of:
                 _, _, shape, dtype, device = b.value.args
-                at = bb.normalize(relax.op.memory.alloc_tensor(arena, offset_of[b.var], shape,
-                                                               dtype, device))
+                at = bb.normalize(relax.op.memory.alloc_tensor(
+                    arena, scale.times(offset_of[b.var]), shape, dtype, device))
                 if offset_of[b.var]:
                     placed = relax.Var(f"{b.var.name}_at", at.ty)
                     bindings.append(relax.VarBinding(placed, at))

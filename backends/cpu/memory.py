@@ -10,12 +10,13 @@ not counted. ``relax_storages`` is what Relax's plan alone would allocate, and `
 which of the two the function uses (with the reason where the arena was declined).
 
 For ``main``, whose batch size is symbolic, the storages are sizes in ``n``; they are evaluated
-at n=1 and n=2 and reported as ``fixed + per_sample * n`` (Relax plans them proportional to n).
+at n=1 and n=2 and reported as ``fixed + per_sample * n`` (they are planned proportional to n).
 
     planned_memory(mod, target, (1, 64))
     {"main_b1": {"storages": ..., "outputs": ..., "scratch": ..., "total": ...,
                  "relax_storages": ..., "plan": "arena"},
-     "main_b64": {...}, "main": {"fixed": ..., "per_sample": ...}}
+     "main_b64": {...},
+     "main": {"fixed": ..., "per_sample": ..., "relax_storages_per_sample": ..., "plan": ...}}
 """
 
 from __future__ import annotations
@@ -130,5 +131,9 @@ def planned_memory(mod: tvm.IRModule, target, batch_sizes=(), threads: int = 2) 
     one, two = (_function_bytes(planned["main"], n) for n in (1, 2))
     if one and two:
         per_sample = sum(two.values()) - sum(one.values())
-        out["main"] = {"per_sample": per_sample, "fixed": sum(one.values()) - per_sample + scratch}
+        relax_one, relax_two = (_function_bytes(relax_planned["main"], n)["storages"]
+                                for n in (1, 2))
+        out["main"] = {"per_sample": per_sample, "fixed": sum(one.values()) - per_sample + scratch,
+                       "relax_storages_per_sample": relax_two - relax_one,
+                       "plan": str(planned["main"].attrs[PLAN_ATTR])}
     return out
