@@ -229,7 +229,8 @@ def register(sub) -> None:
                                          "(any batch size still runs)")
     c.add_argument("--weights", help="a .safetensors file of weights to ship (PyTorch names)")
     c.add_argument("--seed", type=int, default=0, help="seed of new weights (default 0)")
-    c.add_argument("--tune-budget", help="tune the --batch-sizes kernels first for this long, "
+    c.add_argument("--tune-budget", help="tune the --batch-sizes kernels first; the whole "
+                                         "command, build included, keeps within this time, "
                                          "e.g. 10m (see cnnc tune)")
     c.add_argument("--cache", help="tuning cache directory (default: $CNNC_CACHE/tuning, "
                                    "else ~/.cache/cnnc/tuning)")
