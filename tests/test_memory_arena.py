@@ -317,3 +317,27 @@ def test_resnet18_cifar_batch_64_plans_its_live_peak():
     memory = planned_memory(*relax_module(spec_path("resnet18_cifar"), (64,)), (64,))
     assert memory["main_b64"]["plan"] == "arena"
     assert memory["main_b64"]["storages"] == 32 * 2**20 < memory["main_b64"]["relax_storages"]
+
+
+LRN_NET = """
+name: lrn_tiny
+input: [3, 32, 32]
+layers:
+  - {name: conv, type: conv2d, filters: 32, kernel: 3, padding: 1}
+  - {name: norm, type: lrn, size: 5, alpha: 1.0e-4, beta: 0.75, k: 2.0}
+  - {type: global_avgpool}
+  - {type: flatten}
+  - {name: fc, type: dense, units: 10}
+"""
+
+
+def test_scratch_is_counted_per_function(tmp_path):
+    """A function counts the scratch of the kernels it calls: the LRN's grows with the batch,
+    and batch 1 is not charged batch 8's."""
+    from cnncompiler.backends.cpu.memory import planned_memory
+
+    path = write_spec(tmp_path, "lrn_tiny", LRN_NET)
+    memory = planned_memory(*relax_module(path, (1, 8)), (1, 8))
+    one, eight = memory["main_b1"]["scratch"], memory["main_b8"]["scratch"]
+    assert 0 < one < eight
+    assert memory["main"]["fixed"] + memory["main"]["per_sample"] >= one
