@@ -491,3 +491,38 @@ def test_blocked_rows_and_vector():
     np.testing.assert_array_equal(rows[2, :, 2:], 0)
     v = apply_layout("blocked_vector:8", np.arange(10, dtype=np.float32))
     assert v.shape == (2, 8) and v[1, 1] == 9 and not v[1, 2:].any()
+
+
+def _loop_order(func, block_name: str) -> list[str]:
+    """The loop variables around ``block_name``'s update, outermost first."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    names = {}
+    for rv in sch.get_child_blocks(sch.get_sblock("root")):
+        names[sch.get(rv).name_hint] = rv
+    block = names.get(f"{block_name}_update", names.get(block_name))
+    return [str(sch.get(lp).loop_var) for lp in sch.get_loops(block)]
+
+
+def test_fallback_schedule_puts_a_small_window_outside_the_row():
+    """A reduction over a small, static window (LRN's 5 channels) runs the row inside the
+    window, once per row; one over the batch (a gradient's sum over n, symbolic) keeps the
+    reduction innermost, where the row would be read with the stride of a sample."""
+    from tvm import te, tirx
+
+    from cnncompiler.backends.cpu.schedules import schedule_loops
+
+    x = te.placeholder((2, 16, 9, 40), name="x")
+    r = te.reduce_axis((0, 5), name="r")
+    window = te.compute((2, 16, 9, 40), lambda n, c, h, w: te.sum(
+        x[n, tirx.min(c + r, 15), h, w], axis=r), name="sums")
+    order = _loop_order(schedule_loops(te.create_prim_func([x, window]), 16), "sums")
+    assert order[-2:] == ["r", "w"], order
+
+    n = tirx.Var("n", "int64")
+    y = te.placeholder((n, 4, 40), name="y")
+    k = te.reduce_axis((0, n), name="k")
+    batch = te.compute((4, 40), lambda a, o: te.sum(y[k, a, o], axis=k), name="sums")
+    order = _loop_order(schedule_loops(te.create_prim_func([y, batch]), 16), "sums")
+    assert order[-1] == "k", order
