@@ -21,12 +21,19 @@ from tvm import te, tirx
 from cnncompiler.layers.fused import apply_epilogue
 
 from .blocking import ceil_div
-from .schedules import (MIN_PARALLEL_MACS, best_register_tile, scheduled, static_extent,
+from .schedules import (MIN_PARALLEL_MACS, scheduled, static_extent,
                         tile_in_registers)
 from .vector_math import CPU_MATH
 
 FLOAT = "float32"
 MAX_ACCUMULATORS = 16  # vector registers a tile may use for accumulators (of 32 with AVX-512)
+# A weight vector costs two broadcast inputs in the register tile rule: a task's weights (ro
+# blocks by every input channel and tap) live in L2 where its input rows stay in L1. Counted
+# as one, the rule took 8 x 2 tiles (16 accumulators) over 2 x 7 (14) on 14-wide outputs, which
+# measured 1.2x to 1.45x slower (GFLOP/s, 2 threads, batch 1: 512->512 1x1 at 14, 196 / 248;
+# 3x3 256->256 at 14, 215 / 275; 3x3 stride 2 128->256 to 14, 204 / 254; batch 8 3x3 512->512
+# at 14, 188 / 271); 4 x 4 and 2 x 8 stay level with it where they exist.
+WEIGHT_LOAD_COST = 2
 L2_WEIGHT_BUDGET = 256 << 10  # one task's weights beyond this are read in chunks
 CHUNK_BYTES = 32 << 10        # a chunk of weights, or a task's output rows, kept in L1
 
@@ -213,23 +220,26 @@ def vector_registers(lanes: int) -> int:
 
 def register_tile(widths, blocks: int, registers: int) -> tuple[int, int]:
     """(ro, rw): ``ro`` output channel blocks (a divisor of ``blocks``) x ``rw`` columns (one
-    of ``widths``) of accumulators, with registers left for ``ro`` weight vectors and one
-    broadcast input, the most accumulators (at most 16), then the fewest loads per FMA."""
+    of ``widths``) of accumulators (at most 16), with registers left for ``ro`` weight vectors
+    and one broadcast input: the fewest loads per FMA, a weight vector counted as
+    ``WEIGHT_LOAD_COST`` broadcasts, then the most accumulators."""
     max_acc = min(MAX_ACCUMULATORS, registers - 4)
-    return best_register_tile((((ro, rw), ro * rw, ro + rw)
-                               for rw in widths
-                               for ro in divisors(blocks)
-                               if ro * rw + ro + 1 <= registers
-                               and (ro * rw <= max_acc or ro == 1)), default=(1, 1))
+    tiles = [((ro, rw), ro * rw, WEIGHT_LOAD_COST * ro + rw)
+             for rw in widths
+             for ro in divisors(blocks)
+             if ro * rw + ro + 1 <= registers and (ro * rw <= max_acc or ro == 1)]
+    if not tiles:
+        return 1, 1
+    return min(tiles, key=lambda t: (t[2] / t[1], -t[1]))[0]
 
 
 def choose_tile(geo: ConvGeometry, registers: int = 32) -> ConvTile:
     """A tile that needs no tuning.
 
     The register tile (ro, rw) divides the output channel blocks and the output width (no tail
-    loops), leaves registers for ``ro`` weight vectors and one broadcast input, and has the
-    most accumulators (at most 16, which measured best with AVX-512's 32 registers), then the
-    fewest loads per FMA, (ro + rw) / (ro * rw). Widths are tiled by at most 8 columns, a
+    loops), leaves registers for ``ro`` weight vectors and one broadcast input, has at most 16
+    accumulators (which measured best with AVX-512's 32 registers), and the fewest loads per
+    FMA, (2 ro + rw) / (ro * rw) (``register_tile``). Widths are tiled by at most 8 columns, a
     narrow width that 4..8 does not divide by up to 16. Where one task's weights (``ro`` blocks
     by every input channel) outgrow the L2 budget, the reduction is chunked so that each weight
     is read once per task.
