@@ -97,3 +97,11 @@ def test_compile_works_with_the_runtime_only_variable_set(tmp_path):
     assert "(1, 10)" in proc.stdout
     assert "refused: training needs TVM's compiler, but this process loaded TVM's runtime " \
            "alone (TVM_USE_RUNTIME_LIB=1" in proc.stdout
+
+
+@pytest.mark.parametrize("memory", [None, "lots", {"main": {"fixed": -1, "per_sample": 5}},
+                                    {"main_b4": {"total": "4 MiB"}}, {"main": {"fixed": True}}])
+def test_a_memory_report_that_is_not_counts_falls_back_to_the_bound(lenet, memory):
+    model = cc.load(lenet)
+    model.manifest = {**model.manifest, "build": {**model.manifest["build"], "memory": memory}}
+    assert model.activation_bytes(4) == 4 * model._sample_bytes

@@ -100,13 +100,26 @@ def as_real_array(x, want: str) -> np.ndarray:
 
 def planned_activation_bytes(manifest: dict, batch: int) -> int | None:
     """Peak activation memory the compiled function for ``batch`` plans (from the build's
-    memory planning: the specialised ``main_b<N>``, else ``main``'s per-sample figure)."""
-    memory = manifest.get("build", {}).get("memory", {})
-    if f"main_b{batch}" in memory:
-        return memory[f"main_b{batch}"]["total"]
-    if "main" in memory:
-        return memory["main"]["fixed"] + memory["main"]["per_sample"] * batch
+    memory planning: the specialised ``main_b<N>``, else ``main``'s per-sample figure).
+    A report this cnnc did not write (a field missing or not a count) gives None: the figure
+    only sizes the pieces ``predict`` runs a big batch in."""
+    build = manifest.get("build")
+    memory = build.get("memory") if isinstance(build, dict) else None
+    if not isinstance(memory, dict):
+        return None
+    specialised, generic = memory.get(f"main_b{batch}"), memory.get("main")
+    if isinstance(specialised, dict):
+        return _count(specialised.get("total"))
+    if isinstance(generic, dict):
+        fixed, per_sample = _count(generic.get("fixed")), _count(generic.get("per_sample"))
+        if fixed is not None and per_sample is not None:
+            return fixed + per_sample * batch
     return None
+
+
+def _count(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
+        else None
 
 
 class CompiledModel:
