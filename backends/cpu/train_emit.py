@@ -61,6 +61,12 @@ from .winograd import (choose_conv_algorithm, schedule_winograd, schedule_winogr
 FLOAT = "float32"
 
 
+def winograd_tile(grad) -> int:
+    """Winograd's tile for the transposed conv ``grad`` of an input gradient (0: the direct
+    kernel): the inference rule, where the forward conv's stride spreads no zeros into dy."""
+    return 0 if grad.zero_insert else choose_conv_algorithm(grad.geo)
+
+
 def emit_scheduled(bb: relax.BlockBuilder, name: str, fn: Callable, args, schedule: Callable,
                    unscheduled: list | None = None):
     """One call_tir of the PrimFunc ``fn`` (TE, any number of outputs) makes from ``args``
@@ -363,22 +369,10 @@ class CpuTrainLowering(TrainLowering):
             if columns_pay_off(geo):
                 self.input_grads[node] = "columns"
                 dxs = [self.columns_input_grad(node, geo, dy, out_block)]
-            elif self.winograd_input_grad(grad):
-                self.input_grads[node] = "winograd"
-                dxs = [self.winograd_transposed(geo, grad, dy, args["weight"], hint)]
             elif grad.geo.supported() is None:
-                self.input_grads[node] = "transposed"
-                packed = self.emit(lambda w: pack_weight(flipped_weight(w, geo), grad.geo),
-                                   args["weight"], name=f"{hint}_pack")
-
-                def dx_compute(d, w):
-                    src = spread_output_grad(d, geo, grad) if grad.zero_insert else d
-                    return conv_blocked(src, w, None, grad.geo)
-
-                var = self.emit(dx_compute, dy.var, packed, name=f"{hint}_dx",
-                                schedule=lambda f: schedule_conv(f, grad.geo,
-                                                                 registers=registers))
-                dxs = [Value(var, geo.cin, grad.geo.ob)]
+                m = winograd_tile(grad)
+                self.input_grads[node] = "winograd" if m else "transposed"
+                dxs = [self.transposed_input_grad(geo, grad, dy, args["weight"], hint, m)]
             else:
                 self.input_grads[node] = "generic"
                 dxs = [self.generic_input_grad(node, x, dy)]
@@ -391,24 +385,27 @@ class CpuTrainLowering(TrainLowering):
 
     backward_winograd = backward_conv
 
-    @staticmethod
-    def winograd_input_grad(grad) -> int:
-        """Winograd's tile for the transposed conv ``grad`` (0: the direct kernel): the
-        inference rule, for a stride-1 forward conv whose transposed conv needs no spread dy."""
-        if grad.zero_insert or grad.geo.supported() is not None:
-            return 0
-        return choose_conv_algorithm(grad.geo)
-
-    def winograd_transposed(self, geo, grad, dy: Value, weight, hint: str) -> Value:
-        """dx as the transposed conv of dy by Winograd, its flipped weights transformed."""
-        m = self.winograd_input_grad(grad)
+    def transposed_input_grad(self, geo, grad, dy: Value, weight, hint: str, m: int) -> Value:
+        """dx as the transposed conv ``grad`` of dy with the flipped weights, by the direct
+        kernel (``m`` 0) or by Winograd F(m x m, 3 x 3)."""
         registers = self.registers
-        packed = self.emit(
-            lambda w: winograd_weight(pack_weight(flipped_weight(w, geo), grad.geo), m),
-            weight, name=f"{hint}_pack", schedule=schedule_winograd_weight)
-        var = self.emit(lambda d, w: winograd_conv(d, w, None, grad.geo, m=m), dy.var, packed,
-                        name=f"{hint}_dx",
-                        schedule=lambda f: schedule_winograd(f, grad.geo, m, registers=registers))
+
+        def flipped(w):
+            return pack_weight(flipped_weight(w, geo), grad.geo)
+
+        if m:  # the flipped weights transformed as well
+            pack, pack_schedule, compute, schedule = (
+                lambda w: winograd_weight(flipped(w), m), schedule_winograd_weight,
+                lambda d, w: winograd_conv(d, w, None, grad.geo, m=m),
+                lambda f: schedule_winograd(f, grad.geo, m, registers=registers))
+        else:  # dy spread with zeros where the forward conv strides
+            pack, pack_schedule, compute, schedule = (
+                flipped, None,
+                lambda d, w: conv_blocked(spread_output_grad(d, geo, grad) if grad.zero_insert
+                                          else d, w, None, grad.geo),
+                lambda f: schedule_conv(f, grad.geo, registers=registers))
+        packed = self.emit(pack, weight, name=f"{hint}_pack", schedule=pack_schedule)
+        var = self.emit(compute, dy.var, packed, name=f"{hint}_dx", schedule=schedule)
         return Value(var, geo.cin, grad.geo.ob)
 
     def input_grad_geometry(self, geo):

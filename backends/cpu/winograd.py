@@ -232,8 +232,9 @@ class WinogradTile:
 def choose_winograd_tile(geo: ConvGeometry, m: int, registers: int = 32,
                          batch: int | None = None) -> WinogradTile:
     """A register tile as the direct conv's rule picks one (tiles for output columns), and
-    the most tile rows per task whose V (and M of ``ro`` channel blocks) fit ``TASK_BYTES``, keeping at least two tasks
-    for the two threads when there are two tile rows (``batch`` of None: any batch)."""
+    the most tile rows per task whose V (and M of ``ro`` channel blocks) fit ``TASK_BYTES``,
+    keeping at least two tasks for the two threads when there are two tile rows (``batch`` of
+    None: any batch)."""
     th, tw = tiles(geo, m)
     ro, rt = register_tile([d for d in divisors(tw) if d <= 8], geo.out_blocks, registers)
     e = (m + 2) ** 2
