@@ -103,18 +103,27 @@ def planned_activation_bytes(manifest: dict, batch: int) -> int | None:
     memory planning: the specialised ``main_b<N>``, else ``main``'s per-sample figure).
     A report this cnnc did not write (a field missing or not a count) gives None: the figure
     only sizes the pieces ``predict`` runs a big batch in."""
-    build = manifest.get("build")
-    memory = build.get("memory") if isinstance(build, dict) else None
-    if not isinstance(memory, dict):
-        return None
-    specialised, generic = memory.get(f"main_b{batch}"), memory.get("main")
+    specialised = _memory_report(manifest).get(f"main_b{batch}")
     if isinstance(specialised, dict):
         return _count(specialised.get("total"))
-    if isinstance(generic, dict):
-        fixed, per_sample = _count(generic.get("fixed")), _count(generic.get("per_sample"))
-        if fixed is not None and per_sample is not None:
-            return fixed + per_sample * batch
-    return None
+    line = planned_per_sample(manifest)
+    return None if line is None else line[0] + line[1] * batch
+
+
+def planned_per_sample(manifest: dict) -> tuple[int, int] | None:
+    """(fixed, per sample) activation bytes the any-batch function ``main`` plans; None where
+    the report has no such counts."""
+    generic = _memory_report(manifest).get("main")
+    if not isinstance(generic, dict):
+        return None
+    fixed, per_sample = _count(generic.get("fixed")), _count(generic.get("per_sample"))
+    return None if fixed is None or per_sample is None else (fixed, per_sample)
+
+
+def _memory_report(manifest: dict) -> dict:
+    build = manifest.get("build")
+    memory = build.get("memory") if isinstance(build, dict) else None
+    return memory if isinstance(memory, dict) else {}
 
 
 def _count(value) -> int | None:
@@ -331,15 +340,8 @@ class CompiledModel:
         fitting = [b for b in self.batch_sizes if self.activation_bytes(b) <= CHUNK_BYTES]
         if fitting:
             return max(fitting)
-        limit = 1
-        while self.activation_bytes(2 * limit) <= CHUNK_BYTES:
-            limit *= 2
-        step = limit // 2
-        while step:  # the most samples that fit: the bytes grow with n
-            if self.activation_bytes(limit + step) <= CHUNK_BYTES:
-                limit += step
-            step //= 2
-        return limit
+        fixed, per_sample = planned_per_sample(self.manifest) or (0, self._sample_bytes)
+        return max(1, (CHUNK_BYTES - fixed) // max(per_sample, 1))
 
     def _run(self, xs: list[np.ndarray]) -> list[np.ndarray]:
         tvm, _, dev = self._open()
