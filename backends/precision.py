@@ -8,7 +8,8 @@
 
 Under ``mixed`` a kernel argument that float16 cannot hold (a prepared weight with
 ``|w| > 65504``, batch norm folded in) is refused at compile time, naming its layer: it would
-silently become an infinity.
+silently become an infinity. The runtime checks weights loaded later the same way
+(``cnncompiler.graph.precision``).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from cnncompiler.errors import CompileError
+from cnncompiler.graph.precision import fp16_overflow, fp16_overflow_message, runs_on_tensor_cores
 
 PRECISIONS = ("fp32", "mixed")
 DEFAULT_PRECISION = "fp32"
-FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 
 def check_precision(precision: str | None, target_kind: str, arch: str | None = None) -> str:
@@ -39,43 +40,13 @@ def check_precision(precision: str | None, target_kind: str, arch: str | None = 
     return precision
 
 
-def runs_on_tensor_cores(layer) -> bool:
-    """Does ``mixed`` compute this layer (a conv or dense, possibly fused) on tensor cores?
-    Grouped and depthwise convolutions keep their float32 schedules."""
-    from cnncompiler.layers.conv import ConvBase
-    from cnncompiler.layers.dense import Dense
-    from cnncompiler.layers.fused import Fused
-
-    base = layer.base if isinstance(layer, Fused) else layer
-    if isinstance(base, Dense):
-        return True
-    return isinstance(base, ConvBase) and getattr(base, "groups", 1) == 1
-
-
-def tensor_core_layers(g) -> list[str]:
-    """The optimised graph's layers that ``mixed`` runs on tensor cores, in graph order."""
-    from cnncompiler.graph import layer_node, topo_layers
-
-    return [name for name in topo_layers(g) if name not in g.graph["inputs"]
-            and runs_on_tensor_cores(layer_node(g, name).layer)]
-
-
 def check_fp16_weights(g, params: dict) -> None:
     """Refuse weights float16 cannot hold, in the form the kernels read them (batch norm
     folded into the conv's weight), naming the layer and its largest magnitude."""
-    from cnncompiler.graph import layer_node, param_names
-
-    for name in tensor_core_layers(g):
-        names = param_names(g, name)
-        local = {k: params[glob] for k, glob in names.items()}
-        weight = np.asarray(layer_node(g, name).layer.prepare(local)["weight"], np.float64)
-        largest = float(np.abs(weight).max()) if weight.size else 0.0
-        if not largest <= FP16_MAX:
-            raise CompileError(
-                f"layer '{name}': a weight of magnitude {largest:.6g} (batch norm folded in) "
-                f"is outside float16's range (|w| <= {FP16_MAX:g}), which precision 'mixed' "
-                "casts its conv and dense weights to; rescale the weights, or compile with "
-                "--precision fp32")
+    overflow = fp16_overflow(g, params)
+    if overflow is not None:
+        raise CompileError(f"{fp16_overflow_message(*overflow)}; rescale the weights, or "
+                           "compile with --precision fp32")
 
 
 def round_fp16(a: np.ndarray) -> np.ndarray:

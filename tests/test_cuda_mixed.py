@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 import cnncompiler as cc
-from cnncompiler.backends.precision import (FP16_MAX, check_fp16_weights, check_precision,
-                                            run_mixed_reference, tensor_core_layers)
+from cnncompiler.backends.precision import check_fp16_weights, check_precision, run_mixed_reference
+from cnncompiler.graph.precision import FP16_MAX, tensor_core_layers
 from cnncompiler.errors import CnncError, CompileError
 from cnncompiler.graph import load_checked
 from cnncompiler.graph.signature import kernel_name
@@ -405,3 +405,32 @@ def test_compiling_mixed_with_out_of_range_weights_fails_before_building(tmp_pat
         cc.compile(spec_path("lenet5"), target="cuda", precision="mixed",
                    weights=tmp_path / "w.safetensors", output_dir=tmp_path / "out")
     assert not (tmp_path / "out" / art.MANIFEST).exists()
+
+
+@needs_nvcc
+@pytest.mark.tvm
+def test_loading_weights_float16_cannot_hold_into_a_mixed_build_keeps_the_old_ones(mixed):
+    _, directory, _ = mixed["resnet_tiny"]
+    model = cc.load(directory)
+    before = model.params
+    with pytest.raises(CnncError, match=r"layer 'layer1\.0\.conv2': a weight of magnitude "
+                       r"(69999\.\d|70000)\b.*keeps its weights"):
+        model.load_params(big_weight_params(model.graph, "layer1.0.conv2", 70000.0))
+    assert all(np.array_equal(before[k], v) for k, v in model.params.items())
+    model.load_params(init_params(model.graph, 1))  # in range: taken
+
+
+@needs_nvcc
+@pytest.mark.tvm
+def test_a_mixed_build_refuses_to_run_weights_trained_past_float16(mixed, monkeypatch):
+    from cnncompiler.errors import NonFiniteError
+
+    _, directory, _ = mixed["resnet_tiny"]
+    model = cc.load(directory)
+    trained = big_weight_params(model.graph, "layer1.0.conv1", 1e5)
+
+    def pull_trained_weights():  # what a trainer's last step leaves on the device
+        model._params, model._args = trained, None
+    monkeypatch.setattr(model, "_sync_from_training", pull_trained_weights)
+    with pytest.raises(NonFiniteError, match=r"layer 'layer1\.0\.conv1'.*--precision fp32"):
+        model.predict(np.zeros((1, *model.input_shape), np.float32))

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ArtifactError, CnncError, InputError, SpecError
+from ..errors import ArtifactError, CnncError, InputError, NonFiniteError, SpecError
 from ..graph import layer_node
+from ..graph.precision import fp16_overflow, fp16_overflow_message
 from ..layers import BATCH
 from ..graph.signature import kernel_signature, leading_axis
 from ..native import open_library
@@ -223,10 +224,23 @@ class CompiledModel:
     def _weights_changed(self) -> None:
         """Called after new weights are loaded (a trainer hands them to its device)."""
 
+    def _fp16_overflow(self, params: dict):
+        """Under precision ``mixed`` the kernels cast conv and dense weights to float16: the
+        first layer (and magnitude) whose folded weight it cannot hold, else None."""
+        if self.manifest.get("precision") != "mixed":
+            return None
+        return fp16_overflow(self.optimized, params)
+
     def _device_args(self):
         self._sync_from_training()
         args = self._args
         if args is None:
+            overflow = self._fp16_overflow(self._params)
+            if overflow:  # weights trained here: a step took one past float16's range
+                raise NonFiniteError(f"{self.directory}: {fp16_overflow_message(*overflow)}; "
+                                     "it would run as an infinity. Save the weights and load "
+                                     "them into a build compiled with --precision fp32, or "
+                                     "train with a smaller learning rate")
             tvm, _, dev = self._open()
             with self._lock:
                 if self._args is None:
@@ -344,8 +358,8 @@ class CompiledModel:
         return max(1, (CHUNK_BYTES - fixed) // max(per_sample, 1))
 
     def _run(self, xs: list[np.ndarray]) -> list[np.ndarray]:
-        tvm, _, dev = self._open()
         args = self._device_args()
+        tvm, _, dev = self._open()
         n = self.batch_size(xs)
         fn = f"main_b{n}" if n in self.batch_sizes else "main"
         inputs = [self._input_tensor(tvm, x, dev, i) for i, x in enumerate(xs)]
@@ -410,6 +424,12 @@ class CompiledModel:
         given = read_weights(source) if from_file else source
         self._sync_from_training()
         params = validate_weights(self.graph, given, self._params, strict, copy=not from_file)
+        overflow = self._fp16_overflow(params)
+        if overflow is not None:
+            where = f"{source}: " if from_file else ""
+            raise InputError(f"{where}{fp16_overflow_message(*overflow)}; the model keeps its "
+                             "weights; rescale the new ones, or load them into a build compiled "
+                             "with --precision fp32")
         with self._lock:
             self._params = params
             self._args = None
