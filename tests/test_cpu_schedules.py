@@ -430,6 +430,24 @@ def test_chosen_tiles_divide_and_fit(lanes):
             assert geo.out_spatial[0] % tile.rh == 0
 
 
+def test_a_task_whose_weights_outgrow_an_l1_chunk_reads_them_in_chunks():
+    """Blocked inputs chunk the reduction from one L1 chunk of task weights (1x1 512->512 at
+    14: 64 KiB for 2 output blocks), plain-layout inputs from the L2 budget (ResNet's stem)."""
+    from cnncompiler.backends.cpu.conv import CHUNK_BYTES, ConvGeometry, choose_tile
+
+    def tile(cin, cout, width, kernel, stride, ib):
+        out = (width + 2 * (kernel // 2) - kernel) // stride + 1
+        return choose_tile(ConvGeometry(cin, cout, 1, (kernel, kernel), (stride, stride),
+                                        (1, 1), ((kernel // 2,) * 2,) * 2, (width, width),
+                                        (out, out), ib, 16, in_plain=ib == 1))
+
+    pointwise = tile(512, 512, 14, 1, 1, 16)
+    assert pointwise.ci < 32 and pointwise.ro * 64 * pointwise.ci * 16 <= CHUNK_BYTES
+    assert pointwise.rh > 1
+    assert not tile(128, 128, 56, 1, 1, 16).ci  # 4 blocks x 128 channels: 32 KiB, one chunk
+    assert not tile(3, 64, 224, 7, 2, 1).ci     # 37 KiB of a plain input's weights
+
+
 @pytest.mark.parametrize("family", ["conv2d_blocked_input", "conv2d_groups", "pools", "dense"])
 def test_avx2_blocks_match_reference(family):
     """The same kernels with AVX2's 8-lane blocks (the layouts and tiles change; the code

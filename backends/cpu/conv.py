@@ -34,8 +34,19 @@ MAX_ACCUMULATORS = 16  # vector registers a tile may use for accumulators (of 32
 # 3x3 256->256 at 14, 215 / 275; 3x3 stride 2 128->256 to 14, 204 / 254; batch 8 3x3 512->512
 # at 14, 188 / 271); 4 x 4 and 2 x 8 stay level with it where they exist.
 WEIGHT_LOAD_COST = 2
-L2_WEIGHT_BUDGET = 256 << 10  # one task's weights beyond this are read in chunks
-CHUNK_BYTES = 32 << 10        # a chunk of weights, or a task's output rows, kept in L1
+# A chunk of weights, or a task's output rows, kept in L1; a task whose weights outgrow one
+# chunk reads them in chunks. Chunking from 256 KiB of task weights instead left every layer
+# between the two 3% to 14% slower (GFLOP/s, 2 threads, batch 1 / 8, each kernel alone:
+# 1x1 512->512 at 14 300 / 303 -> 318 / 321, 1x1 1024->1024 at 7 331 / 291 -> 348 / 303,
+# 1x1 256->256 at 28 328 / 313 -> 354 / 325, 3x3 64->64 at 56 312 / 292 -> 348 / 325,
+# 3x3 stride 2 128->256 to 14 290 / 267 -> 322 / 286; the TDNN's 1-D 512->512 dilated frame
+# convs 1.11 / 8.52 ms -> 0.99 / 7.45); none with a blocked input measured slower.
+CHUNK_BYTES = 32 << 10
+# An input in plain layout (a network's first conv: 3 colour channels, 30 filterbank features)
+# is chunked a channel or a few at a time, so every chunk rewrites the task's outputs: ResNet's
+# 7x7 stem ran 8% to 11% slower chunked from 32 KiB of weights (batch 1 / 8: 0.70 / 5.70 ms
+# -> 0.75 / 6.36), the TDNN's first frame conv 12%. It keeps the L2 budget it had.
+PLAIN_INPUT_WEIGHT_BUDGET = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -241,8 +252,8 @@ def choose_tile(geo: ConvGeometry, registers: int = 32) -> ConvTile:
     accumulators (which measured best with AVX-512's 32 registers), and the fewest loads per
     FMA, (2 ro + rw) / (ro * rw) (``register_tile``). Widths are tiled by at most 8 columns, a
     narrow width that 4..8 does not divide by up to 16. Where one task's weights (``ro`` blocks
-    by every input channel) outgrow the L2 budget, the reduction is chunked so that each weight
-    is read once per task.
+    by every input channel) outgrow one L1 chunk (``CHUNK_BYTES``; a plain-layout input: the L2
+    budget), the reduction is chunked so that each chunk is read from L1 for several output rows.
     """
     width = geo.out_spatial[-1]
     blocks = geo.out_blocks if geo.groups == 1 else geo.group_out_blocks
@@ -251,7 +262,7 @@ def choose_tile(geo: ConvGeometry, registers: int = 32) -> ConvTile:
     kernel = math.prod(geo.kernel)
     vector_bytes = geo.ob * 4
     task_weights = ro * vector_bytes * geo.group_in_blocks * geo.ib * kernel
-    if task_weights <= L2_WEIGHT_BUDGET:
+    if task_weights <= (PLAIN_INPUT_WEIGHT_BUDGET if geo.in_plain else CHUNK_BYTES):
         return ConvTile(ro, rw)
     row_bytes = ro * vector_bytes * width
     rows = geo.out_spatial[0] if len(geo.out_spatial) > 1 else 1
