@@ -143,6 +143,11 @@ def test_winograd_where_it_wins():
 
     assert choose_conv_algorithm(geometry(64, 64, (32, 32))) in (2, 4)
     assert choose_conv_algorithm(geometry(16, 16, (32, 32))) == 0  # few channels: direct
+    # the measured choices of ResNet-18's 3x3 layers (the table in backends/cpu/winograd.py)
+    assert choose_conv_algorithm(geometry(128, 128, (16, 16))) == 4
+    assert choose_conv_algorithm(geometry(256, 256, (14, 14))) == 2  # F(4): 16 tiles, big weights
+    assert choose_conv_algorithm(geometry(160, 320, (14, 14))) == 4  # GoogLeNet's 4e
+    assert choose_conv_algorithm(geometry(512, 512, (7, 7))) == 0
 
 
 def test_weight_layout_checks_what_it_transforms():

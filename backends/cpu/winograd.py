@@ -65,11 +65,17 @@ def eligible(geo: ConvGeometry) -> str | None:
 #   256->512 at 28: 0.91 / 0.59 (t4 49)           512->512 at 28: 0.95 / 0.58 (t4 49)
 #   32->32 at 16: 0.72 / 0.50       (16->16 at 32: 0.96 / 0.60, in an earlier run)
 # Winograd loses where a few tiles share big transformed weights (each task reads all of
-# them: E C O floats): F(4) wants 16 tiles, and 32 once C O passes 256 x 256; F(2) wants 32.
+# them: E C O floats): F(4) wants 16 tiles, and 32 from C O = 256 x 256 on; F(2) wants 32.
 # Below 32 channels the gain is under 0.04 ms a layer; such convs stay direct.
+# Re-measured after the direct kernel's 2 x 7 register tile (same script, 9 rounds): 256->256
+# at 14 (16 F(4) tiles) F(2) 0.95 / F(4) 1.00 at batch 1, 0.77 / 0.92 at batch 8, so F(4)
+# wants 32 tiles at 256 x 256 too (it did only beyond); GoogLeNet's 160->320 at 14 keeps F(4),
+# 0.75 / 0.65 (batch 8 0.76 / 0.65), and 144->288 0.66 / 0.60; 128->128 at 16 F(4), 0.52;
+# 512->512 at 14 0.90 / 0.91, 256->512 at 28 0.67 / 0.57, 128->128 at 28 0.58 / 0.53, 64->64
+# at 56 0.61 / 0.38, 256->256 at 8 0.87 / 1.34, 512->512 at 7 1.56 / 1.62 (batch 8 1.68 / 1.68).
 MIN_CHANNELS = 32
 MIN_TILES = {4: 16, 2: 32}         # tiles per image (batch 1) for the products to pay off
-BIG_WEIGHTS = 256 * 256            # C x O beyond which F(4) wants twice the tiles
+BIG_WEIGHTS = 256 * 256            # C x O from which F(4) wants twice the tiles
 
 
 def choose_conv_algorithm(geo: ConvGeometry) -> int:
@@ -78,7 +84,7 @@ def choose_conv_algorithm(geo: ConvGeometry) -> int:
     if eligible(geo) is not None or min(geo.cin, geo.cout) < MIN_CHANNELS:
         return 0
     for m in (4, 2):
-        wanted = MIN_TILES[m] * (2 if m == 4 and geo.cin * geo.cout > BIG_WEIGHTS else 1)
+        wanted = MIN_TILES[m] * (2 if m == 4 and geo.cin * geo.cout >= BIG_WEIGHTS else 1)
         if math.prod(tiles(geo, m)) >= wanted:
             return m
     return 0
