@@ -81,7 +81,7 @@ RULES: dict[type, Rules] = {
                               cpu="generic", cuda="dlight"),
     MaxPoolBase: Rules(t.lower_maxpool, g.grad_maxpool, cpu="pool", cuda="dlight"),
     AvgPoolBase: Rules(t.lower_avgpool, g.grad_avgpool, cpu="pool", cuda="dlight"),
-    LpPoolBase: Rules(t.lower_lppool, g.grad_lppool, cpu="generic", cuda="dlight"),
+    LpPoolBase: Rules(t.lower_lppool, g.grad_lppool, cpu="pool", cuda="dlight"),
     GlobalAvgPool: Rules(t.lower_global_avgpool, g.grad_global_avgpool,
                          cpu="global_pool", cuda="dlight"),
     GlobalMaxPool: Rules(t.lower_global_maxpool, g.grad_global_maxpool,

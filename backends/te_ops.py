@@ -217,15 +217,14 @@ def lower_lppool(layer, xs, args, out_shape):
     x = xs[0]
     sizes, full, explicit, _ = _pool_windows(layer, x)
     p = layer.p
-    powered = te.compute(x.shape, lambda *i: tirx.power(tirx.abs(x(*i)), const(p, x.dtype)),
-                         name="lp_pow")
+    powered = te.compute(x.shape, lambda *i: power(tirx.abs(x(*i)), p), name="lp_pow")
     total = _window_sum(layer, pad(powered, full), x, out_shape, "lppool_sum")
     kernel = math.prod(layer.kernel)
 
     def compute(n, c, *o):
         # PyTorch: average over the window part inside the input, scaled by the full window
         mean = total[(n, c, *o)] / _window_count(sizes, explicit, layer, o, True).astype(x.dtype)
-        return tirx.power(mean * const(kernel, x.dtype), const(1.0 / p, x.dtype))
+        return power(mean * const(kernel, x.dtype), 1.0 / p)
 
     return te.compute(total.shape, compute, name="lppool")
 
@@ -351,16 +350,20 @@ def lower_lrn(layer, xs, args, out_shape):
 
 def power(base, exponent: float):
     """``base ** exponent``; the exponents LRN is used with (0.75: AlexNet, GoogLeNet; 0.5; 1)
-    in square roots and products, which LLVM vectorizes, where ``tirx.power`` is one scalar
-    libm call per element: AlexNet's norm1 at batch 8 took 73 ms with it, x of its conv1."""
+    and an L2 pool's (2, 0.5) in square roots and products, which LLVM vectorizes, where
+    ``tirx.power`` is one scalar libm call per element: AlexNet's norm1 at batch 8 took 73 ms
+    with it, x of its conv1."""
     if exponent == 1.0:
         return base
+    if exponent == 2.0:
+        return base * base
     if exponent == 0.5:
         return tirx.sqrt(base)
     if exponent == 0.75:
         root = tirx.sqrt(base)
         return root * tirx.sqrt(root)
-    return tirx.power(base, const(exponent, base.dtype))
+    dtype = base.dtype if isinstance(base, te.TensorSlice) else base.ty.dtype
+    return tirx.power(base, const(exponent, dtype))
 
 
 def lower_flatten(layer, xs, args, out_shape):

@@ -138,6 +138,12 @@ FAMILIES = {
                       "b_add": "elementwise", "b_drop": "elementwise", "b_mp": "pool",
                       "b_ap": "pool"}),
         "gmax": ([layer("gmax", "global_maxpool")], {"gmax": "global_pool"}),
+        # Lp norms in the blocked layout: of ReLU outputs, and with p = 3 of a conv's signed
+        # ones (|x| has its kink at 0)
+        "lp": ([layer("lp2", "lppool2d", p=2, kernel=2, ceil_mode=True),
+                conv("lp_c", 16, padding=1),
+                layer("lp3", "lppool2d", p=3, kernel=3, stride=2, padding=1)],
+               {"lp2": "pool", "lp3": "pool"}),
         "plain": ([layer("sig", "sigmoid"), layer("lrn", "lrn", size=3),
                    layer("lp", "lppool2d", p=2, kernel=2),
                    layer("blur", "blurpool2d", kernel=3, stride=2)],

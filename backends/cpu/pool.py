@@ -1,4 +1,4 @@
-"""Window kernels in the blocked layout: max and average pooling, global pooling, and the
+"""Window kernels in the blocked layout: max, average and Lp pooling, global pooling, and the
 depthwise convolution (a window reduction with one weight vector per channel block).
 
 Each is a reduction stage that accumulates ``rw`` output columns of one channel block in
@@ -12,10 +12,10 @@ import math
 
 from tvm import te, tirx
 
-from cnncompiler.layers.pool import GlobalMaxPool, MaxPoolBase
+from cnncompiler.layers.pool import GlobalMaxPool, LpPoolBase, MaxPoolBase
 from cnncompiler.layers.window import resolve_padding
 
-from ..te_ops import _window_count, max_keeping_nan
+from ..te_ops import _window_count, max_keeping_nan, power
 from .conv import ConvGeometry, blocked_epilogue, divisors
 from .schedules import MIN_PARALLEL_WORK, scheduled, work, tile_in_registers
 
@@ -47,12 +47,17 @@ def pad_blocked(x, pads, value: float, name: str = "pad"):
 
 
 def pool_blocked(layer, x, out_spatial):
-    """Max or average pooling of (N, B, *S, b), PyTorch's rules (ceil_mode, count_include_pad)."""
+    """Max, average or Lp pooling of (N, B, *S, b), PyTorch's rules (ceil_mode,
+    count_include_pad; an Lp norm's power sum averaged over the window part inside the input
+    and scaled by the full window, as ``te_ops.lower_lppool``)::
+
+        {type: lppool2d, p: 2, kernel: 3, stride: 2}   # sqrt(sum x^2): products and a root
+    """
     nd = layer.ndim
     sizes = [int(s) for s in x.shape[2:2 + nd]]
     full = layer.full_padding(sizes)
     explicit = resolve_padding(layer.padding, sizes, layer.kernel, layer.stride, (1,) * nd)
-    is_max = isinstance(layer, MaxPoolBase)
+    is_max, is_lp = isinstance(layer, MaxPoolBase), isinstance(layer, LpPoolBase)
     xp = pad_blocked(x, full, float("-inf") if is_max else 0.0)
     rk = [te.reduce_axis((0, k), name=f"rk{i}") for i, k in enumerate(layer.kernel)]
     reduce = max_keeping_nan if is_max else te.sum
@@ -60,16 +65,20 @@ def pool_blocked(layer, x, out_spatial):
     def window(n, c, *rest):
         osp, j = rest[:nd], rest[nd]
         src = [o * s + r for o, s, r in zip(osp, layer.stride, rk)]
-        return reduce(xp[(n, c, *src, j)], axis=rk)
+        value = xp[(n, c, *src, j)]
+        return reduce(power(tirx.abs(value), layer.p) if is_lp else value, axis=rk)
 
     shape = (x.shape[0], x.shape[1], *out_spatial, x.shape[-1])
     acc = te.compute(shape, window, name="window")
     if is_max:
         return te.compute(shape, lambda *i: acc(*i), name="epilogue")
+    include_pad = True if is_lp else layer.count_include_pad
+    window_size = tirx.const(math.prod(layer.kernel), FLOAT)
 
     def average(n, c, *rest):
-        count = _window_count(sizes, explicit, layer, rest[:nd], layer.count_include_pad)
-        return acc[(n, c, *rest)] / count.astype(FLOAT)
+        count = _window_count(sizes, explicit, layer, rest[:nd], include_pad)
+        mean = acc[(n, c, *rest)] / count.astype(FLOAT)
+        return power(mean * window_size, 1.0 / layer.p) if is_lp else mean
 
     return te.compute(shape, average, name="epilogue")
 
