@@ -454,6 +454,19 @@ def test_a_task_whose_weights_outgrow_an_l1_chunk_reads_them_in_chunks():
     assert not tile(3, 64, 224, 7, 2, 1).ci     # 37 KiB of a plain input's weights
 
 
+def test_conv_tasks_split_by_image_where_the_weights_are_the_smaller_read():
+    from cnncompiler.backends.cpu.conv import ConvGeometry, images_outer
+
+    def geo(cin, cout, size, kernel):
+        pad = kernel // 2
+        return ConvGeometry(cin, cout, 1, (kernel, kernel), (1, 1), (1, 1), ((pad, pad),) * 2,
+                            (size, size), (size, size), 16, 16)
+
+    assert images_outer(geo(512, 512, 14, 1), 8)       # MobileNet: 1 MB of weights, 3.2 of input
+    assert not images_outer(geo(512, 512, 4, 3), 64)   # ResNet CIFAR's last stage: 9.4 vs 2.1
+    assert not images_outer(geo(512, 512, 14, 1), None)  # any batch: one image, 0.4 MB
+
+
 @pytest.mark.parametrize("family", ["conv2d_blocked_input", "conv2d_groups", "pools", "dense"])
 def test_avx2_blocks_match_reference(family):
     """The same kernels with AVX2's 8-lane blocks (the layouts and tiles change; the code

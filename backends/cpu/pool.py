@@ -115,7 +115,7 @@ def depthwise_blocked(x, weight, bias, geo: ConvGeometry, fused=None, epilogue_a
 
 
 def schedule_window(func, out_width: int):
-    """Parallel over (channel block, batch, rows), ``rw`` columns of vector accumulators,
+    """Parallel over (batch, rows, channel block), ``rw`` columns of vector accumulators,
     the padding computed per task, the epilogue on the registers."""
     from tvm import s_tir
 
@@ -128,8 +128,10 @@ def schedule_window(func, out_width: int):
     n, c, osp, j = spatial[0], spatial[1], spatial[2:-1], spatial[-1]
     rw = max(d for d in divisors(out_width) if d <= MAX_COLUMNS)
     w_o, w_i = sch.split(osp[-1], [None, rw])
-    sch.reorder(c, n, *osp[:-1], w_o, *reduction, w_i, j)
-    par = sch.fuse(c, n, *osp[:-1])
+    # by image and row first, as the convs before it where their weights are the smaller read
+    # (conv.images_outer): each thread reads what it wrote
+    sch.reorder(n, *osp[:-1], c, w_o, *reduction, w_i, j)
+    par = sch.fuse(n, *osp[:-1], c)
     if work(sch, sch.get_loops(acc)) >= 2 * MIN_PARALLEL_WORK:
         sch.parallel(par)
     sch.reverse_compute_at(epi, w_o)
