@@ -23,20 +23,13 @@ from collections import defaultdict
 os.environ.setdefault("TVM_NUM_THREADS", "2")
 
 
-def plain_call_ms(call, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 def profile(model, batch: int, rounds: int) -> tuple[float, list[tuple[float, int, str]]]:
     """(median ms of a plain call, [(ms per run, calls per run, kernel)]) for ``main_b<batch>``
     (``main`` where the build has no function for that batch size)."""
     import numpy as np
     import tvm
+
+    from cnncompiler.bench import time_runs
 
     x = np.random.default_rng(0).standard_normal((batch, *model.input_shape)).astype(np.float32)
     model.predict(x)
@@ -44,7 +37,7 @@ def profile(model, batch: int, rounds: int) -> tuple[float, list[tuple[float, in
     args, inputs = model._device_args(), tvm.runtime.tensor(x, dev)
     vm = model._vm()
     name = f"main_b{batch}" if batch in model.batch_sizes else "main"
-    plain = plain_call_ms(lambda: vm[name](inputs, *args), rounds)
+    plain = time_runs(lambda _: vm[name](inputs, *args), x, 0, rounds)["median_ms"]
 
     durations, started = defaultdict(list), {}
 
