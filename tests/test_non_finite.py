@@ -42,6 +42,7 @@ ACTIVATIONS = {"relu": {}, "leaky_relu": {"alpha": 0.2}, "sigmoid": {}, "tanh": 
 WINDOWS = {"max": ("maxpool2d", {"kernel": 3, "stride": 2, "padding": 1}),
            "max_ceil": ("maxpool2d", {"kernel": 3, "stride": 2, "ceil_mode": True}),
            "max_k2": ("maxpool2d", {"kernel": 2}),
+           "max_s1": ("maxpool2d", {"kernel": 3, "stride": 1, "padding": 1}),
            "avg": ("avgpool2d", {"kernel": 3, "stride": 2, "padding": 1}),
            "avg_excl": ("avgpool2d", {"kernel": 3, "stride": 1, "padding": 1,
                                       "count_include_pad": False}),

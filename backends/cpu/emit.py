@@ -32,7 +32,8 @@ from .blocking import PLAIN, conversion, plain_view
 from .conv import conv_blocked, schedule_conv, vector_registers
 from .dense import dense_blocked, schedule_dense
 from .plan import KernelChoice, plan_kernels
-from .pool import depthwise_blocked, global_pool_blocked, pool_blocked, schedule_window
+from .pool import (depthwise_blocked, global_pool_blocked, pool_blocked, schedule_pool,
+                   schedule_window)
 from .schedules import schedule_loops
 from .winograd import schedule_winograd, winograd_conv
 from .vector_math import CPU_MATH
@@ -48,9 +49,20 @@ class Value:
     block: int
 
 
+@dataclass(frozen=True)
+class Slice:
+    """Where a kernel writes its (N, B, *S, b) output: blocks ``first`` on of a tensor of
+    ``blocks`` channel blocks, ``buffer`` (None: a new one, the rest of it unwritten)."""
+
+    buffer: relax.Var | None
+    first: int
+    blocks: int
+
+
 def emit_kernel(bb: relax.BlockBuilder, name: str, inputs: list, compute: Callable,
                 schedule: Callable, unscheduled: list | None = None,
-                inplace: int | None = None, schedule_hook: Callable | None = None) -> relax.Var:
+                inplace: int | None = None, schedule_hook: Callable | None = None,
+                into: Slice | None = None) -> relax.Var:
     """One call_tir of the PrimFunc ``compute`` makes from the inputs' shapes, scheduled by
     ``schedule``. Identical kernels are added once (BlockBuilder.add_func deduplicates).
 
@@ -59,7 +71,8 @@ def emit_kernel(bb: relax.BlockBuilder, name: str, inputs: list, compute: Callab
     measured faster than ``schedule``.
 
     With ``inplace``, the kernel writes its output over ``inputs[inplace]`` (a same-shaped
-    value nothing reads afterwards: a residual), saving that much activation memory.
+    value nothing reads afterwards: a residual), saving that much activation memory. With
+    ``into``, it writes its output into a slice of a bigger tensor (``write_into``).
 
     Should TVM reject the schedule, the kernel is kept as computed, correct and slow, and its
     name and the reason go to ``unscheduled``."""
@@ -83,10 +96,16 @@ def emit_kernel(bb: relax.BlockBuilder, name: str, inputs: list, compute: Callab
         unscheduled.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     if inplace is not None:
         func = write_over(func, inplace)
+    if into is not None:
+        func = write_into(func, into.first, into.blocks)
     gv = bb.add_func(func.without_attr("global_symbol").with_attr("op_pattern", OPAQUE), name)
     back = {mine: theirs for theirs, mine in fresh.items()}
     out_shape = [tvm_ffi.structural_map(s, (tvm.ir.Var, lambda v: back.get(v, v)), order="post")
                  for s in out.shape]
+    if into is not None:
+        out_shape[1] = into.blocks
+        if into.buffer is not None:  # the slices written before stay: written over in place
+            inplace, inputs = len(inputs), [*inputs, into.buffer]
     out_type = relax.TensorType(out_shape, FLOAT)
     if inplace is not None:
         return bb.emit(relax.call_tir_inplace(gv, inputs, inplace, out_type))
@@ -103,6 +122,50 @@ def write_over(func: tirx.PrimFunc, index: int) -> tirx.PrimFunc:
     return tirx.PrimFunc(list(func.params[:-1]), body, attrs=func.attrs)
 
 
+def write_into(func: tirx.PrimFunc, first: int, blocks: int) -> tirx.PrimFunc:
+    """``func`` with its (N, B, *S, b) output (the last parameter) replaced by a tensor of
+    ``blocks`` channel blocks, written at blocks ``first`` to ``first + B``; the rest of it is
+    left as it is. Every store, load and region of the output moves by ``first`` blocks."""
+    out = func.params[-1]
+    shape = list(out.ty.shape)
+    shape[1] = blocks
+    whole = tirx.decl_buffer(shape, out.ty.dtype, name="into")
+
+    def moved(indices):
+        return [indices[0], indices[1] + first, *indices[2:]]
+
+    def store(stmt):
+        return tirx.BufferStore(whole, stmt.value, moved(list(stmt.indices))) \
+            if stmt.buffer.same_as(out) else stmt
+
+    def load(expr):
+        return tirx.BufferLoad(whole, moved(list(expr.indices))) \
+            if expr.source.same_as(out) else expr
+
+    def region(r):
+        if not r.source.same_as(out):
+            return r
+        ranges = list(r.region)
+        ranges[1] = tvm.ir.Range.from_min_extent(ranges[1].min + first, ranges[1].extent)
+        return tirx.BufferRegion(whole, ranges)
+
+    body = tvm_ffi.structural_map(func.body, [(_STORE, store), (_LOAD, load), (_REGION, region)],
+                                  order="post")
+    return tirx.PrimFunc([*func.params[:-1], whole], body, attrs=func.attrs)
+
+
+def _node_types():
+    """The IR classes of a buffer store, load and region (tirx exports their constructors)."""
+    b = tirx.decl_buffer((1,), FLOAT)
+    zero = tirx.const(0, "int32")
+    return (type(tirx.BufferStore(b, tirx.const(0.0, FLOAT), [zero])),
+            type(tirx.BufferLoad(b, [zero])),
+            type(tirx.BufferRegion(b, [tvm.ir.Range(0, 1)])))
+
+
+_STORE, _LOAD, _REGION = _node_types()
+
+
 class CpuEmitter:
     """Emits one Relax function of the graph; ``values`` maps layer names to their values."""
 
@@ -114,11 +177,14 @@ class CpuEmitter:
         self.emitted: set[str] = set()
         self.unscheduled = unscheduled if unscheduled is not None else []
         self._converted: dict[tuple[str, int], Value] = {}
+        self.assembled: dict[str, relax.Var] = {}  # concat -> its output, slices written so far
+        self._into: Slice | None = None
 
     def kernel(self, name: str, inputs: list, compute: Callable, schedule: Callable,
                inplace: int | None = None):
+        into, self._into = self._into, None  # the layer's own kernel, its last
         return emit_kernel(self.bb, name, inputs, compute, schedule, self.unscheduled, inplace,
-                           self.schedule_hook)
+                           self.schedule_hook, into)
 
     def overwritable(self, node: str, residual: Value, others: list) -> bool:
         """May ``node`` write its output over ``residual``? Only a kernel's own output that no
@@ -163,11 +229,19 @@ class CpuEmitter:
         wants = list(choice.in_blocks) + [None] * (len(data.inputs) - len(choice.in_blocks))
         xs = [self.value(src, b) for src, b in zip(data.inputs, wants)]
         emit = getattr(self, f"emit_{choice.kind}")
+        if choice.into is not None:
+            concat, first, blocks = choice.into
+            self._into = Slice(self.assembled.get(concat), first, blocks)
         try:
             var = emit(node, data, choice, xs)
         except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
             raise CompileError(f"layer '{node}' ({data.layer.type_name}): lowering to TVM "
                                f"for the CPU failed: {exc}") from exc
+        if choice.into is not None:
+            if self._into is not None:
+                raise CompileError(f"layer '{node}': its {choice.kind} kernel was to write into "
+                                   f"'{choice.into[0]}' and made no kernel")
+            self.assembled[choice.into[0]] = var
         self.values[node] = Value(var, channels, choice.out_block)
         self.emitted.add(node)
 
@@ -242,7 +316,7 @@ class CpuEmitter:
         layer, out_spatial = data.layer, tuple(data.shape[1:])
         return self.kernel(kernel_name(node), [xs[0].var],
                            lambda x: pool_blocked(layer, x, out_spatial),
-                           lambda f: schedule_window(f, out_spatial[-1]))
+                           schedule_pool(layer, out_spatial[-1]))
 
     def emit_global_pool(self, node, data, choice, xs):
         layer = data.layer
@@ -296,6 +370,10 @@ class CpuEmitter:
 
         return self.kernel(kernel_name(node), [x.var for x in xs], compute,
                            lambda f: schedule_loops(f, self.lanes))
+
+    def emit_assembled(self, node, data, choice, xs):
+        """A concat its inputs' kernels wrote (plan.assemble_concats): no kernel of its own."""
+        return self.assembled[node]
 
     def emit_roi(self, node, data, choice, xs):
         """RoI pool and align on plain inputs, with their own schedule (te_roi)."""

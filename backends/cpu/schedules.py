@@ -38,6 +38,14 @@ def best_register_tile(candidates, default):
     return best
 
 
+def pad_stage(sch: s_tir.Schedule):
+    """The kernel's ``pad`` stage, or None: a layer without padding has none."""
+    try:
+        return sch.get_sblock("pad")
+    except Exception:  # noqa: BLE001 (tvm raises its own error kinds for a missing block)
+        return None
+
+
 def scheduled(sch: s_tir.Schedule) -> tirx.PrimFunc:
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from tvm import te, tirx
 
 from .conv import MAX_ACCUMULATORS, ConvGeometry, divisors, padded_input
-from .schedules import (MIN_PARALLEL_MACS, best_register_tile, scheduled, static_extent,
-                        tile_in_registers)
+from .schedules import (MIN_PARALLEL_MACS, best_register_tile, pad_stage, scheduled,
+                        static_extent, tile_in_registers)
 
 FLOAT = "float32"
 ZERO = tirx.const(0.0, FLOAT)
@@ -338,10 +338,7 @@ def schedule_weight_grad(func, geo: ConvGeometry, tile: WeightGradTile | None = 
         sch.parallel(par)
     sch.reverse_compute_at(out, par)
     tile_in_registers(sch, acc, [ob_i, c_i, kw_i], j, n)
-    try:
-        pad = sch.get_sblock("pad")
-    except Exception:  # noqa: BLE001 (no padding: no pad stage)
-        pad = None
+    pad = pad_stage(sch)
     if pad is not None:
         sch.compute_at(pad, outer_rows[0] if outer_rows else n)
         if geo.ib > 1:

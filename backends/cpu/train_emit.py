@@ -39,7 +39,8 @@ from .conv import conv_blocked, schedule_conv, vector_registers
 from .dense import dense_blocked, schedule_dense
 from .emit import OPAQUE
 from .plan import KernelChoice, choose_kernel
-from .pool import depthwise_blocked, global_pool_blocked, pool_blocked, schedule_window
+from .pool import (depthwise_blocked, global_pool_blocked, pool_blocked, schedule_pool,
+                   schedule_window)
 from .schedules import schedule_loops
 from .train_conv import (column_weight, columns_geometry, columns_pay_off, columns_to_input,
                          depthwise_weight_grad, flipped_weight, forward_weight, input_grad,
@@ -334,7 +335,7 @@ class CpuTrainLowering(TrainLowering):
         self.consumed[node] = [x]
         out = self.emit(lambda t: pool_blocked(layer, t, out_spatial), x.var,
                         name=kernel_name(node),
-                        schedule=lambda f: schedule_window(f, out_spatial[-1]))
+                        schedule=schedule_pool(layer, out_spatial[-1]))
         return Value(out, x.channels, x.block)
 
     def forward_global_pool(self, node, kind):
