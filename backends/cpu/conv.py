@@ -14,14 +14,14 @@ takes the model's input as it is.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tvm import te, tirx
 
 from cnncompiler.layers.fused import apply_epilogue
 
 from .blocking import ceil_div
-from .schedules import (MIN_PARALLEL_MACS, scheduled, static_extent,
+from .schedules import (MIN_PARALLEL_MACS, pad_stage, scheduled, static_extent,
                         tile_in_registers)
 from .vector_math import CPU_MATH
 
@@ -287,11 +287,28 @@ def images_outer(geo: ConvGeometry, batch: int | None) -> bool:
     return weights <= (batch or 1) * geo.cin * math.prod(geo.in_spatial)
 
 
+def rows_split_by_image(tile: ConvTile, geo: ConvGeometry, batch: int | None) -> ConvTile:
+    """``tile``, its row groups halved where tasks go by image and row first
+    (``images_outer``) but one image's rows would be one group: the task split would fall back
+    to output channels, and each thread read all of an input half written by the other.
+    GoogLeNet at batch 1 (its 1x1 convs at 14 x 14 sweep all 14 rows per chunk of weights):
+    0.977 of the time, interleaved."""
+    rows = geo.out_spatial[0] if len(geo.out_spatial) > 1 else 1
+    if tile.rh < rows or batch != 1 or not images_outer(geo, batch):
+        return tile
+    return replace(tile, rh=max(d for d in divisors(rows) if 2 * d <= rows or d == 1))
+
+
+def default_tile(geo: ConvGeometry, registers: int, batch: int | None) -> ConvTile:
+    """The tile ``schedule_conv`` uses unless given another: ``choose_tile``'s, its rows
+    split for ``batch`` (``rows_split_by_image``)."""
+    return rows_split_by_image(choose_tile(geo, registers), geo, batch)
+
+
 def schedule_conv(func, geo: ConvGeometry, tile: ConvTile | None = None, registers: int = 32):
     """Register-tiled, vectorized, parallel schedule of :func:`conv_blocked`'s PrimFunc."""
     from tvm import s_tir
 
-    tile = tile or choose_tile(geo, registers)
     nd = len(geo.kernel)
     sch = s_tir.Schedule(func)
     conv, epi = sch.get_sblock("conv"), sch.get_sblock("epilogue")
@@ -299,6 +316,7 @@ def schedule_conv(func, geo: ConvGeometry, tile: ConvTile | None = None, registe
     n, oc, osp, j = loops[0], loops[1], loops[2:2 + nd], loops[2 + nd]
     ico, rk, ici = loops[3 + nd], loops[4 + nd:4 + 2 * nd], loops[4 + 2 * nd]
     batch = static_extent(sch, n)
+    tile = tile or default_tile(geo, registers, batch)
     oc_o, oc_i = sch.split(oc, [None, tile.ro])
     w_o, w_i = sch.split(osp[-1], [None, tile.rw])
     rows = list(osp[:-1])
@@ -322,10 +340,7 @@ def schedule_conv(func, geo: ConvGeometry, tile: ConvTile | None = None, registe
     sch.reverse_compute_at(epi, epilogue_at)
     tile_in_registers(sch, conv, [oc_i, w_i], j, reduce_at)
     sch.vectorize(sch.get_loops(epi)[-1])
-    try:
-        pad = sch.get_sblock("pad")
-    except Exception:  # noqa: BLE001 (no padding: no pad stage)
-        pad = None
+    pad = pad_stage(sch)
     if pad is not None:
         sch.compute_at(pad, pad_at)
         if geo.ib > 1:

@@ -20,7 +20,7 @@ from dataclasses import asdict
 
 from tvm import s_tir, tirx
 
-from ..cpu.conv import ConvTile, choose_tile, divisors, schedule_conv
+from ..cpu.conv import ConvTile, default_tile, divisors, schedule_conv
 from ..cpu.dense import DenseTile, choose_dense_tile, schedule_dense
 
 TILE_MIN_ACCUMULATORS = 4
@@ -47,7 +47,7 @@ class ConvRule:
         return self.geo.flops() * self.batch(func)
 
     def default_config(self, func) -> dict:
-        return asdict(choose_tile(self.geo, self.registers))
+        return asdict(default_tile(self.geo, self.registers, self.batch(func)))
 
     def apply(self, func, config: dict):
         return self.schedule(func, tile=ConvTile(**config))
