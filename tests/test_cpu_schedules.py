@@ -120,6 +120,9 @@ FAMILIES = {
                            "stride": 2, "padding": 1}], "pool"),
         "max_ceil": ([{"name": "max_ceil", "type": "maxpool2d", "kernel": 3, "stride": 2,
                        "ceil_mode": True}], "pool"),
+        # GoogLeNet's branch pool: two passes, the padding read through bounds tests
+        "max_k3_s1_p1": ([{"name": "max_k3_s1_p1", "type": "maxpool2d", "kernel": 3,
+                           "stride": 1, "padding": 1}], "pool"),
         "max_rect": ([{"name": "max_rect", "type": "maxpool2d", "kernel": [2, 3],
                        "stride": [1, 2]}], "pool"),
         "avg_k2": ([{"name": "avg_k2", "type": "avgpool2d", "kernel": 2}], "pool"),
@@ -174,6 +177,14 @@ FAMILIES = {
         "concat_blocks": ([conv("side_c", 16, kernel=1), conv("side_d", 16, kernel=1),
                            {"name": "concat_blocks", "type": "concat",
                             "inputs": ["side_c", "side_d", "side_c"]}], "concat"),
+        # branches read by the concat alone write their blocks of its output: no copy
+        "concat_assembled": ([conv("br_a", 16, kernel=1, inputs=["stem_relu"]),
+                              conv("br_b", 32, kernel=3, padding=1, inputs=["stem_relu"]),
+                              conv("br_c", 16, kernel=1, inputs=["stem_relu"]),
+                              {"name": "br_pool", "type": "maxpool2d", "kernel": 3, "stride": 1,
+                               "padding": 1},
+                              {"name": "concat_assembled", "type": "concat",
+                               "inputs": ["br_a", "br_b", "br_pool"]}], "assembled"),
         "softmax": ([{"name": "softmax", "type": "softmax"}], "generic"),
         "lrn": ([{"name": "lrn", "type": "lrn", "size": 3}], "generic"),
         "conv_output": ([conv("conv_output", 9, kernel=1)], "conv"),
@@ -465,6 +476,46 @@ def test_conv_tasks_split_by_image_where_the_weights_are_the_smaller_read():
     assert images_outer(geo(512, 512, 14, 1), 8)       # MobileNet: 1 MB of weights, 3.2 of input
     assert not images_outer(geo(512, 512, 4, 3), 64)   # ResNet CIFAR's last stage: 9.4 vs 2.1
     assert not images_outer(geo(512, 512, 14, 1), None)  # any batch: one image, 0.4 MB
+
+
+def test_one_image_is_split_by_rows_between_threads():
+    """A task sweeping all of one image's rows per weight chunk would leave the parallel split
+    to the output channels at batch 1; the default tile halves its rows there."""
+    from cnncompiler.backends.cpu.conv import ConvGeometry, choose_tile, default_tile
+
+    geo = ConvGeometry(512, 128, 1, (1, 1), (1, 1), (1, 1), ((0, 0),) * 2, (14, 14), (14, 14),
+                       16, 16)  # GoogLeNet's inception 4c branch 1
+    assert choose_tile(geo).rh == 14
+    assert default_tile(geo, 32, 1).rh == 7
+    assert default_tile(geo, 32, 8).rh == 14      # eight images: split by image already
+    assert default_tile(geo, 32, None).rh == 14   # any batch: channel blocks first
+
+
+def test_max_pool_code_is_vector_code():
+    """The NaN-keeping max is a vector compare: TVM widens ``isnan`` (te_ops registers it as
+    vectorizable), so the lane loop is not scalarized and LLVM need not gather across
+    columns. NaN and infinities come out as numpy's max gives them."""
+    from tvm import te
+
+    from cnncompiler.backends.cpu.pool import pool_blocked, schedule_pool
+    from cnncompiler.backends.targets import parse_target
+    from cnncompiler.layers.pool import MaxPool2d
+
+    assert tvm.ir.Op.get("tirx.isnan").get_attr("TVectorizable")
+    layer = MaxPool2d(kernel=(3, 3), stride=(1, 1), padding=((0, 0), (0, 0)))
+    x = te.placeholder((1, 2, 9, 9, 16), name="x")
+    y = pool_blocked(layer, x, (7, 7))
+    func = schedule_pool(layer, 7)(te.create_prim_func([x, y]))
+    with tvm.target.Target(parse_target("cpu").config) as target:
+        lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=target)
+    assert "gather" not in lib.inspect_source("asm")
+    data = np.random.default_rng(0).standard_normal((1, 2, 9, 9, 16)).astype(np.float32)
+    data[0, 0, 4, 4, 3], data[0, 1, 0, 0, 5], data[0, 1, 8, 8, 7] = np.nan, np.inf, -np.inf
+    out = tvm.runtime.empty((1, 2, 7, 7, 16), "float32")
+    lib["main"](tvm.runtime.tensor(data), out)
+    windows = np.lib.stride_tricks.sliding_window_view(data, (3, 3), axis=(2, 3))
+    want = np.max(windows, axis=(-2, -1))   # numpy's max keeps NaN
+    np.testing.assert_array_equal(out.numpy(), want)
 
 
 @pytest.mark.parametrize("family", ["conv2d_blocked_input", "conv2d_groups", "pools", "dense"])

@@ -40,6 +40,9 @@ class KernelChoice:
     geometry: ConvGeometry | None = None
     note: str = ""
     tile: int = 0   # a Winograd kernel's output tile m (F(m x m, 3 x 3))
+    # a kernel writing its output straight into a concat's: (the concat, the first channel
+    # block it writes, the concat's channel blocks); see ``assemble_concats``
+    into: tuple | None = None
 
 
 def _base(layer):
@@ -202,6 +205,40 @@ def _concat_keeps_blocks(g, node, blocks, block: int) -> bool:
                for src in data.inputs)
 
 
+# the kernels whose output can go to a channel slice of a bigger tensor: one kernel writes
+# each element of the layer's output once, and nothing else
+SLICE_WRITERS = ("conv", "winograd", "depthwise", "pool")
+
+
+def writes_own_slice(g: nx.DiGraph, plan: dict, src: str, concat: str) -> bool:
+    """Can ``src``'s kernel write its output into ``concat``'s? Where the concat is its only
+    reader, it is no model output, and the kernel does not write over a residual instead."""
+    choice = plan.get(src)
+    return (choice is not None and choice.kind in SLICE_WRITERS
+            and not _residual(layer_node(g, src).layer)
+            and list(g.successors(src)) == [concat] and src not in g.graph["outputs"])
+
+
+def assemble_concats(g: nx.DiGraph, plan: dict) -> None:
+    """A blocked concat whose every input is a kernel's own output, read by nothing else, is
+    assembled where it is made: each of those kernels writes its channel blocks of the
+    concat's output, and the concat itself runs no kernel (kind ``assembled``). The inception
+    block's four branches then need no copy::
+
+        - {name: inception3a, type: inception, ch1x1: 64, ...}   # branch outputs -> concat
+
+    GoogLeNet at batch 1: its nine concats took 0.3 ms of 7.1 inside a run."""
+    for node, choice in list(plan.items()):
+        srcs = layer_node(g, node).inputs
+        if choice.kind != "concat" or len(set(srcs)) != len(srcs) or \
+                not all(writes_own_slice(g, plan, src, node) for src in srcs):
+            continue
+        counts = [layer_node(g, src).shape[0] // choice.out_block for src in srcs]
+        for src, first in zip(srcs, [sum(counts[:i]) for i in range(len(srcs))]):
+            plan[src] = replace(plan[src], into=(node, first, sum(counts)))
+        plan[node] = replace(choice, kind="assembled")
+
+
 def plan_kernels(g: nx.DiGraph, lanes: int) -> dict[str, KernelChoice]:
     """A kernel choice for every layer of the optimised graph."""
     blocks = {name: PLAIN for name in g.graph["inputs"]}
@@ -212,4 +249,5 @@ def plan_kernels(g: nx.DiGraph, lanes: int) -> dict[str, KernelChoice]:
         choice = choose_kernel(g, node, blocks, lanes, sorted(prepared_shapes(g, node)))
         plan[node] = choice
         blocks[node] = choice.out_block
+    assemble_concats(g, plan)
     return plan
