@@ -491,6 +491,24 @@ def test_one_image_is_split_by_rows_between_threads():
     assert default_tile(geo, 32, None).rh == 14   # any batch: channel blocks first
 
 
+def test_a_window_kernel_splits_its_tasks_as_the_conv_before_it():
+    """A depthwise conv after a conv that split its tasks by output channels (its weights
+    outweigh two small images) splits by channels too; after one split by image (64 images),
+    by image and row."""
+    from cnncompiler.backends.cpu.emit import build_cpu_module
+    from cnncompiler.compiler import _front_end
+
+    text = ("name: t\ninput: [64, 6, 6]\nlayers:\n"
+            "  - {name: wide, type: conv2d, filters: 256, kernel: 1}\n"
+            "  - {name: dw, type: conv2d, filters: 256, kernel: 3, padding: 1, groups: 256}\n")
+    _, optimized, *_ = _front_end(text, "t.yaml", 2, None)
+    module, plan = build_cpu_module(optimized, LANES, (2, 64))
+    assert plan["dw"].kind == "depthwise"
+    orders = {gv.name_hint: _loop_order(f, "window")[0] for gv, f in module.functions.items()
+              if gv.name_hint.rstrip("0123456789") == "dw"}
+    assert sorted(orders.values()) == ["c_n_i0_fused", "c_n_i0_fused", "n_i0_c_fused"], orders
+
+
 def test_max_pool_code_is_vector_code():
     """The NaN-keeping max is a vector compare: TVM widens ``isnan`` (te_ops registers it as
     vectorizable), so the lane loop is not scalarized and LLVM need not gather across

@@ -160,11 +160,12 @@ def task_rows(out_rows: int) -> int:
     return max(d for d in divisors(out_rows) if d <= MAX_TASK_ROWS and (2 * d <= out_rows or d == 1))
 
 
-def schedule_separable_pool(func, window: int):
+def schedule_separable_pool(func, window: int, channels_outer: bool = False):
     """Parallel over (batch, groups of output rows, channel block); per task the rows pass
     for those output rows, then the columns pass and the epilogue, each vectorized over the
     block's lanes. ``window``: the window's size, for the work there is to share (as the
-    one-pass schedule counts it).
+    one-pass schedule counts it); ``channels_outer``: over (channel block, batch, row groups)
+    instead.
 
     The rows pass reads the input through the padding's bounds tests rather than from a
     padded copy made per task. Each kernel alone, batch 1, 2 threads (ms): a 3 x 3 stride-1
@@ -177,8 +178,9 @@ def schedule_separable_pool(func, window: int):
     sch.compute_inline(sch.get_sblock("window"))
     n, c, h, w, j = sch.get_loops(epi)
     h_o, h_i = sch.split(h, [None, task_rows(static_extent(sch, h))])
-    sch.reorder(n, h_o, c, h_i, w, j)
-    par = sch.fuse(n, h_o, c)
+    outer = [c, n, h_o] if channels_outer else [n, h_o, c]
+    sch.reorder(*outer, h_i, w, j)
+    par = sch.fuse(*outer)
     if work(sch, sch.get_loops(epi)) * window >= 2 * MIN_PARALLEL_WORK:
         sch.parallel(par)
     sch.vectorize(j)
@@ -191,16 +193,17 @@ def schedule_separable_pool(func, window: int):
     return scheduled(sch)
 
 
-def schedule_pool(layer, out_width: int):
+def schedule_pool(layer, out_width: int, channels_outer: bool = False):
     """The schedule of ``pool_blocked(layer, ...)``'s PrimFunc."""
     if separable(layer):
-        return lambda func: schedule_separable_pool(func, math.prod(layer.kernel))
-    return lambda func: schedule_window(func, out_width)
+        return lambda func: schedule_separable_pool(func, math.prod(layer.kernel), channels_outer)
+    return lambda func: schedule_window(func, out_width, channels_outer)
 
 
-def schedule_window(func, out_width: int):
+def schedule_window(func, out_width: int, channels_outer: bool = False):
     """Parallel over (batch, rows, channel block), ``rw`` columns of vector accumulators,
-    the padding computed per task, the epilogue on the registers."""
+    the padding computed per task, the epilogue on the registers. ``channels_outer``: over
+    (channel block, batch, rows) instead."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
@@ -214,8 +217,9 @@ def schedule_window(func, out_width: int):
     w_o, w_i = sch.split(osp[-1], [None, rw])
     # by image and row first, as the convs before it where their weights are the smaller read
     # (conv.images_outer): each thread reads what it wrote
-    sch.reorder(n, *osp[:-1], c, w_o, *reduction, w_i, j)
-    par = sch.fuse(n, *osp[:-1], c)
+    outer = [c, n, *osp[:-1]] if channels_outer else [n, *osp[:-1], c]
+    sch.reorder(*outer, w_o, *reduction, w_i, j)
+    par = sch.fuse(*outer)
     if work(sch, sch.get_loops(acc)) >= 2 * MIN_PARALLEL_WORK:
         sch.parallel(par)
     sch.reverse_compute_at(epi, w_o)
