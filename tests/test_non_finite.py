@@ -435,3 +435,35 @@ def test_gradients_go_where_torch_sends_them(kind):
     dy = np.random.default_rng(3).uniform(0.5, 1.5, tuple(yt.shape)).astype(np.float32)
     yt.backward(torch.from_numpy(dy))
     np.testing.assert_array_equal(compiled_input_gradient(kind, x, dy), xt.grad.numpy())
+
+
+INCEPTION = """name: branches
+input: [3, 8, 8]
+layers:
+  - {name: stem, type: conv2d, filters: 16, kernel: 3, padding: 1}
+  - {name: b1, type: conv2d, filters: 16, kernel: 1, inputs: [stem]}
+  - {name: b2, type: conv2d, filters: 32, kernel: 3, padding: 1, inputs: [stem]}
+  - {name: b3_pool, type: maxpool2d, kernel: 3, stride: 1, padding: 1, inputs: [stem]}
+  - {name: b3, type: conv2d, filters: 16, kernel: 1}
+  - {name: joined, type: concat, inputs: [b1, b2, b3]}
+  - {name: head, type: conv2d, filters: 16, kernel: 1}
+"""
+
+
+@pytest.mark.parametrize("broken", ["b2", "b3", "head"])
+def test_a_layer_writing_into_its_concat_is_matched(tmp_path, broken):
+    """The branches write their blocks of the concat's output, which runs no kernel of its
+    own: each branch's own blocks of it (the count of bad values is the reference's), and
+    the concat as the join of them, are still matched."""
+    model = cc.compile(write_spec(tmp_path, "branches", INCEPTION), output_dir=tmp_path / "m")
+    assert model.manifest["build"]["kernels"]["assembled"] == 1
+    x = finite_input(model)
+    model.load_params(lively_params(model.graph, x)[0])
+    with changed_weights(model, **{f"{broken}__weight": lambda w: np.sign(w) * 3e38}):
+        message = non_finite_error(model, x)
+        with np.errstate(all="ignore"):
+            want = run_reference(model.graph, x, model.params, dtype=np.float32,
+                                 keep=True)[broken]
+    assert f"layer '{broken}' (conv2d) is the first whose output" in message
+    assert f"{(~np.isfinite(want)).sum()} of {want.size} values non-finite" in message
+    assert "through the compiled kernels" in message and "reference" not in message

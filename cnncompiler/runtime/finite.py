@@ -133,6 +133,7 @@ class KernelTrace:
         self.alias: dict[str, str] = {}       # layer computed by no kernel -> its input's
         self.values: dict[str, np.ndarray] = {}
         self.weights: dict[int, str] = {}
+        self.assembled: set[str] = set()      # concats their inputs' kernels wrote
         self.bad: str | None = None
 
     def run(self, xs: list[np.ndarray]) -> None:
@@ -173,8 +174,11 @@ class KernelTrace:
             self.where[ptrs[1]] = self.where[ptrs[0]]
             return
         node = self._match(ptrs)
-        self.where[ptrs[-1]] = node
-        value = self._plain(args[-1].numpy(), node)
+        value, concat = self._own_slice(args[-1].numpy(), node)
+        self.where[ptrs[-1]] = concat or node
+        if concat is not None:
+            self.assembled.add(concat)
+        value = self._plain(value, node)
         self.values[node] = value
         if not np.isfinite(value).all():
             self.bad = node
@@ -196,11 +200,31 @@ class KernelTrace:
                 return node
         raise Mismatch(f"no layer left to compute reads {sorted(read)}")
 
+    def _own_slice(self, value: np.ndarray, node: str):
+        """(``node``'s part of a kernel's blocked output, the concat it was written into, or
+        None): a layer whose only reader is a concat may write its channel blocks straight
+        into the concat's output (the CPU build does), which then holds more blocks than the
+        layer has channels for."""
+        shape = tuple(layer_node(self.g, node).shape)
+        readers = list(self.g.successors(node))
+        if value.ndim != len(shape) + 2 or len(readers) != 1 or \
+                value.shape[1] == -(-shape[0] // value.shape[-1]):
+            return value, None
+        (concat,) = readers
+        block = value.shape[-1]
+        inputs = layer_node(self.g, concat).inputs
+        first = sum(layer_node(self.g, s).shape[0] for s in inputs[:inputs.index(node)]) // block
+        return value[:, first:first + -(-shape[0] // block)], concat
+
     def _view(self, node: str) -> None:
-        """A layer no kernel computed must be a view of its one input: no weights, the same
-        size."""
+        """A layer no kernel computed must be a view of its one input (no weights, the same
+        size), or a concat whose inputs' kernels wrote its output."""
         data = layer_node(self.g, node)
         inputs = data.inputs
+        if node in self.assembled:
+            self.values[node] = np.concatenate([self.values[self.resolve(s)] for s in inputs],
+                                               axis=1)
+            return
         if node in self.weights.values() or len(inputs) != 1 or \
                 np.prod(data.shape) != np.prod(layer_node(self.g, inputs[0]).shape):
             raise Mismatch(f"no kernel call computed layer '{node}'")
