@@ -148,6 +148,9 @@ def test_winograd_where_it_wins():
     assert choose_conv_algorithm(geometry(256, 256, (14, 14))) == 2  # F(4): 16 tiles, big weights
     assert choose_conv_algorithm(geometry(160, 320, (14, 14))) == 4  # GoogLeNet's 4e
     assert choose_conv_algorithm(geometry(512, 512, (7, 7))) == 0
+    # VGG's: 16.8 MB of F(2) weights for 49 tiles stream in slower than the direct kernel's
+    assert choose_conv_algorithm(geometry(512, 512, (14, 14))) == 0
+    assert choose_conv_algorithm(geometry(512, 512, (28, 28))) == 4
 
 
 def test_weight_layout_checks_what_it_transforms():

@@ -76,6 +76,13 @@ def eligible(geo: ConvGeometry) -> str | None:
 MIN_CHANNELS = 32
 MIN_TILES = {4: 16, 2: 32}         # tiles per image (batch 1) for the products to pay off
 BIG_WEIGHTS = 256 * 256            # C x O from which F(4) wants twice the tiles
+# C x O from which F(2) wants twice the tiles. Inside a whole run at batch 1 a layer's
+# weights come from L3 or memory, not from cache as in the table above, and F(2)'s are 16/9
+# of the direct kernel's: VGG's 512->512 convs at 14 x 14 (49 tiles, 16.8 MB of transformed
+# weights) ran faster direct, whole VGG-11 / VGG-16 at batch 1 0.943 / 0.958 of the time
+# (interleaved), at batch 8 1.016 / 0.999. At 28 x 28 they keep F(4) (VGG-11 at batch 8
+# took 1.21 with them direct).
+HUGE_WEIGHTS = 512 * 512
 
 
 def choose_conv_algorithm(geo: ConvGeometry) -> int:
@@ -83,8 +90,10 @@ def choose_conv_algorithm(geo: ConvGeometry) -> int:
     measured rule above, for convs Winograd can compute (``eligible``)."""
     if eligible(geo) is not None or min(geo.cin, geo.cout) < MIN_CHANNELS:
         return 0
+    weights = geo.cin * geo.cout
     for m in (4, 2):
-        wanted = MIN_TILES[m] * (2 if m == 4 and geo.cin * geo.cout >= BIG_WEIGHTS else 1)
+        big = BIG_WEIGHTS if m == 4 else HUGE_WEIGHTS
+        wanted = MIN_TILES[m] * (2 if weights >= big else 1)
         if math.prod(tiles(geo, m)) >= wanted:
             return m
     return 0
