@@ -155,9 +155,11 @@ MAX_TASK_ROWS = 8
 
 def task_rows(out_rows: int) -> int:
     """Output rows per task of a separable pool: they share the rows pass. At most
-    ``MAX_TASK_ROWS`` (the rows buffer stays in L1) and at most half of them, so that even one
-    image is split by rows between two threads, as its producer was (conv.images_outer)."""
-    return max(d for d in divisors(out_rows) if d <= MAX_TASK_ROWS and (2 * d <= out_rows or d == 1))
+    ``MAX_TASK_ROWS`` (a task's rows buffer stays a few tens of KiB) and at most half of them,
+    so that even one image is split by rows between two threads, as its producer was
+    (conv.images_outer)."""
+    return max(d for d in divisors(out_rows)
+               if d <= MAX_TASK_ROWS and (2 * d <= out_rows or d == 1))
 
 
 def schedule_separable_pool(func, window: int, channels_outer: bool = False):
@@ -215,8 +217,8 @@ def schedule_window(func, out_width: int, channels_outer: bool = False):
     n, c, osp, j = spatial[0], spatial[1], spatial[2:-1], spatial[-1]
     rw = max(d for d in divisors(out_width) if d <= MAX_COLUMNS)
     w_o, w_i = sch.split(osp[-1], [None, rw])
-    # by image and row first, as the convs before it where their weights are the smaller read
-    # (conv.images_outer): each thread reads what it wrote
+    # as the conv before it split its tasks (conv.images_outer; emit.split_by_channels): each
+    # thread reads what it wrote
     outer = [c, n, *osp[:-1]] if channels_outer else [n, *osp[:-1], c]
     sch.reorder(*outer, w_o, *reduction, w_i, j)
     par = sch.fuse(*outer)
