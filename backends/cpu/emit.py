@@ -32,8 +32,8 @@ from .blocking import PLAIN, conversion, plain_view
 from .conv import conv_blocked, images_outer, schedule_conv, vector_registers
 from .dense import dense_blocked, schedule_dense
 from .plan import KernelChoice, plan_kernels
-from .pool import (depthwise_blocked, global_pool_blocked, pool_blocked, schedule_pool,
-                   schedule_window)
+from .pool import (depthwise_blocked, global_pool_blocked, pool_blocked, schedule_depthwise,
+                   schedule_pool, schedule_window)
 from .schedules import schedule_loops
 from .winograd import schedule_winograd, winograd_conv
 from .vector_math import CPU_MATH
@@ -273,10 +273,9 @@ class CpuEmitter:
                                                       m=choice.tile, registers=registers))
 
     def emit_depthwise(self, node, data, choice, xs):
-        width = choice.geometry.out_spatial[-1]
         outer = self.split_by_channels(data.inputs[0])
         return self._emit_conv_like(node, data, choice, xs, depthwise_blocked,
-                                    lambda f: schedule_window(f, width, outer))
+                                    lambda f: schedule_depthwise(f, choice.geometry, outer))
 
     def split_by_channels(self, src: str) -> bool:
         """Did ``src``'s kernel split its tasks by output channels first

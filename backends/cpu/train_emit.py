@@ -39,8 +39,8 @@ from .conv import conv_blocked, schedule_conv, vector_registers
 from .dense import dense_blocked, schedule_dense
 from .emit import OPAQUE
 from .plan import KernelChoice, choose_kernel
-from .pool import (depthwise_blocked, global_pool_blocked, pool_blocked, schedule_pool,
-                   schedule_window)
+from .pool import (depthwise_blocked, global_pool_blocked, pool_blocked, schedule_depthwise,
+                   schedule_pool, schedule_window)
 from .schedules import schedule_loops
 from .train_conv import (column_weight, columns_geometry, columns_pay_off, columns_to_input,
                          depthwise_weight_grad, flipped_weight, forward_weight, input_grad,
@@ -213,10 +213,9 @@ class CpuTrainLowering(TrainLowering):
         if "bias" in args:
             inputs.append(self.emit(lambda b: pack_bias(b, geo.cout, geo.ob), args["bias"],
                                     name=f"{kernel_name(node)}_pack_bias"))
-        width = geo.out_spatial[-1]
         out = self.emit(lambda t, w, *b: depthwise_blocked(t, w, b[0] if b else None, geo),
                         *inputs, name=kernel_name(node),
-                        schedule=lambda f: schedule_window(f, width))
+                        schedule=lambda f: schedule_depthwise(f, geo))
         return Value(out, geo.cout, geo.ob)
 
     def forward_dense(self, node, kind):
