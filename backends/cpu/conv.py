@@ -76,6 +76,11 @@ class ConvGeometry:
         return self.cin if self.in_plain else ceil_div(self.cin, self.ib)
 
     @property
+    def out_rows(self) -> int:
+        """Output rows of a 2-D conv (its first spatial axis); 1 for a 1-D conv."""
+        return self.out_spatial[0] if len(self.out_spatial) > 1 else 1
+
+    @property
     def out_blocks(self) -> int:
         return ceil_div(self.cout, self.ob)
 
@@ -203,6 +208,11 @@ def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+def largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of ``n`` that is at most ``at_most`` (1 at least)."""
+    return max(d for d in divisors(n) if d <= at_most or d == 1)
+
+
 @dataclass(frozen=True)
 class ConvTile:
     """How the conv kernel is tiled.
@@ -257,7 +267,7 @@ def choose_tile(geo: ConvGeometry, registers: int = 32) -> ConvTile:
     """
     width = geo.out_spatial[-1]
     blocks = geo.out_blocks if geo.groups == 1 else geo.group_out_blocks
-    widest = 16 if max(d for d in divisors(width) if d <= 8) < 4 else 8
+    widest = 16 if largest_divisor(width, 8) < 4 else 8
     ro, rw = register_tile([d for d in divisors(width) if d <= widest], blocks, registers)
     kernel = math.prod(geo.kernel)
     vector_bytes = geo.ob * 4
@@ -265,7 +275,7 @@ def choose_tile(geo: ConvGeometry, registers: int = 32) -> ConvTile:
     if task_weights <= (PLAIN_INPUT_WEIGHT_BUDGET if geo.in_plain else CHUNK_BYTES):
         return ConvTile(ro, rw)
     row_bytes = ro * vector_bytes * width
-    rows = geo.out_spatial[0] if len(geo.out_spatial) > 1 else 1
+    rows = geo.out_rows
     rh = max(d for d in divisors(rows) if d * row_bytes <= CHUNK_BYTES or d == 1)
     chunk = ro * vector_bytes * geo.ib * kernel
     ci = max(d for d in divisors(geo.group_in_blocks) if d * chunk <= CHUNK_BYTES or d == 1)
@@ -293,10 +303,10 @@ def rows_split_by_image(tile: ConvTile, geo: ConvGeometry, batch: int | None) ->
     to output channels, and each thread read all of an input half written by the other.
     GoogLeNet at batch 1 (its 1x1 convs at 14 x 14 sweep all 14 rows per chunk of weights):
     0.977 of the time, interleaved."""
-    rows = geo.out_spatial[0] if len(geo.out_spatial) > 1 else 1
+    rows = geo.out_rows
     if tile.rh < rows or batch != 1 or not images_outer(geo, batch):
         return tile
-    return replace(tile, rh=max(d for d in divisors(rows) if 2 * d <= rows or d == 1))
+    return replace(tile, rh=largest_divisor(rows, rows // 2))
 
 
 def default_tile(geo: ConvGeometry, registers: int, batch: int | None) -> ConvTile:

@@ -16,7 +16,7 @@ from cnncompiler.layers.pool import GlobalMaxPool, LpPoolBase, MaxPoolBase
 from cnncompiler.layers.window import resolve_padding
 
 from ..te_ops import _larger_or_nan, _window_count, max_keeping_nan, power
-from .conv import ConvGeometry, blocked_epilogue, divisors
+from .conv import ConvGeometry, blocked_epilogue, largest_divisor
 from .schedules import (MIN_PARALLEL_WORK, pad_stage, scheduled, static_extent, tile_in_registers,
                         work)
 
@@ -158,8 +158,7 @@ def task_rows(out_rows: int) -> int:
     ``MAX_TASK_ROWS`` (a task's rows buffer stays a few tens of KiB) and at most half of them,
     so that even one image is split by rows between two threads, as its producer was
     (conv.images_outer)."""
-    return max(d for d in divisors(out_rows)
-               if d <= MAX_TASK_ROWS and (2 * d <= out_rows or d == 1))
+    return largest_divisor(out_rows, min(MAX_TASK_ROWS, out_rows // 2))
 
 
 def schedule_separable_pool(func, window: int, channels_outer: bool = False):
@@ -217,7 +216,7 @@ def schedule_window(func, out_width: int, channels_outer: bool = False, task_row
     spatial = [lp for lp, k in zip(loops, kinds) if k == 0]
     reduction = [lp for lp, k in zip(loops, kinds) if k != 0]
     n, c, osp, j = spatial[0], spatial[1], spatial[2:-1], spatial[-1]
-    rw = max(d for d in divisors(out_width) if d <= MAX_COLUMNS)
+    rw = largest_divisor(out_width, MAX_COLUMNS)
     w_o, w_i = sch.split(osp[-1], [None, rw])
     # as the conv before it split its tasks (conv.images_outer; emit.split_by_channels): each
     # thread reads what it wrote
@@ -250,6 +249,5 @@ def schedule_depthwise(func, geo: ConvGeometry, channels_outer: bool = False):
     512 at 14 0.19 -> 0.11, 1024 at 7 0.11 -> 0.037 (batch 1: 0.066 -> 0.038, 0.019 ->
     0.009, 0.015 -> 0.005). Whole networks, interleaved: MobileNet-v1 batch 1 / 8 0.955 /
     0.977 of the time, MobileNet-v1 CIFAR batch 1 / 64 0.964 / 0.876."""
-    rows = geo.out_spatial[0] if len(geo.out_spatial) > 1 else 1
-    per_task = max(d for d in divisors(rows) if d <= MAX_TASK_ROWS)
+    per_task = largest_divisor(geo.out_rows, MAX_TASK_ROWS)
     return schedule_window(func, geo.out_spatial[-1], channels_outer, per_task, pad_inline=True)

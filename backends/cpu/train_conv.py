@@ -296,7 +296,7 @@ def choose_weight_grad_tile(geo: ConvGeometry, registers: int = 32,
                                       and ro * rc * rkw + ro + 1 <= registers),
                                      default=(1, 1, 1))
     width = geo.out_spatial[-1]
-    rows = geo.out_spatial[0] if len(geo.out_spatial) > 1 else 1
+    rows = geo.out_rows
     rh = min((d for d in divisors(rows) if d * width >= MIN_INNER_STEPS), default=rows)
     tasks = geo.out_blocks // ro * (cg // ct)
     split_rows = tasks < MIN_TASKS and len(geo.kernel) > 1 and geo.kernel[0] > 1

@@ -65,7 +65,7 @@ class ConvRule:
     def chunkings(self, ro: int) -> list[tuple[int, int | None]]:
         """(rh, ci) choices: rows per task, input blocks per weight chunk (None: all)."""
         geo = self.geo
-        rows = geo.out_spatial[0] if len(geo.out_spatial) > 1 else 1
+        rows = geo.out_rows
         heights = [d for d in divisors(rows) if d <= 8][:4]
         chunk = ro * geo.ob * 4 * geo.ib * math.prod(geo.kernel)
         cis = sorted({max([d for d in divisors(geo.group_in_blocks) if d * chunk <= size]
