@@ -39,6 +39,22 @@ def test_weight_names_that_are_not_strings_are_refused(lenet, weights, match):
     assert all(np.array_equal(before[k], v) for k, v in model.params.items())
 
 
+def test_a_float32_array_is_taken_as_it_is_and_others_are_checked_as_before(lenet):
+    model = cc.load(lenet)
+    x = np.random.default_rng(1).standard_normal((3, 1, 32, 32)).astype(np.float32)
+    assert model.check_inputs(x)[0] is x, "a C-contiguous float32 batch needs no copy"
+    want = model.predict(x).copy()
+    fortran = np.asfortranarray(x)
+    assert not fortran.flags.c_contiguous
+    np.testing.assert_array_equal(model.predict(fortran), want)
+    with pytest.raises(InputError, match="an empty batch"):
+        model.predict(x[:0])
+    with pytest.raises(InputError, match="received shape \\(3, 1, 32, 16\\)"):
+        model.predict(np.ascontiguousarray(x[..., :16]))
+    with pytest.raises(InputError, match="without a batch axis"):
+        model.predict(x[0])
+
+
 def test_a_batch_beyond_the_memory_bound_runs_in_pieces_with_the_same_result(lenet,
                                                                            monkeypatch):
     model = cc.load(lenet)
