@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -453,8 +454,9 @@ layers:
 @pytest.mark.parametrize("broken", ["b2", "b3", "head"])
 def test_a_layer_writing_into_its_concat_is_matched(tmp_path, broken):
     """The branches write their blocks of the concat's output, which runs no kernel of its
-    own: each branch's own blocks of it (the count of bad values is the reference's), and
-    the concat as the join of them, are still matched."""
+    own: each branch's own blocks of it (the count of bad values is the reference's, but for
+    the few sums that overflow in one summation order and not in another), and the concat as
+    the join of them, are still matched."""
     model = cc.compile(write_spec(tmp_path, "branches", INCEPTION), output_dir=tmp_path / "m")
     assert model.manifest["build"]["assembled"] == ["joined"]
     rows = json.loads((tmp_path / "m" / "report.json").read_text())["kernels"]
@@ -467,6 +469,9 @@ def test_a_layer_writing_into_its_concat_is_matched(tmp_path, broken):
         with np.errstate(all="ignore"):
             want = run_reference(model.graph, x, model.params, dtype=np.float32,
                                  keep=True)[broken]
-    assert f"layer '{broken}' (conv2d) is the first whose output" in message
-    assert f"{(~np.isfinite(want)).sum()} of {want.size} values non-finite" in message
+    found = re.search(f"layer '{broken}' \\(conv2d\\) is the first whose output is not "
+                      r"finite: (\d+) of (\d+) values non-finite", message)
+    assert found, message
+    count, size = int(found[1]), int(found[2])
+    assert size == want.size and abs(count - (~np.isfinite(want)).sum()) <= want.size // 100
     assert "through the compiled kernels" in message and "reference" not in message
