@@ -52,7 +52,7 @@ NOT_TRAINED = "not trained"                        # exists only in optimised in
 
 # CPU kernel families (cpu.plan picks the kernel and layout for each)
 CPU_FAMILIES = ("conv", "dense", "pool", "global_pool", "pointwise", "batchnorm", "add",
-                "concat", "passthrough", "fused", "roi", "generic")
+                "concat", "passthrough", "fused", "roi", "channel_window", "generic")
 # CUDA schedule families: dlight's rules, or a schedule of the family's own (cuda.CUDA_SCHEDULES)
 CUDA_FAMILIES = ("dlight", "roi")
 
@@ -99,7 +99,7 @@ RULES: dict[type, Rules] = {
     PReLU: Rules(t.lower_pointwise, g.grad_prelu, cpu="generic", cuda="dlight"),
     Softmax: Rules(t.lower_softmax, g.grad_softmax, cpu="generic", cuda="dlight"),
     BatchNorm: Rules(t.lower_batchnorm, TRAINING_FORM, cpu="batchnorm", cuda="dlight"),
-    LRN: Rules(t.lower_lrn, g.grad_lrn, cpu="generic", cuda="dlight"),
+    LRN: Rules(t.lower_lrn, g.grad_lrn, cpu="channel_window", cuda="dlight"),
     Flatten: Rules(t.lower_flatten, g.grad_flatten, cpu="generic", cuda="dlight"),
     Add: Rules(t.lower_add, g.grad_add, cpu="add", cuda="dlight"),
     Concat: Rules(t.lower_concat, g.grad_concat, cpu="concat", cuda="dlight"),

@@ -537,6 +537,46 @@ def test_max_pool_code_is_vector_code():
     np.testing.assert_array_equal(out.numpy(), want)
 
 
+def test_lrn_reads_plain_rows_as_vectors():
+    """LRN runs on its input converted to the plain layout (the plan says so), where each
+    output row is a contiguous vector per channel of the window: the row is vectorized. Through
+    a plain view of a blocked input it stays scalar (its reads would be a gather)."""
+    from tvm import te
+
+    from cnncompiler.backends.cpu.schedules import schedule_loops
+    from cnncompiler.backends.te_ops import lower_lrn
+    from cnncompiler.backends.targets import parse_target
+    from cnncompiler.layers.norm import LRN
+
+    layer = LRN(size=5, alpha=0.5, beta=0.75, k=2.0)
+    x = te.placeholder((2, 7, 5, 13), name="x")
+    y = lower_lrn(layer, [x], {}, (7, 5, 13))
+    func = te.create_prim_func([x, y])
+
+    def sum_row(script):  # the loop right around the window sum's update
+        lines = script.splitlines()
+        return lines[[i for i, t in enumerate(lines) if '"lrn_sum_update"' in t][0] - 1]
+
+    assert "T.vectorized(13)" in sum_row(schedule_loops(func, 16, plain_rows=True).script())
+    assert "T.vectorized" not in sum_row(schedule_loops(func, 16).script())
+    with tvm.target.Target(parse_target("cpu").config) as target:
+        lib = tvm.tirx.build(tvm.IRModule({"main": schedule_loops(func, 16, True)}),
+                             target=target)
+    data = np.random.default_rng(0).standard_normal((2, 7, 5, 13)).astype(np.float32)
+    out = tvm.runtime.empty((2, 7, 5, 13), "float32")
+    lib["main"](tvm.runtime.tensor(data), out)
+    np.testing.assert_allclose(out.numpy(), layer.reference([data], {}), rtol=1e-5, atol=1e-6)
+
+    from cnncompiler.backends.cpu.blocking import PLAIN
+    from cnncompiler.backends.cpu.plan import plan_kernels
+    from cnncompiler.compiler import _front_end
+
+    _, optimized, *_ = _front_end(family_spec("boundaries"), "test.yaml", 2, None)
+    plan = plan_kernels(optimized, 16)
+    assert plan["stem"].out_block == 16
+    assert plan["lrn"].in_blocks == (PLAIN,), "LRN after a conv reads its input plain"
+
+
 @pytest.mark.parametrize("family", ["conv2d_blocked_input", "conv2d_groups", "pools", "dense"])
 def test_avx2_blocks_match_reference(family):
     """The same kernels with AVX2's 8-lane blocks (the layouts and tiles change; the code

@@ -409,8 +409,9 @@ class CpuEmitter:
             y = lower(layer, views, dict(zip(keys, ins[count:])), out_shape)
             return views[0] if y is None else y
 
+        plain = all(x.block == PLAIN for x in xs)  # its inputs' rows are contiguous
         return self.kernel(kernel_name(node), [x.var for x in xs] + args, compute,
-                           lambda f: schedule_loops(f, self.lanes))
+                           lambda f: schedule_loops(f, self.lanes, plain))
 
 
 def emit_function(bb: relax.BlockBuilder, g: nx.DiGraph, name: str, batch: int | None,

@@ -90,9 +90,10 @@ def inline_injective(sch: s_tir.Schedule) -> None:
 
 
 def parallel_vectorize(sch: s_tir.Schedule, block, lanes: int,
-                       min_work: int = MIN_PARALLEL_WORK) -> None:
+                       min_work: int = MIN_PARALLEL_WORK, plain_rows: bool = False) -> None:
     """Vectorize the innermost loop when it is a spatial loop, and run the leading spatial
-    loops in parallel when there is enough work to share."""
+    loops in parallel when there is enough work to share. With ``plain_rows`` (the kernel's
+    inputs are plain, so a row is contiguous), a small window's row is vectorized too."""
     stmt = sch.get(block)
     loops = sch.get_loops(block)
     if not loops:
@@ -117,12 +118,15 @@ def parallel_vectorize(sch: s_tir.Schedule, block, lanes: int,
             (static_extent(sch, loops[spatial - 1]) or 0) >= lanes // 2:
         # a reduction over a small window (LRN's channels, a pool's taps): the last spatial
         # loop moved inside the reduction, so that the window's index arithmetic is done once
-        # per row, the sums zeroed by a loop of their own. Not vectorized: its reads may be a
-        # gather (a blocked input seen as plain). AlexNet's norm1 at batch 8: 24.0 ms with the
-        # reduction innermost, 6.4 so, 22.8 with the row vectorized as well. Long reductions
-        # (over time, a whole map) keep their order: the row would read with a long stride.
+        # per row, the sums zeroed by a loop of their own. The row is vectorized only where the
+        # inputs are plain: through a plain view of a blocked input its reads are a gather.
+        # AlexNet's norm1 at batch 8: 24.0 ms with the reduction innermost, 6.4 so, 22.8 with
+        # the row of the blocked input vectorized as well. Long reductions (over time, a whole
+        # map) keep their order: the row would read with a long stride.
         sch.reorder(*loops[spatial:], loops[spatial - 1])
         reduce_at = loops[spatial]
+        if plain_rows and (static_extent(sch, loops[spatial - 1]) or 0) <= 4 * lanes:
+            vector_loop = loops[spatial - 1]
         outer = loops[:spatial - 1]
     else:
         outer = loops[:spatial]
@@ -143,14 +147,15 @@ def _window(sch, loops) -> bool:
     return None not in extents and math.prod(extents) <= MAX_WINDOW
 
 
-def schedule_loops(func: tirx.PrimFunc, lanes: int) -> tirx.PrimFunc:
+def schedule_loops(func: tirx.PrimFunc, lanes: int, plain_rows: bool = False) -> tirx.PrimFunc:
     """The fallback schedule: inline views and padding, then parallel and vector loops for
-    each remaining stage (a stage TVM will not transform is left as it is)."""
+    each remaining stage (a stage TVM will not transform is left as it is). ``plain_rows``:
+    see ``parallel_vectorize``."""
     sch = s_tir.Schedule(func)
     inline_injective(sch)
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         try:
-            parallel_vectorize(sch, block, lanes)
+            parallel_vectorize(sch, block, lanes, plain_rows=plain_rows)
         except Exception:  # noqa: BLE001 (schedule steps are atomic: the stage stays correct)
             pass
     return scheduled(sch)
