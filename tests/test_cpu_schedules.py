@@ -465,6 +465,21 @@ def test_a_task_whose_weights_outgrow_an_l1_chunk_reads_them_in_chunks():
     assert not tile(3, 64, 224, 7, 2, 1).ci     # 37 KiB of a plain input's weights
 
 
+def test_a_small_map_at_batch_1_takes_two_input_blocks_a_chunk():
+    """ResNet's layer4 (3x3 512->512 at 7 x 7): 18 KiB of weights per input block for 2
+    output blocks; one block a chunk in general, two at batch 1 where the map is small."""
+    from cnncompiler.backends.cpu.conv import ConvGeometry, choose_tile, default_tile
+
+    def geo(size):
+        return ConvGeometry(512, 512, 1, (3, 3), (1, 1), (1, 1), ((1, 1),) * 2, (size, size),
+                            (size, size), 16, 16)
+
+    assert choose_tile(geo(7)).ci == 1
+    assert default_tile(geo(7), 32, 1).ci == 2
+    assert default_tile(geo(7), 32, 8).ci == 1
+    assert default_tile(geo(14), 32, 1).ci == 1
+
+
 def test_conv_tasks_split_by_image_where_the_weights_are_the_smaller_read():
     from cnncompiler.backends.cpu.conv import ConvGeometry, images_outer
 

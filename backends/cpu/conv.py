@@ -47,6 +47,15 @@ CHUNK_BYTES = 32 << 10
 # 7x7 stem ran 8% to 11% slower chunked from 32 KiB of weights (batch 1 / 8: 0.70 / 5.70 ms
 # -> 0.75 / 6.36), the TDNN's first frame conv 12%. It keeps the L2 budget it had.
 PLAIN_INPUT_WEIGHT_BUDGET = 256 << 10
+# One image's output map of at most SMALL_MAP positions (ResNet's layer4 at 7 x 7) gives each
+# weight chunk few outputs to pass over, and each pass reloads the task's accumulators and
+# pads its input chunk again: at batch 1 its chunks may grow to SMALL_MAP_CHUNK_BYTES, two input
+# blocks of a 3x3 conv's weights (2 x 18 KiB) instead of one. Interleaved, whole networks:
+# ResNet-18 ImageNet batch 1 0.95 of the time, GoogLeNet batch 1 0.98; batch 8 and ResNet
+# CIFAR (4 x 4 maps) level within noise. Alone with caches flushed, 3x3 512->512 at 7: 0.612 ms
+# against 0.651.
+SMALL_MAP = 64
+SMALL_MAP_CHUNK_BYTES = 40 << 10
 
 
 @dataclass(frozen=True)
@@ -254,7 +263,8 @@ def register_tile(widths, blocks: int, registers: int) -> tuple[int, int]:
     return min(tiles, key=lambda t: (t[2] / t[1], -t[1]))[0]
 
 
-def choose_tile(geo: ConvGeometry, registers: int = 32) -> ConvTile:
+def choose_tile(geo: ConvGeometry, registers: int = 32,
+                chunk_bytes: int = CHUNK_BYTES) -> ConvTile:
     """A tile that needs no tuning.
 
     The register tile (ro, rw) divides the output channel blocks and the output width (no tail
@@ -263,7 +273,8 @@ def choose_tile(geo: ConvGeometry, registers: int = 32) -> ConvTile:
     FMA, (2 ro + rw) / (ro * rw) (``register_tile``). Widths are tiled by at most 8 columns, a
     narrow width that 4..8 does not divide by up to 16. Where one task's weights (``ro`` blocks
     by every input channel) outgrow one L1 chunk (``CHUNK_BYTES``; a plain-layout input: the L2
-    budget), the reduction is chunked so that each chunk is read from L1 for several output rows.
+    budget), the reduction is chunked so that each chunk is read from L1 for several output rows;
+    a chunk's input blocks take at most ``chunk_bytes`` of weights.
     """
     width = geo.out_spatial[-1]
     blocks = geo.out_blocks if geo.groups == 1 else geo.group_out_blocks
@@ -278,7 +289,7 @@ def choose_tile(geo: ConvGeometry, registers: int = 32) -> ConvTile:
     rows = geo.out_rows
     rh = max(d for d in divisors(rows) if d * row_bytes <= CHUNK_BYTES or d == 1)
     chunk = ro * vector_bytes * geo.ib * kernel
-    ci = max(d for d in divisors(geo.group_in_blocks) if d * chunk <= CHUNK_BYTES or d == 1)
+    ci = max(d for d in divisors(geo.group_in_blocks) if d * chunk <= chunk_bytes or d == 1)
     return ConvTile(ro, rw, rh, ci)
 
 
@@ -310,9 +321,12 @@ def rows_split_by_image(tile: ConvTile, geo: ConvGeometry, batch: int | None) ->
 
 
 def default_tile(geo: ConvGeometry, registers: int, batch: int | None) -> ConvTile:
-    """The tile ``schedule_conv`` uses unless given another: ``choose_tile``'s, its rows
-    split for ``batch`` (``rows_split_by_image``)."""
-    return rows_split_by_image(choose_tile(geo, registers), geo, batch)
+    """The tile ``schedule_conv`` uses unless given another: ``choose_tile``'s (its weight
+    chunks up to SMALL_MAP_CHUNK_BYTES for a small map at batch 1), its rows split for
+    ``batch`` (``rows_split_by_image``)."""
+    small = batch == 1 and math.prod(geo.out_spatial) <= SMALL_MAP
+    tile = choose_tile(geo, registers, SMALL_MAP_CHUNK_BYTES if small else CHUNK_BYTES)
+    return rows_split_by_image(tile, geo, batch)
 
 
 def schedule_conv(func, geo: ConvGeometry, tile: ConvTile | None = None, registers: int = 32):
