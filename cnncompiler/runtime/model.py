@@ -382,7 +382,7 @@ class CompiledModel:
     def chunk_size(self) -> int:
         """The pieces a batch whose activations would exceed CHUNK_BYTES runs in: the largest
         compiled batch size that fits, else as many samples as fit."""
-        fitting = [b for b in self.batch_sizes if self.activation_bytes(b) <= CHUNK_BYTES]
+        fitting = [b for b in self.batch_sizes if self._runs_whole(b)]
         if fitting:
             return max(fitting)
         fixed, per_sample = planned_per_sample(self.manifest) or (0, self._sample_bytes)
