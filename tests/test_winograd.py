@@ -46,8 +46,9 @@ def geometry(cin, cout, size, pads=((1, 1), (1, 1)), **changes):
     return ConvGeometry(**keys)
 
 
-def run_kernel(geo, m: int, batch: int = 2, seed: int = 0):
-    """The Winograd kernel alone on random data: (compiled output, float64 reference)."""
+def run_kernel(geo, m: int, batch: int = 2, seed: int = 0, tile=None):
+    """The Winograd kernel alone on random data: (compiled output, float64 reference); its
+    tile the chooser's unless given."""
     from tvm import te
 
     from cnncompiler.backends.cpu.winograd import schedule_winograd, winograd_conv
@@ -64,7 +65,7 @@ def run_kernel(geo, m: int, batch: int = 2, seed: int = 0):
     xt, wt = te.placeholder(xb.shape, name="x"), te.placeholder(wb.shape, name="w")
     y = winograd_conv(xt, wt, None, geo, m=m)
     registers = 32 if geo.ob >= 16 else 16
-    func = schedule_winograd(te.create_prim_func([xt, wt, y]), geo, m, registers)
+    func = schedule_winograd(te.create_prim_func([xt, wt, y]), geo, m, registers, tile)
     target = tvm.target.Target(parse_target("cpu").config)
     with target:
         lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=target)
@@ -97,6 +98,29 @@ def test_kernel_matches_reference(case, m):
     assert_close(got, want, what=f"{case} F({m}x{m}, 3x3)")
     text = func.script()
     assert "T.parallel" in text or "T.vectorized" in text
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_tasks_split_the_output_channels_where_the_weights_outweigh_the_input(m):
+    """Where the layer's weights outweigh its input at a known batch size (the direct kernel's
+    ``images_outer`` rule), the whole input is transformed first and the tasks split the
+    output channel blocks, each reading its share of the weights; the same sums in the same
+    order as bands of tile rows, so the same bits."""
+    from dataclasses import replace
+
+    from cnncompiler.backends.cpu.winograd import choose_winograd_tile
+
+    geo = geometry(48, 64, (9, 10))   # weights 27648 > input 2 x 4320
+    tile = choose_winograd_tile(geo, m, batch=2)
+    assert tile.by_channels and tile.rh == -(-geo.out_spatial[0] // m)
+    assert not choose_winograd_tile(geo, m, batch=8).by_channels      # 8 x 4320 > 27648
+    assert not choose_winograd_tile(geo, m, batch=None).by_channels   # any batch: by rows
+    got, want, func = run_kernel(geo, m, tile=tile)
+    assert_close(got, want, what=f"by channels F({m}x{m}, 3x3)")
+    assert func.script().count("T.parallel") == 2   # the input transform's, the products'
+    rows = replace(choose_winograd_tile(geo, m, batch=8), ro=tile.ro, rt=tile.rt)
+    by_rows, _, _ = run_kernel(geo, m, tile=rows)
+    np.testing.assert_array_equal(got, by_rows)
 
 
 @pytest.mark.parametrize("m", [2, 4])
