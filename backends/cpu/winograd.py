@@ -76,13 +76,17 @@ def eligible(geo: ConvGeometry) -> str | None:
 MIN_CHANNELS = 32
 MIN_TILES = {4: 16, 2: 32}         # tiles per image (batch 1) for the products to pay off
 BIG_WEIGHTS = 256 * 256            # C x O from which F(4) wants twice the tiles
-# C x O from which F(2) wants twice the tiles. Inside a whole run at batch 1 a layer's
-# weights come from L3 or memory, not from cache as in the table above, and F(2)'s are 16/9
-# of the direct kernel's: VGG's 512->512 convs at 14 x 14 (49 tiles, 16.8 MB of transformed
-# weights) ran faster direct, whole VGG-11 / VGG-16 at batch 1 0.943 / 0.958 of the time
-# (interleaved), at batch 8 1.016 / 0.999. At 28 x 28 they keep F(4) (VGG-11 at batch 8
-# took 1.21 with them direct).
-HUGE_WEIGHTS = 512 * 512
+# F(4) only where it computes at most this share of F(2)'s products (9/16 where its tiles fit
+# the output): where they overhang it (14 x 14: 16 tiles cover 16 x 16, 0.73 of F(2)'s 49)
+# most of the gain is gone, and its 4 tile columns allow a smaller register tile than F(2)'s 7.
+# GoogLeNet's 3x3 convs at 14 (F(4) by the tile counts above) with F(2): whole GoogLeNet 0.95
+# / 0.97 of the time at batch 1 / 8 (interleaved); ResNet-18 CIFAR's 128->128 at 16 with F(2)
+# instead of F(4) took 1.00 / 1.04 at batch 1 / 64, so F(4) keeps the maps it fits.
+# Where the weights outweigh the input the kernel reads the transformed weights once per
+# image (``WinogradTile.by_channels``): VGG's 512->512 convs at 14 x 14 (49 F(2) tiles, 16.8
+# MB of transformed weights), direct while every band of tile rows read all of those, take
+# F(2) since: whole VGG-16-BN 0.92 of the time at batch 1 and 8.
+F4_PRODUCT_SHARE = 2 / 3
 
 
 def choose_conv_algorithm(geo: ConvGeometry) -> int:
@@ -90,13 +94,18 @@ def choose_conv_algorithm(geo: ConvGeometry) -> int:
     measured rule above, for convs Winograd can compute (``eligible``)."""
     if eligible(geo) is not None or min(geo.cin, geo.cout) < MIN_CHANNELS:
         return 0
-    weights = geo.cin * geo.cout
-    for m in (4, 2):
-        big = BIG_WEIGHTS if m == 4 else HUGE_WEIGHTS
-        wanted = MIN_TILES[m] * (2 if weights >= big else 1)
-        if math.prod(tiles(geo, m)) >= wanted:
-            return m
+    big = geo.cin * geo.cout >= BIG_WEIGHTS
+    if (math.prod(tiles(geo, 4)) >= MIN_TILES[4] * (2 if big else 1)
+            and products(geo, 4) <= F4_PRODUCT_SHARE * products(geo, 2)):
+        return 4
+    if math.prod(tiles(geo, 2)) >= MIN_TILES[2]:
+        return 2
     return 0
+
+
+def products(geo: ConvGeometry, m: int) -> int:
+    """Element products per channel pair and image of the Winograd algorithm F(m x m, 3x3)."""
+    return (m + 2) ** 2 * math.prod(tiles(geo, m))
 
 
 def tiles(geo: ConvGeometry, m: int) -> tuple[int, int]:
