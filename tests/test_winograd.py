@@ -173,7 +173,9 @@ def test_winograd_where_it_wins():
     # GoogLeNet's 4e: F(4)'s 16 tiles overhang the 14 x 14 output, 0.73 of F(2)'s products
     assert choose_conv_algorithm(geometry(160, 320, (14, 14))) == 2
     assert choose_conv_algorithm(geometry(160, 320, (16, 16))) == 4  # 16 tiles that fit
-    assert choose_conv_algorithm(geometry(512, 512, (7, 7))) == 0
+    assert choose_conv_algorithm(geometry(512, 512, (7, 7))) == 2   # 16 F(2) tiles
+    assert choose_conv_algorithm(geometry(256, 256, (8, 8))) == 2
+    assert choose_conv_algorithm(geometry(512, 512, (4, 4))) == 0   # 4 tiles: direct
     # VGG's: 16.8 MB of F(2) weights for 49 tiles, read once per image since tasks split
     # the output channels
     assert choose_conv_algorithm(geometry(512, 512, (14, 14))) == 2

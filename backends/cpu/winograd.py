@@ -74,7 +74,13 @@ def eligible(geo: ConvGeometry) -> str | None:
 # 512->512 at 14 0.90 / 0.91, 256->512 at 28 0.67 / 0.57, 128->128 at 28 0.58 / 0.53, 64->64
 # at 56 0.61 / 0.38, 256->256 at 8 0.87 / 1.34, 512->512 at 7 1.56 / 1.62 (batch 8 1.68 / 1.68).
 MIN_CHANNELS = 32
-MIN_TILES = {4: 16, 2: 32}         # tiles per image (batch 1) for the products to pay off
+# tiles per image (batch 1) for the products to pay off. F(2) wanted 32 while every band of
+# tile rows read all the transformed weights; with the weights read once per image
+# (``WinogradTile.by_channels``) it pays from 16 on (ResNet's 256->256 at 8 x 8, 512->512 at
+# 7 x 7): whole ResNet-18 CIFAR 0.96 / 0.90 of the time at batch 1 / 64 (interleaved),
+# ResNet-18 ImageNet 0.98 / 0.97 at batch 1 / 8, GoogLeNet 1.00 / 0.99, a ResNet-18 CIFAR
+# training step at batch 32 0.93; 4 tiles (512->512 at 4 x 4) took 1.13 / 1.03.
+MIN_TILES = {4: 16, 2: 16}
 BIG_WEIGHTS = 256 * 256            # C x O from which F(4) wants twice the tiles
 # F(4) only where it computes at most this share of F(2)'s products (9/16 where its tiles fit
 # the output): where they overhang it (14 x 14: 16 tiles cover 16 x 16, 0.73 of F(2)'s 49)
