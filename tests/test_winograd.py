@@ -103,22 +103,28 @@ def test_kernel_matches_reference(case, m):
 @pytest.mark.parametrize("m", [2, 4])
 def test_tasks_split_the_output_channels_where_the_weights_outweigh_the_input(m):
     """Where the layer's weights outweigh its input at a known batch size (the direct kernel's
-    ``images_outer`` rule), the whole input is transformed first and the tasks split the
-    output channel blocks, each reading its share of the weights; the same sums in the same
-    order as bands of tile rows, so the same bits."""
+    ``images_outer`` rule) and bands of tile rows would read megabytes of transformed weights
+    again, the whole input is transformed first and the tasks split the output channel
+    blocks, each reading its share of the weights; the same sums in the same order as bands
+    of tile rows, so the same bits."""
     from dataclasses import replace
 
     from cnncompiler.backends.cpu.winograd import choose_winograd_tile
 
-    geo = geometry(48, 64, (9, 10))   # weights 27648 > input 2 x 4320
-    tile = choose_winograd_tile(geo, m, batch=2)
-    assert tile.by_channels and tile.rh == -(-geo.out_spatial[0] // m)
-    assert not choose_winograd_tile(geo, m, batch=8).by_channels      # 8 x 4320 > 27648
-    assert not choose_winograd_tile(geo, m, batch=None).by_channels   # any batch: by rows
-    got, want, func = run_kernel(geo, m, tile=tile)
+    big = geometry(256, 256, (14, 14))   # 4 or 9 MiB of transformed weights, 7 or 4 bands
+    tile = choose_winograd_tile(big, m, batch=1)
+    assert tile.by_channels and tile.rh == -(-14 // m)
+    assert not choose_winograd_tile(big, m, batch=64).by_channels     # the input outweighs
+    assert not choose_winograd_tile(big, m, batch=None).by_channels   # any batch: by rows
+    # two bands of 128->128 at 16 x 16 read 2.25 MiB again: not worth the whole input's V
+    assert not choose_winograd_tile(geometry(128, 128, (16, 16)), 4, batch=1).by_channels
+
+    geo = geometry(48, 64, (9, 10))
+    rows = choose_winograd_tile(geo, m, batch=2)
+    split = replace(rows, rh=-(-geo.out_spatial[0] // m), by_channels=True)
+    got, want, func = run_kernel(geo, m, tile=split)
     assert_close(got, want, what=f"by channels F({m}x{m}, 3x3)")
     assert func.script().count("T.parallel") == 2   # the input transform's, the products'
-    rows = replace(choose_winograd_tile(geo, m, batch=8), ro=tile.ro, rt=tile.rt)
     by_rows, _, _ = run_kernel(geo, m, tile=rows)
     np.testing.assert_array_equal(got, by_rows)
 

@@ -38,6 +38,14 @@ FLOAT = "float32"
 # memory once per thread. 256 KiB against 384: as fast (F(4), batch 1, ms: 64->64 at 32x32
 # 0.215 / 0.23, 128->128 at 16 0.40 / 0.45, 64->64 at 56 0.80 / 0.95) with less scratch.
 TASK_BYTES = 256 << 10
+# Transformed weights that bands of tile rows would read again, from which the tasks split
+# the output channels instead (``WinogradTile.by_channels``): below it the split measured no
+# faster and its scratch (the whole input's V) only raised the peak. ResNet-18 CIFAR's
+# 128->128 at 16 x 16 (two bands, 2.25 MiB read again) split by channels: 0.99 of the time at
+# batch 1 (interleaved), 586 KiB of scratch against 441, a planned peak of 1.07 MiB against
+# 0.93; GoogLeNet's 3x3 convs (6 bands, 1.3 to 10 MiB again) and VGG's (21 MiB and more)
+# gain 12 and 20% of the whole run at batch 1.
+BY_CHANNELS_SAVING = 3 << 20
 
 
 def eligible(geo: ConvGeometry) -> str | None:
@@ -267,22 +275,26 @@ class WinogradTile:
 
 def choose_winograd_tile(geo: ConvGeometry, m: int, registers: int = 32,
                          batch: int | None = None) -> WinogradTile:
-    """A register tile as the direct conv's rule picks one (tiles for output columns). Where
-    the layer's weights outweigh its input (``conv.images_outer``, the direct kernel's rule)
-    and the batch is known, tasks split the output channels (``by_channels``); otherwise each
-    task takes the most tile rows whose V (and M of ``ro`` channel blocks) fit
-    ``TASK_BYTES``, keeping at least two tasks for the two threads when there are two tile
-    rows (``batch`` of None: any batch)."""
+    """A register tile as the direct conv's rule picks one (tiles for output columns), and
+    the most tile rows per task whose V (and M of ``ro`` channel blocks) fit ``TASK_BYTES``,
+    keeping at least two tasks for the two threads when there are two tile rows (``batch`` of
+    None: any batch). Where the layer's weights outweigh its input (``conv.images_outer``, the
+    direct kernel's rule), the batch is known and those bands of tile rows would read
+    ``BY_CHANNELS_SAVING`` or more of transformed weights again, the tasks split the output
+    channels instead (``by_channels``)."""
     th, tw = tiles(geo, m)
     ro, rt = register_tile([d for d in divisors(tw) if d <= 8], geo.out_blocks, registers)
-    if batch is not None and not images_outer(geo, batch):
-        return WinogradTile(m, ro, rt, th, by_channels=True)
     e = (m + 2) ** 2
     row_bytes = e * tw * (geo.in_blocks * geo.ib + ro * geo.ob) * 4
     fits = [d for d in divisors(th) if d * row_bytes <= TASK_BYTES or d == 1]
     if (batch or 1) == 1 and th > 1:
         fits = [d for d in fits if d < th] or [1]
-    return WinogradTile(m, ro, rt, max(fits))
+    rh = max(fits)
+    if batch is not None and not images_outer(geo, batch):
+        weight_bytes = e * geo.in_blocks * geo.ib * geo.out_blocks * geo.ob * 4
+        if batch * (ceil_div(th, rh) - 1) * weight_bytes >= BY_CHANNELS_SAVING:
+            return WinogradTile(m, ro, rt, th, by_channels=True)
+    return WinogradTile(m, ro, rt, rh)
 
 
 def schedule_winograd(func, geo: ConvGeometry, m: int, registers: int = 32,
