@@ -43,8 +43,8 @@ TASK_BYTES = 256 << 10
 # faster and its scratch (the whole input's V) only raised the peak. ResNet-18 CIFAR's
 # 128->128 at 16 x 16 (two bands, 2.25 MiB read again) split by channels: 0.99 of the time at
 # batch 1 (interleaved), 586 KiB of scratch against 441, a planned peak of 1.07 MiB against
-# 0.93; GoogLeNet's 3x3 convs (6 bands, 1.3 to 10 MiB again) and VGG's (21 MiB and more)
-# gain 12 and 20% of the whole run at batch 1.
+# 0.93; GoogLeNet's 3x3 convs (7 bands, 7 to 20 MiB read again) and VGG's (96 MiB and
+# more) gain 12 and 21% of the whole run at batch 1.
 BY_CHANNELS_SAVING = 3 << 20
 
 
