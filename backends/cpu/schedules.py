@@ -109,7 +109,7 @@ def parallel_vectorize(sch: s_tir.Schedule, block, lanes: int,
     vector_loop = reduce_at = None
     if spatial == len(loops):
         extent = static_extent(sch, inner)
-        if extent and extent <= 4 * lanes:
+        if _short_row(sch, inner, lanes):
             vector_loop = inner
         elif extent and extent % lanes == 0:
             _, vector_loop = sch.split(inner, [None, lanes])
@@ -125,7 +125,7 @@ def parallel_vectorize(sch: s_tir.Schedule, block, lanes: int,
         # map) keep their order: the row would read with a long stride.
         sch.reorder(*loops[spatial:], loops[spatial - 1])
         reduce_at = loops[spatial]
-        if plain_rows and (static_extent(sch, loops[spatial - 1]) or 0) <= 4 * lanes:
+        if plain_rows and _short_row(sch, loops[spatial - 1], lanes):
             vector_loop = loops[spatial - 1]
         outer = loops[:spatial - 1]
     else:
@@ -137,6 +137,12 @@ def parallel_vectorize(sch: s_tir.Schedule, block, lanes: int,
         sch.vectorize(vector_loop)
     if reduce_at is not None:  # after parallel: the zeroing loop is inside it
         sch.decompose_reduction(block, reduce_at)
+
+
+def _short_row(sch, loop, lanes: int) -> bool:
+    """Is ``loop`` of a static extent of at most four vectors, vectorized whole?"""
+    extent = static_extent(sch, loop)
+    return bool(extent) and extent <= 4 * lanes
 
 
 def _window(sch, loops) -> bool:
