@@ -40,8 +40,9 @@ def build_cpu(g, choice, lib_path: Path, batch_sizes=(), schedule_hook=None) -> 
 
 
 def relax_pipeline():
-    """Relax's default build pipeline with cnnc's arena packing (``planning_passes``), then
-    every PrimFunc marked ``tirx.noalias``.
+    """Relax's default build pipeline with cnnc's arena packing (``planning_passes``), the
+    VM's per-call checks of the weights dropped (``arg_checks``), then every PrimFunc marked
+    ``tirx.noalias``.
 
     NOTE: the pipeline adds a host function, ``shape_func``, without that mark, and one such
     function in the module makes LLVM code generation drop ``noalias`` from every kernel: the
@@ -58,10 +59,12 @@ def relax_pipeline():
                 mod[gv] = func.with_attr("tirx.noalias", True)
         return mod
 
+    from .arg_checks import drop_weight_checks
+
     t = relax.transform
     rest = [t.RewriteCUDAGraph(), t.LowerAllocTensor(), t.KillAfterLastUse(),
             t.LowerRuntimeBuiltin(), t.ComputePrimValue(), t.VMShapeLower(),
-            t.AttachGlobalSymbol()]
+            drop_weight_checks(), t.AttachGlobalSymbol()]
     return tvm.transform.Sequential([*planning_passes(), *rest, mark_noalias])
 
 

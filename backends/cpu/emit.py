@@ -28,6 +28,7 @@ from cnncompiler.layers.merge import Add
 
 from ..lower import input_vars
 from ..rules import rules_for
+from .arg_checks import INPUTS_ATTR
 from .blocking import PLAIN, conversion, plain_view
 from .conv import conv_blocked, images_outer, schedule_conv, vector_registers
 from .dense import dense_blocked, schedule_dense
@@ -421,7 +422,8 @@ def emit_function(bb: relax.BlockBuilder, g: nx.DiGraph, name: str, batch: int |
     xs = input_vars(g, n)
     arg_vars = {a.name: relax.Var(kernel_name(a.name), relax.TensorType(
         list(layout_shape(layouts.get(a.name), a.shape)), FLOAT)) for a in kernel_signature(g)}
-    with bb.function(name, [*xs.values(), *arg_vars.values()]):
+    with bb.function(name, [*xs.values(), *arg_vars.values()],
+                     attrs={INPUTS_ATTR: len(xs)}):
         with bb.dataflow():
             emitter = CpuEmitter(bb, g, plan, arg_vars, lanes, unscheduled, schedule_hook, batch)
             for input_name, x in xs.items():
