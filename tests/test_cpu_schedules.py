@@ -49,7 +49,8 @@ def act(name, kind="relu", **keys):
 FAMILIES = {
     "conv2d_plain_input": ([3, 11, 10], [], {
         "k3_pad1": ([conv("k3_pad1", 16, padding=1)], "conv"),
-        "k1_odd": ([conv("k1_odd", 5, kernel=1)], "conv"),
+        # fewer filters than lanes on a 10-wide map: the output columns fill the lanes
+        "k1_odd": ([conv("k1_odd", 5, kernel=1)], "plain_conv"),
         "k5_stride2": ([conv("k5_stride2", 20, kernel=5, stride=2, padding=2)], "conv"),
         "dilation2": ([conv("dilation2", 24, dilation=2, padding=2)], "conv"),
         "rect_stride_2x1": ([conv("rect_stride_2x1", 17, kernel=[1, 3], stride=[2, 1],
@@ -57,6 +58,29 @@ FAMILIES = {
         "asym_pad_no_bias": ([conv("asym_pad_no_bias", 33, padding=[[0, 1], [2, 0]],
                                    bias=False)], "conv"),
         "same": ([conv("same", 16, kernel=4, padding="same")], "conv"),
+    }),
+    # fewer filters than lanes on a plain input: vectorized along the output rows, plain output
+    "plain_conv": ([2, 13, 12], [], {
+        "lenet_tanh": ([conv("lenet_conv", 6, kernel=5), act("lenet_tanh", "tanh")],
+                       "plain_conv"),
+        "pad_dilation": ([conv("pad_dilation", 5, dilation=2, padding=[[1, 2], [0, 3]])],
+                         "plain_conv"),
+        "rows_stride2_bn": ([conv("rows_conv", 7, stride=[2, 1], padding=1, bias=False),
+                             bn("rows_bn"), act("rows_stride2_bn")], "plain_conv"),
+        "residual": ([conv("res_conv", 2, padding=1),
+                      {"name": "residual", "type": "add", "inputs": ["res_conv", "input"]}],
+                     "plain_conv"),
+        # its columns are not contiguous in the input: the blocked kernel
+        "columns_stride2": ([conv("columns_stride2", 6, stride=2, padding=1)], "conv"),
+        # the next conv reads the plain output (through a pool) as it reads a model's input
+        "then_conv": ([conv("first", 4, padding=1), act("first_relu"),
+                       {"name": "first_pool", "type": "maxpool2d", "kernel": 2},
+                       conv("then_conv", 16, padding=1)], "conv"),
+    }),
+    "plain_conv1d": ([3, 70], [], {
+        # 68 output columns are 5 vectors, more than one register tile: the blocked kernel
+        "wide": ([conv1d("wide", 4)], "conv"),
+        "k7_dilation2": ([conv1d("k7_dilation2", 4, kernel=7, dilation=2)], "plain_conv"),
     }),
     # the stem writes 20 channels blocked by 16: two blocks, the second half padding
     "conv2d_blocked_input": ([3, 12, 9], [conv("stem", 20, padding=1)], {
@@ -337,7 +361,7 @@ def test_plan_picks_the_kernel(compiled, family, case):
         assert model.plan[node].kind == kind, (family, case, model.plan[node])
 
 
-SCHEDULED_KINDS = ("conv", "depthwise", "pool", "global_pool", "dense", "elementwise",
+SCHEDULED_KINDS = ("conv", "plain_conv", "depthwise", "pool", "global_pool", "dense", "elementwise",
                    "concat")
 
 

@@ -32,6 +32,7 @@ from .arg_checks import INPUTS_ATTR
 from .blocking import PLAIN, conversion, plain_view
 from .conv import conv_blocked, images_outer, schedule_conv, vector_registers
 from .dense import dense_blocked, schedule_dense
+from .plain_conv import conv_plain, schedule_conv_plain
 from .plan import KernelChoice, plan_kernels
 from .pool import (depthwise_blocked, global_pool_blocked, pool_blocked, schedule_depthwise,
                    schedule_pool, schedule_window)
@@ -263,6 +264,13 @@ class CpuEmitter:
         return self._emit_conv_like(node, data, choice, xs, conv_blocked,
                                     functools.partial(schedule_conv, geo=choice.geometry,
                                                       registers=registers))
+
+    def emit_plain_conv(self, node, data, choice, xs):
+        """A conv with few filters on a plain input, vectorized along its output rows."""
+        return self._emit_conv_like(node, data, choice, xs,
+                                    functools.partial(conv_plain, lanes=self.lanes),
+                                    functools.partial(schedule_conv_plain, geo=choice.geometry,
+                                                      lanes=self.lanes))
 
     def emit_winograd(self, node, data, choice, xs):
         """A 3x3 stride-1 conv by Winograd F(m x m, 3 x 3), its weights transformed at load

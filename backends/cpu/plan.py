@@ -25,6 +25,7 @@ from ..rules import rules_for
 
 from .blocking import PLAIN, block_for
 from .conv import ConvGeometry
+from .plain_conv import plain_output_pays
 from .winograd import choose_conv_algorithm
 
 @dataclass(frozen=True)
@@ -156,7 +157,21 @@ def _conv(g, node, blocks, lanes, keys, training) -> KernelChoice:
     choice = choose_conv(g, node, keys, blocks, lanes)
     if choice.kind != "conv":
         return choice
+    if not training and plain_output_pays(choice.geometry, lanes):
+        return _plain_conv(g, node)
     return with_algorithm(choice, choose_conv_algorithm(choice.geometry))
+
+
+def _plain_conv(g, node) -> KernelChoice:
+    """A conv on a plain input with fewer filters than vector lanes, computed and written in
+    the plain layout (``plain_conv``), its weights as they are. Training keeps the blocked
+    kernel, whose input-gradient and weight-gradient kernels it has.
+
+        - {name: c1, type: conv2d, filters: 6, kernel: 5}      # LeNet-5: 1x32x32 -> 6x28x28
+    """
+    residual = _residual(layer_node(g, node).layer)
+    return KernelChoice("plain_conv", PLAIN, (PLAIN,) * (2 if residual else 1),
+                        geometry=conv_geometry(g, node, PLAIN, 1))
 
 
 def with_algorithm(choice: KernelChoice, tile: int) -> KernelChoice:
