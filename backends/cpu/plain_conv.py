@@ -103,9 +103,9 @@ def schedule_conv_plain(func, geo: ConvGeometry, lanes: int = 16):
     sch.reverse_compute_at(epi, wo)
     tile_in_registers(sch, conv, [oi, wv], wl, rc)
     sch.vectorize(sch.get_loops(epi)[-1])
-    pad = pad_stage(sch)
-    if pad is not None:
-        sch.compute_at(pad, par)
-        sch.vectorize(sch.get_loops(pad)[-1])
+    padding = pad_stage(sch)
+    if padding is not None:  # each task pads the input rows it reads
+        sch.compute_at(padding, par)
+        sch.vectorize(sch.get_loops(padding)[-1])
     return scheduled(sch)
 
