@@ -51,8 +51,8 @@ TRAINING_FORM = "the training step's own form"   # batch statistics, dropout mas
 NOT_TRAINED = "not trained"                        # exists only in optimised inference graphs
 
 # CPU kernel families (cpu.plan picks the kernel and layout for each)
-CPU_FAMILIES = ("conv", "dense", "pool", "global_pool", "pointwise", "batchnorm", "add",
-                "concat", "passthrough", "fused", "roi", "channel_window", "generic")
+CPU_FAMILIES = ("conv", "dense", "pool", "blur_pool", "global_pool", "pointwise", "batchnorm",
+                "add", "concat", "passthrough", "fused", "roi", "channel_window", "generic")
 # CUDA schedule families: dlight's rules, or a schedule of the family's own (cuda.CUDA_SCHEDULES)
 CUDA_FAMILIES = ("dlight", "roi")
 
@@ -86,7 +86,7 @@ RULES: dict[type, Rules] = {
                          cpu="global_pool", cuda="dlight"),
     GlobalMaxPool: Rules(t.lower_global_maxpool, g.grad_global_maxpool,
                          cpu="global_pool", cuda="dlight"),
-    BlurPool2d: Rules(t.lower_blurpool2d, g.grad_blurpool2d, cpu="generic", cuda="dlight"),
+    BlurPool2d: Rules(t.lower_blurpool2d, g.grad_blurpool2d, cpu="blur_pool", cuda="dlight"),
     AdaptiveAvgPool2d: Rules(a.lower_adaptive_avgpool, a.grad_adaptive_avgpool,
                              cpu="generic", cuda="dlight"),
     AdaptiveMaxPool2d: Rules(a.lower_adaptive_maxpool, a.grad_adaptive_maxpool,

@@ -172,6 +172,14 @@ FAMILIES = {
                      "stride": 1}], "pool"),
         "adaptive_avg": ([{"name": "adaptive_avg", "type": "adaptive_avgpool2d",
                            "output_size": [4, 5]}], "generic"),
+        # the binomial filter in two passes; reflected or zero padding, odd and even sizes
+        "blur_reflect": ([{"name": "blur_reflect", "type": "blurpool2d"}], "blur_pool"),
+        "blur_zero_k4": ([{"name": "blur_zero_k4", "type": "blurpool2d", "kernel": 4,
+                           "pad_mode": "zero"}], "blur_pool"),
+        "blur_k5_s1": ([{"name": "blur_k5_s1", "type": "blurpool2d", "kernel": 5,
+                         "stride": 1}], "blur_pool"),
+        "blur_k7_s3": ([{"name": "blur_k7_s3", "type": "blurpool2d", "kernel": 7,
+                         "stride": 3}], "blur_pool"),
     }),
     "elementwise": ([6, 7, 9], [conv("stem", 20, padding=1)], {
         "relu": ([act("relu")], "elementwise"),
@@ -361,8 +369,8 @@ def test_plan_picks_the_kernel(compiled, family, case):
         assert model.plan[node].kind == kind, (family, case, model.plan[node])
 
 
-SCHEDULED_KINDS = ("conv", "plain_conv", "depthwise", "pool", "global_pool", "dense", "elementwise",
-                   "concat")
+SCHEDULED_KINDS = ("conv", "plain_conv", "depthwise", "pool", "blur_pool", "global_pool",
+                   "dense", "elementwise", "concat")
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -34,8 +34,8 @@ from .conv import conv_blocked, images_outer, schedule_conv, vector_registers
 from .dense import dense_blocked, schedule_dense
 from .plain_conv import conv_plain, schedule_conv_plain
 from .plan import KernelChoice, plan_kernels
-from .pool import (depthwise_blocked, global_pool_blocked, pool_blocked, schedule_depthwise,
-                   schedule_pool, schedule_window)
+from .pool import (blur_pool_blocked, depthwise_blocked, global_pool_blocked, pool_blocked,
+                   schedule_depthwise, schedule_pool, schedule_separable_pool, schedule_window)
 from .schedules import schedule_loops
 from .winograd import schedule_winograd, winograd_conv
 from .vector_math import CPU_MATH
@@ -338,6 +338,13 @@ class CpuEmitter:
         return self.kernel(kernel_name(node), [xs[0].var],
                            lambda x: pool_blocked(layer, x, out_spatial),
                            schedule_pool(layer, out_spatial[-1], outer))
+
+    def emit_blur_pool(self, node, data, choice, xs):
+        layer, out_spatial = data.layer, tuple(data.shape[1:])
+        outer = self.split_by_channels(data.inputs[0])
+        return self.kernel(kernel_name(node), [xs[0].var],
+                           lambda x: blur_pool_blocked(layer, x, out_spatial),
+                           lambda f: schedule_separable_pool(f, layer.kernel ** 2, outer))
 
     def emit_global_pool(self, node, data, choice, xs):
         layer = data.layer

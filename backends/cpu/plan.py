@@ -194,6 +194,17 @@ def _window_pool(kind: str):
     return choose
 
 
+def _blur_pool(g, node, blocks, lanes, keys, training) -> KernelChoice:
+    """A blur pool on a blocked input: the separable pool kernel, its taps the filter's.
+    Training keeps te_ops' form, whose gradient te_grad has.
+
+        - {name: down, type: blurpool2d, kernel: 3, stride: 2}
+    """
+    if training:
+        return _generic(g, node, blocks, lanes, keys, training)
+    return _window_pool("blur_pool")(g, node, blocks, lanes, keys, training)
+
+
 def _elementwise(g, node, blocks, lanes, keys, training) -> KernelChoice:
     first = _first_block(g, node, blocks)
     layouts = _vector_layouts(keys, first) if first != PLAIN else {}
@@ -218,7 +229,7 @@ def _concat(g, node, blocks, lanes, keys, training) -> KernelChoice:
 
 # the chooser of each CPU family that rules.py names
 FAMILIES = {
-    "conv": _conv, "dense": _dense, "pool": _window_pool("pool"),
+    "conv": _conv, "dense": _dense, "pool": _window_pool("pool"), "blur_pool": _blur_pool,
     "global_pool": _window_pool("global_pool"), "pointwise": _elementwise,
     "add": _elementwise, "batchnorm": _batchnorm, "concat": _concat,
     "passthrough": _passthrough, "roi": _roi, "channel_window": _channel_window,
