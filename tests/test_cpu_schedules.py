@@ -103,11 +103,18 @@ FAMILIES = {
         # 8 input channels per group is less than a block: the input is read plain
         "groups4": ([conv("groups4", 32, groups=4, padding=1)], "conv"),
         "groups8_stride2": ([conv("groups8_stride2", 32, groups=8, stride=2)], "conv"),
-        # 2 outputs per group is less than the smallest block: the generic kernel
-        "depthwise_x2": ([conv("depthwise_x2", 64, groups=32, padding=1)], "generic"),
+        # a channel multiplier: the input's channels repeated, then the depthwise kernel
+        "depthwise_x2": ([conv("depthwise_x2", 64, groups=32, padding=1)],
+                         "depthwise_multiplier"),
+        "depthwise_x3_s2_relu": ([conv("dw_x3", 96, groups=32, kernel=5, stride=2,
+                                       padding=2), act("depthwise_x3_s2_relu")],
+                                 "depthwise_multiplier"),
     }),
     "conv2d_odd_depthwise": ([3, 9, 9], [conv("stem", 20, padding=1)], {
         "depthwise_20": ([conv("depthwise_20", 20, groups=20, padding=1)], "depthwise"),
+        # 20 channels (a padded block) each repeated twice: 40 channels in three blocks
+        "depthwise_20_x2": ([conv("depthwise_20_x2", 40, groups=20, padding=1)],
+                            "depthwise_multiplier"),
         "then_conv": ([conv("dw", 20, groups=20, padding=1), act("dw_relu"),
                        conv("then_conv", 8, kernel=1)], "conv"),
     }),
@@ -369,8 +376,8 @@ def test_plan_picks_the_kernel(compiled, family, case):
         assert model.plan[node].kind == kind, (family, case, model.plan[node])
 
 
-SCHEDULED_KINDS = ("conv", "plain_conv", "depthwise", "pool", "blur_pool", "global_pool",
-                   "dense", "elementwise", "concat")
+SCHEDULED_KINDS = ("conv", "plain_conv", "depthwise", "depthwise_multiplier", "pool",
+                   "blur_pool", "global_pool", "dense", "elementwise", "concat")
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -71,3 +71,15 @@ def conversion(channels: int, source: int, block: int):
     if block == PLAIN:
         return lambda x: to_plain(x, channels, source)
     return lambda x: to_blocked(x, channels, block, source)
+
+
+def repeat_channels(x: te.Tensor, channels: int, source: int, times: int, block: int,
+                    name: str = "repeat") -> te.Tensor:
+    """A value of ``channels`` channels in the layout ``source``, each channel repeated
+    ``times`` times in a row (channel c of the result is channel c // times of ``x``), in the
+    layout ``block``: the input of a depthwise conv with a channel multiplier."""
+    plain = plain_view(x, channels, source)
+    spatial = plain.shape[2:]
+    repeated = te.compute((x.shape[0], channels * times, *spatial),
+                          lambda n, c, *sp: plain[(n, c // times, *sp)], name="repeated")
+    return to_blocked(repeated, channels * times, block, name=name)

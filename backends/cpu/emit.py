@@ -29,7 +29,7 @@ from cnncompiler.layers.merge import Add
 from ..lower import input_vars
 from ..rules import rules_for
 from .arg_checks import INPUTS_ATTR
-from .blocking import PLAIN, conversion, plain_view
+from .blocking import PLAIN, conversion, plain_view, repeat_channels
 from .conv import conv_blocked, images_outer, schedule_conv, vector_registers
 from .dense import dense_blocked, schedule_dense
 from .plain_conv import conv_plain, schedule_conv_plain
@@ -285,6 +285,16 @@ class CpuEmitter:
         outer = self.split_by_channels(data.inputs[0])
         return self._emit_conv_like(node, data, choice, xs, depthwise_blocked,
                                     lambda f: schedule_depthwise(f, choice.geometry, outer))
+
+    def emit_depthwise_multiplier(self, node, data, choice, xs):
+        """A depthwise conv with a channel multiplier: its input's channels repeated (a kernel
+        of their own, the input read once), then the depthwise kernel over them."""
+        x, geo = xs[0], choice.geometry
+        times = geo.cout // x.channels
+        var = self.kernel(f"{kernel_name(node)}_repeat", [x.var],
+                          lambda t: repeat_channels(t, x.channels, x.block, times, geo.ib),
+                          lambda f: schedule_loops(f, self.lanes))
+        return self.emit_depthwise(node, data, choice, [Value(var, geo.cout, geo.ib), *xs[1:]])
 
     def split_by_channels(self, src: str) -> bool:
         """Did ``src``'s kernel split its tasks by output channels first
