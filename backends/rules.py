@@ -51,8 +51,9 @@ TRAINING_FORM = "the training step's own form"   # batch statistics, dropout mas
 NOT_TRAINED = "not trained"                        # exists only in optimised inference graphs
 
 # CPU kernel families (cpu.plan picks the kernel and layout for each)
-CPU_FAMILIES = ("conv", "dense", "pool", "blur_pool", "global_pool", "pointwise", "batchnorm",
-                "add", "concat", "passthrough", "fused", "roi", "channel_window", "generic")
+CPU_FAMILIES = ("conv", "locally_connected", "dense", "pool", "blur_pool", "global_pool",
+                "pointwise", "batchnorm", "add", "concat", "passthrough", "fused", "roi",
+                "channel_window", "generic")
 # CUDA schedule families: dlight's rules, or a schedule of the family's own (cuda.CUDA_SCHEDULES)
 CUDA_FAMILIES = ("dlight", "roi")
 
@@ -78,7 +79,7 @@ RULES: dict[type, Rules] = {
     ConvBase: Rules(t.lower_conv, g.grad_conv, cpu="conv", cuda="dlight"),
     Dense: Rules(t.lower_dense, g.grad_dense, cpu="dense", cuda="dlight"),
     LocallyConnected2d: Rules(t.lower_locally_connected2d, g.grad_locally_connected2d,
-                              cpu="generic", cuda="dlight"),
+                              cpu="locally_connected", cuda="dlight"),
     MaxPoolBase: Rules(t.lower_maxpool, g.grad_maxpool, cpu="pool", cuda="dlight"),
     AvgPoolBase: Rules(t.lower_avgpool, g.grad_avgpool, cpu="pool", cuda="dlight"),
     LpPoolBase: Rules(t.lower_lppool, g.grad_lppool, cpu="pool", cuda="dlight"),

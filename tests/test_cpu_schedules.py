@@ -82,6 +82,20 @@ FAMILIES = {
         "wide": ([conv1d("wide", 4)], "conv"),
         "k7_dilation2": ([conv1d("k7_dilation2", 4, kernel=7, dilation=2)], "plain_conv"),
     }),
+    # weights per output position: on the blocked stem (20 channels, a padded block) and on
+    # the plain input; with padding, strides, no bias
+    "locally_connected": ([3, 9, 8], [conv("stem", 20, padding=1)], {
+        "k3": ([{"name": "k3", "type": "locally_connected2d", "filters": 24, "kernel": 3}],
+               "locally_connected"),
+        "pad1_stride2_no_bias": ([{"name": "pad1_stride2_no_bias",
+                                   "type": "locally_connected2d", "filters": 16, "kernel": 3,
+                                   "stride": 2, "padding": 1, "bias": False}],
+                                 "locally_connected"),
+        "rect": ([{"name": "rect", "type": "locally_connected2d", "filters": 5,
+                   "kernel": [2, 3], "stride": [1, 2]}], "locally_connected"),
+        "plain_input": ([{"name": "plain_input", "type": "locally_connected2d", "filters": 7,
+                          "kernel": 3, "inputs": ["input"]}], "locally_connected"),
+    }),
     # the stem writes 20 channels blocked by 16: two blocks, the second half padding
     "conv2d_blocked_input": ([3, 12, 9], [conv("stem", 20, padding=1)], {
         "k3": ([conv("k3", 16, padding=1)], "conv"),
@@ -376,8 +390,9 @@ def test_plan_picks_the_kernel(compiled, family, case):
         assert model.plan[node].kind == kind, (family, case, model.plan[node])
 
 
-SCHEDULED_KINDS = ("conv", "plain_conv", "depthwise", "depthwise_multiplier", "pool",
-                   "blur_pool", "global_pool", "dense", "elementwise", "concat")
+SCHEDULED_KINDS = ("conv", "plain_conv", "locally_connected", "depthwise",
+                   "depthwise_multiplier", "pool", "blur_pool", "global_pool", "dense",
+                   "elementwise", "concat")
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -682,6 +697,18 @@ def test_blocked_oihw_pads_with_zeros_and_keeps_values():
         for i in range(8):
             want = w[o, i] if o < 20 and i < 6 else np.zeros((3, 3), np.float32)
             np.testing.assert_array_equal(packed[o // 16, i // 4, :, :, i % 4, o % 16], want)
+
+
+def test_blocked_local_pads_with_zeros_and_keeps_values():
+    w = np.random.default_rng(0).standard_normal((3, 2, 20, 6, 2, 3)).astype(np.float32)
+    packed = apply_layout("blocked_local:4:16", w)
+    assert packed.shape == layout_shape("blocked_local:4:16", w.shape) == \
+        (3, 2, 2, 2, 2, 3, 4, 16)
+    for f in range(32):
+        for c in range(8):
+            want = w[:, :, f, c] if f < 20 and c < 6 else np.zeros((3, 2, 2, 3), np.float32)
+            np.testing.assert_array_equal(packed[:, :, f // 16, c // 4, :, :, c % 4, f % 16],
+                                          want)
 
 
 def test_blocked_rows_and_vector():

@@ -32,6 +32,7 @@ from .arg_checks import INPUTS_ATTR
 from .blocking import PLAIN, conversion, plain_view, repeat_channels
 from .conv import conv_blocked, images_outer, schedule_conv, vector_registers
 from .dense import dense_blocked, schedule_dense
+from .local import local_blocked, schedule_local
 from .plain_conv import conv_plain, schedule_conv_plain
 from .plan import KernelChoice, plan_kernels
 from .pool import (blur_pool_blocked, depthwise_blocked, global_pool_blocked, pool_blocked,
@@ -264,6 +265,11 @@ class CpuEmitter:
         return self._emit_conv_like(node, data, choice, xs, conv_blocked,
                                     functools.partial(schedule_conv, geo=choice.geometry,
                                                       registers=registers))
+
+    def emit_locally_connected(self, node, data, choice, xs):
+        """A conv whose weights differ at every output position (``local``)."""
+        return self._emit_conv_like(node, data, choice, xs, local_blocked,
+                                    functools.partial(schedule_local, geo=choice.geometry))
 
     def emit_plain_conv(self, node, data, choice, xs):
         """A conv with few filters on a plain input, vectorized along its output rows."""

@@ -60,7 +60,8 @@ def conv_geometry(g: nx.DiGraph, node: str, in_block: int, ob: int) -> ConvGeome
     in_shape = layer_node(g, data.inputs[0]).shape
     sizes = tuple(in_shape[1:])
     pads = resolve_padding(base.padding, sizes, base.kernel, base.stride, base.dilation)
-    return ConvGeometry(cin=in_shape[0], cout=base.filters, groups=base.groups,
+    return ConvGeometry(cin=in_shape[0], cout=base.filters,
+                        groups=getattr(base, "groups", 1),  # a locally connected layer: 1
                         kernel=tuple(base.kernel), stride=tuple(base.stride),
                         dilation=tuple(base.dilation), pads=tuple(map(tuple, pads)),
                         in_spatial=sizes, out_spatial=tuple(data.shape[1:]),
@@ -199,6 +200,26 @@ def _plain_conv(g, node) -> KernelChoice:
                         geometry=conv_geometry(g, node, PLAIN, 1))
 
 
+def _locally_connected(g, node, blocks, lanes, keys, training) -> KernelChoice:
+    """A locally connected layer reads its input in the layout it arrives in and writes the
+    blocked one, its weights packed per output position (``local``); its bias, one value per
+    filter and position, blocked by filters. Training keeps te_ops' form, whose gradient
+    te_grad has.
+
+        - {name: lc, type: locally_connected2d, filters: 32, kernel: 3}
+    """
+    if training:
+        return _generic(g, node, blocks, lanes, keys, training)
+    data = layer_node(g, node)
+    in_block = blocks[data.inputs[0]]
+    ob = block_for(_base(data.layer).filters, lanes)
+    geo = conv_geometry(g, node, in_block, ob)
+    residual = _residual(data.layer)
+    return KernelChoice("locally_connected", ob, (in_block,) + ((ob,) if residual else ()),
+                        {"weight": f"blocked_local:{geo.ib}:{ob}", **_vector_layouts(keys, ob)},
+                        geo)
+
+
 def with_algorithm(choice: KernelChoice, tile: int) -> KernelChoice:
     """``choice`` (a direct conv) computed by Winograd F(tile x tile, 3 x 3) instead, its
     weights transformed at load time (a training step transforms them every step, and
@@ -254,7 +275,8 @@ def _concat(g, node, blocks, lanes, keys, training) -> KernelChoice:
 
 # the chooser of each CPU family that rules.py names
 FAMILIES = {
-    "conv": _conv, "dense": _dense, "pool": _window_pool("pool"), "blur_pool": _blur_pool,
+    "conv": _conv, "locally_connected": _locally_connected, "dense": _dense,
+    "pool": _window_pool("pool"), "blur_pool": _blur_pool,
     "global_pool": _window_pool("global_pool"), "pointwise": _elementwise,
     "add": _elementwise, "batchnorm": _batchnorm, "concat": _concat,
     "passthrough": _passthrough, "roi": _roi, "channel_window": _channel_window,

@@ -13,6 +13,7 @@ zero.
     apply_layout("blocked_oihw:1:16", w)     # (6, 1, 5, 5) -> (1, 1, 5, 5, 1, 16), zero-padded
     apply_layout("blocked_vector:16", b)     # (120,) -> (8, 16), zero-padded
     apply_layout("blocked_rows:16", w)       # dense (1000, 512) -> (63, 512, 16), zero-padded
+    apply_layout("blocked_local:16:16", w)   # (8, 8, 32, 16, 3, 3) -> (8, 8, 2, 1, 3, 3, 16, 16)
     apply_layout("winograd:4:16:16", w)      # (64, 64, 3, 3) -> (36, 4, 4, 16, 16): G g G^T
 """
 
@@ -85,6 +86,21 @@ def _blocked_rows(w, b):
     return w.reshape(-1, b, k).transpose(0, 2, 1)
 
 
+def _blocked_local_shape(shape, ib, ob):
+    oh, ow, f, c, *k = shape
+    return (oh, ow, _blocks(f, ob), _blocks(c, ib), *k, ib, ob)
+
+
+def _blocked_local(w, ib, ob):
+    """Locally connected (OH, OW, F, C, *K) -> (OH, OW, F/ob, C/ib, *K, ib, ob): each output
+    position's filters blocked as a conv's (``blocked_oihw``)."""
+    oh, ow, f, c, *k = w.shape
+    nk = len(k)
+    w = _pad_axis(_pad_axis(w, 2, _blocks(f, ob) * ob), 3, _blocks(c, ib) * ib)
+    blocked = w.reshape(oh, ow, _blocks(f, ob), ob, _blocks(c, ib), ib, *k)
+    return blocked.transpose(0, 1, 2, 4, *range(6, 6 + nk), 5, 3)
+
+
 def _winograd_shape(shape, m, ib, ob):
     o, i, *k = shape
     if tuple(k) != (3, 3) or m not in winograd.TILES:
@@ -112,6 +128,9 @@ LAYOUTS = {layout.name: layout for layout in (
            "per-channel vector (C,) as (C/b, b); arg b"),
     Layout("blocked_rows", _blocked_rows_shape, _blocked_rows,
            "dense weight (O, K) as (O/b, K, b); arg b"),
+    Layout("blocked_local", _blocked_local_shape, _blocked_local,
+           "locally connected weight (OH, OW, F, C, *K) as (OH, OW, F/ob, C/ib, *K, ib, ob); "
+           "args ib, ob"),
     Layout("winograd", _winograd_shape, _winograd,
            "3x3 conv weight as G g G^T, ((m+2)^2, O/ob, I/ib, ib, ob); args m, ib, ob"),
 )}
