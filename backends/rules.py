@@ -52,8 +52,8 @@ NOT_TRAINED = "not trained"                        # exists only in optimised in
 
 # CPU kernel families (cpu.plan picks the kernel and layout for each)
 CPU_FAMILIES = ("conv", "locally_connected", "dense", "pool", "blur_pool", "global_pool",
-                "pointwise", "batchnorm", "add", "concat", "passthrough", "fused", "roi",
-                "channel_window", "generic")
+                "pointwise", "softmax", "batchnorm", "add", "concat", "passthrough", "fused",
+                "roi", "channel_window", "generic")
 # CUDA schedule families: dlight's rules, or a schedule of the family's own (cuda.CUDA_SCHEDULES)
 CUDA_FAMILIES = ("dlight", "roi")
 
@@ -98,7 +98,7 @@ RULES: dict[type, Rules] = {
     Pointwise: Rules(t.lower_pointwise, g.grad_pointwise, cpu="pointwise", cuda="dlight"),
     # its slope is a parameter, read per channel from a plain vector: te_ops' compute
     PReLU: Rules(t.lower_pointwise, g.grad_prelu, cpu="generic", cuda="dlight"),
-    Softmax: Rules(t.lower_softmax, g.grad_softmax, cpu="generic", cuda="dlight"),
+    Softmax: Rules(t.lower_softmax, g.grad_softmax, cpu="softmax", cuda="dlight"),
     BatchNorm: Rules(t.lower_batchnorm, TRAINING_FORM, cpu="batchnorm", cuda="dlight"),
     LRN: Rules(t.lower_lrn, g.grad_lrn, cpu="channel_window", cuda="dlight"),
     Flatten: Rules(t.lower_flatten, g.grad_flatten, cpu="generic", cuda="dlight"),

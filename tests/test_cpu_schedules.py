@@ -238,7 +238,13 @@ FAMILIES = {
                                "padding": 1},
                               {"name": "concat_assembled", "type": "concat",
                                "inputs": ["br_a", "br_b", "br_pool"]}], "assembled"),
-        "softmax": ([{"name": "softmax", "type": "softmax"}], "generic"),
+        # over the channels of a map, over its last axis, and of a dense layer's outputs
+        "softmax": ([{"name": "softmax", "type": "softmax"}], "softmax"),
+        "softmax_last_axis": ([{"name": "softmax_last_axis", "type": "softmax", "axis": -1}],
+                              "softmax"),
+        "softmax_dense": ([{"name": "sm_flat", "type": "flatten", "inputs": ["stem_relu"]},
+                           {"name": "sm_logits", "type": "dense", "units": 7},
+                           {"name": "softmax_dense", "type": "softmax"}], "softmax"),
         "lrn": ([{"name": "lrn", "type": "lrn", "size": 3}], "generic"),
         "conv_output": ([conv("conv_output", 9, kernel=1)], "conv"),
     }),
@@ -392,7 +398,7 @@ def test_plan_picks_the_kernel(compiled, family, case):
 
 SCHEDULED_KINDS = ("conv", "plain_conv", "locally_connected", "depthwise",
                    "depthwise_multiplier", "pool", "blur_pool", "global_pool", "dense",
-                   "elementwise", "concat")
+                   "elementwise", "softmax", "concat")
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -28,6 +28,7 @@ from cnncompiler.layers.merge import Add
 
 from ..lower import input_vars
 from ..rules import rules_for
+from ..te_ops import softmax
 from .arg_checks import INPUTS_ATTR
 from .blocking import PLAIN, conversion, plain_view, repeat_channels
 from .conv import conv_blocked, images_outer, schedule_conv, vector_registers
@@ -361,6 +362,12 @@ class CpuEmitter:
         return self.kernel(kernel_name(node), [xs[0].var],
                            lambda x: blur_pool_blocked(layer, x, out_spatial),
                            lambda f: schedule_separable_pool(f, layer.kernel ** 2, outer))
+
+    def emit_softmax(self, node, data, choice, xs):
+        axis = data.layer.axis % (len(data.shape) + 1)
+        return self.kernel(kernel_name(node), [xs[0].var],
+                           lambda x: softmax(x, axis, CPU_MATH.exp),
+                           lambda f: schedule_loops(f, self.lanes, plain_rows=True))
 
     def emit_global_pool(self, node, data, choice, xs):
         layer = data.layer

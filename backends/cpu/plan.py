@@ -159,6 +159,19 @@ def _channel_window(g, node, blocks, lanes, keys, training) -> KernelChoice:
                         note="reads its input converted to the plain layout")
 
 
+def _softmax(g, node, blocks, lanes, keys, training) -> KernelChoice:
+    """A softmax reads its input converted to the plain layout once, where its reductions
+    along the channels run over whole rows of positions as vectors (through a plain view of
+    blocked channels each would be a gather); the exponentials are the CPU's vector form.
+    Training keeps te_ops' form, whose gradient te_grad has.
+
+        - {name: prob, type: softmax}
+    """
+    if training:
+        return _generic(g, node, blocks, lanes, keys, training)
+    return KernelChoice("softmax", PLAIN, (PLAIN,))
+
+
 def _roi(g, node, blocks, lanes, keys, training) -> KernelChoice:
     """RoI pool and align read plain feature maps and boxes: their kernels gather one box's
     bins at a time, where blocked channels would not help."""
@@ -278,6 +291,7 @@ FAMILIES = {
     "conv": _conv, "locally_connected": _locally_connected, "dense": _dense,
     "pool": _window_pool("pool"), "blur_pool": _blur_pool,
     "global_pool": _window_pool("global_pool"), "pointwise": _elementwise,
+    "softmax": _softmax,
     "add": _elementwise, "batchnorm": _batchnorm, "concat": _concat,
     "passthrough": _passthrough, "roi": _roi, "channel_window": _channel_window,
     "generic": _generic,
