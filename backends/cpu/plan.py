@@ -110,10 +110,9 @@ def _depthwise_multiplier(g, node, keys, in_block: int, filters: int, lanes: int
         - {name: dw_x2, type: conv2d, filters: 64, kernel: 3, groups: 32, padding: 1}
 
     Against te_ops' grouped conv on the generic schedule, a net of a 32 -> 64 at 56 x 56 and
-    a 64 -> 256 stride-2 one: 0.40 / 0.47 of the time at batch 1 / 8. The repeated input is
-    written out: alone at batch 1, 113 us for the second one's (3.2 MB) against 23 for its
-    depthwise kernel, and the same with each output vector read from one input vector (the
-    write is the cost); repeating per task inside the depthwise kernel is what remains.
+    a 64 -> 256 stride-2 one: 0.40 / 0.47 of the time at batch 1 / 8 with the input repeated
+    whole first, 0.34 / 0.31 with each task repeating the rows it reads
+    (``emit.emit_depthwise_multiplier`` says where).
     """
     b = block_for(filters, lanes)
     geo = replace(conv_geometry(g, node, b, b), cin=filters, groups=filters)

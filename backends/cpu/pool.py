@@ -197,6 +197,29 @@ def depthwise_blocked(x, weight, bias, geo: ConvGeometry, fused=None, epilogue_a
     return blocked_epilogue(acc, bias, fused, epilogue_args, residual)
 
 
+def repeat_blocks(x, times: int):
+    """(N, B, *S, b) with each channel repeated ``times`` times in a row, as (N, B * times, *S,
+    b) (``times`` dividing ``b``): output block ``ob`` is input block ``ob // times``, its
+    lanes ``j // times`` of the part ``ob % times``."""
+    part = int(x.shape[-1]) // times
+    shape = (x.shape[0], x.shape[1] * times, *x.shape[2:])
+    return te.compute(shape, lambda n, ob, *rest: x[(n, ob // times, *rest[:-1],
+                                                     (ob % times) * part + rest[-1] // times)],
+                      name="repeat")
+
+
+def repeat_per_task(func):
+    """``func`` (a scheduled depthwise kernel over ``repeat_blocks``), its repeat computed by
+    each task for the rows it reads, not written out whole first."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    repeat = sch.get_sblock("repeat")
+    sch.compute_at(repeat, sch.get_loops(sch.get_sblock("epilogue"))[0])  # the tasks
+    sch.vectorize(sch.get_loops(repeat)[-1])
+    return scheduled(sch)
+
+
 MAX_TASK_ROWS = 8
 
 
