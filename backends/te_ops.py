@@ -118,13 +118,15 @@ def reflect_pad(x: te.Tensor, pads, name: str = "reflect_pad") -> te.Tensor:
     """Reflect-pad the spatial axes (the edge row is not repeated), as numpy's 'reflect'."""
     sizes = [int(s) for s in x.shape[2:]]
     shape = (x.shape[0], x.shape[1], *[s + b + a for s, (b, a) in zip(sizes, pads)])
-
-    def reflect(i, s, b):
-        j = i - b
-        return tirx.Select(j < 0, -j, tirx.Select(j >= s, 2 * (s - 1) - j, j))
-
     return te.compute(shape, lambda n, c, *idx: x[(n, c, *[
-        reflect(i, s, b) for i, s, (b, _) in zip(idx, sizes, pads)])], name=name)
+        reflected(i, s, b) for i, s, (b, _) in zip(idx, sizes, pads)])], name=name)
+
+
+def reflected(i, size: int, before: int):
+    """The input index a reflect-padded axis reads at ``i`` (``before`` padded in front); a
+    pad smaller than the axis needs one reflection."""
+    j = i - before
+    return tirx.Select(j < 0, -j, tirx.Select(j >= size, 2 * (size - 1) - j, j))
 
 
 # -- convolution and dense -----------------------------------------------------------------------

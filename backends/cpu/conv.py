@@ -22,7 +22,7 @@ from cnncompiler.layers.fused import apply_epilogue
 
 from .blocking import ceil_div
 from .schedules import (MIN_PARALLEL_MACS, pad_stage, scheduled, static_extent,
-                        tile_in_registers)
+                        tile_with_epilogue)
 from .vector_math import CPU_MATH
 
 FLOAT = "float32"
@@ -329,6 +329,12 @@ def default_tile(geo: ConvGeometry, registers: int, batch: int | None) -> ConvTi
     return rows_split_by_image(tile, geo, batch)
 
 
+def runs_parallel(geo: ConvGeometry, batch: int | None) -> bool:
+    """Are the conv's tasks split between the threads? From MIN_PARALLEL_MACS multiply-adds
+    a call on (any batch: always)."""
+    return batch is None or batch * geo.flops() // 2 >= MIN_PARALLEL_MACS
+
+
 def schedule_conv(func, geo: ConvGeometry, tile: ConvTile | None = None, registers: int = 32):
     """Register-tiled, vectorized, parallel schedule of :func:`conv_blocked`'s PrimFunc."""
     from tvm import s_tir
@@ -359,11 +365,9 @@ def schedule_conv(func, geo: ConvGeometry, tile: ConvTile | None = None, registe
         sch.reorder(*outer, w_o, ico, *rk, ici, oc_i, w_i, j)
         par = sch.fuse(*outer)
         reduce_at, epilogue_at, pad_at = ico, w_o, par
-    if batch is None or batch * geo.flops() // 2 >= MIN_PARALLEL_MACS:
+    if runs_parallel(geo, batch):
         sch.parallel(par)
-    sch.reverse_compute_at(epi, epilogue_at)
-    tile_in_registers(sch, conv, [oc_i, w_i], j, reduce_at)
-    sch.vectorize(sch.get_loops(epi)[-1])
+    tile_with_epilogue(sch, conv, epi, epilogue_at, [oc_i, w_i], j, reduce_at)
     pad = pad_stage(sch)
     if pad is not None:
         sch.compute_at(pad, pad_at)

@@ -21,9 +21,8 @@ from tvm import te
 
 from cnncompiler.layers.fused import apply_epilogue
 
-from .conv import MAX_ACCUMULATORS, ConvGeometry, largest_divisor, padded_input
-from .schedules import MIN_PARALLEL_MACS, pad_stage, scheduled, static_extent, \
-    tile_in_registers
+from .conv import MAX_ACCUMULATORS, ConvGeometry, largest_divisor, padded_input, runs_parallel
+from .schedules import pad_stage, scheduled, static_extent, tile_with_epilogue
 from .vector_math import CPU_MATH
 
 
@@ -75,11 +74,9 @@ def schedule_local(func, geo: ConvGeometry):
     oc_o, oc_i = sch.split(oc, [None, ro])
     sch.reorder(oy, ox, n_o, oc_o, ico, ky, kx, ici, n_i, oc_i, j)
     par = sch.fuse(oy, ox)
-    if batch is None or batch * geo.flops() // 2 >= MIN_PARALLEL_MACS:
+    if runs_parallel(geo, batch):
         sch.parallel(par)
-    sch.reverse_compute_at(epi, oc_o)
-    tile_in_registers(sch, conv, [n_i, oc_i], j, ico)
-    sch.vectorize(sch.get_loops(epi)[-1])
+    tile_with_epilogue(sch, conv, epi, oc_o, [n_i, oc_i], j, ico)
     padding = pad_stage(sch)
     if padding is not None:  # read through the padding's bounds tests, no copy per task
         sch.compute_inline(padding)

@@ -24,9 +24,8 @@ from cnncompiler.layers.fused import apply_epilogue
 
 from ..te_ops import pad
 from .blocking import ceil_div
-from .conv import MAX_ACCUMULATORS, ConvGeometry, largest_divisor
-from .schedules import MIN_PARALLEL_MACS, pad_stage, scheduled, static_extent, \
-    tile_in_registers
+from .conv import MAX_ACCUMULATORS, ConvGeometry, largest_divisor, runs_parallel
+from .schedules import pad_stage, scheduled, static_extent, tile_with_epilogue
 from .vector_math import CPU_MATH
 
 MAX_ROW_VECTORS = 4  # an output row the kernel computes whole: at most this many vectors
@@ -98,11 +97,9 @@ def schedule_conv_plain(func, geo: ConvGeometry, lanes: int = 16):
     wo, wv, wl = sch.split(w, [None, vectors, lanes])
     sch.reorder(n, oo, *rows, wo, rc, *rk, oi, wv, wl)
     par = sch.fuse(n, oo, *rows)
-    if batch is None or batch * geo.flops() // 2 >= MIN_PARALLEL_MACS:
+    if runs_parallel(geo, batch):
         sch.parallel(par)
-    sch.reverse_compute_at(epi, wo)
-    tile_in_registers(sch, conv, [oi, wv], wl, rc)
-    sch.vectorize(sch.get_loops(epi)[-1])
+    tile_with_epilogue(sch, conv, epi, wo, [oi, wv], wl, rc)
     padding = pad_stage(sch)
     if padding is not None:  # each task pads the input rows it reads
         sch.compute_at(padding, par)

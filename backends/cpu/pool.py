@@ -16,9 +16,9 @@ from tvm import te, tirx
 from cnncompiler.layers.pool import GlobalMaxPool, LpPoolBase, MaxPoolBase, blur_filter
 from cnncompiler.layers.window import resolve_padding
 
-from ..te_ops import _larger_or_nan, _window_count, max_keeping_nan, power
+from ..te_ops import _larger_or_nan, _window_count, max_keeping_nan, power, reflected
 from .conv import ConvGeometry, blocked_epilogue, largest_divisor
-from .schedules import (MIN_PARALLEL_WORK, pad_stage, scheduled, static_extent, tile_in_registers,
+from .schedules import (MIN_PARALLEL_WORK, pad_stage, scheduled, static_extent, tile_with_epilogue,
                         work)
 
 FLOAT = "float32"
@@ -108,31 +108,39 @@ def separable_pool(xp, layer, out_spatial, transform):
     ``kh`` of those rows (stage ``window``). A k x k window takes 2 (k - 1) steps per output
     instead of k * k - 1 once the rows are shared by the output rows of a task (``R`` of them
     share (R - 1) * stride + k rows)."""
-    is_max = isinstance(layer, MaxPoolBase)
-    combine = _larger_or_nan if is_max else (lambda a, b: a + b)
-    (kh, kw), (sh, sw) = layer.kernel, layer.stride
+    combine = _larger_or_nan if isinstance(layer, MaxPoolBase) else _add
+    return two_passes(xp, layer.kernel, layer.stride, out_spatial, combine,
+                      lambda v, k: transform(v), lambda v, k: v)
+
+
+def _add(a, b):
+    return a + b
+
+
+def two_passes(xp, kernel, stride, out_spatial, combine, row_term, column_term):
+    """``combine`` over a (kh, kw) window of the padded (N, B, H, W, b) ``xp``, as the rows
+    pass (stage ``rows``: ``row_term(value, k)`` of the row's k-th tap) and the columns pass
+    (stage ``window``: ``column_term(row, k)`` of the k-th row)."""
+    (kh, kw), (sh, sw) = kernel, stride
     oh, ow = out_spatial
     shape = (xp.shape[0], xp.shape[1], xp.shape[2], ow, xp.shape[-1])
     rows = te.compute(shape, lambda n, c, r, w, j: _fold(
-        combine, [transform(xp[n, c, r, w * sw + k, j]) for k in range(kw)]), name="rows")
+        combine, [row_term(xp[n, c, r, w * sw + k, j], k) for k in range(kw)]), name="rows")
     out_shape = (xp.shape[0], xp.shape[1], oh, ow, xp.shape[-1])
     return te.compute(out_shape, lambda n, c, h, w, j: _fold(
-        combine, [rows[n, c, h * sh + k, w, j] for k in range(kh)]), name="window")
+        combine, [column_term(rows[n, c, h * sh + k, w, j], k) for k in range(kh)]),
+        name="window")
 
 
 def reflect_blocked(x, pads, name: str = "pad"):
-    """Reflect-pad the spatial axes of (N, B, *S, b) (the edge is not repeated, as numpy's
-    'reflect'); each pad is smaller than its axis, so one reflection reaches the input."""
+    """Reflect-pad the spatial axes of (N, B, *S, b), as ``te_ops.reflect_pad`` the plain
+    layout."""
     nd = len(pads)
     sizes = [int(s) for s in x.shape[2:2 + nd]]
     shape = (x.shape[0], x.shape[1], *[s + b + a for s, (b, a) in zip(sizes, pads)], x.shape[-1])
 
-    def reflect(i, size, before):
-        k = i - before
-        return tirx.Select(k < 0, -k, tirx.Select(k >= size, 2 * (size - 1) - k, k))
-
     def compute(n, c, *rest):
-        src = [reflect(i, s, b) for i, s, (b, _) in zip(rest[:nd], sizes, pads)]
+        src = [reflected(i, s, b) for i, s, (b, _) in zip(rest[:nd], sizes, pads)]
         return x[(n, c, *src, rest[nd])]
 
     return te.compute(shape, compute, name=name)
@@ -140,7 +148,7 @@ def reflect_blocked(x, pads, name: str = "pad"):
 
 def blur_pool_blocked(layer, x, out_spatial):
     """Blur pooling of (N, B, H, W, b): the fixed binomial filter is separable, so the two
-    passes of ``separable_pool`` compute it, each a weighted sum of ``kernel`` taps (2 k
+    passes (``two_passes``) compute it, each a weighted sum of ``kernel`` taps (2 k
     multiply-adds an output where the k x k filter takes k * k)::
 
         - {name: down, type: blurpool2d, kernel: 3, stride: 2}   # [1 2 1] / 4 each way
@@ -154,16 +162,9 @@ def blur_pool_blocked(layer, x, out_spatial):
     xp = reflect_blocked(x, pads) if layer.pad_mode == "reflect" else pad_blocked(x, pads, 0.0)
     taps = [tirx.const(float(t), FLOAT) for t in blur_filter(layer.kernel).sum(axis=1)]
     k, s = layer.kernel, layer.stride
-    oh, ow = out_spatial
-    shape = (xp.shape[0], xp.shape[1], xp.shape[2], ow, xp.shape[-1])
-    rows = te.compute(shape, lambda n, c, r, w, j: _fold(
-        lambda a, b: a + b, [xp[n, c, r, w * s + i, j] * taps[i] for i in range(k)]),
-        name="rows")
-    out_shape = (xp.shape[0], xp.shape[1], oh, ow, xp.shape[-1])
-    acc = te.compute(out_shape, lambda n, c, h, w, j: _fold(
-        lambda a, b: a + b, [rows[n, c, h * s + i, w, j] * taps[i] for i in range(k)]),
-        name="window")
-    return te.compute(out_shape, lambda *i: acc(*i), name="epilogue")
+    acc = two_passes(xp, (k, k), (s, s), out_spatial, _add, lambda v, i: v * taps[i],
+                     lambda v, i: v * taps[i])
+    return te.compute(acc.shape, lambda *i: acc(*i), name="epilogue")
 
 
 def global_pool_blocked(layer, x):
@@ -299,9 +300,7 @@ def schedule_window(func, out_width: int, channels_outer: bool = False, task_row
     par = sch.fuse(*outer)
     if work(sch, sch.get_loops(acc)) >= 2 * MIN_PARALLEL_WORK:
         sch.parallel(par)
-    sch.reverse_compute_at(epi, w_o)
-    tile_in_registers(sch, acc, [w_i], j, reduction[0] if reduction else None)
-    sch.vectorize(sch.get_loops(epi)[-1])
+    tile_with_epilogue(sch, acc, epi, w_o, [w_i], j, reduction[0] if reduction else None)
     pad = pad_stage(sch)
     if pad is not None and pad_inline:
         sch.compute_inline(pad)

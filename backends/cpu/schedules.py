@@ -63,6 +63,16 @@ def tile_in_registers(sch: s_tir.Schedule, block, unrolled, lane_loop, reduce_at
         sch.decompose_reduction(block, reduce_at)
 
 
+def tile_with_epilogue(sch: s_tir.Schedule, block, epilogue, epilogue_at, unrolled, lane_loop,
+                       reduce_at=None) -> None:
+    """``block`` as a register tile (``tile_in_registers``) and ``epilogue`` computed at
+    ``epilogue_at`` from it, vectorized: the epilogue reads the tile while it is in registers
+    (the conv-like kernels and the window kernels)."""
+    sch.reverse_compute_at(epilogue, epilogue_at)
+    tile_in_registers(sch, block, unrolled, lane_loop, reduce_at)
+    sch.vectorize(sch.get_loops(epilogue)[-1])
+
+
 def static_extent(sch, loop) -> int | None:
     extent = sch.get(loop).extent
     return int(extent) if isinstance(extent, tirx.IntImm) else None
