@@ -160,6 +160,30 @@ FAMILIES = {
         "relu_then_bn": ([conv("rb_conv", 16, padding=1), act("rb_relu"), bn("relu_then_bn")],
                          "conv"),
     }),
+    # a pool that alone reads a conv is computed by the conv's kernel (the pool: 'absorbed');
+    # bands of pool rows whose windows overlap, or not, padded or not
+    "conv_pool": ([3, 29, 26], [], {
+        "stem_max": ([conv("stem", 24, kernel=7, stride=2, padding=3, bias=False),
+                      bn("stem_bn"), act("stem_relu"),
+                      {"name": "stem_max", "type": "maxpool2d", "kernel": 3, "stride": 2,
+                       "padding": 1}], "absorbed"),
+        "avg_ceil": ([conv("avg_conv", 16, padding=1),
+                      {"name": "avg_ceil", "type": "avgpool2d", "kernel": 2, "stride": 2,
+                       "ceil_mode": True}], "absorbed"),
+        "max_s1_tanh": ([conv("max_s1_conv", 20, kernel=5, padding=2),
+                         act("max_s1_act", "tanh"),
+                         {"name": "max_s1_tanh", "type": "maxpool2d", "kernel": 3, "stride": 1,
+                          "padding": 1}], "absorbed"),
+        "lp_rect": ([conv("lp_conv", 18, kernel=[3, 1], padding=[1, 0]),
+                     {"name": "lp_rect", "type": "lppool2d", "p": 2, "kernel": [3, 2],
+                      "stride": [2, 2]}], "absorbed"),
+        # the conv's output is read by the add too: it is written out, the pool its own kernel
+        "read_twice": ([conv("twice", 16, padding=1),
+                        {"name": "twice_pool", "type": "maxpool2d", "kernel": 3, "stride": 1,
+                         "padding": 1},
+                        {"name": "read_twice", "type": "add", "inputs": ["twice_pool", "twice"]}],
+                       "elementwise"),
+    }),
     "pools": ([3, 15, 14], [conv("stem", 20, padding=1), act("stem_relu")], {
         "max_k3_s2_p1": ([{"name": "max_k3_s2_p1", "type": "maxpool2d", "kernel": 3,
                            "stride": 2, "padding": 1}], "pool"),
@@ -396,7 +420,7 @@ def test_plan_picks_the_kernel(compiled, family, case):
         assert model.plan[node].kind == kind, (family, case, model.plan[node])
 
 
-SCHEDULED_KINDS = ("conv", "plain_conv", "locally_connected", "depthwise",
+SCHEDULED_KINDS = ("conv", "conv_pool", "plain_conv", "locally_connected", "depthwise",
                    "depthwise_multiplier", "pool", "blur_pool", "global_pool", "dense",
                    "elementwise", "softmax", "concat")
 
@@ -422,6 +446,35 @@ def test_kernels_are_scheduled(compiled, family):
         assert "T.vectorized" in text, f"{gv.name_hint} ({choice.kind}) has no vector loop"
         checked += 1
     assert checked
+
+
+def test_conv_computes_the_pool_that_alone_reads_it(compiled):
+    """The conv before an absorbed pool is a ``conv_pool`` kernel and its own output is no
+    tensor of the Relax function: only the pooled one is written. A conv whose output another
+    layer reads too keeps its kernel, the pool its own."""
+    model = compiled("conv_pool")
+    kinds = {n: c.kind for n, c in model.plan.items()}
+    assert [kinds[n] for n in ("stem", "avg_conv", "max_s1_conv", "lp_conv")] == \
+        ["conv_pool"] * 4, kinds
+    assert (kinds["twice"], kinds["twice_pool"]) == ("conv", "pool")
+    from cnncompiler.graph import layer_node
+
+    channels, height, width = layer_node(model.optimized, "stem").shape
+    conv_output = f"R.Tensor((2, {-(-channels // LANES)}, {height}, {width}, {LANES})"
+    assert conv_output not in model.module["main_b2"].script()
+
+
+def test_conv_pool_at_batch_1_matches_reference():
+    """At batch 1 the bands of one image are the parallel tasks (at 2 and any, the images)."""
+    from cnncompiler.reference import run_reference
+
+    model = Compiled(family_spec("conv_pool"), batch_sizes=(1,))
+    assert not model.unscheduled
+    x = np.random.default_rng(1).standard_normal((1, 3, 29, 26)).astype(np.float32)
+    want = run_reference(model.graph, x, model.params, dtype=np.float64)
+    got = model.run("main_b1", x)
+    for name in model.graph.graph["outputs"]:
+        assert_close(got[name], want[name], what=f"conv_pool/{name} through main_b1")
 
 
 @pytest.mark.parametrize("family", ["inplace_residual", "inplace_dense"])

@@ -368,9 +368,15 @@ def schedule_conv(func, geo: ConvGeometry, tile: ConvTile | None = None, registe
     if runs_parallel(geo, batch):
         sch.parallel(par)
     tile_with_epilogue(sch, conv, epi, epilogue_at, [oc_i, w_i], j, reduce_at)
+    pad_input_at(sch, pad_at, geo)
+    return scheduled(sch)
+
+
+def pad_input_at(sch, loop, geo: ConvGeometry) -> None:
+    """The conv's padded input (its ``pad`` stage, where it has one) made at ``loop``, for
+    the part the loop's iteration reads; vectorized over a blocked input's lanes."""
     pad = pad_stage(sch)
     if pad is not None:
-        sch.compute_at(pad, pad_at)
+        sch.compute_at(pad, loop)
         if geo.ib > 1:
             sch.vectorize(sch.get_loops(pad)[-1])
-    return scheduled(sch)

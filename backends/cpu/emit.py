@@ -32,6 +32,7 @@ from ..te_ops import softmax
 from .arg_checks import INPUTS_ATTR
 from .blocking import PLAIN, conversion, plain_view, repeat_channels
 from .conv import conv_blocked, images_outer, schedule_conv, vector_registers
+from .conv_pool import band_rows, conv_then_pool, schedule_conv_pool
 from .dense import dense_blocked, schedule_dense
 from .local import local_blocked, schedule_local
 from .plain_conv import conv_plain, schedule_conv_plain
@@ -267,6 +268,22 @@ class CpuEmitter:
         return self._emit_conv_like(node, data, choice, xs, conv_blocked,
                                     functools.partial(schedule_conv, geo=choice.geometry,
                                                       registers=registers))
+
+    def emit_conv_pool(self, node, data, choice, xs):
+        """A conv and the pool that alone reads it, one kernel (``conv_pool``): the value it
+        makes is the pool's."""
+        pool = layer_node(self.g, choice.pool)
+        out_spatial = tuple(pool.shape[1:])
+        band = band_rows(choice.geometry, pool.layer, out_spatial[0])
+        return self._emit_conv_like(node, data, choice, xs,
+                                    conv_then_pool(pool.layer, out_spatial),
+                                    functools.partial(schedule_conv_pool, geo=choice.geometry,
+                                                      band=band,
+                                                      registers=vector_registers(self.lanes)))
+
+    def emit_absorbed(self, node, data, choice, xs):
+        """A pool its conv's kernel computed (``emit_conv_pool``): no kernel of its own."""
+        return xs[0].var
 
     def emit_locally_connected(self, node, data, choice, xs):
         """A conv whose weights differ at every output position (``local``)."""

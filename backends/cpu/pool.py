@@ -48,23 +48,26 @@ def pad_blocked(x, pads, value: float, name: str = "pad"):
     return te.compute(shape, compute, name=name)
 
 
-def pool_blocked(layer, x, out_spatial):
+def pool_blocked(layer, x, out_spatial, prefix: str = ""):
     """Max, average or Lp pooling of (N, B, *S, b), PyTorch's rules (ceil_mode,
     count_include_pad; an Lp norm's power sum averaged over the window part inside the input
     and scaled by the full window, as ``te_ops.lower_lppool``)::
 
         {type: lppool2d, p: 2, kernel: 3, stride: 2}   # sqrt(sum x^2): products and a root
+
+    Its stages are named ``pad``, ``rows``, ``window`` and ``epilogue`` after ``prefix`` (a
+    kernel that computes the pool's input too names them apart from its own).
     """
     nd = layer.ndim
     sizes = [int(s) for s in x.shape[2:2 + nd]]
     full = layer.full_padding(sizes)
     explicit = resolve_padding(layer.padding, sizes, layer.kernel, layer.stride, (1,) * nd)
     is_max, is_lp = isinstance(layer, MaxPoolBase), isinstance(layer, LpPoolBase)
-    xp = pad_blocked(x, full, float("-inf") if is_max else 0.0)
+    xp = pad_blocked(x, full, float("-inf") if is_max else 0.0, f"{prefix}pad")
     transform = (lambda v: power(tirx.abs(v), layer.p)) if is_lp else (lambda v: v)
     shape = (x.shape[0], x.shape[1], *out_spatial, x.shape[-1])
     if separable(layer):
-        acc = separable_pool(xp, layer, out_spatial, transform)
+        acc = separable_pool(xp, layer, out_spatial, transform, prefix)
     else:
         rk = [te.reduce_axis((0, k), name=f"rk{i}") for i, k in enumerate(layer.kernel)]
         reduce = max_keeping_nan if is_max else te.sum
@@ -74,9 +77,9 @@ def pool_blocked(layer, x, out_spatial):
             src = [o * s + r for o, s, r in zip(osp, layer.stride, rk)]
             return reduce(transform(xp[(n, c, *src, j)]), axis=rk)
 
-        acc = te.compute(shape, window, name="window")
+        acc = te.compute(shape, window, name=f"{prefix}window")
     if is_max:
-        return te.compute(shape, lambda *i: acc(*i), name="epilogue")
+        return te.compute(shape, lambda *i: acc(*i), name=f"{prefix}epilogue")
     include_pad = True if is_lp else layer.count_include_pad
     window_size = tirx.const(math.prod(layer.kernel), FLOAT)
 
@@ -85,7 +88,7 @@ def pool_blocked(layer, x, out_spatial):
         mean = acc[(n, c, *rest)] / count.astype(FLOAT)
         return power(mean * window_size, 1.0 / layer.p) if is_lp else mean
 
-    return te.compute(shape, average, name="epilogue")
+    return te.compute(shape, average, name=f"{prefix}epilogue")
 
 
 def separable(layer) -> bool:
@@ -102,7 +105,7 @@ def _fold(combine, terms):
     return value
 
 
-def separable_pool(xp, layer, out_spatial, transform):
+def separable_pool(xp, layer, out_spatial, transform, prefix: str = ""):
     """The window reduction of the padded (N, B, H, W, b) ``xp`` in two passes: each input
     row reduced over the window's width (stage ``rows``, every column of the output), then
     ``kh`` of those rows (stage ``window``). A k x k window takes 2 (k - 1) steps per output
@@ -110,26 +113,29 @@ def separable_pool(xp, layer, out_spatial, transform):
     share (R - 1) * stride + k rows)."""
     combine = _larger_or_nan if isinstance(layer, MaxPoolBase) else _add
     return two_passes(xp, layer.kernel, layer.stride, out_spatial, combine,
-                      lambda v, k: transform(v), lambda v, k: v)
+                      lambda v, k: transform(v), lambda v, k: v, prefix)
 
 
 def _add(a, b):
     return a + b
 
 
-def two_passes(xp, kernel, stride, out_spatial, combine, row_term, column_term):
+def two_passes(xp, kernel, stride, out_spatial, combine, row_term, column_term,
+               prefix: str = ""):
     """``combine`` over a (kh, kw) window of the padded (N, B, H, W, b) ``xp``, as the rows
     pass (stage ``rows``: ``row_term(value, k)`` of the row's k-th tap) and the columns pass
-    (stage ``window``: ``column_term(row, k)`` of the k-th row)."""
+    (stage ``window``: ``column_term(row, k)`` of the k-th row), their names after
+    ``prefix``."""
     (kh, kw), (sh, sw) = kernel, stride
     oh, ow = out_spatial
     shape = (xp.shape[0], xp.shape[1], xp.shape[2], ow, xp.shape[-1])
     rows = te.compute(shape, lambda n, c, r, w, j: _fold(
-        combine, [row_term(xp[n, c, r, w * sw + k, j], k) for k in range(kw)]), name="rows")
+        combine, [row_term(xp[n, c, r, w * sw + k, j], k) for k in range(kw)]),
+        name=f"{prefix}rows")
     out_shape = (xp.shape[0], xp.shape[1], oh, ow, xp.shape[-1])
     return te.compute(out_shape, lambda n, c, h, w, j: _fold(
         combine, [column_term(rows[n, c, h * sh + k, w, j], k) for k in range(kh)]),
-        name="window")
+        name=f"{prefix}window")
 
 
 def reflect_blocked(x, pads, name: str = "pad"):
