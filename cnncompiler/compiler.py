@@ -128,7 +128,8 @@ def build_artifact(spec_text: str, spec_path: str, target: str, output_dir: str,
         report = {"passes": [r.to_json() for r in reports],
                   "warnings": [w.format() for w in warnings],
                   "kernels": kernel_report(optimized, tuned["tuned"],
-                                           build.get("assembled", ())),
+                                           build.get("assembled", ()),
+                                           build.get("absorbed", {})),
                   "tuning": {**tuned, "search": search},
                   "precision": {"policy": choice.precision,
                                 "tensor_core_kernels": build.get("tensor_core_kernels", [])}}
@@ -166,11 +167,13 @@ def _tune(optimized, choice, batch_sizes, budget_s, hook, progress, started) -> 
                       progress=progress, started=started, build_after=True).to_json()
 
 
-def kernel_report(g, tuned=(), assembled=()) -> list[dict]:
+def kernel_report(g, tuned=(), assembled=(), absorbed=None) -> list[dict]:
     """One row per kernel of the optimised graph: which spec layers it computes, and the batch
     sizes at which it runs a tuned schedule (``tuned``: the tuning hook's report rows).
     ``assembled``: concats whose inputs' kernels write their output, with no kernel of their
-    own (the CPU build's ``assembled`` kind); their rows say so."""
+    own (the CPU build's ``assembled`` kind); ``absorbed``: pools their conv's kernel computes
+    (pool -> conv); their rows say so."""
+    absorbed = absorbed or {}
     from .graph import topo_layers
     from .graph.signature import kernel_name
 
@@ -183,6 +186,8 @@ def kernel_report(g, tuned=(), assembled=()) -> list[dict]:
         what = layer.describe() if hasattr(layer, "describe") else layer.type_name
         if name in assembled:
             what += ", no kernel: its inputs' kernels write it"
+        if name in absorbed:
+            what += f", no kernel: the kernel of '{absorbed[name]}' computes it"
         rows.append({"kernel": name, "computes": list(node.merged), "what": what,
                      "tuned_batches": sorted(t["batch"] for t in tuned
                                              if t["kernel"] == kernel_name(name))})

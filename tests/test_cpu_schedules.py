@@ -184,6 +184,16 @@ FAMILIES = {
                         {"name": "read_twice", "type": "add", "inputs": ["twice_pool", "twice"]}],
                        "elementwise"),
     }),
+    # a 2 x 2 stride-2 pool of a Winograd conv's output (F(4x4) at 24 x 20, F(2x2) at 22 x 18)
+    "winograd_pool": ([3, 24, 20], [conv("stem", 32, padding=1)], {
+        "f4_max": ([conv("f4_conv", 40, padding=1, bias=False), bn("f4_bn"), act("f4_relu"),
+                    {"name": "f4_max", "type": "maxpool2d", "kernel": 2}], "absorbed"),
+        "f2_avg": ([conv("f2_conv", 32), {"name": "f2_avg", "type": "avgpool2d", "kernel": 2}],
+                   "absorbed"),
+        # windows that overlap: the Winograd kernel writes its output, the pool reads it
+        "f4_k3": ([conv("f4_k3_conv", 32, padding=1),
+                   {"name": "f4_k3", "type": "maxpool2d", "kernel": 3, "stride": 2}], "pool"),
+    }),
     "pools": ([3, 15, 14], [conv("stem", 20, padding=1), act("stem_relu")], {
         "max_k3_s2_p1": ([{"name": "max_k3_s2_p1", "type": "maxpool2d", "kernel": 3,
                            "stride": 2, "padding": 1}], "pool"),
@@ -420,9 +430,9 @@ def test_plan_picks_the_kernel(compiled, family, case):
         assert model.plan[node].kind == kind, (family, case, model.plan[node])
 
 
-SCHEDULED_KINDS = ("conv", "conv_pool", "plain_conv", "locally_connected", "depthwise",
-                   "depthwise_multiplier", "pool", "blur_pool", "global_pool", "dense",
-                   "elementwise", "softmax", "concat")
+SCHEDULED_KINDS = ("conv", "conv_pool", "winograd_pool", "plain_conv", "locally_connected",
+                   "depthwise", "depthwise_multiplier", "pool", "blur_pool", "global_pool",
+                   "dense", "elementwise", "softmax", "concat")
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -462,19 +472,24 @@ def test_conv_computes_the_pool_that_alone_reads_it(compiled):
     channels, height, width = layer_node(model.optimized, "stem").shape
     conv_output = f"R.Tensor((2, {-(-channels // LANES)}, {height}, {width}, {LANES})"
     assert conv_output not in model.module["main_b2"].script()
+    winograd = compiled("winograd_pool").plan
+    assert [(winograd[n].kind, winograd[n].tile) for n in ("f4_conv", "f2_conv", "f4_k3_conv")] \
+        == [("winograd_pool", 4), ("winograd_pool", 2), ("winograd", 4)]
 
 
-def test_conv_pool_at_batch_1_matches_reference():
+@pytest.mark.parametrize("family", ["conv_pool", "winograd_pool"])
+def test_conv_pool_at_batch_1_matches_reference(family):
     """At batch 1 the bands of one image are the parallel tasks (at 2 and any, the images)."""
     from cnncompiler.reference import run_reference
 
-    model = Compiled(family_spec("conv_pool"), batch_sizes=(1,))
+    model = Compiled(family_spec(family), batch_sizes=(1,))
     assert not model.unscheduled
-    x = np.random.default_rng(1).standard_normal((1, 3, 29, 26)).astype(np.float32)
+    shape = model.graph.graph["input_shape"]
+    x = np.random.default_rng(1).standard_normal((1, *shape)).astype(np.float32)
     want = run_reference(model.graph, x, model.params, dtype=np.float64)
     got = model.run("main_b1", x)
     for name in model.graph.graph["outputs"]:
-        assert_close(got[name], want[name], what=f"conv_pool/{name} through main_b1")
+        assert_close(got[name], want[name], what=f"{family}/{name} through main_b1")
 
 
 @pytest.mark.parametrize("family", ["inplace_residual", "inplace_dense"])

@@ -475,3 +475,36 @@ def test_a_layer_writing_into_its_concat_is_matched(tmp_path, broken):
     count, size = int(found[1]), int(found[2])
     assert size == want.size and abs(count - (~np.isfinite(want)).sum()) <= want.size // 100
     assert "through the compiled kernels" in message and "reference" not in message
+
+
+CONV_POOL = """name: stem_pool
+input: [3, 12, 12]
+layers:
+  - {name: c1, type: conv2d, filters: 16, kernel: 3, padding: 1}
+  - {name: r1, type: relu}
+  - {name: p1, type: maxpool2d, kernel: 2}
+  - {name: c2, type: conv2d, filters: 16, kernel: 3, padding: 1}
+"""
+
+
+@pytest.mark.parametrize("broken,change", [
+    ("c1", {"c1__weight": lambda w: np.sign(w) * 3e38}),
+    ("c2", {"c2__weight": lambda w: np.sign(w) * 3e38, "c1__bias": lambda b: b + 10}),
+])
+def test_a_conv_computing_its_pool_is_matched(tmp_path, broken, change):
+    """A conv whose kernel computes the pool that alone reads it writes the pool's value: the
+    trace takes it for the pool's and opens the kernel up where it is the first non-finite
+    one (its layers the conv's and the pool's), or goes on to the layers after it."""
+    model = cc.compile(write_spec(tmp_path, "stem_pool", CONV_POOL), output_dir=tmp_path / "m")
+    assert model.manifest["build"]["absorbed"] == {"p1": "c1"}
+    rows = json.loads((tmp_path / "m" / "report.json").read_text())["kernels"]
+    assert [r["what"] for r in rows if r["kernel"] == "p1"] == \
+        ["maxpool2d, no kernel: the kernel of 'c1' computes it"]
+    x = finite_input(model)
+    with changed_weights(model, **change):
+        message = non_finite_error(model, x)
+    assert f"layer '{broken}' (conv2d) is the first whose output is not finite" in message
+    assert "through the compiled kernels" in message
+    if broken == "c1":
+        assert "kernel 'c1', which computes 'c1' (conv2d), 'r1' (relu), 'p1' (maxpool2d)" \
+            in message

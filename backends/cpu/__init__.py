@@ -35,6 +35,7 @@ def build_cpu(g, choice, lib_path: Path, batch_sizes=(), schedule_hook=None) -> 
                         for kind in sorted({c.kind for c in plan.values()})},
             "fallbacks": {node: c.note for node, c in plan.items() if c.kind == "generic"},
             "assembled": sorted(node for node, c in plan.items() if c.kind == "assembled"),
+            "absorbed": {c.pool: node for node, c in plan.items() if c.pool is not None},
             "unscheduled": unscheduled,
             "memory": planned_memory(mod, target, batch_sizes)}
 

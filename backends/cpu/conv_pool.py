@@ -20,16 +20,24 @@ of the time at batch 1 / 8 (bands of up to 1 and 2 MiB: 0.98 / 1.02 and 0.99 / 1
 GoogLeNet 1.00 / 0.98, VGG-11-BN 0.99 / 0.975; ResNet-18 ImageNet's planned activations 5.1 ->
 3.7 MiB at batch 1, 38.8 -> 24.7 at batch 8 (a fresh process's first-run growth 6.6 -> 5.4
 and 43.4 -> 35.3 MiB).
+
+A Winograd conv computes a 2 x 2 stride-2 pool the same way, its bands whole rows of output
+tiles (``schedule_winograd_pool``): VGG's convs before each pool but the last two (which
+split their tasks by output channels). VGG-16-BN 1.00 / 0.985 of the time at batch 1 / 8,
+VGG-11-BN 0.99 / 0.95; VGG-16-BN's planned activations 28.4 -> 19.2 MiB at batch 1, 208.5 ->
+135.0 at batch 8 (first-run growth 32-35 -> 23-25 and 216 -> 144 MiB).
 """
 
 from __future__ import annotations
 
-from tvm import s_tir
+from tvm import s_tir, tirx
 
-from .conv import (ConvGeometry, conv_blocked, default_tile, divisors, pad_input_at,
-                   runs_parallel)
+from .conv import (ConvGeometry, choose_tile, default_tile, divisors, images_outer,
+                   pad_input_at, runs_parallel)
 from .pool import pool_blocked, separable
 from .schedules import scheduled, static_extent, tile_with_epilogue
+from .winograd import (choose_winograd_tile, products_run_parallel, schedule_band,
+                       schedule_input_transform, split_tiles, transform_at)
 
 POOL = "pool_"  # the pool's stage names, apart from the conv's
 # The conv rows a task keeps for its band of output rows (all channels, one image): within a
@@ -37,18 +45,35 @@ POOL = "pool_"  # the pool's stage names, apart from the conv's
 BAND_BYTES = 512 << 10
 
 
-def pool_absorbable(layer, geo: ConvGeometry) -> bool:
-    """Can a conv of geometry ``geo`` compute the pool ``layer`` that reads it? A 2-D window
-    of at least 2 x 2 (``pool.separable``) after a 2-D conv."""
-    return separable(layer) and len(geo.kernel) == 2
+def absorbs_pool(choice, layer, registers: int) -> bool:
+    """Can ``choice``'s conv kernel compute the pool ``layer`` that reads it? A 2-D window of
+    at least 2 x 2 (``pool.separable``) after a 2-D direct conv whose reduction is not chunked
+    (a chunked task keeps all its rows' outputs for every chunk); after a Winograd conv, a
+    2 x 2 stride-2 window without padding on whole output tiles, where the tasks go by bands
+    of tile rows for any batch (``conv.images_outer``: not by output channels)."""
+    geo = choice.geometry
+    if not separable(layer) or len(geo.kernel) != 2:
+        return False
+    if choice.kind == "conv":
+        return not choose_tile(geo, registers).chunked(geo)
+    if choice.kind != "winograd":
+        return False
+    whole_tiles = all(size % choice.tile == 0 for size in geo.out_spatial)
+    no_padding = all(tuple(p) == (0, 0) for p in layer.full_padding(list(geo.out_spatial)))
+    return (tuple(layer.kernel) == tuple(layer.stride) == (2, 2) and no_padding
+            and whole_tiles and images_outer(geo, None))
 
 
-def conv_then_pool(layer, out_spatial):
-    """The kernel's compute: ``conv.conv_blocked`` (with its epilogue), then ``layer`` over
-    its output (``pool.pool_blocked``, stages named after POOL)."""
+def conv_then_pool(conv, layer, out_spatial):
+    """The kernel's compute: ``conv`` (``conv.conv_blocked`` or a Winograd conv, with its
+    epilogue), then ``layer`` over its output (``pool.pool_blocked``, stages named after
+    POOL)."""
     def compute(x, weight, bias, geo, fused=None, epilogue_args=None, residual=None):
-        y = conv_blocked(x, weight, bias, geo, fused, epilogue_args, residual)
-        return pool_blocked(layer, y, out_spatial, POOL)
+        y = conv(x, weight, bias, geo, fused, epilogue_args, residual)
+        # the pool's extents in the conv's integer type (the Winograd conv's is the batch's,
+        # int64): a mix puts casts in the indices, which TVM's schedule refuses as not affine
+        sizes = [tirx.IntImm(str(y.shape[2].ty), s) for s in out_spatial]
+        return pool_blocked(layer, y, sizes, POOL)
 
     return compute
 
@@ -69,18 +94,49 @@ def schedule_conv_pool(func, geo: ConvGeometry, band: int, registers: int = 32):
     rows, the conv rows on ``default_tile``'s register tile with its epilogue, then the pool's
     two passes (``pool.schedule_separable_pool``'s), vectorized over the block's lanes."""
     sch = s_tir.Schedule(func)
+    batch = static_extent(sch, sch.get_loops(sch.get_sblock(f"{POOL}epilogue"))[0])
+    task = _pool_bands(sch, band, runs_parallel(geo, batch))
+    _schedule_band_conv(sch, task, geo, default_tile(geo, registers, batch))
+    return scheduled(sch)
+
+
+def schedule_winograd_pool(func, geo: ConvGeometry, m: int, registers: int = 32):
+    """``schedule_conv_pool`` for a Winograd conv: each task a band of ``rh`` tile rows
+    (``winograd.choose_winograd_tile``'s), whose input transform, products and output
+    transform (``winograd.schedule_winograd``'s) then 2 x 2 pool it computes in turn."""
+    sch = s_tir.Schedule(func)
+    sch.compute_inline(sch.get_sblock("winograd_output"))
+    batch = static_extent(sch, sch.get_loops(sch.get_sblock(f"{POOL}epilogue"))[0])
+    tile = choose_winograd_tile(geo, m, registers, batch)
+    if tile.by_channels:
+        raise ValueError("a Winograd conv split by output channels computes no pool")
+    parallel = products_run_parallel(geo, m, batch)
+    task = _pool_bands(sch, tile.rh * m // 2, parallel)
+    epi = sch.get_sblock("epilogue")
+    sch.compute_at(epi, task, preserve_unit_loops=True)
+    _, ob, h, w, j = sch.get_loops(epi)[-5:]
+    ob_o, w_o, hm, wm = split_tiles(sch, [], ob, h, w, j, tile)
+    transform_at(sch, "winograd_output_rows", w_o)
+    schedule_band(sch, ob_o, hm, wm, j, tile)
+    schedule_input_transform(sch, task, parallel)
+    return scheduled(sch)
+
+
+def _pool_bands(sch, band: int, parallel: bool):
+    """The pool's output in bands of ``band`` rows, its rows pass per band, vectorized; the
+    loop of bands returned, for the conv's stages to be computed at.
+
+    One image's bands run in parallel, or the images, each task its image's bands in turn: a
+    loop of the two fused would put casts in the stages' indices (the batch is int64, the
+    rows int32), which TVM's compute_at and vectorize then refuse as not affine. Parallel
+    before the conv's reduction is split from its zeroing, which TVM's check refuses after."""
     out = sch.get_sblock(f"{POOL}epilogue")
     sch.compute_inline(sch.get_sblock(f"{POOL}window"))
     n, c, h, w, j = sch.get_loops(out)
-    batch = static_extent(sch, n)
     h_o, h_i = sch.split(h, [None, band])
     sch.reorder(n, h_o, c, h_i, w, j)
-    # one image's bands in parallel, or the images, each task its image's bands in turn: a
-    # loop of the two fused would put casts in the stages' indices (the batch is int64, the
-    # rows int32), which TVM's compute_at and vectorize then refuse as not affine. Parallel
-    # before the conv's reduction is split from its zeroing, which TVM's check refuses after.
-    if runs_parallel(geo, batch):
-        sch.parallel(h_o if batch == 1 else n)
+    if parallel:
+        sch.parallel(h_o if static_extent(sch, n) == 1 else n)
     sch.vectorize(j)
     rows = sch.get_sblock(f"{POOL}rows")
     sch.compute_at(rows, h_o)
@@ -89,8 +145,7 @@ def schedule_conv_pool(func, geo: ConvGeometry, band: int, registers: int = 32):
         sch.compute_inline(sch.get_sblock(f"{POOL}pad"))
     except Exception:  # noqa: BLE001 (a pool without padding has no pad stage)
         pass
-    _schedule_band_conv(sch, h_o, geo, default_tile(geo, registers, batch))
-    return scheduled(sch)
+    return h_o
 
 
 def _schedule_band_conv(sch, task, geo: ConvGeometry, tile) -> None:

@@ -32,7 +32,7 @@ from ..te_ops import softmax
 from .arg_checks import INPUTS_ATTR
 from .blocking import PLAIN, conversion, plain_view, repeat_channels
 from .conv import conv_blocked, images_outer, schedule_conv, vector_registers
-from .conv_pool import band_rows, conv_then_pool, schedule_conv_pool
+from .conv_pool import band_rows, conv_then_pool, schedule_conv_pool, schedule_winograd_pool
 from .dense import dense_blocked, schedule_dense
 from .local import local_blocked, schedule_local
 from .plain_conv import conv_plain, schedule_conv_plain
@@ -276,9 +276,20 @@ class CpuEmitter:
         out_spatial = tuple(pool.shape[1:])
         band = band_rows(choice.geometry, pool.layer, out_spatial[0])
         return self._emit_conv_like(node, data, choice, xs,
-                                    conv_then_pool(pool.layer, out_spatial),
+                                    conv_then_pool(conv_blocked, pool.layer, out_spatial),
                                     functools.partial(schedule_conv_pool, geo=choice.geometry,
                                                       band=band,
+                                                      registers=vector_registers(self.lanes)))
+
+    def emit_winograd_pool(self, node, data, choice, xs):
+        """A Winograd conv and the 2 x 2 pool that alone reads it, one kernel
+        (``conv_pool``)."""
+        pool = layer_node(self.g, choice.pool)
+        conv = functools.partial(winograd_conv, m=choice.tile)
+        return self._emit_conv_like(node, data, choice, xs,
+                                    conv_then_pool(conv, pool.layer, tuple(pool.shape[1:])),
+                                    functools.partial(schedule_winograd_pool,
+                                                      geo=choice.geometry, m=choice.tile,
                                                       registers=vector_registers(self.lanes)))
 
     def emit_absorbed(self, node, data, choice, xs):

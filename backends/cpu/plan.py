@@ -24,8 +24,8 @@ from cnncompiler.layers.window import resolve_padding
 from ..rules import rules_for
 
 from .blocking import PLAIN, block_for
-from .conv import ConvGeometry, choose_tile, vector_registers
-from .conv_pool import pool_absorbable
+from .conv import ConvGeometry, vector_registers
+from .conv_pool import absorbs_pool
 from .plain_conv import plain_output_pays
 from .winograd import choose_conv_algorithm
 
@@ -344,34 +344,32 @@ def assemble_concats(g: nx.DiGraph, plan: dict) -> None:
 
 
 def absorbed_conv(g: nx.DiGraph, plan: dict, pool: str, lanes: int) -> str | None:
-    """The conv whose kernel can compute ``pool`` too, or None: a direct conv of no residual
-    whose output only the pool reads and is no model output, its reduction not chunked (a
-    chunked task keeps all its rows' outputs for every chunk), the pool a 2-D window of its
-    own kernel that writes into no concat."""
+    """The conv whose kernel can compute ``pool`` too (``conv_pool.absorbs_pool``), or None:
+    a conv of no residual whose output only the pool reads and is no model output, the pool a
+    kernel of its own that writes into no concat."""
     choice = plan[pool]
     data = layer_node(g, pool)
     if choice.kind != "pool" or choice.into is not None or len(data.inputs) != 1:
         return None
     (src,) = data.inputs
     conv = plan.get(src)
-    if conv is None or conv.kind != "conv" or _residual(layer_node(g, src).layer):
+    if conv is None or conv.geometry is None or _residual(layer_node(g, src).layer):
         return None
-    geo = conv.geometry
-    if list(g.successors(src)) != [pool] or src in g.graph["outputs"] or \
-            not pool_absorbable(data.layer, geo):
+    if list(g.successors(src)) != [pool] or src in g.graph["outputs"]:
         return None
-    return None if choose_tile(geo, vector_registers(lanes)).chunked(geo) else src
+    return src if absorbs_pool(conv, data.layer, vector_registers(lanes)) else None
 
 
 def absorb_pools(g: nx.DiGraph, plan: dict, lanes: int) -> None:
     """A pool right after a conv, where the conv's kernel can compute it (``absorbed_conv``),
-    is computed there (kind ``conv_pool``, ``conv_pool.py``): the conv's output is never
-    written out, and the pool runs no kernel of its own (kind ``absorbed``). ResNet-18
-    ImageNet plans 3.7 MiB of activations at batch 1 so, 5.1 without."""
+    is computed there (kinds ``conv_pool`` and ``winograd_pool``, ``conv_pool.py``): the
+    conv's output is never written out, and the pool runs no kernel of its own (kind
+    ``absorbed``). ResNet-18 ImageNet plans 3.7 MiB of activations at batch 1 so, 5.1
+    without."""
     for node in list(plan):
         conv = absorbed_conv(g, plan, node, lanes)
         if conv is not None:
-            plan[conv] = replace(plan[conv], kind="conv_pool", pool=node)
+            plan[conv] = replace(plan[conv], kind=f"{plan[conv].kind}_pool", pool=node)
             plan[node] = replace(plan[node], kind="absorbed")
 
 

@@ -316,23 +316,45 @@ def schedule_winograd(func, geo: ConvGeometry, m: int, registers: int = 32,
     batch = static_extent(sch, n)
     tile = tile or choose_winograd_tile(geo, m, registers, batch)
     band, h_in = sch.split(h, [None, tile.rh * m])
-    h_o, hm = sch.split(h_in, [tile.rh, m])
-    w_o, wm = sch.split(w, [None, m])
-    ob_o, ob_i = sch.split(ob, [None, tile.ro])
-    sch.reorder(n, band, ob_o, ob_i, h_o, w_o, hm, wm, j)
-    _transform_at(sch, "winograd_output_rows", w_o)
+    ob_o, w_o, hm, wm = split_tiles(sch, [n, band], ob, h_in, w, j, tile)
+    transform_at(sch, "winograd_output_rows", w_o)
     par = sch.fuse(*([n, band, ob_o] if tile.by_channels else [n, band]))
-    flops = 2 * (m + 2) ** 2 * math.prod(tiles(geo, m)) * geo.cin * geo.cout
-    parallel = batch is None or batch * flops // 2 >= MIN_PARALLEL_MACS
+    parallel = products_run_parallel(geo, m, batch)
     if parallel:
         sch.parallel(par)
+    schedule_band(sch, par if tile.by_channels else ob_o, hm, wm, j, tile)
+    schedule_input_transform(sch, None if tile.by_channels else par, parallel)
+    return scheduled(sch)
+
+
+def products_run_parallel(geo: ConvGeometry, m: int, batch: int | None) -> bool:
+    """Are the kernel's tasks split between the threads? From MIN_PARALLEL_MACS multiply-adds
+    of its products a call on (any batch: always)."""
+    flops = 2 * (m + 2) ** 2 * math.prod(tiles(geo, m)) * geo.cin * geo.cout
+    return batch is None or batch * flops // 2 >= MIN_PARALLEL_MACS
+
+
+def split_tiles(sch, outer, ob, rows, w, j, tile: WinogradTile):
+    """The epilogue's loops over a band's ``rows`` (whole tile rows), the output's columns
+    ``w`` and channel blocks ``ob`` in tiles: (``outer``, ob_o, ob_i, tile row, tile column,
+    row in the tile, column in the tile, lanes) from the outermost; returns (ob_o, tile
+    column, row and column in the tile)."""
+    h_o, hm = sch.split(rows, [tile.rh, tile.m])
+    w_o, wm = sch.split(w, [None, tile.m])
+    ob_o, ob_i = sch.split(ob, [None, tile.ro])
+    sch.reorder(*outer, ob_o, ob_i, h_o, w_o, hm, wm, j)
+    return ob_o, w_o, hm, wm
+
+
+def schedule_band(sch, gemm_at, hm, wm, j, tile: WinogradTile) -> None:
+    """The output transform's pixels unrolled, and the products of the band for ``ro``
+    output channel blocks computed at ``gemm_at``, just before their output transform:
+    accumulated in registers, written back once per register tile."""
     sch.unroll(hm)
     sch.unroll(wm)
     sch.vectorize(j)
-    # the products of the band and of ``ro`` output channel blocks, just before their output
-    # transform: accumulated in registers, written back once per register tile
     gemm = sch.get_sblock("winograd_product")
-    sch.compute_at(gemm, par if tile.by_channels else ob_o, preserve_unit_loops=True)
+    sch.compute_at(gemm, gemm_at, preserve_unit_loops=True)
     e, _, ty, tx, ob_i, j, cb, ci = sch.get_loops(gemm)[-8:]
     tx_o, tx_i = sch.split(tx, [None, tile.rt])
     sch.reorder(e, ty, tx_o, cb, ci, ob_i, tx_i, j)
@@ -343,11 +365,9 @@ def schedule_winograd(func, geo: ConvGeometry, m: int, registers: int = 32,
     sch.vectorize(j)
     sch.decompose_reduction(gemm, cb)
     sch.vectorize(sch.get_loops(acc)[-1])
-    _schedule_input_transform(sch, None if tile.by_channels else par, parallel)
-    return scheduled(sch)
 
 
-def _schedule_input_transform(sch, band, parallel: bool) -> None:
+def schedule_input_transform(sch, band, parallel: bool) -> None:
     """V, the input transform: computed at the parallel ``band`` it serves, first; with
     ``band`` None, for every tile before the products, in a parallel loop of its own over
     images and tile rows."""
@@ -364,10 +384,10 @@ def _schedule_input_transform(sch, band, parallel: bool) -> None:
         sch.reorder(vty, vtx, vcb, ve, vi)
     sch.unroll(ve)
     sch.vectorize(vi)
-    _transform_at(sch, "winograd_input_columns", vcb)
+    transform_at(sch, "winograd_input_columns", vcb)
 
 
-def _transform_at(sch, name: str, loop) -> None:
+def transform_at(sch, name: str, loop) -> None:
     """The one-dimensional transform stage ``name`` computed for one tile at ``loop``: its
     two tile axes unrolled (the coefficients become constants), its channels one vector."""
     block = sch.get_sblock(name)

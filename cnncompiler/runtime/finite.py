@@ -134,6 +134,12 @@ class KernelTrace:
         self.values: dict[str, np.ndarray] = {}
         self.weights: dict[int, str] = {}
         self.assembled: set[str] = set()      # concats their inputs' kernels wrote
+        # conv -> the pool its kernel computes too (the CPU build's ``absorbed`` pools)
+        absorbed = model.manifest.get("build", {}).get("absorbed", {})
+        self.pooled = {conv: pool for pool, conv in absorbed.items()}
+        # a layer whose value a kernel of several layers' worth wrote -> (the kernel, the
+        # spec layers it computes)
+        self.spans: dict[str, tuple[str, tuple]] = {}
         self.bad: str | None = None
 
     def run(self, xs: list[np.ndarray]) -> None:
@@ -173,7 +179,7 @@ class KernelTrace:
                 tuple(args[0].shape) != tuple(args[1].shape) and ptrs[0] in self.where:
             self.where[ptrs[1]] = self.where[ptrs[0]]
             return
-        node = self._match(ptrs)
+        node = self._absorb(self._match(ptrs))
         value, concat = self._own_slice(args[-1].numpy(), node)
         self.where[ptrs[-1]] = concat or node
         if concat is not None:
@@ -199,6 +205,19 @@ class KernelTrace:
                 self.pending = self.pending[i + 1:]
                 return node
         raise Mismatch(f"no layer left to compute reads {sorted(read)}")
+
+    def _absorb(self, node: str) -> str:
+        """The layer whose value the kernel of ``node`` wrote: the pool that alone reads it,
+        where the kernel computes that too (its span the layers of both)."""
+        pool = self.pooled.get(node)
+        if pool is None:
+            return node
+        if pool not in self.pending:
+            raise Mismatch(f"the kernel for '{node}' computes '{pool}', which ran before it")
+        self.pending.remove(pool)
+        self.spans[pool] = (node, tuple(layer_node(self.g, node).merged) +
+                            tuple(layer_node(self.g, pool).merged))
+        return pool
 
     def _own_slice(self, value: np.ndarray, node: str):
         """(``node``'s part of a kernel's blocked output, the concat it was written into, or
@@ -256,14 +275,14 @@ class KernelTrace:
     def explain(self):
         """(spec layer, its value, how it was found) for the first non-finite kernel."""
         node = self.bad
-        merged = tuple(layer_node(self.g, node).merged)
+        kernel, merged = self.spans.get(node, (node, tuple(layer_node(self.g, node).merged)))
         how = ("running those samples again through the compiled kernels and checking each "
                "kernel's output as it was written")
         if len(merged) == 1:
             return node, self.values[node], how
         spec = self.model.graph
         parts = ", ".join(f"'{m}' ({layer_node(spec, m).layer.type_name})" for m in merged)
-        how += (f": kernel '{node}', which computes {parts}, is the first to write a "
+        how += (f": kernel '{kernel}', which computes {parts}, is the first to write a "
                 "non-finite value")
         for layer, value in self._inside(merged):
             if not np.isfinite(value).all():
