@@ -492,6 +492,29 @@ def test_conv_pool_at_batch_1_matches_reference(family):
         assert_close(got[name], want[name], what=f"{family}/{name} through main_b1")
 
 
+def test_a_band_pads_only_the_input_rows_it_reads():
+    """A ceil-mode pool reads a row past its conv's last, and so would the last band's share of
+    the conv's padded input: still each task pads its own rows, not the whole input."""
+    from cnncompiler.backends.cpu.memory import kernel_scratch
+    from cnncompiler.backends.targets import parse_target
+    from cnncompiler.reference import run_reference
+
+    text = yaml.safe_dump({"name": "ceil_stem", "input": [3, 56, 20], "layers": [
+        conv("stem", 16, kernel=7, stride=2, padding=3),
+        {"name": "pool", "type": "maxpool2d", "kernel": 3, "stride": 2, "ceil_mode": True}]})
+    model = Compiled(text, batch_sizes=(1,))
+    assert model.plan["stem"].kind == "conv_pool" and not model.unscheduled
+    x = np.random.default_rng(0).standard_normal((1, 3, 56, 20)).astype(np.float32)
+    want = run_reference(model.graph, x, model.params, dtype=np.float64)
+    assert_close(model.run("main_b1", x)["pool"], want["pool"], what="ceil_stem")
+    target = tvm.target.Target(parse_target("cpu").config)
+    scratch = kernel_scratch(model.module["stem"], target, threads=1)
+    # two bands of 7 pool rows: each reads 15 conv rows, which read 35 padded input rows
+    padded_rows, conv_rows, rows_pass = 3 * 35 * 26 * 4, 15 * 10 * 16 * 4, 15 * 5 * 16 * 4
+    registers = 16 * 16 * 4
+    assert scratch <= padded_rows + conv_rows + rows_pass + registers, scratch
+
+
 @pytest.mark.parametrize("family", ["inplace_residual", "inplace_dense"])
 def test_residual_add_writes_over_its_shortcut(compiled, family):
     """A shortcut nothing reads after the add is overwritten by the add's kernel

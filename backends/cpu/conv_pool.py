@@ -30,6 +30,8 @@ VGG-11-BN 0.99 / 0.95; VGG-16-BN's planned activations 28.4 -> 19.2 MiB at batch
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tvm import s_tir, tirx
 
 from .conv import (ConvGeometry, choose_tile, default_tile, divisors, images_outer,
@@ -64,11 +66,14 @@ def absorbs_pool(choice, layer, registers: int) -> bool:
             and whole_tiles and images_outer(geo, None))
 
 
-def conv_then_pool(conv, layer, out_spatial):
+def conv_then_pool(conv, layer, out_spatial, band: int | None = None):
     """The kernel's compute: ``conv`` (``conv.conv_blocked`` or a Winograd conv, with its
     epilogue), then ``layer`` over its output (``pool.pool_blocked``, stages named after
-    POOL)."""
+    POOL); a direct conv's padded input longer by what tasks of ``band`` pool rows read
+    (``padded_past_bands``)."""
     def compute(x, weight, bias, geo, fused=None, epilogue_args=None, residual=None):
+        if band is not None:
+            geo = padded_past_bands(geo, layer, band)
         y = conv(x, weight, bias, geo, fused, epilogue_args, residual)
         # the pool's extents in the conv's integer type (the Winograd conv's is the batch's,
         # int64): a mix puts casts in the indices, which TVM's schedule refuses as not affine
@@ -76,6 +81,20 @@ def conv_then_pool(conv, layer, out_spatial):
         return pool_blocked(layer, y, sizes, POOL)
 
     return compute
+
+
+def padded_past_bands(geo: ConvGeometry, layer, band: int) -> ConvGeometry:
+    """``geo`` with its padded input (where it has one) longer at the bottom by the rows a
+    task's conv rows read, zeros that no output reads. TVM sizes each task's part of the
+    padded input from the band's whole extent, and where that reaches past the padded input
+    (GoogLeNet's ceil-mode pool reads a row past its conv's last) it allocates the whole of
+    it for each task instead: 635 KB a thread at GoogLeNet's stem, against 96 KB."""
+    (top, bottom), *rest = geo.pads
+    if all(tuple(p) == (0, 0) for p in geo.pads):
+        return geo  # no padded copy: the conv reads its input as it is
+    (k, _), (s, _) = layer.kernel, layer.stride
+    extra = ((band - 1) * s + k) * geo.stride[0]
+    return replace(geo, pads=((top, bottom + extra), *rest))
 
 
 def band_rows(geo: ConvGeometry, layer, pool_rows: int) -> int:

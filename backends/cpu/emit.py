@@ -32,7 +32,8 @@ from ..te_ops import softmax
 from .arg_checks import INPUTS_ATTR
 from .blocking import PLAIN, conversion, plain_view, repeat_channels
 from .conv import conv_blocked, images_outer, schedule_conv, vector_registers
-from .conv_pool import band_rows, conv_then_pool, schedule_conv_pool, schedule_winograd_pool
+from .conv_pool import (band_rows, conv_then_pool, schedule_conv_pool,
+                        schedule_winograd_pool)
 from .dense import dense_blocked, schedule_dense
 from .local import local_blocked, schedule_local
 from .plain_conv import conv_plain, schedule_conv_plain
@@ -276,7 +277,8 @@ class CpuEmitter:
         out_spatial = tuple(pool.shape[1:])
         band = band_rows(choice.geometry, pool.layer, out_spatial[0])
         return self._emit_conv_like(node, data, choice, xs,
-                                    conv_then_pool(conv_blocked, pool.layer, out_spatial),
+                                    conv_then_pool(conv_blocked, pool.layer, out_spatial,
+                                                   band),
                                     functools.partial(schedule_conv_pool, geo=choice.geometry,
                                                       band=band,
                                                       registers=vector_registers(self.lanes)))
