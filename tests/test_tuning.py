@@ -31,7 +31,8 @@ tvm = pytest.importorskip("tvm")
 pytestmark = pytest.mark.tvm
 
 BATCH = 8
-# three kernels worth tuning at batch 8 (two convs and the dense, each above 4 MFLOP)
+# three kernels worth tuning at batch 8 (two convs and the dense, each above 4 MFLOP; the second
+# conv's kernel computes the pool after it too: backends/cpu/conv_pool.py)
 SPEC = """\
 name: tune_tiny
 input: [8, 16, 16]
@@ -294,9 +295,10 @@ def test_every_cache_shares_one_root(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def metaschedule_result(tasks, tmp_path_factory):
-    """One round of MetaSchedule trials (8) on the 1x1 conv in its worker process, counted
-    and not timed, each candidate given minutes to build and run: a busy machine makes it
-    slower, not empty. The worker's folder is gone afterwards."""
+    """One round of MetaSchedule trials (8) on the 1x1 conv (and the pool its kernel
+    computes) in its worker process, counted and not timed, each candidate given minutes to
+    build and run: a busy machine makes it slower, not empty. The worker's folder is gone
+    afterwards."""
     from cnncompiler.backends.tuning.metaschedule import TRIALS_PER_ROUND, metaschedule_search
     from cnncompiler.backends.targets import parse_target
 
@@ -330,8 +332,26 @@ def test_a_metaschedule_win_is_applied_in_the_build(spec, tasks, metaschedule_re
     TuningCache(tmp_path).put(record(conv2, target, 1.0, 0.5, found.config))
     model = cc.compile(spec, batch_sizes=(BATCH,), tuning_cache=tmp_path)
     tuned = report(model)["tuning"]["tuned"]
-    assert [(t["kernel"], t["schedule"]) for t in tuned] == [("conv2", "conv MetaSchedule trace")]
+    assert [(t["kernel"], t["schedule"]) for t in tuned] == \
+        [("conv2", "conv_pool MetaSchedule trace")]
     check_outputs(model)
+
+
+def test_a_conv_computing_its_pool_is_tuned_by_its_register_tile(tasks):
+    """The conv whose kernel computes the pool after it (conv_pool) is a task of its own rule:
+    other register tiles, never a chunked reduction, each computing what the default does."""
+    from cnncompiler.backends.targets import parse_target
+    from cnncompiler.backends.tuning.measure import KernelBench
+
+    conv2 = tasks[0]["conv2"]
+    assert conv2.rule.name == "conv_pool"
+    configs = list(conv2.rule.candidates(conv2.func, []))
+    assert configs and all((c["rh"], c["ci"]) == (1, None) for c in configs)
+    bench = KernelBench(conv2.func, tvm.target.Target(parse_target("cpu").config))
+    reference = bench.output(bench.build(conv2.rule.schedule(conv2.func)))
+    for config in configs[:3]:
+        tuned = bench.build(conv2.rule.apply(conv2.func, config))
+        assert bench.same_output(tuned, reference), config
 
 
 def test_searched_kernels_are_skipped_per_strategy(tasks):

@@ -34,8 +34,8 @@ from dataclasses import replace
 
 from tvm import s_tir, tirx
 
-from .conv import (ConvGeometry, choose_tile, default_tile, divisors, images_outer,
-                   pad_input_at, runs_parallel)
+from .conv import (ConvGeometry, ConvTile, choose_tile, default_tile, divisors,
+                   images_outer, pad_input_at, runs_parallel)
 from .pool import pool_blocked, separable
 from .schedules import scheduled, static_extent, tile_with_epilogue
 from .winograd import (choose_winograd_tile, products_run_parallel, schedule_band,
@@ -108,14 +108,19 @@ def band_rows(geo: ConvGeometry, layer, pool_rows: int) -> int:
     return max(even or fits or [1])
 
 
-def schedule_conv_pool(func, geo: ConvGeometry, band: int, registers: int = 32):
+def schedule_conv_pool(func, geo: ConvGeometry, band: int, registers: int = 32,
+                       tile: ConvTile | None = None):
     """Parallel over (image, band of ``band`` pool rows); per task the conv's padded input
-    rows, the conv rows on ``default_tile``'s register tile with its epilogue, then the pool's
-    two passes (``pool.schedule_separable_pool``'s), vectorized over the block's lanes."""
+    rows, the conv rows on the register tile of ``tile`` (``default_tile``'s unless given:
+    tuning tries others) with its epilogue, then the pool's two passes
+    (``pool.schedule_separable_pool``'s), vectorized over the block's lanes."""
     sch = s_tir.Schedule(func)
     batch = static_extent(sch, sch.get_loops(sch.get_sblock(f"{POOL}epilogue"))[0])
+    tile = tile or default_tile(geo, registers, batch)
+    if tile.chunked(geo):
+        raise ValueError(f"{tile} chunks the conv's reduction, which a band cannot")
     task = _pool_bands(sch, band, runs_parallel(geo, batch))
-    _schedule_band_conv(sch, task, geo, default_tile(geo, registers, batch))
+    _schedule_band_conv(sch, task, geo, tile)
     return scheduled(sch)
 
 

@@ -21,6 +21,7 @@ from dataclasses import asdict
 from tvm import s_tir, tirx
 
 from ..cpu.conv import ConvTile, default_tile, divisors, schedule_conv
+from ..cpu.conv_pool import schedule_conv_pool
 from ..cpu.dense import DenseTile, choose_dense_tile, schedule_dense
 
 TILE_MIN_ACCUMULATORS = 4
@@ -86,6 +87,17 @@ class ConvRule:
             yield {"ro": best["ro"], "rw": best["rw"], "rh": rh, "ci": ci}
 
 
+class ConvPoolRule(ConvRule):
+    """A conv and the pool it computes (``schedule_conv_pool``) with other register tiles
+    (``ConvRule``'s); its bands keep their conv rows whole, so the reduction is not chunked."""
+
+    name = "conv_pool"
+
+    def candidates(self, func, tried: list, baseline: tuple | None = None):
+        for ro, rw in self.register_tiles():
+            yield {"ro": ro, "rw": rw, "rh": 1, "ci": None}
+
+
 class DenseRule:
     """cnnc's dense schedule (``schedule_dense``) with other ``DenseTile``s: ``rn`` batch rows
     by ``ro`` output vectors in registers."""
@@ -121,7 +133,8 @@ class DenseRule:
             yield {"rn": rn, "ro": ro}
 
 
-RULES = {schedule_conv: ConvRule, schedule_dense: DenseRule}
+RULES = {schedule_conv: ConvRule, schedule_conv_pool: ConvPoolRule,
+         schedule_dense: DenseRule}
 
 
 def apply_config(rule, func, config: dict):
