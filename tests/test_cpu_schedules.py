@@ -12,6 +12,8 @@ No timing here: that is benchmarks/run.py's job.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import yaml
@@ -655,6 +657,30 @@ def test_one_image_is_split_by_rows_between_threads():
     assert default_tile(geo, 32, 1).rh == 7
     assert default_tile(geo, 32, 8).rh == 14      # eight images: split by image already
     assert default_tile(geo, 32, None).rh == 14   # any batch: channel blocks first
+
+
+def test_an_odd_number_of_row_groups_takes_fewer_rows_a_task():
+    """Two threads take 7 tasks in the time of 8: GoogLeNet's 1x1 convs at 28 x 28 (chunks of
+    4 rows) sweep 2 rows a chunk at batch 1 instead, 14 tasks; the same sums in the same order
+    (the kernel's output does not change), and batches whose tasks are even keep the tile."""
+    from cnncompiler.backends.cpu.conv import (ConvGeometry, choose_tile, default_tile,
+                                               parallel_tasks)
+
+    geo = ConvGeometry(192, 64, 1, (1, 1), (1, 1), (1, 1), ((0, 0),) * 2, (28, 28), (28, 28),
+                       16, 16)  # GoogLeNet's inception 3a branch 1
+    chosen = choose_tile(geo)
+    assert chosen.rh == 4 and parallel_tasks(chosen, geo, 1) == 7
+    tile = default_tile(geo, 32, 1)
+    assert tile.rh == 2 and parallel_tasks(tile, geo, 1) == 14
+    assert default_tile(geo, 32, 2) == chosen and default_tile(geo, 32, None) == chosen
+    func = _conv_kernel_case(geo, None, batch=1)   # the kernel's own choice, checked
+    assert _parallel_extents(func) == [14]
+
+
+def _parallel_extents(func) -> list[int]:
+    """The extents of a PrimFunc's parallel loops, in the order they appear."""
+    return [int(e) for e in re.findall(r"T\.parallel\((?:T\.int\d+\()?(\d+)\)?\)",
+                                       func.script())]
 
 
 def test_a_window_kernel_splits_its_tasks_as_the_conv_before_it():

@@ -15,6 +15,8 @@ No timing here: benchmarks/winograd_layers.py and benchmarks/run.py do that.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import yaml
@@ -127,6 +129,35 @@ def test_tasks_split_the_output_channels_where_the_weights_outweigh_the_input(m)
     assert func.script().count("T.parallel") == 2   # the input transform's, the products'
     by_rows, _, _ = run_kernel(geo, m, tile=rows)
     np.testing.assert_array_equal(got, by_rows)
+
+
+@pytest.mark.parametrize("cin, input_tasks", [(32, 14), (48, 49)])
+def test_an_odd_number_of_tasks_is_split_further(cin, input_tasks):
+    """Two threads take 7 tasks in the time of 8. At batch 1, 7 tile rows (14 x 14, F(2x2))
+    are transformed as 14 tasks (two halves of an even number of input channel blocks) or
+    49 (each tile); 5 groups of output channels, each split by tile row (35 tasks), a thread
+    going through its groups in turn. The same sums in the same order: the same bits as the
+    one-task-a-group split, and the input's transform per tile as small as before."""
+    from dataclasses import replace
+
+    from cnncompiler.backends.cpu.memory import kernel_scratch
+    from cnncompiler.backends.cpu.winograd import channel_task_rows, choose_winograd_tile
+    from cnncompiler.backends.targets import parse_target
+
+    geo = geometry(cin, 80, (14, 14))
+    rows = choose_winograd_tile(geo, 2, batch=1)
+    assert channel_task_rows(7, 5) == 1 and channel_task_rows(7, 4) == 7
+    whole = replace(rows, rh=7, by_channels=True)
+    split = replace(rows, rh=channel_task_rows(7, geo.out_blocks // rows.ro), by_channels=True)
+    got, want, func = run_kernel(geo, 2, batch=1, tile=split)
+    assert_close(got, want, what="odd task counts")
+    text = func.script()
+    extents = [int(e) for e in re.findall(r"T\.parallel\((\d+)\)", text)]
+    assert extents == [input_tasks, 35], extents
+    same, _, whole_func = run_kernel(geo, 2, batch=1, tile=whole)
+    np.testing.assert_array_equal(got, same)
+    target = tvm.target.Target(parse_target("cpu").config)
+    assert kernel_scratch(func, target, 1) <= kernel_scratch(whole_func, target, 1)
 
 
 @pytest.mark.parametrize("m", [2, 4])
