@@ -281,7 +281,7 @@ FAMILIES = {
         "softmax_dense": ([{"name": "sm_flat", "type": "flatten", "inputs": ["stem_relu"]},
                            {"name": "sm_logits", "type": "dense", "units": 7},
                            {"name": "softmax_dense", "type": "softmax"}], "softmax"),
-        "lrn": ([{"name": "lrn", "type": "lrn", "size": 3}], "generic"),
+        "lrn": ([{"name": "lrn", "type": "lrn", "size": 3}], "channel_window"),
         "conv_output": ([conv("conv_output", 9, kernel=1)], "conv"),
     }),
     # residual blocks whose shortcut nothing else reads: the add writes over the shortcut
@@ -434,7 +434,7 @@ def test_plan_picks_the_kernel(compiled, family, case):
 
 SCHEDULED_KINDS = ("conv", "conv_pool", "winograd_pool", "plain_conv", "locally_connected",
                    "depthwise", "depthwise_multiplier", "pool", "blur_pool", "global_pool",
-                   "dense", "elementwise", "softmax", "concat")
+                   "dense", "elementwise", "softmax", "concat", "channel_window")
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -731,31 +731,38 @@ def test_max_pool_code_is_vector_code():
 
 def test_lrn_reads_plain_rows_as_vectors():
     """LRN runs on its input converted to the plain layout (the plan says so), where each
-    output row is a contiguous vector per channel of the window: the row is vectorized. Through
-    a plain view of a blocked input it stays scalar (its reads would be a gather)."""
+    output row is a contiguous vector per channel of the window. Its kernel sums each row's
+    window in a row of its own (one row of scratch), in whole vectors and a tail (21 = 16 + 5:
+    a vector of 21 lanes compiles to element code). Through a plain view of a blocked input
+    (training's generic kernel) the row stays scalar: its reads would be a gather."""
     from tvm import te
 
-    from cnncompiler.backends.cpu.schedules import schedule_loops
+    from cnncompiler.backends.cpu.memory import kernel_scratch
+    from cnncompiler.backends.cpu.schedules import schedule_channel_window, schedule_loops
     from cnncompiler.backends.te_ops import lower_lrn
     from cnncompiler.backends.targets import parse_target
     from cnncompiler.layers.norm import LRN
 
     layer = LRN(size=5, alpha=0.5, beta=0.75, k=2.0)
-    x = te.placeholder((2, 7, 5, 13), name="x")
-    y = lower_lrn(layer, [x], {}, (7, 5, 13))
+    shape = (2, 7, 5, 21)
+    x = te.placeholder(shape, name="x")
+    y = lower_lrn(layer, [x], {}, shape[1:])
     func = te.create_prim_func([x, y])
 
     def sum_row(script):  # the loop right around the window sum's update
         lines = script.splitlines()
         return lines[[i for i, t in enumerate(lines) if '"lrn_sum_update"' in t][0] - 1]
 
-    assert "T.vectorized(13)" in sum_row(schedule_loops(func, 16, plain_rows=True).script())
     assert "T.vectorized" not in sum_row(schedule_loops(func, 16).script())
+    kernel = schedule_channel_window(func, 16)
+    vectors = re.findall(r"T\.vectorized\(([\d, ]+)\)", kernel.script())
+    # the sums' zeroing and update and the output: a vector, then the tail's 5 lanes
+    assert vectors == ["16", "16", "16, 21", "16, 21", "16", "16, 21"], vectors
     with tvm.target.Target(parse_target("cpu").config) as target:
-        lib = tvm.tirx.build(tvm.IRModule({"main": schedule_loops(func, 16, True)}),
-                             target=target)
-    data = np.random.default_rng(0).standard_normal((2, 7, 5, 13)).astype(np.float32)
-    out = tvm.runtime.empty((2, 7, 5, 13), "float32")
+        assert kernel_scratch(kernel, target, threads=1) == shape[-1] * 4
+        lib = tvm.tirx.build(tvm.IRModule({"main": kernel}), target=target)
+    data = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    out = tvm.runtime.empty(shape, "float32")
     lib["main"](tvm.runtime.tensor(data), out)
     np.testing.assert_allclose(out.numpy(), layer.reference([data], {}), rtol=1e-5, atol=1e-6)
 
@@ -767,6 +774,30 @@ def test_lrn_reads_plain_rows_as_vectors():
     plan = plan_kernels(optimized, 16)
     assert plan["stem"].out_block == 16
     assert plan["lrn"].in_blocks == (PLAIN,), "LRN after a conv reads its input plain"
+
+
+def test_a_plain_pool_row_is_vectorized_in_parts():
+    """A pool on a plain input (AlexNet's after its LRNs: rows of 27) moves its row inside the
+    window's taps and vectorizes it as a vector and the 11 lanes left, not one vector of 27."""
+    from tvm import te
+
+    from cnncompiler.backends.cpu.schedules import schedule_loops
+    from cnncompiler.backends.te_ops import lower_maxpool
+    from cnncompiler.backends.targets import parse_target
+    from cnncompiler.layers.pool import MaxPool2d
+
+    layer = MaxPool2d(kernel=(3, 3), stride=(2, 2))
+    x = te.placeholder((2, 5, 55, 55), name="x")
+    y = lower_maxpool(layer, [x], {}, (5, 27, 27))
+    kernel = schedule_loops(te.create_prim_func([x, y]), 16, plain_rows=True)
+    vectors = re.findall(r"T\.vectorized\(([\d, ]+)\)", kernel.script())
+    assert vectors == ["16", "16", "16, 27", "16, 27"], vectors   # zeroing and update, in parts
+    with tvm.target.Target(parse_target("cpu").config) as target:
+        lib = tvm.tirx.build(tvm.IRModule({"main": kernel}), target=target)
+    data = np.random.default_rng(0).standard_normal((2, 5, 55, 55)).astype(np.float32)
+    out = tvm.runtime.empty((2, 5, 27, 27), "float32")
+    lib["main"](tvm.runtime.tensor(data), out)
+    np.testing.assert_array_equal(out.numpy(), layer.reference([data], {}))
 
 
 @pytest.mark.parametrize("family", ["conv2d_blocked_input", "conv2d_groups", "pools", "dense"])

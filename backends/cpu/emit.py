@@ -41,7 +41,7 @@ from .plan import KernelChoice, plan_kernels
 from .pool import (blur_pool_blocked, depthwise_blocked, global_pool_blocked, pool_blocked,
                    repeat_blocks, repeat_per_task, schedule_depthwise, schedule_pool,
                    schedule_separable_pool, schedule_window)
-from .schedules import schedule_loops
+from .schedules import schedule_channel_window, schedule_loops
 from .winograd import schedule_winograd, winograd_conv
 from .vector_math import CPU_MATH
 
@@ -412,6 +412,14 @@ class CpuEmitter:
         return self.kernel(kernel_name(node), [xs[0].var],
                            lambda x: softmax(x, axis, CPU_MATH.exp),
                            lambda f: schedule_loops(f, self.lanes, plain_rows=True))
+
+    def emit_channel_window(self, node, data, choice, xs):
+        """te_ops' lowering of a window across the channels (LRN) on a plain input."""
+        layer, out_shape = data.layer, data.shape
+        lower = rules_for(layer, node).compute
+        return self.kernel(kernel_name(node), [xs[0].var],
+                           lambda x: lower(layer, [x], {}, out_shape),
+                           lambda f: schedule_channel_window(f, self.lanes))
 
     def emit_global_pool(self, node, data, choice, xs):
         layer = data.layer

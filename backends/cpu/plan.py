@@ -150,14 +150,15 @@ def _channel_window(g, node, blocks, lanes, keys, training) -> KernelChoice:
     where each output row is a vector load per channel of the window; through a plain view of
     blocked channels every row read is a gather. AlexNet, interleaved: 0.949 / 0.955 of the
     time at batch 1 / 8 so, 0.922 / 0.906 with the pools after its LRNs (generic, plain)
-    vectorizing their rows too (``schedules.parallel_vectorize``). Training keeps the view.
+    vectorizing their rows too (``schedules.parallel_vectorize``). Its kernel sums each
+    output row's window in a row of its own (``schedules.schedule_channel_window``).
+    Training keeps the view and te_ops' form, whose gradient te_grad has.
 
         - {name: norm1, type: lrn, size: 5, alpha: 1.0e-4, beta: 0.75, k: 2.0}
     """
     if training:
         return _generic(g, node, blocks, lanes, keys, training)
-    return KernelChoice("generic", in_blocks=(PLAIN,),
-                        note="reads its input converted to the plain layout")
+    return KernelChoice("channel_window", PLAIN, (PLAIN,))
 
 
 def _softmax(g, node, blocks, lanes, keys, training) -> KernelChoice:
