@@ -661,8 +661,8 @@ def test_one_image_is_split_by_rows_between_threads():
 
 def test_an_odd_number_of_row_groups_takes_fewer_rows_a_task():
     """Two threads take 7 tasks in the time of 8: GoogLeNet's 1x1 convs at 28 x 28 (chunks of
-    4 rows) sweep 2 rows a chunk at batch 1 instead, 14 tasks; the same sums in the same order
-    (the kernel's output does not change), and batches whose tasks are even keep the tile."""
+    4 rows) sweep 2 rows a chunk at batch 1 instead, 14 tasks (the kernel checked against the
+    reference), and batches whose tasks are even keep the tile."""
     from cnncompiler.backends.cpu.conv import (ConvGeometry, choose_tile, default_tile,
                                                parallel_tasks)
 
