@@ -37,7 +37,7 @@ from tvm import s_tir, tirx
 from .conv import (ConvGeometry, ConvTile, choose_tile, default_tile, divisors,
                    images_outer, pad_input_at, runs_parallel)
 from .pool import pool_blocked, separable
-from .schedules import scheduled, static_extent, tile_with_epilogue
+from .schedules import pad_stage, scheduled, static_extent, tile_with_epilogue
 from .winograd import (choose_winograd_tile, products_run_parallel, schedule_band,
                        schedule_input_transform, split_tiles, transform_at)
 
@@ -165,10 +165,9 @@ def _pool_bands(sch, band: int, parallel: bool):
     rows = sch.get_sblock(f"{POOL}rows")
     sch.compute_at(rows, h_o)
     sch.vectorize(sch.get_loops(rows)[-1])
-    try:
-        sch.compute_inline(sch.get_sblock(f"{POOL}pad"))
-    except Exception:  # noqa: BLE001 (a pool without padding has no pad stage)
-        pass
+    pad = pad_stage(sch, f"{POOL}pad")
+    if pad is not None:
+        sch.compute_inline(pad)
     return h_o
 
 

@@ -38,10 +38,10 @@ def best_register_tile(candidates, default):
     return best
 
 
-def pad_stage(sch: s_tir.Schedule):
-    """The kernel's ``pad`` stage, or None: a layer without padding has none."""
+def pad_stage(sch: s_tir.Schedule, name: str = "pad"):
+    """The kernel's padding stage ``name``, or None: a layer without padding has none."""
     try:
-        return sch.get_sblock("pad")
+        return sch.get_sblock(name)
     except Exception:  # noqa: BLE001 (tvm raises its own error kinds for a missing block)
         return None
 

@@ -405,10 +405,9 @@ def schedule_input_transform(sch, band, parallel: bool) -> None:
 def _even_input_tasks(sch, images, tile_rows, tile_columns, channel_blocks):
     """(The input transform's parallel loop, its loop over channel blocks.) Images x tile
     rows, or where that is an odd number, x two halves of the channel blocks (where they are
-    an even number), else x tile columns.
-    The threads split a parallel loop statically: GoogLeNet's 3x3 convs at 14 x 14 and
-    28 x 28 transform 7 tile rows at batch 1, on two threads the time of 8 (measured with
-    ``channel_task_rows``)."""
+    an even number), else x tile columns. The threads split a parallel loop statically:
+    GoogLeNet's 3x3 convs at 14 x 14 and 28 x 28 transform 7 tile rows at batch 1, on two
+    threads the time of 8 (measured with ``channel_task_rows``)."""
     extents = [static_extent(sch, loop) for loop in (images, tile_rows, channel_blocks)]
     if None in extents or extents[0] * extents[1] % 2 == 0:
         # an image count unknown until the call, or an even number
